@@ -1,0 +1,152 @@
+"""Typed settings for every component, read once from the environment.
+
+Every host, port, credential and path lives here and nowhere else. Environment
+variables are ``SHOPSTREAM_<GROUP>__<FIELD>`` (for example
+``SHOPSTREAM_KAFKA__BOOTSTRAP_SERVERS``); a ``.env`` file in the working
+directory is read too. The defaults describe the embedded local stack, so the
+same code runs in compose or on a cluster by changing variables only.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+class StackMode(str, Enum):
+    """Who runs the servers: the project itself, docker compose, or someone else."""
+
+    embedded = "embedded"  # installed, started and stopped by `invoke up/down`
+    compose = "compose"  # `docker compose -f infra/compose.yaml` on a machine with Docker
+    external = "external"  # existing clusters; the project only connects
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    user_events_topic: str = "UserEvents"
+    purchases_topic: str = "PurchasedItem"
+    partitions: int = Field(3, ge=1)
+    replication_factor: int = Field(1, ge=1)
+
+    @property
+    def topics(self) -> list[str]:
+        return [self.user_events_topic, self.purchases_topic]
+
+
+class MongoSettings(BaseModel):
+    uri: str = "mongodb://127.0.0.1:27017/?directConnection=true"
+    database: str = "shopstream"
+
+
+class S3Settings(BaseModel):
+    endpoint_url: str = "http://127.0.0.1:9000"
+    access_key: str = "shopstream"
+    secret_key: SecretStr = SecretStr("shopstream-secret")
+    region: str = "us-east-1"
+    bucket: str = "shopstream-lake"
+
+    @property
+    def host_port(self) -> str:
+        return urlsplit(self.endpoint_url).netloc
+
+    @property
+    def secure(self) -> bool:
+        return urlsplit(self.endpoint_url).scheme == "https"
+
+
+class PostgresSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "shopstream"
+    password: SecretStr = SecretStr("shopstream")
+    database: str = "shopstream"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        pw = quote(self.password.get_secret_value(), safe="")
+        return f"postgresql+psycopg2://{quote(self.user)}:{pw}@{self.host}:{self.port}/{self.database}"
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class AirflowSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+class SparkSettings(BaseModel):
+    master: str = "local[2]"
+    driver_memory: str = "1g"
+    # "offline": the pinned hadoop-aws jars the project installs; "packages": resolve
+    # `s3a_packages` through spark.jars.packages (needs a reachable Maven repository).
+    jars_source: str = Field("offline", pattern="^(offline|packages)$")
+    s3a_packages: str = "org.apache.hadoop:hadoop-aws:3.4.1"
+    jars_dir: Path = REPO_ROOT / ".venv" / "spark-jars"
+
+
+class EmbeddedSettings(BaseModel):
+    """Only used when the project runs the servers itself."""
+
+    ceph_mon_port: int = 3300
+    start_timeout_s: float = 90.0
+    stop_timeout_s: float = 30.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SHOPSTREAM_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    stack: StackMode = StackMode.embedded
+    run_dir: Path = REPO_ROOT / ".run"
+
+    kafka: KafkaSettings = KafkaSettings()
+    mongo: MongoSettings = MongoSettings()
+    s3: S3Settings = S3Settings()
+    postgres: PostgresSettings = PostgresSettings()
+    api: ApiSettings = ApiSettings()
+    airflow: AirflowSettings = AirflowSettings()
+    spark: SparkSettings = SparkSettings()
+    embedded: EmbeddedSettings = EmbeddedSettings()
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as SHOPSTREAM_* variables, to hand to a child process."""
+        env: dict[str, str] = {}
+
+        def put(prefix: str, model: BaseModel) -> None:
+            for name in type(model).model_fields:
+                value = getattr(model, name)
+                if isinstance(value, BaseModel):
+                    put(f"{prefix}{name.upper()}__", value)
+                    continue
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
+                elif isinstance(value, Enum):
+                    value = value.value
+                env[f"{prefix}{name.upper()}"] = str(value)
+
+        put("SHOPSTREAM_", self)
+        return env
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests build their own `Settings(...)` instead."""
+    return Settings()

@@ -1,0 +1,104 @@
+"""What `invoke setup/up/down/status/logs` do; tasks.py only forwards to these."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from shopstream.adapters.kafka import ensure_topics
+from shopstream.adapters.s3 import ensure_bucket
+from shopstream.settings import REPO_ROOT, Settings, StackMode
+
+from . import install
+from .process import StackError, tail
+from .stack import services
+
+console = Console(highlight=False)
+COMPOSE_FILE = REPO_ROOT / "infra" / "compose.yaml"
+
+
+def say(msg: str) -> None:
+    console.print(f"[bold]shopstream:[/bold] {msg}")
+
+
+def setup(settings: Settings, for_tests: bool = False) -> None:
+    install.ensure_system_packages(settings, for_tests=for_tests, say=say)
+    install.ensure_spark_jars(settings, say=say)
+
+
+def _compose(*args: str) -> None:
+    if not shutil.which("docker") or subprocess.run(["docker", "compose", "version"],
+                                                    capture_output=True).returncode != 0:
+        raise StackError("SHOPSTREAM_STACK=compose needs Docker with the compose plugin (`docker compose`)")
+    # compose would read infra/.env; the settings read ./.env, so hand compose the same file
+    env_file = Path(".env")
+    extra = ["--env-file", str(env_file)] if env_file.exists() else []
+    subprocess.run(["docker", "compose", *extra, "-f", str(COMPOSE_FILE), *args], check=True)
+
+
+def up(settings: Settings, names: list[str] | None = None) -> None:
+    setup(settings)
+    if settings.stack == StackMode.embedded:
+        for svc in services(settings, names):
+            t0 = time.monotonic()
+            with console.status(f"starting {svc.name} ..."):
+                summary = svc.start()
+            say(f"{svc.name} up in {time.monotonic() - t0:.1f} s: {svc.address}"
+                + (f"; {summary}" if summary else ""))
+    else:
+        if settings.stack == StackMode.compose:
+            _compose("up", "-d", "--wait")
+        # compose's init containers create these too; for an external cluster this is the only place
+        topics = ensure_topics(settings.kafka)
+        ensure_bucket(settings.s3)
+        say(f"using {settings.stack.value} servers; topics {topics}, bucket {settings.s3.bucket}")
+    status(settings)
+
+
+def down(settings: Settings, wipe: bool = False) -> None:
+    if settings.stack == StackMode.compose:
+        _compose("down", *(["--volumes"] if wipe else []))
+        return
+    for svc in reversed(services(settings)):
+        if svc.stop():
+            say(f"stopped {svc.name}")
+    if wipe and settings.run_dir.exists():
+        shutil.rmtree(settings.run_dir)
+        say(f"removed {settings.run_dir}")
+
+
+def status(settings: Settings) -> bool:
+    """Print a table of the servers; True when every one is healthy."""
+    table = Table(title=f"shopstream services ({settings.stack.value} stack)")
+    for col in ("service", "state", "pid", "address", "data and logs"):
+        table.add_column(col)
+    all_ok = True
+    for svc in services(settings):
+        if settings.stack == StackMode.embedded:
+            st = svc.status()
+            state, pids, folder = st.state, " ".join(map(str, st.pids)), str(st.folder)
+        else:
+            state = "healthy" if svc._safe_healthy() else "unreachable"
+            pids, folder = "", ""
+        all_ok &= state == "healthy"
+        colour = {"healthy": "green", "stopped": "dim"}.get(state, "red")
+        table.add_row(svc.name, f"[{colour}]{state}[/{colour}]", pids, svc.address, folder)
+    console.print(table)
+    return all_ok
+
+
+def logs(settings: Settings, name: str, lines: int = 50, follow: bool = False) -> None:
+    (svc,) = services(settings, [name])
+    files: list[Path] = svc.log_files
+    if follow:
+        subprocess.run(["tail", "-n", str(lines), "-F", *map(str, files)])
+        return
+    for f in files:
+        console.rule(str(f))
+        console.print(tail(f, lines), markup=False)
+

@@ -1,0 +1,177 @@
+"""Supervising local server processes: ports, pid files, logs, health waits, graceful stop.
+
+Every embedded server is one or more `Proc`s: a command run in the foreground in
+its own session, its output appended to a log file and its PID in a pid file,
+all inside the service's folder of the run directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from tenacity import Retrying, retry_if_result, stop_after_delay, stop_any, wait_fixed
+
+
+class StackError(RuntimeError):
+    """A problem the user can act on; the message says what to do."""
+
+
+class PortInUse(StackError):
+    def __init__(self, service: str, port: int, owner: str, setting: str) -> None:
+        super().__init__(
+            f"{service}: port {port} is already in use by {owner}. "
+            f"Stop that process, or choose another port with {setting}."
+        )
+        self.port = port
+
+
+def port_owner(port: int) -> str:
+    """Describe who listens on a TCP port ("pid 123 (java)"), as precisely as we can."""
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                if conn.pid is None:
+                    return "another process (its PID is not visible to this user)"
+                try:
+                    name = psutil.Process(conn.pid).name()
+                except psutil.Error:
+                    name = "?"
+                return f"pid {conn.pid} ({name})"
+    except psutil.AccessDenied:
+        pass
+    return "another process"
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    if not path.exists():
+        return f"(no log at {path})"
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64 * 1024))
+        text = f.read().decode("utf-8", "replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_until(
+    check: Callable[[], bool],
+    timeout_s: float,
+    interval_s: float = 0.2,
+    give_up: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Poll `check` until true; False on timeout or as soon as `give_up()` is true.
+
+    An exception from `check` counts as "not yet" (a server still starting refuses
+    connections).
+    """
+
+    def attempt() -> bool:
+        try:
+            return bool(check())
+        except Exception:
+            return False
+
+    retrying = Retrying(
+        stop=stop_any(stop_after_delay(timeout_s), lambda _state: give_up()),
+        wait=wait_fixed(interval_s),
+        retry=retry_if_result(lambda ok: not ok),
+        retry_error_callback=lambda _state: False,
+    )
+    return retrying(attempt)
+
+
+@dataclass
+class Proc:
+    """One long-running server process under our supervision."""
+
+    name: str
+    argv: list[str]
+    folder: Path
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None  # run as this user (PostgreSQL refuses root)
+    stop_signal: int = signal.SIGTERM
+
+    @property
+    def pid_file(self) -> Path:
+        return self.folder / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            p = psutil.Process(pid)
+            if p.status() == psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.Error:
+            return None
+        return pid
+
+    def alive(self) -> bool:
+        return self.pid() is not None
+
+    def start(self) -> int:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(self.argv)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                self.argv,
+                cwd=self.folder,
+                env={**os.environ, **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in the shell does not reach the servers
+                user=self.user,
+            )
+        self.pid_file.write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, timeout_s: float) -> bool:
+        """Signal the process and wait; SIGKILL only after the timeout. True if it was running."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        p = psutil.Process(pid)
+        try:
+            p.send_signal(self.stop_signal)
+            p.wait(timeout_s)
+        except psutil.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+        except psutil.NoSuchProcess:
+            pass
+        self.pid_file.unlink(missing_ok=True)
+        return True

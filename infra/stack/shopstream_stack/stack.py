@@ -1,0 +1,25 @@
+"""The embedded stack as a whole: which servers, in which order."""
+
+from __future__ import annotations
+
+from shopstream.settings import Settings
+
+from .kafka import KafkaBroker
+from .mongo import MongoServer
+from .postgres import PostgresServer
+from .s3 import CephS3
+from .service import Service
+
+SERVICE_TYPES: tuple[type[Service], ...] = (KafkaBroker, MongoServer, PostgresServer, CephS3)
+
+
+def services(settings: Settings, names: list[str] | None = None) -> list[Service]:
+    """The embedded servers, in start order; `names` picks some of them."""
+    all_ = [cls(settings) for cls in SERVICE_TYPES]
+    if not names:
+        return all_
+    known = {s.name: s for s in all_}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise KeyError(f"unknown service {', '.join(unknown)}; known: {', '.join(known)}")
+    return [known[n] for n in names]

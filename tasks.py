@@ -1,0 +1,69 @@
+"""Tasks for `invoke` (or `./shopstream TASK` on a machine that has not been set up yet).
+
+Thin on purpose: each task forwards to shopstream_stack.commands.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from invoke import Exit, task
+
+from shopstream.settings import Settings
+from shopstream_stack import commands
+from shopstream_stack.process import StackError
+
+
+def _run(fn, *args, **kwargs):
+    try:
+        return fn(Settings(), *args, **kwargs)
+    except StackError as e:
+        raise Exit(f"shopstream: {e}", code=1) from None
+
+
+@task
+def setup(c, tests=False):
+    """Install what is missing: Debian packages (Java, PostgreSQL, Ceph) and Spark's S3 jars."""
+    _run(commands.setup, for_tests=tests)
+
+
+@task(iterable=["only"], help={"only": "start just this service (repeatable)"})
+def up(c, only=None):
+    """Set up what is missing and start the whole pipeline."""
+    _run(commands.up, names=only or None)
+
+
+@task(help={"wipe": "also delete all data in the run directory"})
+def down(c, wipe=False):
+    """Stop everything `up` started (data stays unless --wipe)."""
+    _run(commands.down, wipe=wipe)
+
+
+@task
+def status(c):
+    """Show every service and whether it answers; exit 1 if one does not."""
+    if not _run(commands.status):
+        raise Exit(code=1)
+
+
+@task(help={"lines": "how many lines", "follow": "keep printing new lines"})
+def logs(c, service, lines=50, follow=False):
+    """Show the log of one service (kafka, mongo, postgres, s3)."""
+    _run(commands.logs, service, lines=lines, follow=follow)
+
+
+@task(help={"k": "only tests matching this expression", "x": "stop at the first failure"})
+def test(c, k="", x=False):
+    """Set up what the tests need and run the whole test suite."""
+    _run(commands.setup, for_tests=True)
+    args = ["-k", k] if k else []
+    args += ["-x"] if x else []
+    c.run(" ".join([sys.executable, "-m", "pytest", *args]), pty=False)
+
+
+@task
+def lock(c):
+    """Re-resolve requirements.lock from pyproject.toml (after changing a dependency)."""
+    c.run(f"{sys.executable} -m uv pip compile pyproject.toml --group embedded --group dev --universal "
+          "--python-version 3.11 --generate-hashes --custom-compile-command 'invoke lock' "
+          "-o requirements.lock")

@@ -1,0 +1,69 @@
+"""Shared fixtures: one embedded stack per test session, on free ports, in a temp folder.
+
+Tests never touch the developer's `.run/` stack or its ports, so `invoke test`
+works while `invoke up` is running.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shopstream.settings import (
+    EmbeddedSettings,
+    KafkaSettings,
+    MongoSettings,
+    PostgresSettings,
+    S3Settings,
+    Settings,
+)
+from shopstream_stack.service import Service
+from shopstream_stack.stack import services
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_settings(run_dir, **overrides) -> Settings:
+    """Settings for an isolated stack: fresh ports, given run dir, no .env file."""
+    fields = dict(
+        run_dir=run_dir,
+        kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}"),
+        mongo=MongoSettings(uri=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"),
+        postgres=PostgresSettings(port=free_port()),
+        s3=S3Settings(endpoint_url=f"http://127.0.0.1:{free_port()}"),
+        embedded=EmbeddedSettings(ceph_mon_port=free_port()),
+    )
+    fields.update(overrides)
+    return Settings(_env_file=None, **fields)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Iterator[Settings]:
+    # Not pytest's tmp_path: that is private to root (0700), and PostgreSQL runs as
+    # the `postgres` user, which must be able to reach its data folder.
+    run_dir = Path(tempfile.mkdtemp(prefix="shopstream-test-"))
+    run_dir.chmod(0o755)
+    yield make_settings(run_dir / "run")
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack(settings) -> Iterator[dict[str, Service]]:
+    """Every embedded server, started once for the session and stopped at the end."""
+    svcs = services(settings)
+    try:
+        for svc in svcs:
+            svc.start()
+        yield {s.name: s for s in svcs}
+    finally:
+        for svc in reversed(svcs):
+            svc.stop()

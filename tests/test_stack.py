@@ -1,0 +1,216 @@
+"""The embedded stack: every server starts, does real work, survives a restart."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+
+import psycopg2
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from shopstream.adapters.kafka import admin_client
+from shopstream.adapters.mongo import database, mongo_client
+from shopstream.adapters.postgres import pg_engine
+from shopstream.adapters.s3 import s3_client
+from shopstream.settings import REPO_ROOT
+from shopstream_stack.process import PortInUse, StackError
+from shopstream_stack.stack import SERVICE_TYPES
+from sqlalchemy import text
+
+from conftest import free_port, make_settings
+
+pytestmark = pytest.mark.services
+
+
+def test_every_service_is_healthy_and_start_is_idempotent(stack):
+    for svc in stack.values():
+        assert svc.status().state == "healthy", svc.name
+        assert svc.start().startswith("already running")
+
+
+def test_topics_exist_with_configured_partitions(stack, settings):
+    admin = admin_client(settings.kafka)
+    try:
+        described = {d["name"]: d for d in admin.describe_topics(settings.kafka.topics)}
+    finally:
+        admin.close()
+    assert set(described) == {"UserEvents", "PurchasedItem"}
+    for d in described.values():
+        assert len(d["partitions"]) == settings.kafka.partitions == 3
+
+
+def _produce(settings, topic: str, n: int, tag: str) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+    for i in range(n):
+        producer.send(topic, key=f"user-{i % 7}".encode(), value=f"{tag}-{i}".encode())
+    producer.flush(timeout=30)
+    producer.close()
+
+
+def _consume(settings, topic: str, group: str, expect: int) -> list[bytes]:
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=settings.kafka.bootstrap_servers, group_id=group,
+        auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=8000,
+    )
+    values = []
+    for msg in consumer:
+        values.append(msg.value)
+        if len(values) >= expect:
+            break
+    consumer.commit()
+    consumer.close()
+    return values
+
+
+@pytest.mark.parametrize("topic", ["UserEvents", "PurchasedItem"])
+def test_kafka_round_trip_through_consumer_group_with_commits(stack, settings, topic):
+    tag, group = uuid.uuid4().hex, f"g-{uuid.uuid4().hex}"
+    _produce(settings, topic, 30, tag)
+    got = [v for v in _consume(settings, topic, group, expect=10**9) if v.startswith(tag.encode())]
+    assert sorted(got) == sorted(f"{tag}-{i}".encode() for i in range(30))
+    # the group's committed offsets are at the end: a new member of the group reads nothing
+    _produce(settings, topic, 1, tag + "-after")
+    again = _consume(settings, topic, group, expect=1)
+    assert again == [f"{tag}-after-0".encode()]
+
+
+def test_mongo_insert_find_upsert(stack, settings):
+    client = mongo_client(settings.mongo)
+    coll = database(client, settings.mongo)[f"t_{uuid.uuid4().hex}"]
+    coll.insert_many([{"UserId": "u1", "n": 1}, {"UserId": "u2", "n": 2}])
+    assert coll.find_one({"UserId": "u2"})["n"] == 2
+    coll.update_one({"UserId": "u1"}, {"$inc": {"n": 5}}, upsert=True)
+    coll.update_one({"UserId": "u3"}, {"$inc": {"n": 1}}, upsert=True)
+    assert {d["UserId"]: d["n"] for d in coll.find({}, {"_id": 0})} == {"u1": 6, "u2": 2, "u3": 1}
+    client.close()
+
+
+def test_s3_put_list_get_with_minio_client(stack, settings):
+    import io
+
+    client = s3_client(settings.s3)
+    assert client.bucket_exists(settings.s3.bucket)
+    key = f"tests/{uuid.uuid4().hex}.txt"
+    body = b"hello lake " * 1000
+    client.put_object(settings.s3.bucket, key, io.BytesIO(body), len(body))
+    listed = [o.object_name for o in client.list_objects(settings.s3.bucket, prefix="tests/")]
+    assert key in listed
+    assert client.get_object(settings.s3.bucket, key).read() == body
+
+
+def test_postgres_sql(stack, settings):
+    engine = pg_engine(settings.postgres)
+    with engine.begin() as conn:
+        conn.execute(text("create table if not exists t_sql (k text primary key, v int)"))
+        conn.execute(text("insert into t_sql values ('a', 1), ('b', 2) on conflict do nothing"))
+        total = conn.execute(text("select sum(v) from t_sql")).scalar_one()
+    assert total == 3
+    engine.dispose()
+
+
+def _write_marker(name, settings, marker):
+    if name == "kafka":
+        _produce(settings, "UserEvents", 1, marker)
+    elif name == "mongo":
+        client = mongo_client(settings.mongo)
+        database(client, settings.mongo)["markers"].insert_one({"m": marker})
+        client.close()
+    elif name == "postgres":
+        with pg_engine(settings.postgres).begin() as conn:
+            conn.execute(text("create table if not exists markers (m text)"))
+            conn.execute(text("insert into markers values (:m)"), {"m": marker})
+    elif name == "s3":
+        import io
+
+        s3_client(settings.s3).put_object(settings.s3.bucket, f"markers/{marker}", io.BytesIO(b"x"), 1)
+
+
+def _read_marker(name, settings, marker) -> bool:
+    if name == "kafka":
+        consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers,
+                                 auto_offset_reset="earliest", consumer_timeout_ms=5000)
+        tps = [TopicPartition("UserEvents", p) for p in range(settings.kafka.partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning()
+        found = any(m.value == f"{marker}-0".encode() for m in consumer)
+        consumer.close()
+        return found
+    if name == "mongo":
+        client = mongo_client(settings.mongo)
+        found = database(client, settings.mongo)["markers"].find_one({"m": marker}) is not None
+        client.close()
+        return found
+    if name == "postgres":
+        with pg_engine(settings.postgres).connect() as conn:
+            return conn.execute(text("select count(*) from markers where m = :m"), {"m": marker}).scalar_one() == 1
+    if name == "s3":
+        return s3_client(settings.s3).get_object(settings.s3.bucket, f"markers/{marker}").read() == b"x"
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", ["kafka", "mongo", "postgres", "s3"])
+def test_restart_keeps_data(stack, settings, name):
+    svc, marker = stack[name], uuid.uuid4().hex
+    _write_marker(name, settings, marker)
+    assert svc.stop() is True
+    assert svc.status().state == "stopped"
+    svc.start()
+    assert svc.status().state == "healthy"
+    assert _read_marker(name, settings, marker)
+
+
+def test_kafka_committed_offsets_survive_restart(stack, settings):
+    group, tag = f"g-{uuid.uuid4().hex}", uuid.uuid4().hex
+    _produce(settings, "PurchasedItem", 5, tag)
+    _consume(settings, "PurchasedItem", group, expect=10**9)
+    stack["kafka"].stop()
+    stack["kafka"].start()
+    _produce(settings, "PurchasedItem", 1, tag + "-new")
+    assert _consume(settings, "PurchasedItem", group, expect=1) == [f"{tag}-new-0".encode()]
+
+
+@pytest.mark.parametrize("cls", SERVICE_TYPES, ids=lambda c: c.name)
+def test_port_taken_names_the_port_and_its_process(tmp_path, cls):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        settings = make_settings(tmp_path / "run")
+        # point the service's main port at the taken one
+        overrides = {
+            "kafka": {"kafka": settings.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{port}"})},
+            "mongo": {"mongo": settings.mongo.model_copy(update={"uri": f"mongodb://127.0.0.1:{port}/"})},
+            "postgres": {"postgres": settings.postgres.model_copy(update={"port": port})},
+            "s3": {"s3": settings.s3.model_copy(update={"endpoint_url": f"http://127.0.0.1:{port}"})},
+        }[cls.name]
+        svc = cls(make_settings(tmp_path / "run", **overrides))
+        with pytest.raises(PortInUse) as err:
+            svc.start()
+    msg = str(err.value)
+    assert f"port {port}" in msg and f"pid {os.getpid()}" in msg and "SHOPSTREAM_" in msg
+    assert not svc.running()
+
+
+def test_a_server_that_dies_at_start_reports_its_log(tmp_path):
+    from shopstream_stack.kafka import KafkaBroker
+
+    settings = make_settings(tmp_path / "run")
+    svc = KafkaBroker(settings)
+    svc.folder.mkdir(parents=True)
+    svc.data_dir.write_text("a file where the broker expects its data folder")
+    with pytest.raises(StackError) as err:
+        svc.start()
+    assert "kafka exited" in str(err.value) and "Last lines of its logs" in str(err.value)
+    assert not svc.running()
+
+
+def test_invoke_status_reports_every_service_healthy(stack, settings):
+    env = {**os.environ, **settings.to_env()}
+    out = subprocess.run([sys.executable, "-m", "invoke", "status"], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("healthy") == 4
