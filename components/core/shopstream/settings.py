@@ -77,6 +77,10 @@ class PostgresSettings(BaseModel):
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
+    max_body_bytes: int = 1_048_576  # larger bodies get 413
+    max_purchases_per_request: int = Field(1000, ge=1)
+    publish_timeout_s: float = 5.0  # no broker acknowledgement by then: 503
+    linger_ms: int = 5  # producer batching window
 
     @property
     def base_url(self) -> str:

@@ -18,7 +18,8 @@ from . import install
 from .process import StackError, tail
 from .stack import services
 
-console = Console(highlight=False)
+# wide enough for the status table when output is not a terminal (CI logs, pipes)
+console = Console(highlight=False, width=max(120, shutil.get_terminal_size((120, 24)).columns))
 COMPOSE_FILE = REPO_ROOT / "infra" / "compose.yaml"
 
 
@@ -81,7 +82,7 @@ def status(settings: Settings) -> bool:
     for svc in services(settings):
         if settings.stack == StackMode.embedded:
             st = svc.status()
-            state, pids, folder = st.state, " ".join(map(str, st.pids)), str(st.folder)
+            state, pids, folder = st.state, " ".join(map(str, st.pids)), _short(st.folder)
         else:
             state = "healthy" if svc._safe_healthy() else "unreachable"
             pids, folder = "", ""
@@ -90,6 +91,13 @@ def status(settings: Settings) -> bool:
         table.add_row(svc.name, f"[{colour}]{state}[/{colour}]", pids, svc.address, folder)
     console.print(table)
     return all_ok
+
+
+def _short(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def logs(settings: Settings, name: str, lines: int = 50, follow: bool = False) -> None:

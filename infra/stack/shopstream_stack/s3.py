@@ -42,7 +42,7 @@ class CephS3(Service):
 
     @property
     def address(self) -> str:
-        return f"{self.settings.s3.endpoint_url} (bucket {self.settings.s3.bucket})"
+        return f"{self.settings.s3.endpoint_url}/{self.settings.s3.bucket}"
 
     def endpoints(self) -> list[Endpoint]:
         host, port = self.hp

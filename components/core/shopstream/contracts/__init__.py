@@ -1,0 +1,30 @@
+"""The event contracts: the one definition of every record shopstream carries.
+
+JSON Schema (`json_schemas()`), the Spark schema and the API docs are derived
+from these Pydantic models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from .events import EventAttributes, EventName, UserEvent
+from .purchases import MAX_LINES, PaymentType, ProductLine, Purchase, lines_total
+from .records import EventId, PurchaseRecord, UserEventRecord
+
+CLIENT_MODELS: tuple[type[BaseModel], ...] = (UserEvent, Purchase)
+RECORD_MODELS: tuple[type[BaseModel], ...] = (UserEventRecord, PurchaseRecord)
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of every contract, as clients send it and as it is published."""
+    return {m.__name__: m.model_json_schema() for m in (*CLIENT_MODELS, *RECORD_MODELS)}
+
+
+__all__ = [
+    "CLIENT_MODELS", "RECORD_MODELS", "EventAttributes", "EventId", "EventName", "MAX_LINES",
+    "PaymentType", "ProductLine", "Purchase", "PurchaseRecord", "UserEvent", "UserEventRecord",
+    "json_schemas", "lines_total",
+]
