@@ -48,8 +48,35 @@ def status(c):
 
 @task(help={"lines": "how many lines", "follow": "keep printing new lines"})
 def logs(c, service, lines=50, follow=False):
-    """Show the log of one service (kafka, mongo, postgres, s3)."""
+    """Show the log of one service (kafka, mongo, postgres, s3, api, generator)."""
     _run(commands.logs, service, lines=lines, follow=follow)
+
+
+@task(help={
+    "sessions_per_second": "cohort size: sessions built and sent each second (default: settings)",
+    "seconds": "stop after this many seconds (default: until Ctrl-C)",
+    "cohorts": "stop after this many cohorts (default: until Ctrl-C)",
+    "seed": "same seed, same data (default: settings, else random and printed)",
+    "users": "size of the user pool (default: 500)",
+    "products": "size of the product catalogue (default: 200)",
+    "start": "time of the first cohort, ISO 8601 with offset (default: the clock)",
+    "api_url": "ingestion API base URL (default: settings)",
+    "concurrency": "requests in flight at most (default: 16)",
+})
+def generate(c, sessions_per_second=None, seconds=None, cohorts=None, seed=None, users=None, products=None,
+             start=None, api_url=None, concurrency=None):
+    """Send Faker-made shop traffic (events and purchases) to the ingestion API every second; Ctrl-C stops."""
+    from shopstream_generator.cli import main as generate_main
+
+    options = {"--sessions-per-second": sessions_per_second, "--seconds": seconds, "--cohorts": cohorts,
+               "--seed": seed, "--users": users, "--products": products, "--start": start,
+               "--api-url": api_url, "--concurrency": concurrency}
+    argv = [str(arg) for name, value in options.items() if value is not None for arg in (name, value)]
+    try:
+        generate_main(argv)
+    except SystemExit as e:  # typer exits; keep invoke's own exit handling
+        if e.code:
+            raise Exit(code=e.code if isinstance(e.code, int) else 1) from None
 
 
 @task(help={"k": "only tests matching this expression", "x": "stop at the first failure"})

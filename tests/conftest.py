@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from shopstream.settings import (
+    ApiSettings,
     EmbeddedSettings,
     KafkaSettings,
     MongoSettings,
@@ -41,6 +42,7 @@ def make_settings(run_dir, **overrides) -> Settings:
         postgres=PostgresSettings(port=free_port()),
         s3=S3Settings(endpoint_url=f"http://127.0.0.1:{free_port()}"),
         embedded=EmbeddedSettings(ceph_mon_port=free_port()),
+        api=ApiSettings(port=free_port()),
     )
     fields.update(overrides)
     return Settings(_env_file=None, **fields)
@@ -67,3 +69,53 @@ def stack(settings) -> Iterator[dict[str, Service]]:
     finally:
         for svc in reversed(svcs):
             svc.stop()
+
+
+class ServerThread:
+    """A real uvicorn server for an ASGI app, on a free port, in a background thread."""
+
+    def __init__(self, app) -> None:
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="session")
+def api_server(stack, settings) -> Iterator[ServerThread]:
+    """The ingestion API (real uvicorn) publishing to the session's broker."""
+    from shopstream_api.main import create_app
+
+    with ServerThread(create_app(settings)) as server:
+        yield server
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """The next offset of every partition of a topic (where a new record would land)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(settings.kafka.partitions)])
+    finally:
+        consumer.close()
+    return {tp.partition: off for tp, off in ends.items()}

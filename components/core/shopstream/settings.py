@@ -78,13 +78,19 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 1_048_576  # larger bodies get 413
-    max_purchases_per_request: int = Field(1000, ge=1)
     publish_timeout_s: float = 5.0  # no broker acknowledgement by then: 503
     linger_ms: int = 5  # producer batching window
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+
+class GeneratorSettings(BaseModel):
+    """What `invoke up` runs the generator with (the CLI takes the same as options)."""
+
+    sessions_per_second: int = Field(20, ge=1)
+    seed: int | None = None  # set it to replay the same traffic
 
 
 class AirflowSettings(BaseModel):
@@ -126,6 +132,7 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     postgres: PostgresSettings = PostgresSettings()
     api: ApiSettings = ApiSettings()
+    generator: GeneratorSettings = GeneratorSettings()
     airflow: AirflowSettings = AirflowSettings()
     spark: SparkSettings = SparkSettings()
     embedded: EmbeddedSettings = EmbeddedSettings()
@@ -139,6 +146,8 @@ class Settings(BaseSettings):
                 value = getattr(model, name)
                 if isinstance(value, BaseModel):
                     put(f"{prefix}{name.upper()}__", value)
+                    continue
+                if value is None:  # unset stays unset
                     continue
                 if isinstance(value, SecretStr):
                     value = value.get_secret_value()

@@ -16,7 +16,9 @@ from shopstream.settings import REPO_ROOT, Settings, StackMode
 
 from . import install
 from .process import StackError, tail
-from .stack import services
+from .stack import SERVICE_TYPES, services
+
+SERVER_NAMES = {cls.name for cls in SERVICE_TYPES}
 
 # wide enough for the status table when output is not a terminal (CI logs, pipes)
 console = Console(highlight=False, width=max(120, shutil.get_terminal_size((120, 24)).columns))
@@ -44,30 +46,30 @@ def _compose(*args: str) -> None:
 
 def up(settings: Settings, names: list[str] | None = None) -> None:
     setup(settings)
-    if settings.stack == StackMode.embedded:
-        for svc in services(settings, names):
-            t0 = time.monotonic()
-            with console.status(f"starting {svc.name} ..."):
-                summary = svc.start()
-            say(f"{svc.name} up in {time.monotonic() - t0:.1f} s: {svc.address}"
-                + (f"; {summary}" if summary else ""))
-    else:
+    embedded = settings.stack == StackMode.embedded
+    if not embedded:
         if settings.stack == StackMode.compose:
             _compose("up", "-d", "--wait")
         # compose's init containers create these too; for an external cluster this is the only place
         topics = ensure_topics(settings.kafka)
         ensure_bucket(settings.s3)
         say(f"using {settings.stack.value} servers; topics {topics}, bucket {settings.s3.bucket}")
+    for svc in services(settings, names, apps=True):
+        if not embedded and svc.name in SERVER_NAMES:
+            continue
+        t0 = time.monotonic()
+        with console.status(f"starting {svc.name} ..."):
+            summary = svc.start()
+        say(f"{svc.name} up in {time.monotonic() - t0:.1f} s: {svc.address}" + (f"; {summary}" if summary else ""))
     status(settings)
 
 
 def down(settings: Settings, wipe: bool = False) -> None:
+    for svc in reversed(services(settings, apps=True)):
+        if (settings.stack == StackMode.embedded or svc.name not in SERVER_NAMES) and svc.stop():
+            say(f"stopped {svc.name}")
     if settings.stack == StackMode.compose:
         _compose("down", *(["--volumes"] if wipe else []))
-        return
-    for svc in reversed(services(settings)):
-        if svc.stop():
-            say(f"stopped {svc.name}")
     if wipe and settings.run_dir.exists():
         shutil.rmtree(settings.run_dir)
         say(f"removed {settings.run_dir}")
@@ -79,8 +81,8 @@ def status(settings: Settings) -> bool:
     for col in ("service", "state", "pid", "address", "data and logs"):
         table.add_column(col)
     all_ok = True
-    for svc in services(settings):
-        if settings.stack == StackMode.embedded:
+    for svc in services(settings, apps=True):
+        if settings.stack == StackMode.embedded or svc.name not in SERVER_NAMES:
             st = svc.status()
             state, pids, folder = st.state, " ".join(map(str, st.pids)), _short(st.folder)
         else:
@@ -101,7 +103,7 @@ def _short(path: Path) -> str:
 
 
 def logs(settings: Settings, name: str, lines: int = 50, follow: bool = False) -> None:
-    (svc,) = services(settings, [name])
+    (svc,) = services(settings, [name], apps=True)
     files: list[Path] = svc.log_files
     if follow:
         subprocess.run(["tail", "-n", str(lines), "-F", *map(str, files)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shopstream.settings import Settings
 
+from .apps import ApiService, GeneratorService
 from .kafka import KafkaBroker
 from .mongo import MongoServer
 from .postgres import PostgresServer
@@ -11,11 +12,13 @@ from .s3 import CephS3
 from .service import Service
 
 SERVICE_TYPES: tuple[type[Service], ...] = (KafkaBroker, MongoServer, PostgresServer, CephS3)
+APP_TYPES: tuple[type[Service], ...] = (ApiService, GeneratorService)
 
 
-def services(settings: Settings, names: list[str] | None = None) -> list[Service]:
-    """The embedded servers, in start order; `names` picks some of them."""
-    all_ = [cls(settings) for cls in SERVICE_TYPES]
+def services(settings: Settings, names: list[str] | None = None, apps: bool = False) -> list[Service]:
+    """The embedded servers (and with `apps`, the pipeline's components), in start order;
+    `names` picks some of them."""
+    all_ = [cls(settings) for cls in SERVICE_TYPES + (APP_TYPES if apps else ())]
     if not names:
         return all_
     known = {s.name: s for s in all_}

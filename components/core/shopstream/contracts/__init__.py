@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .events import EventAttributes, EventName, UserEvent
-from .purchases import MAX_LINES, PaymentType, ProductLine, Purchase, lines_total
+from .purchases import MAX_LINES, MAX_PURCHASES_PER_REQUEST, PaymentType, ProductLine, Purchase, lines_total
 from .records import EventId, PurchaseRecord, UserEventRecord
 
 CLIENT_MODELS: tuple[type[BaseModel], ...] = (UserEvent, Purchase)
@@ -24,7 +24,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
 
 __all__ = [
-    "CLIENT_MODELS", "RECORD_MODELS", "EventAttributes", "EventId", "EventName", "MAX_LINES",
+    "CLIENT_MODELS", "RECORD_MODELS", "EventAttributes", "EventId", "EventName", "MAX_LINES", "MAX_PURCHASES_PER_REQUEST",
     "PaymentType", "ProductLine", "Purchase", "PurchaseRecord", "UserEvent", "UserEventRecord",
     "json_schemas", "lines_total",
 ]

@@ -11,6 +11,7 @@ from .events import STRICT
 from .types import Identifier, Money, UtcTimestamp, field_error
 
 MAX_LINES = 100
+MAX_PURCHASES_PER_REQUEST = 1000  # POST /PurchasedItems takes 1 to this many
 TOTAL_TOLERANCE = Decimal("0.01")
 
 

@@ -1,0 +1,103 @@
+"""PUT /SendEvent and POST /PurchasedItems: validate, stamp, publish, answer after the ack."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, HTTPException
+from pydantic import BaseModel, Field
+
+from shopstream.contracts import (
+    MAX_PURCHASES_PER_REQUEST,
+    Purchase,
+    PurchaseRecord,
+    UserEvent,
+    UserEventRecord,
+)
+
+from ..deps import PublisherDep, SettingsDep
+from ..examples import PURCHASE_EXAMPLE, USER_EVENT_EXAMPLE
+from ..publisher import BrokerUnavailable
+
+router = APIRouter(tags=["ingestion"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$",
+        description="Optional. Reused on a retry, it gives the records the same EventId, "
+        "so stores keep one copy. For an array, record i gets EventId `<key>:<i>`.",
+    ),
+]
+
+UNAVAILABLE = {503: {"description": "Kafka did not acknowledge in time; nothing to undo, retry later "
+                                    "(with the same Idempotency-Key)"},
+               413: {"description": "Body larger than the configured maximum"}}
+
+
+class SendEventResponse(BaseModel):
+    EventId: str
+    IngestedAt: datetime
+    Partition: int
+    Offset: int
+
+
+class PurchasedItemsResponse(BaseModel):
+    Accepted: int
+    EventIds: list[str]
+
+
+def _unavailable(e: BrokerUnavailable) -> HTTPException:
+    return HTTPException(503, detail=f"event broker unavailable: {e}", headers={"Retry-After": "1"})
+
+
+@router.put("/SendEvent", response_model=SendEventResponse, responses=UNAVAILABLE,
+            summary="Ingest one user event")
+async def send_event(
+    settings: SettingsDep,
+    publisher: PublisherDep,
+    event: Annotated[UserEvent, Body(openapi_examples={"page visit": {"value": USER_EVENT_EXAMPLE}})],
+    idempotency_key: IdempotencyKey = None,
+) -> SendEventResponse:
+    record = UserEventRecord(**event.__dict__, EventId=idempotency_key or str(uuid.uuid4()),
+                             IngestedAt=datetime.now(UTC))
+    try:
+        (ack,) = await publisher.publish(
+            settings.kafka.user_events_topic, [(record.UserId.encode(), record.model_dump_json().encode())]
+        )
+    except BrokerUnavailable as e:
+        raise _unavailable(e) from e
+    return SendEventResponse(EventId=record.EventId, IngestedAt=record.IngestedAt,
+                             Partition=ack.partition, Offset=ack.offset)
+
+
+@router.post("/PurchasedItems", response_model=PurchasedItemsResponse, responses=UNAVAILABLE,
+             summary=f"Ingest 1 to {MAX_PURCHASES_PER_REQUEST} purchases")
+async def purchased_items(
+    settings: SettingsDep,
+    publisher: PublisherDep,
+    purchases: Annotated[
+        list[Purchase],
+        Body(openapi_examples={"one order": {"value": [PURCHASE_EXAMPLE]}}),
+        Field(min_length=1, max_length=MAX_PURCHASES_PER_REQUEST),
+    ],
+    idempotency_key: IdempotencyKey = None,
+) -> PurchasedItemsResponse:
+    now = datetime.now(UTC)
+    records = [
+        PurchaseRecord(**p.__dict__, EventId=f"{idempotency_key}:{i}" if idempotency_key else str(uuid.uuid4()),
+                       IngestedAt=now)
+        for i, p in enumerate(purchases)
+    ]
+    try:
+        await publisher.publish(
+            settings.kafka.purchases_topic, [(r.UserId.encode(), r.model_dump_json().encode()) for r in records]
+        )
+    except BrokerUnavailable as e:
+        raise _unavailable(e) from e
+    return PurchasedItemsResponse(Accepted=len(records), EventIds=[r.EventId for r in records])

@@ -1,0 +1,1 @@
+"""Faker-made shop traffic for the ingestion API."""

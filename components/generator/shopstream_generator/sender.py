@@ -1,0 +1,202 @@
+"""Send cohorts to the ingestion API with httpx: events and purchases concurrently.
+
+Every request carries its own Idempotency-Key, derived from the records it holds
+(`<SessionId>.<n>` for an event, `<cohort tag>.p<n>` for a batch of purchases)
+and reused on every retry, so the API gives a retried record the same EventId
+and the stores keep one copy. 503, connection errors and timeouts are
+retried (as are 429, 502 and 504) with bounded exponential backoff that honours
+Retry-After; other 4xx and 5xx answers are final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from shopstream.contracts import MAX_PURCHASES_PER_REQUEST
+
+from .cohort import Cohort, Session
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+MAX_ERRORS_KEPT = 20
+
+
+@dataclass
+class Counts:
+    """Records, each counted once whatever the retries (sent = accepted + rejected + failed), and retries."""
+
+    sent: int = 0
+    accepted: int = 0
+    rejected: int = 0  # a 4xx answer: the API refused them, retrying would not help
+    failed: int = 0  # no 2xx after the last attempt, or not tried after an earlier event of its session failed
+    retried: int = 0  # requests sent again
+
+    def add(self, other: Counts) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class Report:
+    cohorts: int = 0  # cohorts completely sent
+    events: Counts = field(default_factory=Counts)
+    purchases: Counts = field(default_factory=Counts)
+    event_ids: list[str] = field(default_factory=list)  # EventIds the API returned
+    errors: list[str] = field(default_factory=list)  # the first few reasons for rejected/failed records
+
+    @property
+    def total(self) -> Counts:
+        both = Counts()
+        both.add(self.events)
+        both.add(self.purchases)
+        return both
+
+    @property
+    def ok(self) -> bool:
+        return self.total.rejected == 0 and self.total.failed == 0
+
+
+def purchase_batches(cohort: Cohort, max_records: int, max_bytes: int) -> Iterator[tuple[str, int, bytes]]:
+    """(Idempotency-Key, record count, JSON array body) per POST, within both limits."""
+    encoded = [json.dumps(p.model_dump(mode="json"), separators=(",", ":")).encode() for p in cohort.purchases]
+    batch: list[bytes] = []
+    size = 2  # the brackets
+    number = 0
+    for item in encoded:
+        if batch and (len(batch) >= max_records or size + len(item) + 1 > max_bytes):
+            yield f"{cohort.tag}.p{number}", len(batch), b"[" + b",".join(batch) + b"]"
+            batch, size, number = [], 2, number + 1
+        batch.append(item)
+        size += len(item) + 1
+    if batch:
+        yield f"{cohort.tag}.p{number}", len(batch), b"[" + b",".join(batch) + b"]"
+
+
+class Sender:
+    """httpx clients for one API; `send(cohort)` per cohort. Use as `async with`."""
+
+    def __init__(self, api_url: str, *, concurrency: int = 16, attempts: int = 6,
+                 backoff_initial_s: float = 0.2, backoff_max_s: float = 8.0, timeout_s: float = 15.0,
+                 max_body_bytes: int = 1_048_576, purchases_per_request: int = MAX_PURCHASES_PER_REQUEST,
+                 totals: Report | None = None) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.concurrency, self.attempts, self.timeout_s = concurrency, attempts, timeout_s
+        self.backoff_max_s = backoff_max_s
+        self.max_body_bytes = max_body_bytes
+        self.purchases_per_request = min(purchases_per_request, MAX_PURCHASES_PER_REQUEST)
+        self.totals = totals if totals is not None else Report()  # live counts over every cohort sent
+        # One single-connection client per request in flight: httpx's pool scans every connection for
+        # each request, which costs ~3 ms of CPU per request at 32 connections against ~0.6 ms for one.
+        self._clients: list[httpx.AsyncClient] = []
+        self._lanes: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()  # the clients not in use
+        self._backoff = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s,
+                                                jitter=backoff_initial_s)
+
+    async def __aenter__(self) -> Sender:
+        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        self._clients = [httpx.AsyncClient(base_url=self.api_url, timeout=self.timeout_s, limits=one)
+                         for _ in range(self.concurrency)]
+        for client in self._clients:
+            self._lanes.put_nowait(client)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        clients, self._clients, self._lanes = self._clients, [], asyncio.Queue()
+        for client in clients:
+            await client.aclose()
+
+    async def send(self, cohort: Cohort) -> Report:
+        """Send every record of `cohort`; return what happened to them (never raises on HTTP errors)."""
+        report = Report()
+        batches = purchase_batches(cohort, self.purchases_per_request, self.max_body_bytes)
+        await asyncio.gather(
+            *(self._send_session(s, report) for s in cohort.sessions),
+            *(self._send_purchases(key, n, body, report) for key, n, body in batches),
+        )
+        report.cohorts = 1
+        self.totals.cohorts += 1
+        return report
+
+    async def _send_session(self, session: Session, report: Report) -> None:
+        # One session's events in order, so they reach their Kafka partition in time order.
+        # Once one fails (the API is unreachable), the rest are not tried: no gaps, no waiting per event.
+        for n, event in enumerate(session.events):
+            body = json.dumps(event.model_dump(mode="json"), separators=(",", ":")).encode()
+            response = await self._request("PUT", "/SendEvent", body, f"{session.session_id}.{n}", 1,
+                                           report, "events")
+            if isinstance(response, httpx.Response):
+                report.event_ids.append(response.json()["EventId"])
+            elif response == "failed":
+                skipped = len(session.events) - n - 1
+                self._count(report, "events", "sent", skipped)
+                self._count(report, "events", "failed", skipped)
+                return
+
+    async def _send_purchases(self, key: str, count: int, body: bytes, report: Report) -> None:
+        response = await self._request("POST", "/PurchasedItems", body, key, count, report, "purchases")
+        if isinstance(response, httpx.Response):
+            report.event_ids.extend(response.json()["EventIds"])
+
+    def _count(self, report: Report, kind: str, name: str, n: int) -> None:
+        for r in (report, self.totals):
+            counts = getattr(r, kind)
+            setattr(counts, name, getattr(counts, name) + n)
+
+    def _error(self, report: Report, message: str) -> None:
+        for r in (report, self.totals):
+            if len(r.errors) < MAX_ERRORS_KEPT:
+                r.errors.append(message)
+
+    def _wait(self, state: RetryCallState) -> float:
+        delay = self._backoff(state)
+        outcome = state.outcome
+        if outcome is not None and not outcome.failed:
+            retry_after = outcome.result().headers.get("Retry-After", "")
+            if retry_after.isdigit():
+                delay = max(delay, min(float(retry_after), self.backoff_max_s))
+        return delay
+
+    async def _request(self, method: str, path: str, body: bytes, key: str, count: int,
+                       report: Report, kind: str) -> httpx.Response | Literal["rejected", "failed"]:
+        """The 2xx response, or what the records were counted as."""
+        if not self._clients:
+            raise RuntimeError("use Sender as `async with Sender(...)`")
+        headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(httpx.TransportError)
+            | retry_if_result(lambda r: r.status_code in RETRY_STATUSES),
+            stop=stop_after_attempt(self.attempts),
+            wait=self._wait,
+            before_sleep=lambda _: self._count(report, kind, "retried", 1),
+            retry_error_callback=lambda state: state.outcome.result(),  # the last answer, or its exception
+        )
+        client = await self._lanes.get()  # held during backoff too: a struggling API gets fewer requests
+        self._count(report, kind, "sent", count)
+        try:
+            response = await retrying(client.request, method, path, content=body, headers=headers)
+        except httpx.TransportError as e:
+            self._count(report, kind, "failed", count)
+            self._error(report, f"{method} {path} [{key}]: {type(e).__name__}: {e}")
+            return "failed"
+        finally:
+            self._lanes.put_nowait(client)
+        if response.is_success:
+            self._count(report, kind, "accepted", count)
+            return response
+        verdict = "rejected" if response.is_client_error else "failed"
+        self._count(report, kind, verdict, count)
+        self._error(report, f"{method} {path} [{key}]: {response.status_code} {response.text[:300]}")
+        return verdict

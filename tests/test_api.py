@@ -1,0 +1,164 @@
+"""The ingestion API against the real broker: acknowledged means readable, rejected means nothing sent."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+import pytest
+import schemathesis
+from schemathesis.generation import GenerationMode
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from kafka import KafkaConsumer, TopicPartition
+
+from conftest import ServerThread, end_offsets, make_settings
+from shopstream.contracts import Purchase, UserEvent
+from shopstream_api.examples import PURCHASE_EXAMPLE, USER_EVENT_EXAMPLE
+from shopstream_api.main import create_app
+from shopstream_stack.kafka import KafkaBroker
+
+pytestmark = pytest.mark.services
+
+
+def read_from(settings, topic: str, since: dict[int, int]) -> list:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, consumer_timeout_ms=3000)
+    tps = [TopicPartition(topic, p) for p in since]
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, since[tp.partition])
+    records = list(consumer)
+    consumer.close()
+    return records
+
+
+def event(**over) -> dict:
+    return {**USER_EVENT_EXAMPLE, "UserId": f"user-{uuid.uuid4().hex[:8]}", **over}
+
+
+def test_examples_in_the_docs_are_valid():
+    UserEvent.model_validate(USER_EVENT_EXAMPLE)
+    Purchase.model_validate(PURCHASE_EXAMPLE)
+
+
+def test_accepted_event_is_in_its_topic_keyed_by_user(api_server, settings):
+    topic = settings.kafka.user_events_topic
+    before = end_offsets(settings, topic)
+    body = event()
+    r = httpx.put(f"{api_server.url}/SendEvent", json=body)
+    assert r.status_code == 200, r.text
+    ack = r.json()
+    (msg,) = [m for m in read_from(settings, topic, before) if m.key == body["UserId"].encode()]
+    assert (msg.partition, msg.offset) == (ack["Partition"], ack["Offset"])
+    published = json.loads(msg.value)
+    assert published.pop("EventId") == ack["EventId"]
+    assert published.pop("IngestedAt")
+    assert UserEvent.model_validate(published) == UserEvent.model_validate(body)
+
+
+def test_purchases_are_published_with_idempotency_key_ids(api_server, settings):
+    topic = settings.kafka.purchases_topic
+    before = end_offsets(settings, topic)
+    users = [f"user-{uuid.uuid4().hex[:8]}" for _ in range(5)]
+    body = [{**PURCHASE_EXAMPLE, "UserId": u, "OrderId": f"o-{u}"} for u in users]
+    key = uuid.uuid4().hex
+    r = httpx.post(f"{api_server.url}/PurchasedItems", json=body, headers={"Idempotency-Key": key})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"Accepted": 5, "EventIds": [f"{key}:{i}" for i in range(5)]}
+    got = {m.key.decode(): json.loads(m.value) for m in read_from(settings, topic, before)}
+    for i, u in enumerate(users):
+        assert got[u]["EventId"] == f"{key}:{i}" and got[u]["OrderId"] == f"o-{u}"
+        assert got[u]["Products"] == PURCHASE_EXAMPLE["Products"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "where"),
+    [
+        ("PUT", "/SendEvent", event(EventName="Bought"), ["body", "EventName"]),
+        ("PUT", "/SendEvent", event(Attributes={"ProductId": "p", "Price": 1, "Discount": 2}),
+         ["body", "Attributes", "Discount"]),
+        ("PUT", "/SendEvent", [event()], ["body"]),
+        ("POST", "/PurchasedItems", [], ["body"]),
+        ("POST", "/PurchasedItems", [PURCHASE_EXAMPLE] * 1001, ["body"]),
+        ("POST", "/PurchasedItems", [PURCHASE_EXAMPLE, {**PURCHASE_EXAMPLE, "TotalPrice": 1.0}],
+         ["body", 1, "TotalPrice"]),
+    ],
+    ids=["bad-enum", "discount-above-price", "array-for-one", "empty-array", "too-many", "one-bad-total"],
+)
+def test_rejected_input_gets_422_with_the_field_and_publishes_nothing(api_server, settings, method, path, body, where):
+    before = {t: end_offsets(settings, t) for t in settings.kafka.topics}
+    r = httpx.request(method, f"{api_server.url}{path}", json=body)
+    assert r.status_code == 422, r.text
+    assert where in [e["loc"] for e in r.json()["detail"]]
+    assert {t: end_offsets(settings, t) for t in settings.kafka.topics} == before
+
+
+def test_oversized_body_gets_413_and_publishes_nothing(api_server, settings):
+    before = end_offsets(settings, settings.kafka.purchases_topic)
+    big = json.dumps([PURCHASE_EXAMPLE] * 4000).encode()
+    assert len(big) > settings.api.max_body_bytes
+    r = httpx.post(f"{api_server.url}/PurchasedItems", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    # without a Content-Length (chunked upload) the limit holds too
+    r = httpx.post(f"{api_server.url}/PurchasedItems", content=iter([big[i:i + 65536] for i in range(0, len(big), 65536)]),
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert end_offsets(settings, settings.kafka.purchases_topic) == before
+
+
+def test_health_readiness_and_metrics(api_server):
+    assert httpx.get(f"{api_server.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{api_server.url}/readyz").status_code == 200
+    httpx.put(f"{api_server.url}/SendEvent", json=event())
+    metrics = httpx.get(f"{api_server.url}/metrics").text
+    assert 'shopstream_published_records_total{topic="UserEvents"}' in metrics
+    assert "http_request_duration_seconds" in metrics
+
+
+def test_stopped_broker_gives_503_then_recovers(tmp_path):
+    import tempfile
+    from pathlib import Path
+
+    run_dir = Path(tempfile.mkdtemp(prefix="shopstream-broker-"))
+    settings = make_settings(run_dir / "run")
+    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"publish_timeout_s": 2.0})})
+    broker = KafkaBroker(settings)
+    broker.start()
+    try:
+        with ServerThread(create_app(settings)) as api:
+            assert httpx.put(f"{api.url}/SendEvent", json=event()).status_code == 200
+            broker.stop()
+            r = httpx.put(f"{api.url}/SendEvent", json=event(), timeout=30)
+            assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+            r = httpx.post(f"{api.url}/PurchasedItems", json=[PURCHASE_EXAMPLE], timeout=30)
+            assert r.status_code == 503
+            assert httpx.get(f"{api.url}/readyz", timeout=30).status_code == 503
+            assert 'shopstream_publish_failures_total{topic="UserEvents"} 1.0' in httpx.get(f"{api.url}/metrics").text
+            broker.start()
+            ok = [httpx.put(f"{api.url}/SendEvent", json=event(), timeout=30).status_code for _ in range(3)]
+            assert ok[-1] == 200, ok
+    finally:
+        broker.stop()
+
+
+INGESTION = {"PUT /SendEvent", "POST /PurchasedItems"}
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
+def test_fuzzing_the_openapi_spec_finds_no_server_error(api_server, mode):
+    """Schemathesis generates requests from our OpenAPI spec (valid and invalid); none may get a 5xx."""
+    schema = schemathesis.openapi.from_url(f"{api_server.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} >= INGESTION
+    for operation in operations:
+        if mode is GenerationMode.NEGATIVE and operation.label not in INGESTION:
+            continue  # nothing to break in a request without a body or parameters
+
+        @hsettings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def call(case):
+            response = case.call(timeout=30)
+            assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
+
+        call()

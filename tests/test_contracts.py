@@ -1,0 +1,122 @@
+"""Property tests: the contracts accept every valid record and name the field of a broken one."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC
+from decimal import Decimal
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from shopstream.contracts import Purchase, PurchaseRecord, UserEvent, UserEventRecord, json_schemas
+from strategies import purchases, user_events
+
+SCHEMAS = json_schemas()
+
+
+def _decimal_equal(a, b) -> bool:
+    return Decimal(str(a)) == Decimal(str(b))
+
+
+@given(user_events())
+def test_valid_user_events_are_accepted_and_round_trip(raw):
+    event = UserEvent.model_validate_json(json.dumps(raw))
+    assert event.TimeStamp.tzinfo == UTC
+    again = UserEvent.model_validate_json(event.model_dump_json())
+    assert again == event
+    assert _decimal_equal(again.Attributes.Price, raw["Attributes"]["Price"])
+    jsonschema.validate(raw, SCHEMAS["UserEvent"])
+
+
+@given(purchases())
+def test_valid_purchases_are_accepted_and_round_trip(raw):
+    purchase = Purchase.model_validate_json(json.dumps(raw))
+    again = Purchase.model_validate_json(purchase.model_dump_json())
+    assert again == purchase
+    assert [line.ItemCount for line in again.Products] == [line["ItemCount"] for line in raw["Products"]]
+    jsonschema.validate(raw, SCHEMAS["Purchase"])
+
+
+@given(user_events(), st.uuids())
+def test_records_round_trip_with_their_envelope(raw, uid):
+    record = UserEventRecord.model_validate({**raw, "EventId": str(uid), "IngestedAt": "2026-01-01T00:00:00Z"})
+    assert UserEventRecord.model_validate_json(record.model_dump_json()) == record
+    jsonschema.validate(json.loads(record.model_dump_json()), SCHEMAS["UserEventRecord"])
+
+
+# Each breaker spoils exactly one field; the error must name that field (its path).
+EVENT_BREAKERS = {
+    ("UserId",): lambda r: r.update(UserId=""),
+    ("SessionId",): lambda r: r.update(SessionId="x" * 65),
+    ("EventName",): lambda r: r.update(EventName="Purchased"),
+    ("TimeStamp",): lambda r: r.update(TimeStamp="2026-11-22T10:00:00"),  # no offset
+    ("Attributes", "ProductId"): lambda r: r["Attributes"].update(ProductId="bad id!"),
+    ("Attributes", "Price"): lambda r: r["Attributes"].update(Price=-1),
+    ("Attributes", "Discount"): lambda r: r["Attributes"].update(Discount=r["Attributes"]["Price"] + 1),
+    ("Attributes",): lambda r: r.update(Attributes="not an object"),
+    ("Unknown",): lambda r: r.update(Unknown=1),
+}
+
+PURCHASE_BREAKERS = {
+    ("TotalPrice",): lambda r: r.update(TotalPrice=r["TotalPrice"] + 0.02),
+    ("OrderId",): lambda r: r.pop("OrderId"),
+    ("Products",): lambda r: r.update(Products=[]),
+    ("Products", 0, "ItemCount"): lambda r: r["Products"][0].update(ItemCount=0),
+    ("Products", 0, "ItemPrice"): lambda r: r["Products"][0].update(ItemPrice="12.50"),
+    ("Products", 0, "ItemDiscount"): lambda r: r["Products"][0].update(ItemDiscount=r["Products"][0]["ItemPrice"] + 1),
+    ("PaymentType",): lambda r: r.update(PaymentType="Bitcoin"),
+    ("TimeStamp",): lambda r: r.update(TimeStamp="1999-12-31T23:59:59Z"),
+    ("UserId",): lambda r: r.update(UserId=42),
+}
+
+
+def _broken_at(model, raw, breaker):
+    bad = copy.deepcopy(raw)
+    breaker(bad)
+    with pytest.raises(ValidationError) as err:
+        model.model_validate_json(json.dumps(bad))
+    return {tuple(e["loc"]) for e in err.value.errors()}
+
+
+@settings(max_examples=30)
+@given(user_events(), st.sampled_from(sorted(EVENT_BREAKERS, key=str)))
+def test_a_user_event_broken_in_one_field_is_rejected_naming_it(raw, path):
+    assert _broken_at(UserEvent, raw, EVENT_BREAKERS[path]) == {path}
+
+
+@settings(max_examples=30)
+@given(purchases(max_lines=3), st.sampled_from(sorted(PURCHASE_BREAKERS, key=str)))
+def test_a_purchase_broken_in_one_field_is_rejected_naming_it(raw, path):
+    if path == ("TotalPrice",) and raw["TotalPrice"] + 0.02 > 1_000_000:
+        return
+    assert _broken_at(Purchase, raw, PURCHASE_BREAKERS[path]) == {path}
+
+
+def test_total_price_is_tolerant_within_a_cent_only():
+    raw = {"SessionId": "s", "TimeStamp": "2026-11-22T05:00:00Z", "UserId": "u", "OrderId": "o",
+           "Products": [{"ProductId": "p", "ItemCount": 3, "ItemPrice": 9.99, "ItemDiscount": 1.0}],
+           "PaymentType": "PayPal"}
+    for total, ok in [(26.97, True), (26.98, True), (26.96, True), (26.99, False), (26.95, False)]:
+        if ok:
+            Purchase.model_validate({**raw, "TotalPrice": total})
+        else:
+            with pytest.raises(ValidationError):
+                Purchase.model_validate({**raw, "TotalPrice": total})
+
+
+def test_timestamps_are_normalised_to_utc():
+    raw = {"UserId": "u", "SessionId": "s", "EventName": "PageVisited", "TimeStamp": "2026-11-22T06:30:00+01:30",
+           "Attributes": {"ProductId": "p", "Price": 1, "Discount": 0}}
+    assert UserEvent.model_validate(raw).model_dump(mode="json")["TimeStamp"] == "2026-11-22T05:00:00Z"
+
+
+def test_records_schemas_extend_client_schemas():
+    for name in ("UserEvent", "Purchase"):
+        client, record = SCHEMAS[name], SCHEMAS[f"{name}Record"]
+        assert set(record["properties"]) == set(client["properties"]) | {"EventId", "IngestedAt"}
+        assert client["additionalProperties"] is False

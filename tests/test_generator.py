@@ -1,0 +1,420 @@
+"""The generator: coherent, reproducible cohorts, delivered once each through the real API to Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+import uuid
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from importlib import import_module
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from kafka import KafkaConsumer
+from pydantic import TypeAdapter
+from typer.testing import CliRunner
+
+from shopstream.contracts import (
+    MAX_PURCHASES_PER_REQUEST,
+    EventName,
+    Purchase,
+    PurchaseRecord,
+    UserEvent,
+    UserEventRecord,
+)
+from shopstream.settings import REPO_ROOT
+from shopstream_generator import cli
+from shopstream_generator.catalogue import build_world, seeded_faker
+from shopstream_generator.cohort import Cohort, Session, build_cohort
+from shopstream_generator.runner import Plan, run
+from shopstream_generator.sender import Sender, purchase_batches
+
+from conftest import ServerThread, free_port
+
+NOW = datetime(2026, 11, 22, 10, 15, 30, 123456, tzinfo=UTC)
+PURCHASES = TypeAdapter(list[Purchase])
+
+
+def cohorts(seed: int, count: int, sessions: int = 50, users: int = 500, products: int = 200,
+            now: datetime = NOW) -> list[Cohort]:
+    world, fake = build_world(seed, users, products), seeded_faker(f"cohorts:{seed}")
+    return [build_cohort(world, fake, now + timedelta(seconds=i), sessions) for i in range(count)]
+
+
+def dump(cohort: Cohort) -> tuple[list[dict], list[dict]]:
+    return [e.model_dump(mode="json") for e in cohort.events], [p.model_dump(mode="json") for p in cohort.purchases]
+
+
+def assert_coherent(cohort: Cohort) -> None:
+    """Every rule the analyses rely on, for one cohort."""
+    assert len({s.session_id for s in cohort.sessions}) == len(cohort.sessions)
+    assert len({p.OrderId for p in cohort.purchases}) == len(cohort.purchases)
+    for session in cohort.sessions:
+        events = session.events
+        assert events and events[0].EventName == EventName.PageVisited
+        assert {(e.UserId, e.SessionId) for e in events} == {(session.user_id, session.session_id)}
+        times = [e.TimeStamp for e in events]
+        assert times == sorted(times) and len(set(times)) == len(times), "strictly increasing"
+        visited = set()
+        basket: dict[str, UserEvent] = {}
+        for e in events:  # reviews and basket only for a product already visited in the session
+            if e.EventName == EventName.PageVisited:
+                visited.add(e.Attributes.ProductId)
+            else:
+                assert e.Attributes.ProductId in visited
+            if e.EventName == EventName.AddedBasket:
+                basket[e.Attributes.ProductId] = e
+        end = events[-1].TimeStamp
+        purchase = session.purchase
+        if purchase is not None:
+            assert (purchase.UserId, purchase.SessionId) == (session.user_id, session.session_id)
+            assert purchase.TimeStamp > end
+            end = purchase.TimeStamp
+            for line in purchase.Products:
+                added = basket[line.ProductId]  # KeyError: bought without an AddedBasket
+                assert added.TimeStamp < purchase.TimeStamp
+                assert (line.ItemPrice, line.ItemDiscount) == (added.Attributes.Price, added.Attributes.Discount)
+            exact = sum((ln.ItemCount * (ln.ItemPrice - ln.ItemDiscount) for ln in purchase.Products), Decimal(0))
+            assert purchase.TotalPrice == exact and purchase.TotalPrice.as_tuple().exponent >= -2
+        assert cohort.now - timedelta(seconds=1) <= end <= cohort.now, "sessions end within the last second"
+
+
+# --- cohorts: contracts, determinism, coherence ----------------------------------------------------
+
+
+def test_cohort_records_round_trip_through_the_contracts_as_json():
+    cohort = cohorts(seed=1, count=1)[0]
+    events, purchases = dump(cohort)
+    assert len(events) > 50 and len(purchases) > 5
+    assert [UserEvent.model_validate_json(json.dumps(e)) for e in events] == cohort.events
+    assert PURCHASES.validate_json(json.dumps(purchases)) == cohort.purchases
+    assert {e["TimeStamp"][-1] for e in events} == {"Z"}
+    assert {type(e["Attributes"]["Price"]) for e in events} == {float}  # money is a JSON number
+
+
+def test_same_seed_and_now_give_identical_cohorts_and_another_seed_does_not():
+    first, again, other = cohorts(7, 3), cohorts(7, 3), cohorts(8, 3)
+    assert [dump(c) for c in first] == [dump(c) for c in again]
+    assert build_world(7) == build_world(7) and build_world(7) != build_world(8)
+    for a, b in zip(first, other):
+        assert [(e.UserId, e.Attributes) for e in a.events] != [(e.UserId, e.Attributes) for e in b.events]
+    # ids carry the cohort's time: the same seed later on does not reuse SessionIds or OrderIds
+    later = cohorts(7, 1, now=NOW + timedelta(hours=1))[0]
+    assert not {s.session_id for s in later.sessions} & {s.session_id for c in first for s in c.sessions}
+
+
+def test_purchases_come_after_their_sessions_events_and_only_hold_basket_items():
+    batch = cohorts(seed=2, count=20)
+    for cohort in batch:
+        assert_coherent(cohort)
+    sessions = [s for c in batch for s in c.sessions]
+    bought = [s for s in sessions if s.purchase]
+    added = [s for s in sessions if any(e.EventName == EventName.AddedBasket for e in s.events)]
+    # a funnel worth analysing: every session visits, fewer add to the basket, fewer still buy
+    assert len(sessions) > len(added) > len(bought) > len(sessions) * 0.1
+    assert {e.EventName for s in sessions for e in s.events} == set(EventName)
+
+
+def test_users_return_and_buy_the_same_products_again():
+    batch = cohorts(seed=3, count=60, sessions=50)
+    sessions = [s for c in batch for s in c.sessions]
+    visits = Counter(s.user_id for s in sessions)
+    assert len(visits) <= 500 and visits.most_common(1)[0][1] >= 20  # a stable pool, with regulars
+    orders_per_user_product = Counter(
+        (p.UserId, line.ProductId) for c in batch for p in c.purchases for line in p.Products
+    )
+    repeaters = {user for (user, _), n in orders_per_user_product.items() if n > 1}
+    assert len(repeaters) >= 20, "customers who bought the same product more than once"
+    products_sold = Counter(line.ProductId for c in batch for p in c.purchases for line in p.Products)
+    top, tenth = products_sold.most_common(10)[0][1], products_sold.most_common(10)[-1][1]
+    assert top > 2 * tenth, "some products clearly sell best"
+    payments = Counter(p.PaymentType for c in batch for p in c.purchases)
+    assert len(payments) >= 6 and payments.most_common(1)[0][1] > 2 * payments.most_common()[-1][1]
+    totals = Counter()
+    for c in batch:
+        for p in c.purchases:
+            totals[p.UserId] += p.TotalPrice
+    assert len(totals) >= 10 and all(isinstance(v, Decimal) for v in totals.values())
+
+
+def test_total_price_is_exactly_the_sum_of_the_lines():
+    for cohort in cohorts(seed=4, count=10):
+        for p in cohort.purchases:
+            assert p.TotalPrice == sum(line.amount for line in p.Products)
+            assert all(line.ItemDiscount <= line.ItemPrice for line in p.Products)
+    assert any(line.ItemDiscount > 0 for c in cohorts(4, 10) for p in c.purchases for line in p.Products)
+    assert any(line.ItemCount > 1 for c in cohorts(4, 10) for p in c.purchases for line in p.Products)
+
+
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(min_value=0, max_value=2**63),
+    sessions=st.integers(min_value=1, max_value=40),
+    users=st.integers(min_value=1, max_value=60),
+    products=st.integers(min_value=1, max_value=40),
+    now=st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2099, 1, 1), timezones=st.just(UTC)),
+)
+def test_every_cohort_is_coherent_and_valid_whatever_the_seed_and_sizes(seed, sessions, users, products, now):
+    world = build_world(seed, users, products)
+    built = [build_cohort(world, seeded_faker(seed), now, sessions) for _ in range(2)]
+    assert dump(built[0]) == dump(built[1])
+    cohort = built[0]
+    assert len(cohort.sessions) == sessions
+    assert_coherent(cohort)
+    events, purchases = dump(cohort)
+    assert [UserEvent.model_validate(e) for e in events] == cohort.events
+    if purchases:
+        assert PURCHASES.validate_python(purchases) == cohort.purchases
+    user_ids = {u.user_id for u in world.users}
+    assert {s.user_id for s in cohort.sessions} <= user_ids
+
+
+def test_a_cohort_of_50_sessions_builds_in_milliseconds():
+    world, fake = build_world(5), seeded_faker(5)
+    build_cohort(world, fake, NOW, 50)
+    timings = []
+    for _ in range(15):
+        started = time.perf_counter()
+        build_cohort(world, fake, NOW, 50)
+        timings.append(time.perf_counter() - started)
+    assert sorted(timings)[len(timings) // 2] < 0.05, timings
+
+
+def test_purchase_batches_split_within_the_api_limits_and_keep_every_order():
+    cohort = cohorts(seed=6, count=1, sessions=300)[0]
+    purchases = cohort.purchases
+    batches = list(purchase_batches(cohort, max_records=25, max_bytes=8_000))
+    assert len(batches) > len(purchases) / 25
+    assert len({key for key, _, _ in batches}) == len(batches)
+    rebuilt = []
+    for _key, count, body in batches:
+        assert count <= 25 and len(body) <= 8_000
+        parsed = PURCHASES.validate_json(body)
+        assert len(parsed) == count
+        rebuilt += parsed
+    assert rebuilt == purchases
+    (whole,) = purchase_batches(cohort, MAX_PURCHASES_PER_REQUEST, 10**9)
+    assert whole[1] == len(purchases)
+
+
+# --- delivery through the real API ------------------------------------------------------------------
+
+
+def consume(settings, wanted: set[str], timeout_s: float = 60) -> dict[str, list[dict]]:
+    """Records on both topics whose EventId is in `wanted`, every copy, read until all are seen."""
+    consumer = KafkaConsumer(
+        settings.kafka.user_events_topic, settings.kafka.purchases_topic,
+        bootstrap_servers=settings.kafka.bootstrap_servers, group_id=f"gen-test-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest", enable_auto_commit=False,
+    )
+    found: dict[str, list[dict]] = defaultdict(list)
+    deadline = time.monotonic() + timeout_s
+    idle_after_complete = 0
+    try:
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=1000)
+            for records in batch.values():
+                for msg in records:
+                    value = json.loads(msg.value)
+                    if value["EventId"] in wanted:
+                        found[value["EventId"]].append(value | {"_topic": msg.topic, "_key": msg.key.decode()})
+            if wanted <= found.keys():
+                idle_after_complete += 1
+                if idle_after_complete >= 2:  # one more empty-ish poll, to catch late copies
+                    break
+    finally:
+        consumer.close()
+    return found
+
+
+def send_cohorts(url: str, batch: list[Cohort], **options):
+    async def go():
+        async with Sender(url, **options) as sender:
+            reports = [await sender.send(c) for c in batch]
+            return reports, sender.totals
+
+    return asyncio.run(go())
+
+
+def expected_ids(cohort: Cohort, per_request: int = MAX_PURCHASES_PER_REQUEST) -> set[str]:
+    ids = {f"{s.session_id}.{n}" for s in cohort.sessions for n in range(len(s.events))}
+    ids |= {f"{cohort.tag}.p{i // per_request}:{i % per_request}" for i in range(len(cohort.purchases))}
+    return ids
+
+
+
+@pytest.mark.services
+def test_cohorts_reach_kafka_through_the_api_exactly_as_built(api_server, settings):
+    batch = cohorts(seed=11, count=3, sessions=15, now=datetime.now(UTC))
+    reports, totals = send_cohorts(api_server.url, batch)
+
+    records = sum(len(c.events) + len(c.purchases) for c in batch)
+    assert (totals.total.sent, totals.total.accepted) == (records, records)
+    assert (totals.total.rejected, totals.total.failed, totals.total.retried) == (0, 0, 0)
+    assert totals.events.accepted == sum(len(c.events) for c in batch) and totals.cohorts == 3
+    returned = {i for r in reports for i in r.event_ids}
+    assert returned == set().union(*(expected_ids(c) for c in batch))  # EventId = our Idempotency-Key
+
+    found = consume(settings, returned)
+    assert found.keys() == returned
+    assert all(len(copies) == 1 for copies in found.values()), "no record published twice"
+    sent_events = {f"{s.session_id}.{n}": e for c in batch for s in c.sessions for n, e in enumerate(s.events)}
+    sent_purchases = {f"{c.tag}.p0:{i}": p for c in batch for i, p in enumerate(c.purchases)}
+    for event_id, [value] in found.items():
+        topic, key = value.pop("_topic"), value.pop("_key")
+        if event_id in sent_events:
+            assert topic == settings.kafka.user_events_topic
+            record = UserEventRecord.model_validate(value)
+            sent = sent_events[event_id]
+        else:
+            assert topic == settings.kafka.purchases_topic
+            record = PurchaseRecord.model_validate(value)
+            sent = sent_purchases[event_id]
+        assert type(sent).model_validate(record.model_dump(exclude={"EventId", "IngestedAt"})) == sent
+        assert key == record.UserId
+
+
+class FlakyProxy:
+    """A real ASGI app: forwards every request to the API, but answers the first `failures` tries
+    of each Idempotency-Key with 503 (the API did publish: as if its answer was lost), recording all."""
+
+    def __init__(self, upstream: str, failures: int = 2) -> None:
+        self.upstream, self.failures = upstream, failures
+        self.seen: list[tuple[str, str, str, bytes]] = []  # (method, path, Idempotency-Key, body)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        key = headers.get("idempotency-key", "")
+        self.seen.append((scope["method"], scope["path"], key, body))
+        async with httpx.AsyncClient(base_url=self.upstream) as client:
+            upstream = await client.request(scope["method"], scope["path"], content=body,
+                                            headers={"Idempotency-Key": key, "Content-Type": "application/json"})
+        tries = sum(1 for s in self.seen if s[2] == key)
+        status, content = upstream.status_code, upstream.content
+        if tries <= self.failures:
+            status, content = 503, b'{"detail":"event broker unavailable"}'
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"0")]})
+        await send({"type": "http.response.body", "body": content})
+
+
+@pytest.mark.services
+def test_503_is_retried_with_the_same_idempotency_key_so_copies_share_one_event_id(api_server, settings):
+    proxy = FlakyProxy(api_server.url, failures=2)
+    batch = cohorts(seed=12, count=1, sessions=6, now=datetime.now(UTC))
+    with ServerThread(proxy) as server:
+        (report,), totals = send_cohorts(server.url, batch, backoff_initial_s=0.01, attempts=4)
+
+    records = len(batch[0].events) + len(batch[0].purchases)
+    requests = len(batch[0].events) + 1  # one PUT per event, one POST for the purchases
+    assert (totals.total.accepted, totals.total.rejected, totals.total.failed) == (records, 0, 0)
+    assert totals.total.retried == 2 * requests
+    tries: dict[str, list[tuple[str, str, bytes]]] = defaultdict(list)
+    for method, path, key, body in proxy.seen:
+        tries[key].append((method, path, body))
+    assert set(tries) == {f"{s.session_id}.{n}" for s in batch[0].sessions for n in range(len(s.events))} | {
+        f"{batch[0].tag}.p0"}
+    for key, attempts in tries.items():
+        assert len(attempts) == 3 and len(set(attempts)) == 1, f"{key}: three identical requests"
+    # a session's events went out in order, each only after the previous one was accepted
+    for s in batch[0].sessions:
+        first_try = [next(i for i, seen in enumerate(proxy.seen) if seen[2] == f"{s.session_id}.{n}")
+                     for n in range(len(s.events))]
+        last_try = [max(i for i, seen in enumerate(proxy.seen) if seen[2] == f"{s.session_id}.{n}")
+                    for n in range(len(s.events))]
+        assert all(last_try[n] < first_try[n + 1] for n in range(len(s.events) - 1))
+
+    # Kafka holds three copies of each record (each try was published) under ONE EventId, identical
+    # but for IngestedAt: a store keyed by EventId keeps exactly the records the generator built.
+    found = consume(settings, set(report.event_ids))
+    assert found.keys() == set(report.event_ids) == expected_ids(batch[0])
+    for copies in found.values():
+        assert len(copies) == 3
+        assert len({json.dumps({k: v for k, v in c.items() if k != "IngestedAt"}, sort_keys=True)
+                    for c in copies}) == 1
+
+
+@pytest.mark.services
+def test_a_record_the_api_refuses_is_counted_rejected_and_not_retried(api_server):
+    cohort = cohorts(seed=13, count=1, sessions=10, now=datetime.now(UTC))[0]
+    good = next(s for s in cohort.sessions if s.purchase)
+    bad = Purchase.model_construct(**{**good.purchase.__dict__, "TotalPrice": good.purchase.TotalPrice + 5})
+    broken = Cohort(cohort.tag, cohort.now, (Session(good.session_id, good.user_id, good.events, bad),))
+    (report,), totals = send_cohorts(api_server.url, [broken], backoff_initial_s=0.01)
+    assert (totals.purchases.sent, totals.purchases.rejected, totals.purchases.retried) == (1, 1, 0)
+    assert totals.events.accepted == len(good.events) and not totals.ok
+    assert "422" in report.errors[0] and "TotalPrice" in report.errors[0]
+
+
+@pytest.mark.services
+def test_run_keeps_the_pace_of_one_cohort_per_second(api_server):
+    plan = Plan(api_url=api_server.url, sessions_per_cohort=10, seed=21, cohorts=3)
+    started = time.monotonic()
+    outcome = asyncio.run(run(plan, asyncio.Event()))
+    elapsed = time.monotonic() - started
+    assert outcome.cohorts == 3 and outcome.totals.ok and outcome.totals.total.accepted > 30
+    assert 2.0 <= elapsed < 6.0
+
+
+# --- the command line --------------------------------------------------------------------------------
+
+
+def test_the_declared_console_script_is_the_cli_main():
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    module, _, name = pyproject["project"]["scripts"]["shopstream-generate"].partition(":")
+    assert getattr(import_module(module), name) is cli.main
+
+
+@pytest.mark.services
+def test_cli_sends_one_cohort_and_summarises(api_server):
+    result = CliRunner().invoke(cli.app, ["--api-url", api_server.url, "--cohorts", "1", "-n", "8", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    assert "1 cohorts in" in result.output and "(seed 5)" in result.output
+    assert "0 rejected, 0 failed" in result.output
+
+
+def test_cli_exits_non_zero_when_records_fail():
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = CliRunner().invoke(cli.app, ["--api-url", dead, "--cohorts", "1", "-n", "1", "--seed", "1"])
+    assert result.exit_code == 1, result.output
+    assert "0 accepted" in result.output and "ConnectError" in result.output
+
+
+@pytest.mark.services
+def test_ctrl_c_stops_cleanly_after_the_current_cohort(api_server):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shopstream_generator", "--api-url", api_server.url, "-n", "10", "--seed", "9"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+    )
+    try:
+        first_line = proc.stderr.readline()  # printed once started
+        assert first_line.startswith("sending 10 sessions/s"), first_line
+        time.sleep(2.5)  # a few cohorts
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopping after the current cohort" in err
+    summary = out.strip().splitlines()[-1]
+    assert " cohorts in " in summary and "0 rejected, 0 failed" in summary
+    assert int(summary.split()[0]) >= 2
