@@ -48,7 +48,7 @@ def status(c):
 
 @task(help={"lines": "how many lines", "follow": "keep printing new lines"})
 def logs(c, service, lines=50, follow=False):
-    """Show the log of one service (kafka, mongo, postgres, s3, api, generator)."""
+    """Show the log of one service (kafka, mongo, postgres, s3, api, airflow, generator)."""
     _run(commands.logs, service, lines=lines, follow=follow)
 
 
@@ -77,6 +77,22 @@ def generate(c, sessions_per_second=None, seconds=None, cohorts=None, seed=None,
     except SystemExit as e:  # typer exits; keep invoke's own exit handling
         if e.code:
             raise Exit(code=e.code if isinstance(e.code, int) else 1) from None
+
+
+@task(help={"quick": "smaller data sets (a smoke run, not the reference figures)"})
+def bench(c, quick=False):
+    """Run the benchmarks on an isolated embedded stack; reports go to reports/bench/."""
+    from shopstream.settings import REPO_ROOT
+    from shopstream_bench.run import main
+
+    main(REPO_ROOT / "reports" / "bench", quick=quick)
+
+
+@task
+def batch_check(c):
+    """Recount UserEvents from Kafka and compare with the counts in MongoDB; exit 1 if they differ."""
+    if not _run(commands.batch_check):
+        raise Exit(code=1)
 
 
 @task(help={"k": "only tests matching this expression", "x": "stop at the first failure"})

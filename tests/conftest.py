@@ -6,15 +6,25 @@ works while `invoke up` is running.
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports airflow: a throw-away AIRFLOW_HOME (its SQLite metadata DB),
+# so `dag.test()` in the tests never touches a developer's Airflow.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="shopstream-airflow-test-")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "components" / "dags")
+
 import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from shopstream.settings import (
+    AirflowSettings,
     ApiSettings,
     EmbeddedSettings,
     KafkaSettings,
@@ -43,6 +53,7 @@ def make_settings(run_dir, **overrides) -> Settings:
         s3=S3Settings(endpoint_url=f"http://127.0.0.1:{free_port()}"),
         embedded=EmbeddedSettings(ceph_mon_port=free_port()),
         api=ApiSettings(port=free_port()),
+        airflow=AirflowSettings(port=free_port()),
     )
     fields.update(overrides)
     return Settings(_env_file=None, **fields)
@@ -119,3 +130,21 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     finally:
         consumer.close()
     return {tp.partition: off for tp, off in ends.items()}
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Airflow's metadata DB (SQLite) in the throw-away AIRFLOW_HOME set at the top of this file."""
+    from airflow.utils import db
+
+    db.resetdb()
+
+
+def status_table(stdout: str) -> dict[str, str]:
+    """`invoke status` output -> {service: state}."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.split("│")]
+        if len(cells) > 3 and cells[1] and cells[2]:
+            rows[cells[1]] = cells[2]
+    return rows

@@ -93,9 +93,29 @@ class GeneratorSettings(BaseModel):
     seed: int | None = None  # set it to replay the same traffic
 
 
+class BatchSettings(BaseModel):
+    """The Airflow batch: UserEvents -> MongoDB, then per-(UserId, EventName) counts."""
+
+    consumer_group: str = "shopstream-batch"
+    events_collection: str = "user_events"
+    counts_collection: str = "user_event_counts"
+    dead_letter_collection: str = "user_events_dead_letter"
+    batch_size: int = Field(5000, ge=1)  # records per MongoDB insert and offset commit
+    max_seconds: float = Field(60.0, gt=0)  # drain budget per run; the rest waits for the next run
+    lease_seconds: float = Field(600.0, gt=0)  # aggregation lock; longer than a task may run
+
+
 class AirflowSettings(BaseModel):
+    """Where Airflow's API server and UI listen (embedded stack: `invoke up` runs Airflow)."""
+
     host: str = "127.0.0.1"
     port: int = 8080
+
+    @property
+    def base_url(self) -> str:
+        """How clients (and Airflow's own task runners) reach the API server."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
 
 class SparkSettings(BaseModel):
@@ -106,6 +126,26 @@ class SparkSettings(BaseModel):
     jars_source: str = Field("offline", pattern="^(offline|packages)$")
     s3a_packages: str = "org.apache.hadoop:hadoop-aws:3.4.1"
     jars_dir: Path = REPO_ROOT / ".venv" / "spark-jars"
+
+
+class StreamingSettings(BaseModel):
+    """The Spark job: `PurchasedItem` into raw Parquet in the S3 bucket (components/streaming)."""
+
+    # "python": the project's Kafka source (PySpark Python Data Source on kafka-python);
+    # "kafka": Spark's own connector, resolved through spark.jars.packages (needs Maven).
+    kafka_source: str = Field("python", pattern="^(python|kafka)$")
+    output_path: str = "raw/purchases"  # inside the bucket; read it back with spark.read.parquet
+    quarantine_path: str = "raw/purchases_quarantine"  # records that are not JSON or break the contract
+    # Empty: <run_dir>/streaming/checkpoints/<output_path>, on local disk (atomic renames, and
+    # ~1 s less per batch than on S3). Any Hadoop URI (s3a://, hdfs://) works too.
+    checkpoint_location: str = ""
+    starting_offsets: str = "earliest"  # for a new checkpoint only; later runs continue from it
+    trigger_interval_s: float = Field(10.0, gt=0)  # one micro-batch, so one Parquet file per date, at most this often
+    max_records_per_trigger: int = Field(100_000, ge=1)  # caps a catch-up batch
+    dedupe_window_minutes: int = Field(60, ge=1)  # copies of one EventId this close in IngestedAt are dropped
+    state_partitions: int = Field(2, ge=1)  # dedupe state partitions; fixed by a checkpoint's first run
+    # fs.s3a.signing-algorithm: Ceph RGW needs "S3SignerType"; empty for the SDK default (AWS, MinIO).
+    s3a_signer: str = "S3SignerType"
 
 
 class EmbeddedSettings(BaseModel):
@@ -133,8 +173,10 @@ class Settings(BaseSettings):
     postgres: PostgresSettings = PostgresSettings()
     api: ApiSettings = ApiSettings()
     generator: GeneratorSettings = GeneratorSettings()
+    batch: BatchSettings = BatchSettings()
     airflow: AirflowSettings = AirflowSettings()
     spark: SparkSettings = SparkSettings()
+    streaming: StreamingSettings = StreamingSettings()
     embedded: EmbeddedSettings = EmbeddedSettings()
 
     def to_env(self) -> dict[str, str]:

@@ -112,3 +112,31 @@ def logs(settings: Settings, name: str, lines: int = 50, follow: bool = False) -
         console.rule(str(f))
         console.print(tail(f, lines), markup=False)
 
+
+
+def batch_check(settings: Settings) -> bool:
+    """Print how MongoDB's stored events and counts compare with the UserEvents topic."""
+    from shopstream_batch.check import check_counts
+
+    r = check_counts(settings)
+    table = Table(title="UserEvents in Kafka vs MongoDB")
+    table.add_column("what")
+    table.add_column("number", justify="right")
+    for label, value in [
+        ("records read from Kafka (up to the batch's committed offsets)", r.records_read),
+        ("  of which not valid (dead-lettered)", r.invalid),
+        ("  distinct valid events (by EventId)", r.distinct_events),
+        ("events stored in MongoDB", r.stored_events),
+        ("sum of EventCount over all (UserId, EventName)", r.counted_events),
+        ("(UserId, EventName) pairs", r.pairs),
+        ("stored, not counted yet (next aggregation)", r.uncounted),
+        ("waiting in Kafka (next drain)", r.lag),
+    ]:
+        table.add_row(label, f"{value:,}")
+    console.print(table)
+    if r.uncounted:
+        say("an aggregation is pending; run this again after the next DAG run for a pair-by-pair check")
+    for pair, (want, got) in list(r.mismatches.items())[:20]:
+        say(f"[red]mismatch[/red] {pair}: Kafka has {want}, MongoDB counts {got}")
+    say("[green]counts match[/green]" if r.ok else "[red]counts do not match[/red]")
+    return r.ok

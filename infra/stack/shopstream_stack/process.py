@@ -105,6 +105,11 @@ def wait_until(
     return retrying(attempt)
 
 
+def inherited_env(drop_prefixes: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment, less the variables whose names start with a prefix."""
+    return {k: v for k, v in os.environ.items() if not (drop_prefixes and k.startswith(drop_prefixes))}
+
+
 @dataclass
 class Proc:
     """One long-running server process under our supervision."""
@@ -115,6 +120,12 @@ class Proc:
     env: dict[str, str] = field(default_factory=dict)
     user: str | None = None  # run as this user (PostgreSQL refuses root)
     stop_signal: int = signal.SIGTERM
+    # Also stop what the process spawned: its process group (pgid == pid, as it runs in
+    # its own session) and its descendants, even those that moved to a group of their own.
+    stop_family: bool = False
+    # Inherited variables with these prefixes are not passed on (`env` still is): a server
+    # configured only by us, whatever the calling shell or test process exported.
+    drop_env_prefixes: tuple[str, ...] = ()
 
     @property
     def pid_file(self) -> Path:
@@ -148,7 +159,7 @@ class Proc:
             proc = subprocess.Popen(
                 self.argv,
                 cwd=self.folder,
-                env={**os.environ, **self.env},
+                env={**inherited_env(self.drop_env_prefixes), **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -159,12 +170,17 @@ class Proc:
         return proc.pid
 
     def stop(self, timeout_s: float) -> bool:
-        """Signal the process and wait; SIGKILL only after the timeout. True if it was running."""
+        """Signal the process and wait; SIGKILL only after the timeout. True if it was running.
+
+        With `stop_family`, the process first gets the chance to stop its children itself;
+        whatever of its family is left after that gets SIGTERM, then SIGKILL.
+        """
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
         p = psutil.Process(pid)
+        family = self.family(p) if self.stop_family else []
         try:
             p.send_signal(self.stop_signal)
             p.wait(timeout_s)
@@ -173,5 +189,44 @@ class Proc:
             p.wait(10)
         except psutil.NoSuchProcess:
             pass
+        if self.stop_family:
+            self._stop_all(family + self.family(pid), timeout_s)
         self.pid_file.unlink(missing_ok=True)
         return True
+
+    @staticmethod
+    def family(leader: psutil.Process | int) -> list[psutil.Process]:
+        """The leader's descendants and every process in its process group (not the leader)."""
+        pid = leader if isinstance(leader, int) else leader.pid
+        found: dict[int, psutil.Process] = {}
+        if isinstance(leader, psutil.Process):
+            try:
+                found.update((c.pid, c) for c in leader.children(recursive=True))
+            except psutil.Error:
+                pass
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid != pid and os.getpgid(proc.pid) == pid:
+                    found.setdefault(proc.pid, proc)
+                    found.update((c.pid, c) for c in proc.children(recursive=True))
+            except (OSError, psutil.Error):
+                continue
+        return list(found.values())
+
+    @staticmethod
+    def _stop_all(procs: list[psutil.Process], timeout_s: float) -> None:
+        alive = []
+        for proc in procs:
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    proc.terminate()
+                    alive.append(proc)
+            except psutil.Error:
+                continue
+        _, alive = psutil.wait_procs(alive, timeout=min(timeout_s, 10))
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)

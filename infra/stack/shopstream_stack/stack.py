@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shopstream.settings import Settings
 
+from .airflow import AirflowService
 from .apps import ApiService, GeneratorService
 from .kafka import KafkaBroker
 from .mongo import MongoServer
@@ -12,7 +13,7 @@ from .s3 import CephS3
 from .service import Service
 
 SERVICE_TYPES: tuple[type[Service], ...] = (KafkaBroker, MongoServer, PostgresServer, CephS3)
-APP_TYPES: tuple[type[Service], ...] = (ApiService, GeneratorService)
+APP_TYPES: tuple[type[Service], ...] = (ApiService, AirflowService, GeneratorService)
 
 
 def services(settings: Settings, names: list[str] | None = None, apps: bool = False) -> list[Service]:

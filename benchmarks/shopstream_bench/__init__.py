@@ -1,0 +1,1 @@
+"""Reproducible benchmarks on the embedded stack (`invoke bench`)."""

@@ -1,0 +1,70 @@
+"""The aggregation's cost follows the new events, not the history (issue: batch layer).
+
+Same new batch (10k events) counted on top of 10k and of 1M already-counted events.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from bson.decimal128 import Decimal128
+from rich.progress import Progress
+
+from shopstream.adapters.mongo import mongo_client
+from shopstream.settings import Settings
+from shopstream_batch.aggregate import update_event_counts
+from shopstream_batch.store import ensure_collections
+
+from .harness import Figure, median_seconds
+
+NAMES = ["PageVisited", "AddedBasket", "CheckedProductReviews"]
+USERS = 2000
+
+
+def _events(n: int, prefix: str) -> list[dict]:
+    now = datetime.now(UTC)
+    return [{
+        "_id": f"{prefix}-{i}", "UserId": f"user-{i % USERS}", "SessionId": f"s-{i // 7}",
+        "EventName": NAMES[i % 3], "TimeStamp": now, "IngestedAt": now,
+        "Attributes": {"ProductId": f"sku-{i % 300}", "Price": Decimal128("9.99"), "Discount": Decimal128("0.00")},
+        "KafkaPartition": i % 3, "KafkaOffset": i, "StoredAt": now, "AggBatch": None,
+    } for i in range(n)]
+
+
+def _fill(colls, n: int, progress: Progress, label: str) -> None:
+    task = progress.add_task(label, total=n)
+    for start in range(0, n, 20_000):
+        docs = _events(min(20_000, n - start), f"h{start}-{uuid.uuid4().hex[:6]}")
+        colls.events.insert_many(docs, ordered=False)
+        progress.advance(task, len(docs))
+
+
+def run(settings: Settings, new_events: int = 10_000, histories: tuple[int, ...] = (10_000, 1_000_000),
+        repeats: int = 3) -> list[Figure]:
+    client = mongo_client(settings.mongo)
+    medians = {}
+    with Progress() as progress:
+        for history in histories:
+            cfg = settings.model_copy(update={"mongo": settings.mongo.model_copy(
+                update={"database": f"bench_agg_{history}"})})
+            colls = ensure_collections(client[cfg.mongo.database], cfg.batch)
+            _fill(colls, history, progress, f"history of {history:,} events")
+            update_event_counts(cfg)  # the history is counted before we measure
+
+            def new_batch() -> None:
+                colls.events.insert_many(_events(new_events, f"n-{uuid.uuid4().hex[:8]}"), ordered=False)
+
+            medians[history], samples = median_seconds(lambda: update_event_counts(cfg), repeats, setup=new_batch)
+            medians[f"{history}-samples"] = samples
+            client.drop_database(cfg.mongo.database)
+    client.close()
+    small, large = histories
+    ratio = medians[large] / medians[small]
+    return [
+        Figure(f"aggregate {new_events:,} new events, history {small:,}", medians[small], "s",
+               samples=medians[f"{small}-samples"]),
+        Figure(f"aggregate {new_events:,} new events, history {large:,}", medians[large], "s",
+               limit_name=f"same with history {small:,}", limit_value=medians[small],
+               target="< 1.5x apart", met=ratio < 1.5, samples=medians[f"{large}-samples"]),
+    ]

@@ -1,0 +1,1 @@
+"""Batch layer: UserEvents from Kafka into MongoDB, and exact per-user event counts."""

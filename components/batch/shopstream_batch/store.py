@@ -1,0 +1,93 @@
+"""The MongoDB side of the batch: collections, documents, idempotent inserts.
+
+A stored event's `_id` is its EventId, so a record seen twice (redelivery, a
+retried run, a client retry with the same Idempotency-Key) is stored once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from bson.decimal128 import Decimal128
+from pymongo import ASCENDING
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, CollectionInvalid
+
+from shopstream.contracts import UserEventRecord
+from shopstream.contracts.mongo import mongo_validator
+from shopstream.settings import BatchSettings
+
+DUPLICATE_KEY = 11000
+
+STORE_FIELDS = {
+    "KafkaPartition": {"bsonType": ["int", "long"]},
+    "KafkaOffset": {"bsonType": ["int", "long"]},
+    "StoredAt": {"bsonType": "date"},
+    "AggBatch": {"bsonType": ["string", "null"]},  # which aggregation batch counted it
+}
+
+
+@dataclass(frozen=True)
+class Collections:
+    events: Any
+    counts: Any
+    dead_letters: Any
+    agg_batches: Any
+    leases: Any
+
+
+def collections(db: Database, cfg: BatchSettings) -> Collections:
+    return Collections(
+        events=db[cfg.events_collection],
+        counts=db[cfg.counts_collection],
+        dead_letters=db[cfg.dead_letter_collection],
+        agg_batches=db[f"{cfg.counts_collection}_batches"],
+        leases=db["shopstream_leases"],
+    )
+
+
+def ensure_collections(db: Database, cfg: BatchSettings) -> Collections:
+    """Create collections, validators and indexes if missing (idempotent, cheap when present)."""
+    validator = mongo_validator(UserEventRecord, rename={"EventId": "_id"}, extra=STORE_FIELDS)
+    try:
+        db.create_collection(cfg.events_collection, validator=validator)
+    except CollectionInvalid:  # exists already
+        db.command("collMod", cfg.events_collection, validator=validator)
+    c = collections(db, cfg)
+    c.events.create_index([("AggBatch", ASCENDING)])
+    c.counts.create_index([("UserId", ASCENDING), ("EventName", ASCENDING)], unique=True)
+    return c
+
+
+def _mongo_value(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return Decimal128(value)
+    if isinstance(value, dict):
+        return {k: _mongo_value(v) for k, v in value.items()}
+    return value
+
+
+def event_document(record: UserEventRecord, partition: int, offset: int) -> dict[str, Any]:
+    doc = _mongo_value(record.model_dump(mode="python"))
+    doc["_id"] = doc.pop("EventId")
+    doc["EventName"] = record.EventName.value
+    doc.update(KafkaPartition=partition, KafkaOffset=offset, StoredAt=datetime.now(UTC), AggBatch=None)
+    return doc
+
+
+def insert_new(collection, docs: list[dict[str, Any]]) -> tuple[int, int]:
+    """Insert documents whose _id is not stored yet. Returns (inserted, duplicates)."""
+    if not docs:
+        return 0, 0
+    try:
+        result = collection.insert_many(docs, ordered=False)
+        return len(result.inserted_ids), 0
+    except BulkWriteError as e:
+        errors = e.details.get("writeErrors", [])
+        others = [err for err in errors if err.get("code") != DUPLICATE_KEY]
+        if others:
+            raise
+        return e.details.get("nInserted", len(docs) - len(errors)), len(errors)

@@ -1,0 +1,125 @@
+"""Property tests: drain + aggregate against the real MongoDB-protocol server, compared with a model.
+
+Hypothesis draws sequences of operations: deliveries of message batches (with
+duplicate records, redelivered batches — an insert whose offset commit never
+happened — and bad records), complete aggregation runs, runs that crash after
+claiming or after merging, and two runs overlapping. After every sequence the
+counts must equal the number of distinct stored events per (UserId, EventName).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections import Counter
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import strategies as st
+
+from shopstream.adapters.mongo import mongo_client
+from shopstream_batch.aggregate import AggregateReport, apply, claim, finish, update_event_counts
+from shopstream_batch.drain import DrainReport, Message, store
+from shopstream_batch.store import ensure_collections
+
+pytestmark = pytest.mark.services
+
+USERS = ["u1", "u2", "u3"]
+NAMES = ["PageVisited", "AddedBasket", "CheckedProductReviews"]
+
+
+def record(event_id: str, user: str, name: str) -> bytes:
+    return json.dumps({
+        "EventId": event_id, "UserId": user, "SessionId": "s1", "EventName": name,
+        "TimeStamp": "2026-11-22T10:00:00Z", "IngestedAt": "2026-11-22T10:00:01Z",
+        "Attributes": {"ProductId": "p1", "Price": 10.0, "Discount": 1.0},
+    }).encode()
+
+
+# a small pool, so the same EventId is drawn again and again (client retries, redeliveries)
+POOL = [(f"e{i}", USERS[i % 3], NAMES[(i // 3) % 3]) for i in range(24)]
+BAD = [b"{not json", b"", json.dumps({"EventId": "x", "UserId": "u1"}).encode()]
+
+messages = st.lists(
+    st.one_of(st.sampled_from(POOL).map(lambda e: ("ok", e)), st.sampled_from(BAD).map(lambda b: ("bad", b))),
+    min_size=1, max_size=12,
+)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("deliver"), messages),
+        st.just(("redeliver",)),
+        st.just(("aggregate",)),
+        st.just(("crash_after_claim",)),
+        st.just(("crash_after_merge",)),
+        st.just(("overlap",)),
+    ),
+    min_size=1, max_size=14,
+)
+
+
+@pytest.fixture(scope="module")
+def mongo(stack, settings):
+    client = mongo_client(settings.mongo)
+    yield client
+    client.close()
+
+
+@hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(ops=operations)
+def test_counts_equal_distinct_stored_events_after_any_sequence(mongo, settings, ops):
+    cfg = settings.model_copy(update={"mongo": settings.mongo.model_copy(
+        update={"database": f"prop_{uuid.uuid4().hex[:10]}"})})
+    colls = ensure_collections(mongo[cfg.mongo.database], cfg.batch)
+    stored: set[tuple[str, str, str]] = set()  # the model: distinct valid events stored
+    offset, last_batch = 0, None
+    try:
+        for op in ops:
+            if op[0] in ("deliver", "redeliver"):
+                if op[0] == "redeliver":
+                    if last_batch is None:
+                        continue
+                    batch = last_batch  # the same Kafka records again: the earlier commit never happened
+                else:
+                    batch = []
+                    for kind, item in op[1]:
+                        value = record(*item) if kind == "ok" else item
+                        batch.append(Message("UserEvents", 0, offset, b"k", value))
+                        offset += 1
+                        if kind == "ok":
+                            stored.add(item)
+                    last_batch = batch
+                store(colls, batch, DrainReport())
+            elif op[0] == "aggregate":
+                update_event_counts(cfg)
+            elif op[0] == "crash_after_claim":
+                claim(colls)
+            elif op[0] == "crash_after_merge":
+                apply(colls, claim(colls))  # merged, never marked applied
+            elif op[0] == "overlap":
+                threads = [threading.Thread(target=update_event_counts, args=(cfg,)) for _ in range(2)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(60)
+        update_event_counts(cfg)
+        expected = Counter((user, name) for _, user, name in stored)
+        got = {(d["UserId"], d["EventName"]): d["EventCount"] for d in colls.counts.find()}
+        assert got == dict(expected)
+        assert colls.events.count_documents({}) == len(stored)
+        assert colls.events.count_documents({"AggBatch": None}) == 0
+    finally:
+        mongo.drop_database(cfg.mongo.database)
+
+
+def test_a_batch_applied_twice_is_counted_once(mongo, settings):
+    cfg = settings.model_copy(update={"mongo": settings.mongo.model_copy(update={"database": "twice"})})
+    colls = ensure_collections(mongo[cfg.mongo.database], cfg.batch)
+    store(colls, [Message("UserEvents", 0, i, b"k", record(f"t{i}", "u1", "PageVisited")) for i in range(5)],
+          DrainReport())
+    batch_id = claim(colls)
+    apply(colls, batch_id)
+    report = AggregateReport()
+    finish(colls, {"_id": batch_id, "state": "claimed"}, report)  # the retry
+    assert colls.counts.find_one({"UserId": "u1"})["EventCount"] == 5
+    mongo.drop_database(cfg.mongo.database)
