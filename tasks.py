@@ -88,6 +88,12 @@ def bench(c, quick=False):
     main(REPO_ROOT / "reports" / "bench", quick=quick)
 
 
+@task(help={"as_of": "the analysis' now, ISO 8601 with offset (default: now)"})
+def analyze(c, as_of=None):
+    """Run both analysis notebooks headless against the running stack; HTML reports in reports/analysis/."""
+    _run(commands.analyze, as_of=as_of)
+
+
 @task
 def batch_check(c):
     """Recount UserEvents from Kafka and compare with the counts in MongoDB; exit 1 if they differ."""

@@ -142,10 +142,12 @@ class StreamingSettings(BaseModel):
     starting_offsets: str = "earliest"  # for a new checkpoint only; later runs continue from it
     trigger_interval_s: float = Field(10.0, gt=0)  # one micro-batch, so one Parquet file per date, at most this often
     max_records_per_trigger: int = Field(100_000, ge=1)  # caps a catch-up batch
-    dedupe_window_minutes: int = Field(60, ge=1)  # copies of one EventId this close in IngestedAt are dropped
+    dedupe_window_minutes: int = Field(60, ge=1)  # a copy of an EventId published this soon after it is dropped
     state_partitions: int = Field(2, ge=1)  # dedupe state partitions; fixed by a checkpoint's first run
-    # fs.s3a.signing-algorithm: Ceph RGW needs "S3SignerType"; empty for the SDK default (AWS, MinIO).
-    s3a_signer: str = "S3SignerType"
+    # fs.s3a.signing-algorithm. Unset: "S3SignerType" on the embedded stack with the offline jars
+    # (its Ceph RGW rejects the AWS SDK v1's chunked SigV4), else the SDK's default (MinIO, AWS;
+    # hadoop-aws 3.4 from "packages" has no V2 signer). Empty: always the SDK's default.
+    s3a_signer: str | None = None
 
 
 class EmbeddedSettings(BaseModel):

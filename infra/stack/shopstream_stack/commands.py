@@ -140,3 +140,16 @@ def batch_check(settings: Settings) -> bool:
         say(f"[red]mismatch[/red] {pair}: Kafka has {want}, MongoDB counts {got}")
     say("[green]counts match[/green]" if r.ok else "[red]counts do not match[/red]")
     return r.ok
+
+
+def analyze(settings: Settings, as_of: str | None = None) -> None:
+    """Execute the notebooks against the stack and write their HTML reports."""
+    from shopstream_analysis.lake import NoDataYet
+    from shopstream_analysis.report import AnalysisFailed, run_notebooks
+
+    out = REPO_ROOT / "reports" / "analysis"
+    try:
+        paths = run_notebooks(settings, out, as_of=as_of, say=say)
+    except (NoDataYet, AnalysisFailed) as e:
+        raise StackError(str(e)) from None
+    say("reports: " + ", ".join(str(p.relative_to(REPO_ROOT)) for p in paths))

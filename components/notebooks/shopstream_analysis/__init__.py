@@ -1,0 +1,1 @@
+"""The analyses behind the notebooks: importable, tested, and independent of Jupyter."""

@@ -1,0 +1,66 @@
+"""`invoke analyze`: execute the notebooks headless against the running stack, save HTML reports."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+from nbconvert import HTMLExporter
+
+from shopstream.settings import REPO_ROOT, Settings
+
+NOTEBOOKS = REPO_ROOT / "components" / "notebooks"
+ORDER = ("01_sales_insights.ipynb", "02_repeat_purchases_sql.ipynb")
+
+
+class AnalysisFailed(RuntimeError):
+    pass
+
+
+def ensure_data(settings: Settings) -> int:
+    """How many committed Parquet files the lake holds; NoDataYet when none (a clear message, no Spark)."""
+    from shopstream.adapters.s3 import s3_client
+
+    from .lake import NoDataYet, purchases_uri
+
+    prefix = settings.streaming.output_path.rstrip("/") + "/"
+    files = [o for o in s3_client(settings.s3).list_objects(settings.s3.bucket, prefix=prefix, recursive=True)
+             if o.object_name.endswith(".parquet")]
+    if not files:
+        raise NoDataYet(f"no purchases in {purchases_uri(settings)} yet: start the pipeline with `invoke up` "
+                        "and wait for the streaming job's first batch (a few seconds after the first purchase)")
+    return len(files)
+
+
+def run_notebooks(settings: Settings, out_dir: Path, as_of: str | None = None,
+                  say: Callable[[str], None] = print, timeout_s: int = 900) -> list[Path]:
+    """Execute each notebook in order (with the settings in its environment) and write <name>.html."""
+    ensure_data(settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env_before = dict(os.environ)
+    os.environ.update(settings.to_env())  # the kernel inherits this process's environment
+    if as_of:
+        os.environ["SHOPSTREAM_AS_OF"] = as_of
+    written = []
+    try:
+        for name in ORDER:
+            nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+            say(f"running {name} ...")
+            try:
+                NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
+                               resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+            except CellExecutionError as e:
+                raise AnalysisFailed(f"{name} failed:\n{str(e)[-3000:]}") from None
+            html, _ = HTMLExporter().from_notebook_node(nb)
+            path = out_dir / name.replace(".ipynb", ".html")
+            path.write_text(html)
+            written.append(path)
+            say(f"wrote {path}")
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    return written

@@ -1,0 +1,106 @@
+"""The SparkSession, configured from the settings: master, memory, s3a, jars.
+
+s3a works with the pinned offline jars (hadoop-aws 3.3.1 + AWS SDK v1, installed by
+`invoke setup`) or with `spark.jars.packages` where a Maven repository is reachable;
+one setting (`SHOPSTREAM_SPARK__JARS_SOURCE`) chooses, the rest of the code is the same.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pyspark
+from pyspark.sql import SparkSession
+
+from shopstream.settings import Settings, StackMode
+
+# Spark's own Kafka connector, used when SHOPSTREAM_STREAMING__KAFKA_SOURCE=kafka.
+KAFKA_PACKAGE = f"org.apache.spark:spark-sql-kafka-0-10_2.13:{pyspark.__version__}"
+
+# hadoop-aws 3.3.1 reads these with getInt/getLong, while Spark 4's Hadoop defaults carry
+# unit suffixes ("60s", "64M"): NumberFormatException unless they are plain numbers.
+S3A_PLAIN_NUMBERS = {
+    "fs.s3a.connection.establish.timeout": "30000",
+    "fs.s3a.connection.timeout": "200000",
+    "fs.s3a.connection.ttl": "300000",
+    "fs.s3a.threads.keepalivetime": "60",
+    "fs.s3a.multipart.purge.age": "86400",
+    "fs.s3a.assumed.role.session.duration": "1800",
+    "fs.s3a.multipart.size": "67108864",
+    "fs.s3a.multipart.threshold": "134217728",
+    "fs.s3a.block.size": "33554432",
+    "fs.s3a.readahead.range": "65536",
+}
+
+
+def s3a_conf(settings: Settings) -> dict[str, str]:
+    """Hadoop s3a options (without the `spark.hadoop.` prefix) for the settings' S3 server."""
+    s3 = settings.s3
+    conf = {
+        "fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "fs.s3a.endpoint": s3.endpoint_url,
+        "fs.s3a.endpoint.region": s3.region,
+        "fs.s3a.access.key": s3.access_key,
+        "fs.s3a.secret.key": s3.secret_key.get_secret_value(),
+        "fs.s3a.path.style.access": "true",  # MinIO and Ceph: no bucket subdomains
+        "fs.s3a.connection.ssl.enabled": str(s3.secure).lower(),
+        "fs.s3a.aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+        **S3A_PLAIN_NUMBERS,
+    }
+    signer = settings.streaming.s3a_signer
+    if signer is None:  # the embedded Ceph RGW 16 rejects the SDK v1's chunked SigV4 uploads
+        ceph_with_sdk_v1 = settings.stack == StackMode.embedded and settings.spark.jars_source == "offline"
+        signer = "S3SignerType" if ceph_with_sdk_v1 else ""
+    if signer:
+        conf["fs.s3a.signing-algorithm"] = signer
+    return conf
+
+
+def jar_options(settings: Settings) -> dict[str, str]:
+    """spark.jars (offline, pinned) or spark.jars.packages (Maven) for s3a, plus Kafka's connector."""
+    from shopstream_stack.install import spark_jar_paths
+
+    packages = [KAFKA_PACKAGE] if settings.streaming.kafka_source == "kafka" else []
+    options: dict[str, str] = {}
+    if settings.spark.jars_source == "packages":
+        packages.insert(0, settings.spark.s3a_packages)
+    else:
+        jars = spark_jar_paths(settings)
+        missing = [str(j) for j in jars if not j.exists()]
+        if missing:
+            raise FileNotFoundError(f"Spark's S3 jars are missing ({', '.join(missing)}); run `invoke setup`")
+        options["spark.jars"] = ",".join(map(str, jars))
+    if packages:
+        options["spark.jars.packages"] = ",".join(packages)
+    return options
+
+
+def spark_session(settings: Settings, app_name: str = "shopstream") -> SparkSession:
+    """A SparkSession for the settings (the one already running in this process, if any)."""
+    # Python workers (UDFs, the Kafka source) run this interpreter: they need this venv.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = settings.spark
+    if spark.master.startswith("local"):  # nothing outside this machine needs to reach the driver
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = (
+        SparkSession.builder.master(spark.master)
+        .appName(app_name)
+        .config("spark.driver.memory", spark.driver_memory)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")  # progress bars garble the service log
+        .config("spark.sql.session.timeZone", "UTC")  # dates of partitions are UTC dates
+        .config("spark.sql.shuffle.partitions", str(settings.streaming.state_partitions))
+        .config("spark.sql.adaptive.enabled", "false")  # streaming cannot use it; it only warns
+        # no extra batch after each one just to move the dedupe watermark (half the batches, log
+        # entries and checkpoint files); old dedupe state is dropped in the next batch with data
+        .config("spark.sql.streaming.noDataMicroBatches.enabled", "false")
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")  # not legacy INT96
+    )
+    for key, value in jar_options(settings).items():
+        builder = builder.config(key, value)
+    for key, value in s3a_conf(settings).items():
+        builder = builder.config(f"spark.hadoop.{key}", value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session
