@@ -18,45 +18,17 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "components" / "dags")
 
 import shutil
-import socket
 from collections.abc import Iterator
 
 import pytest
 
-from shopstream.settings import (
-    AirflowSettings,
-    ApiSettings,
-    EmbeddedSettings,
-    KafkaSettings,
-    MongoSettings,
-    PostgresSettings,
-    S3Settings,
-    Settings,
-)
+from shopstream.settings import Settings
+from shopstream_stack.isolated import free_port, isolated_settings
 from shopstream_stack.service import Service
 from shopstream_stack.stack import services
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_settings(run_dir, **overrides) -> Settings:
-    """Settings for an isolated stack: fresh ports, given run dir, no .env file."""
-    fields = dict(
-        run_dir=run_dir,
-        kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}"),
-        mongo=MongoSettings(uri=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"),
-        postgres=PostgresSettings(port=free_port()),
-        s3=S3Settings(endpoint_url=f"http://127.0.0.1:{free_port()}"),
-        embedded=EmbeddedSettings(ceph_mon_port=free_port()),
-        api=ApiSettings(port=free_port()),
-        airflow=AirflowSettings(port=free_port()),
-    )
-    fields.update(overrides)
-    return Settings(_env_file=None, **fields)
+make_settings = isolated_settings  # the tests' name for it
 
 
 @pytest.fixture(scope="session")

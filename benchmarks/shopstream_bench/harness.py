@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import platform
 import shutil
-import socket
 import statistics
 import tempfile
 import time
@@ -18,21 +17,9 @@ from pathlib import Path
 
 import psutil
 
-from shopstream.settings import (
-    EmbeddedSettings,
-    KafkaSettings,
-    MongoSettings,
-    PostgresSettings,
-    S3Settings,
-    Settings,
-)
+from shopstream.settings import Settings
+from shopstream_stack.isolated import isolated_settings
 from shopstream_stack.stack import services
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -40,14 +27,7 @@ def isolated_stack(names: list[str]) -> Iterator[Settings]:
     """Start just these embedded servers on free ports in a temporary folder; remove it after."""
     root = Path(tempfile.mkdtemp(prefix="shopstream-bench-"))
     root.chmod(0o755)
-    settings = Settings(
-        _env_file=None, run_dir=root / "run",
-        kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{_free_port()}"),
-        mongo=MongoSettings(uri=f"mongodb://127.0.0.1:{_free_port()}/?directConnection=true"),
-        postgres=PostgresSettings(port=_free_port()),
-        s3=S3Settings(endpoint_url=f"http://127.0.0.1:{_free_port()}"),
-        embedded=EmbeddedSettings(ceph_mon_port=_free_port()),
-    )
+    settings = isolated_settings(root / "run")
     svcs = services(settings, names)
     try:
         for svc in svcs:
