@@ -5,6 +5,7 @@ Thin on purpose: each task forwards to shopstream_stack.commands.
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 from invoke import Exit, task
@@ -48,7 +49,7 @@ def status(c):
 
 @task(help={"lines": "how many lines", "follow": "keep printing new lines"})
 def logs(c, service, lines=50, follow=False):
-    """Show the log of one service (kafka, mongo, postgres, s3, api, airflow, generator)."""
+    """Show the log of one service (kafka, mongo, postgres, s3, api, streaming, airflow, generator)."""
     _run(commands.logs, service, lines=lines, follow=follow)
 
 
@@ -94,6 +95,19 @@ def analyze(c, as_of=None):
     _run(commands.analyze, as_of=as_of)
 
 
+@task(help={"available_now": "write what PurchasedItem holds now, then exit (a backfill)"})
+def stream(c, available_now=False):
+    """Run the Spark streaming job (PurchasedItem -> raw Parquet on S3) in the foreground; Ctrl-C stops after the current batch."""
+    from shopstream_streaming.cli import main as stream_main
+
+    _run(commands.setup)  # Spark's S3 jars, once
+    try:
+        stream_main(["--available-now"] if available_now else [])
+    except SystemExit as e:  # typer exits; keep invoke's own exit handling
+        if e.code:
+            raise Exit(code=e.code if isinstance(e.code, int) else 1) from None
+
+
 @task
 def batch_check(c):
     """Recount UserEvents from Kafka and compare with the counts in MongoDB; exit 1 if they differ."""
@@ -107,7 +121,7 @@ def test(c, k="", x=False):
     _run(commands.setup, for_tests=True)
     args = ["-k", k] if k else []
     args += ["-x"] if x else []
-    c.run(" ".join([sys.executable, "-m", "pytest", *args]), pty=False)
+    c.run(shlex.join([sys.executable, "-m", "pytest", *args]), pty=False)
 
 
 @task

@@ -6,8 +6,11 @@ works while `invoke up` is running.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 # Before anything imports airflow: a throw-away AIRFLOW_HOME (its SQLite metadata DB),
@@ -92,6 +95,19 @@ def api_server(stack, settings) -> Iterator[ServerThread]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def spark(settings):
+    """One SparkSession for the whole run, built by the job's own factory (s3a jars included):
+    a JVM outlives `stop()`, so a second session with other jars could not be made."""
+    from shopstream_streaming.session import spark_session
+
+    session = spark_session(settings, "shopstream-tests")
+    yield session
+    session.stop()
+    # py4j says goodbye from __del__ at exit, after pytest has closed its capture streams
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """The next offset of every partition of a topic (where a new record would land)."""
     from kafka import KafkaConsumer, TopicPartition
@@ -110,6 +126,28 @@ def airflow_db() -> None:
     from airflow.utils import db
 
     db.resetdb()
+
+
+def job_settings(settings: Settings, name: str, **streaming) -> Settings:
+    """The session's settings with this test's own output, quarantine and checkpoint, reading
+    the topic from its current end (records of other tests are not this test's business)."""
+    run = f"{name}-{uuid.uuid4().hex[:8]}"
+    topic = settings.kafka.purchases_topic
+    start = {topic: {str(p): o for p, o in end_offsets(settings, topic).items()}}
+    st = settings.streaming.model_copy(update={
+        "output_path": f"tests/{run}/purchases", "quarantine_path": f"tests/{run}/quarantine",
+        "starting_offsets": json.dumps(start), **streaming})
+    return settings.model_copy(update={"streaming": st})
+
+
+def run_until_caught_up(spark, settings: Settings) -> None:
+    """Both queries with Trigger.AvailableNow: everything in the topic now, then stop."""
+    from shopstream_streaming import job
+
+    queries = job.start(spark, settings, available_now=True)
+    for q in queries:
+        assert q.awaitTermination(180), f"{q.name} did not finish"
+        assert q.exception() is None, q.exception()
 
 
 def status_table(stdout: str) -> dict[str, str]:

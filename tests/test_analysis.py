@@ -31,17 +31,6 @@ def purchase(order, user, lines, minutes_ago=5, payment="CreditCard"):
     }
 
 
-@pytest.fixture(scope="module")
-def spark():
-    from pyspark.sql import SparkSession
-
-    session = (SparkSession.builder.master("local[1]").appName("analysis-tests")
-               .config("spark.ui.enabled", "false").config("spark.sql.session.timeZone", "UTC")
-               .config("spark.sql.shuffle.partitions", "1").getOrCreate())
-    yield session
-    session.stop()
-
-
 def frame(spark, rows):
     return spark.createDataFrame([PurchaseRecord.model_validate(r).model_dump() | {"PaymentType": r["PaymentType"]}
                                   for r in rows], spark_schema(PurchaseRecord))

@@ -11,9 +11,10 @@ from .mongo import MongoServer
 from .postgres import PostgresServer
 from .s3 import CephS3
 from .service import Service
+from .streaming import StreamingService
 
 SERVICE_TYPES: tuple[type[Service], ...] = (KafkaBroker, MongoServer, PostgresServer, CephS3)
-APP_TYPES: tuple[type[Service], ...] = (ApiService, AirflowService, GeneratorService)
+APP_TYPES: tuple[type[Service], ...] = (ApiService, StreamingService, AirflowService, GeneratorService)
 
 
 def services(settings: Settings, names: list[str] | None = None, apps: bool = False) -> list[Service]:

@@ -1,0 +1,366 @@
+"""The Spark streaming job against the real broker and S3 server: posted purchases come
+back from Parquet field for field, exactly once across a kill -9, and what is not a
+purchase lands in quarantine with the reason."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from enum import Enum
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from pydantic import BaseModel, Field
+from pyspark.sql import types as T
+
+from conftest import end_offsets, job_settings, run_until_caught_up
+from shopstream.contracts import PaymentType, ProductLine, PurchaseRecord
+from shopstream.contracts.spark import spark_schema
+from shopstream.settings import Settings, StackMode
+from shopstream_api.examples import PURCHASE_EXAMPLE
+from shopstream_stack.process import Proc
+from shopstream_stack.streaming import StreamingService
+from shopstream_streaming import job
+
+pytestmark = [pytest.mark.services, pytest.mark.usefixtures("stack")]
+
+MONEY = T.DecimalType(9, 2)
+COORDINATES = ["KafkaTopic", "KafkaPartition", "KafkaOffset", "KafkaTimestamp"]
+
+
+def purchase(run: str, i: int) -> dict:
+    """A valid purchase with 1-3 lines, cents, an offset timestamp, and a total that adds up."""
+    lines = [{"ProductId": f"sku-{i}-{n}", "ItemCount": 1 + (i + n) % 4,
+              "ItemPrice": float(Decimal(f"{(i * 37 + n * 11) % 900 + 1}.{(i + n) % 100:02d}")),
+              "ItemDiscount": float(Decimal(f"0.{(i * 7 + n) % 100:02d}"))}
+             for n in range(1 + i % 3)]
+    total = sum(Decimal(str(x["ItemCount"])) * (Decimal(str(x["ItemPrice"])) - Decimal(str(x["ItemDiscount"])))
+                for x in lines)
+    stamp = datetime(2026, 11, 22, 10, 0, tzinfo=UTC) + timedelta(seconds=i, microseconds=i * 1001)
+    if i % 2:  # the contract keeps instants, whatever offset the client wrote them in
+        stamp = stamp.astimezone(timezone(timedelta(hours=2)))
+    return {"SessionId": f"sess-{run}-{i}", "UserId": f"user-{run}-{i % 7}", "OrderId": f"order-{run}-{i}",
+            "TimeStamp": stamp.isoformat(),
+            "TotalPrice": float(total), "Products": lines, "PaymentType": list(PaymentType)[i % len(PaymentType)].value}
+
+
+def post(api_url: str, bodies: list[dict], key: str | None) -> list[str]:
+    headers = {"Idempotency-Key": key} if key else {}
+    r = httpx.post(f"{api_url}/PurchasedItems", json=bodies, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["EventIds"]
+
+
+def kafka_records(settings: Settings, since: dict[int, int]) -> list:
+    topic = settings.kafka.purchases_topic
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, consumer_timeout_ms=3000)
+    tps = [TopicPartition(topic, p) for p in since]
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, since[tp.partition])
+    records = list(consumer)
+    consumer.close()
+    return records
+
+
+def as_utc(naive_local: datetime) -> datetime:
+    """Spark hands timestamps to Python as naive local times."""
+    return naive_local.astimezone(UTC)
+
+
+def test_posted_purchases_come_back_from_parquet_field_for_field(spark, settings, api_server):
+    st = job_settings(settings, "roundtrip")
+    since = {int(p): o for p, o in json.loads(st.streaming.starting_offsets)[settings.kafka.purchases_topic].items()}
+    run = uuid.uuid4().hex[:6]
+    extremes = {**purchase(run, 99), "TotalPrice": 1_000_000.0, "Products": [  # money at both ends of its range
+        {"ProductId": "sku-max", "ItemCount": 1, "ItemPrice": 1_000_000.0, "ItemDiscount": 0.01},
+        {"ProductId": "sku-min", "ItemCount": 1, "ItemPrice": 0.01, "ItemDiscount": 0.0}]}
+    bodies = [purchase(run, i) for i in range(11)] + [extremes]
+    key = f"checkout-{run}"
+    ids = post(api_server.url, bodies[:8], key) + post(api_server.url, bodies[8:], None)
+    assert post(api_server.url, bodies[:8], key) == ids[:8]  # a client retry: same EventIds again
+    copies: dict[str, list] = {}
+    for m in kafka_records(settings, since):
+        copies.setdefault(json.loads(m.value)["EventId"], []).append(m)
+    assert sorted(len(c) for c in copies.values()) == [1] * 4 + [2] * 8  # the topic has the retry's copies
+
+    run_until_caught_up(spark, st)
+
+    df = spark.read.parquet(job.output_url(st))
+    contract = spark_schema(PurchaseRecord)
+    assert df.columns == [*contract.fieldNames(), *COORDINATES, "date"]
+    # the same types (Parquet itself makes every column nullable)
+    assert df.schema.simpleString().startswith(contract.simpleString()[:-1])
+    rows = df.collect()
+    by_id = {r.EventId: r for r in rows}
+    assert len(rows) == len(by_id) == 12 and set(by_id) == set(ids)
+    for body, event_id in zip(bodies, ids):
+        row = by_id[event_id]
+        assert row.SessionId == body["SessionId"] and row.UserId == body["UserId"] and row.OrderId == body["OrderId"]
+        assert row.PaymentType == body["PaymentType"]
+        assert row.TotalPrice == Decimal(str(body["TotalPrice"])).quantize(Decimal("0.01"))
+        assert as_utc(row.TimeStamp) == datetime.fromisoformat(body["TimeStamp"]).astimezone(UTC)
+        assert [p.asDict() for p in row.Products] == [
+            {"ProductId": p["ProductId"], "ItemCount": p["ItemCount"],
+             "ItemPrice": Decimal(str(p["ItemPrice"])).quantize(Decimal("0.01")),
+             "ItemDiscount": Decimal(str(p["ItemDiscount"])).quantize(Decimal("0.01"))} for p in body["Products"]]
+        # the Kafka copy it came from: coordinates and the server's IngestedAt agree
+        (m,) = [m for m in copies[event_id] if (m.partition, m.offset) == (row.KafkaPartition, row.KafkaOffset)]
+        assert row.KafkaTopic == m.topic == settings.kafka.purchases_topic
+        assert as_utc(row.KafkaTimestamp) == datetime.fromtimestamp(m.timestamp / 1000, UTC)
+        ingested = datetime.fromisoformat(json.loads(m.value)["IngestedAt"])
+        assert as_utc(row.IngestedAt) == ingested and row.date == ingested.date()
+
+
+def test_malformed_and_contract_breaking_records_land_in_quarantine_with_the_reason(spark, settings):
+    st = job_settings(settings, "quarantine")
+    topic = settings.kafka.purchases_topic
+    good = {**PURCHASE_EXAMPLE, "EventId": f"ok-{uuid.uuid4().hex}", "IngestedAt": "2026-11-22T10:21:31.5Z"}
+    bad = {  # value -> what the reason must say
+        b"{not json": "Invalid JSON",
+        b"\xff\xfe\x00 not UTF-8": "Invalid JSON",
+        json.dumps({**good, "TotalPrice": 1.0}).encode(): "TotalPrice must equal the lines' total",
+        json.dumps({**good, "Coupon": "FREE"}).encode(): "Coupon: Extra inputs are not permitted",
+        json.dumps(PURCHASE_EXAMPLE).encode(): "EventId: Field required",
+        json.dumps({**good, "Products": [{**PURCHASE_EXAMPLE["Products"][0], "ItemCount": 0}]}).encode():
+            "Products.0.ItemCount",
+        None: "empty record",
+    }
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    sent = {value: producer.send(topic, key=b"user-q", value=value).get(10) for value in bad}
+    ok = producer.send(topic, key=b"user-q", value=json.dumps(good).encode()).get(10)
+    producer.close()
+
+    run_until_caught_up(spark, st)
+
+    quarantine = {(r.KafkaPartition, r.KafkaOffset): r for r in spark.read.parquet(job.quarantine_url(st)).collect()}
+    assert len(quarantine) == len(bad)
+    for value, reason in bad.items():
+        row = quarantine[(sent[value].partition, sent[value].offset)]
+        assert reason in row.Reason, row.Reason
+        assert row.Value == value and row.Key == b"user-q" and row.KafkaTopic == topic
+        assert row.date == as_utc(row.KafkaTimestamp).date()
+    (kept,) = spark.read.parquet(job.output_url(st)).collect()
+    assert (kept.EventId, kept.KafkaPartition, kept.KafkaOffset) == (good["EventId"], ok.partition, ok.offset)
+
+
+def test_a_new_checkpoint_over_old_output_is_refused(spark, settings):
+    """Spark's file sink would skip the batch numbers the output already has: silent loss."""
+    st = job_settings(settings, "mismatch")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    producer.send(settings.kafka.purchases_topic, value=b"x").get(10)
+    producer.close()
+    run_until_caught_up(spark, st)
+    moved = st.model_copy(update={"streaming": st.streaming.model_copy(
+        update={"checkpoint_location": str(settings.run_dir / f"elsewhere-{uuid.uuid4().hex}")})})
+    with pytest.raises(job.CheckpointMismatch, match="delete the output and the checkpoint together"):
+        job.start(spark, moved)
+    assert not spark.streams.active
+
+
+# -- exactly once across kill -9 ---------------------------------------------------------
+class Poster(threading.Thread):
+    """A client posting purchases through the API without pause; every 4th request is sent
+    twice with its Idempotency-Key (a retry after a lost answer), so Kafka holds copies."""
+
+    def __init__(self, api_url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.run_id = api_url, uuid.uuid4().hex[:6]
+        self.accepted: set[str] = set()
+        self.requests = 0
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            i = 0
+            while not self.stop.is_set():
+                bodies = [purchase(self.run_id, i * 5 + j) for j in range(5)]
+                for _ in range(2 if i % 4 == 0 else 1):
+                    self.accepted.update(post(self.url, bodies, f"{self.run_id}-{i}"))
+                    self.requests += 1
+                i += 1
+                time.sleep(0.05)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            self.error = e
+
+
+def batches(folder: Path) -> list[int]:
+    return sorted(int(p.name) for p in folder.glob("[0-9]*")) if folder.exists() else []
+
+
+def batch_offsets(checkpoint: Path, batch: int, topic: str) -> dict[str, int]:
+    return json.loads((checkpoint / "offsets" / str(batch)).read_text().splitlines()[2])[topic]
+
+
+def unlisted_files(settings: Settings) -> set[str]:
+    """Parquet files in the output that the file sink's log does not list (yet)."""
+    from shopstream.adapters.s3 import s3_client
+
+    s3, bucket = s3_client(settings.s3), settings.s3.bucket
+    names = [o.object_name for o in s3.list_objects(bucket, prefix=f"{settings.streaming.output_path}/", recursive=True)]
+    listed = set()
+    for name in (n for n in names if "/_spark_metadata/" in n):
+        response = s3.get_object(bucket, name)
+        listed |= {json.loads(line)["path"].split(f"/{bucket}/", 1)[1] for line in response.read().splitlines()[1:]}
+        response.close()
+    return {n for n in names if n.endswith(".parquet")} - listed
+
+
+def kill_minus_9(pid: int) -> None:
+    """SIGKILL the job and everything it started (JVM, Python workers) at once."""
+    leader = psutil.Process(pid)
+    family = [leader, *Proc.family(leader)]
+    for p in family:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=30)
+
+
+def test_kill_minus_9_mid_batch_and_restart_loses_and_duplicates_nothing(spark, settings, api_server):
+    st = job_settings(settings, "kill9", trigger_interval_s=1.0, max_records_per_trigger=1500)
+    topic = settings.kafka.purchases_topic
+    since = {int(p): o for p, o in json.loads(st.streaming.starting_offsets)[topic].items()}
+    checkpoint = Path(job.checkpoint_url(st, job.PURCHASES))
+    service = StreamingService(st)
+    poster = Poster(api_server.url)
+    poster.start()
+    try:
+        service.start()  # returns once the status file says both queries made progress
+        assert service.status().state == "healthy"
+        # kill it while a batch that carries records has written its Parquet file but not committed
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline, "never caught a batch between writing and committing"
+            planned, committed = batches(checkpoint / "offsets"), batches(checkpoint / "commits")
+            if (len(committed) >= 2 and planned[-1] not in committed
+                    and batch_offsets(checkpoint, planned[-1], topic) != batch_offsets(checkpoint, planned[-2], topic)
+                    and unlisted_files(st)):
+                break
+            time.sleep(0.01)
+        in_flight = planned[-1]
+        kill_minus_9(service.procs()[0].pid())
+        assert in_flight not in batches(checkpoint / "commits"), "the batch committed before the kill"
+        assert not service.healthy()
+
+        service.start()  # continues from the checkpoint: re-runs the killed batch first
+        time.sleep(3)
+    finally:
+        poster.stop.set()
+        poster.join(60)
+    try:
+        assert poster.error is None, poster.error
+        end = end_offsets(settings, topic)
+        deadline = time.monotonic() + 180
+        while True:
+            done = batches(checkpoint / "commits")
+            reached = batch_offsets(checkpoint, done[-1], topic) if done else {}
+            if all(reached.get(str(p), 0) >= o for p, o in end.items()):
+                break
+            assert time.monotonic() < deadline, f"job did not catch up: at {reached}, topic ends at {end}"
+            time.sleep(0.5)
+    finally:
+        service.stop()  # SIGTERM: stops after the current batch
+    last_run = service.procs()[0].log_file.read_text().split("SIGTERM: stopping after the current batch")
+    assert len(last_run) == 2 and "shopstream_streaming: stopped" in last_run[1], last_run[-1][-2000:]
+
+    in_kafka = sum(end[p] - since[p] for p in end)
+    assert in_kafka > len(poster.accepted) > 500  # retries put copies into the topic
+    ids = [r.EventId for r in spark.read.parquet(job.output_url(st)).select("EventId").collect()]
+    assert len(ids) == len(set(ids)), "duplicates in the Parquet dataset"
+    assert set(ids) == poster.accepted, (len(set(ids) - poster.accepted), len(poster.accepted - set(ids)))
+
+
+# -- one setting switches the jar source and the Kafka source -----------------------------
+def test_offline_jars_or_packages_and_the_kafka_connector_follow_the_settings(spark, settings):
+    from shopstream_stack.install import spark_jar_paths
+    from shopstream_streaming.session import KAFKA_PACKAGE, jar_options, s3a_conf
+
+    assert jar_options(settings) == {"spark.jars": ",".join(map(str, spark_jar_paths(settings)))}
+    assert s3a_conf(settings)["fs.s3a.signing-algorithm"] == "S3SignerType"  # what Ceph needs with SDK v1
+    online = settings.model_copy(update={
+        "spark": settings.spark.model_copy(update={"jars_source": "packages"}),
+        "streaming": settings.streaming.model_copy(update={"kafka_source": "kafka"})})
+    assert jar_options(online) == {"spark.jars.packages": f"{settings.spark.s3a_packages},{KAFKA_PACKAGE}"}
+    assert "fs.s3a.signing-algorithm" not in s3a_conf(online)  # hadoop-aws 3.4 (SDK v2) has no V2 signer
+    minio = settings.model_copy(update={"stack": StackMode.compose})
+    assert "fs.s3a.signing-algorithm" not in s3a_conf(minio)  # MinIO takes the SDK's SigV4
+    # here Spark's connector is not on the classpath: asking for it fails at once, by its name
+    with pytest.raises(Exception, match="kafka"):
+        job.read_topic(spark, online)
+
+
+def test_kafka_source_shares_a_read_limit_by_backlog_and_refuses_lost_offsets():
+    from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxRows
+
+    from shopstream_streaming.kafka_source import KafkaRange, KafkaStreamReader
+
+    reader = KafkaStreamReader({"kafka.bootstrap.servers": "127.0.0.1:1", "subscribe": "T"})
+    reader._bounds = lambda: {"T": {"0": (0, 1000), "1": (0, 100), "2": (50, 60)}}  # (earliest, next)
+    start = {"T": {"0": 0, "1": 0}}  # partition 2 appeared since: read from its beginning
+    assert reader.latestOffset(start, ReadAllAvailable()) == {"T": {"0": 1000, "1": 100, "2": 60}}
+    # 110 of a 1110-record backlog: each partition gets its share, so they catch up together
+    end = reader.latestOffset(start, ReadMaxRows(110))
+    assert end == {"T": {"0": 99, "1": 9, "2": 51}}
+    assert [(r.partition, r.start, r.end) for r in reader.partitions(start, end)] == [(0, 0, 99), (1, 0, 9), (2, 0, 51)]
+    assert all(isinstance(r, KafkaRange) for r in reader.partitions(start, end))
+    with pytest.raises(RuntimeError, match="recreated"):  # the checkpoint is past what the broker has
+        reader.latestOffset({"T": {"0": 2000, "1": 0}}, ReadAllAvailable())
+
+
+# -- the Spark schema is derived from the contract ----------------------------------------
+def test_spark_schema_is_derived_from_the_contract():
+    schema = spark_schema(PurchaseRecord)
+    assert schema.fieldNames() == list(PurchaseRecord.model_fields)
+    types = {f.name: f.dataType for f in schema.fields}
+    line = T.StructType([T.StructField("ProductId", T.StringType(), False),
+                         T.StructField("ItemCount", T.IntegerType(), False),
+                         T.StructField("ItemPrice", MONEY, False),
+                         T.StructField("ItemDiscount", MONEY, False)])
+    assert types == {
+        "SessionId": T.StringType(), "TimeStamp": T.TimestampType(), "UserId": T.StringType(),
+        "TotalPrice": MONEY, "OrderId": T.StringType(), "Products": T.ArrayType(line, containsNull=False),
+        "PaymentType": T.StringType(), "EventId": T.StringType(), "IngestedAt": T.TimestampType(),
+    }
+    assert line.fieldNames() == list(ProductLine.model_fields)
+    assert not any(f.nullable for f in schema.fields)  # every field of the contract is required
+
+
+def test_schema_derivation_covers_optional_and_other_types():
+    class Colour(str, Enum):
+        red = "red"
+
+    class Inner(BaseModel):
+        Flag: bool
+
+    class Sample(BaseModel):
+        Big: int
+        Ratio: float
+        Day: date
+        Tags: list[str]
+        Colour: Colour
+        Maybe: Inner | None = None
+        Amount: Decimal = Field(max_digits=12, decimal_places=4)
+
+    schema = spark_schema(Sample)
+    assert [(f.name, f.dataType, f.nullable) for f in schema.fields] == [
+        ("Big", T.LongType(), False), ("Ratio", T.DoubleType(), False), ("Day", T.DateType(), False),
+        ("Tags", T.ArrayType(T.StringType(), False), False), ("Colour", T.StringType(), False),
+        ("Maybe", T.StructType([T.StructField("Flag", T.BooleanType(), False)]), True),
+        ("Amount", T.DecimalType(12, 4), False),
+    ]
+
+    class Loose(BaseModel):
+        Amount: Decimal
+
+    with pytest.raises(TypeError, match="max_digits"):
+        spark_schema(Loose)
