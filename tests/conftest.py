@@ -140,14 +140,16 @@ def job_settings(settings: Settings, name: str, **streaming) -> Settings:
     return settings.model_copy(update={"streaming": st})
 
 
-def run_until_caught_up(spark, settings: Settings) -> None:
-    """Both queries with Trigger.AvailableNow: everything in the topic now, then stop."""
+def run_until_caught_up(spark, settings: Settings) -> dict[str, list[dict]]:
+    """Both queries with Trigger.AvailableNow: everything in the topic now, then stop;
+    returns each query's batch progress reports."""
     from shopstream_streaming import job
 
     queries = job.start(spark, settings, available_now=True)
     for q in queries:
         assert q.awaitTermination(180), f"{q.name} did not finish"
         assert q.exception() is None, q.exception()
+    return {q.name: q.recentProgress for q in queries}
 
 
 def status_table(stdout: str) -> dict[str, str]:

@@ -28,6 +28,7 @@ from shopstream_api.examples import PURCHASE_EXAMPLE
 from shopstream_stack.process import Proc
 from shopstream_stack.streaming import StreamingService
 from shopstream_streaming import job
+from shopstream_streaming.status import rows_written
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("stack")]
 
@@ -138,7 +139,9 @@ def test_malformed_and_contract_breaking_records_land_in_quarantine_with_the_rea
     ok = producer.send(topic, key=b"user-q", value=json.dumps(good).encode()).get(10)
     producer.close()
 
-    run_until_caught_up(spark, st)
+    progress = run_until_caught_up(spark, st)
+    written = {name: sum(rows_written(p) or 0 for p in reports) for name, reports in progress.items()}
+    assert written == {job.PURCHASES: 1, job.QUARANTINE: len(bad)}  # what the job logs per batch
 
     quarantine = {(r.KafkaPartition, r.KafkaOffset): r for r in spark.read.parquet(job.quarantine_url(st)).collect()}
     assert len(quarantine) == len(bad)

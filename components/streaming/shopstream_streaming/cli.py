@@ -22,7 +22,7 @@ import typer
 
 from shopstream.settings import Settings
 
-from .status import job_folder, status_path, write_status
+from .status import job_folder, rows_written, status_path, write_status
 
 log = logging.getLogger("shopstream_streaming")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -55,6 +55,7 @@ def query_status(q) -> dict[str, Any]:
         "batch_id": progress["batchId"] if progress else None,
         "progress_at": _epoch(progress["timestamp"]) if progress else None,
         "input_rows": progress["numInputRows"] if progress else 0,
+        "output_rows": rows_written(progress) if progress else 0,
         "rows_per_s": round(progress.get("processedRowsPerSecond") or 0.0, 1) if progress else 0.0,
         "batch_ms": progress["durationMs"].get("triggerExecution") if progress else None,
     }
@@ -67,8 +68,8 @@ def _log_new_batches(queries, seen: dict[str, int]) -> None:
                 continue
             seen[q.name] = p["batchId"]
             if p["numInputRows"]:
-                log.info("%s: batch %d, %d records in %d ms", q.name, p["batchId"], p["numInputRows"],
-                         p["durationMs"].get("triggerExecution", 0))
+                log.info("%s: batch %d, %d records read, %s written in %d ms", q.name, p["batchId"],
+                         p["numInputRows"], rows_written(p), p["durationMs"].get("triggerExecution", 0))
             late = sum(op.get("numRowsDroppedByWatermark", 0) for op in p.get("stateOperators", []))
             if late:  # never expected: records published more than the dedupe window after newer ones
                 log.warning("%s: batch %d dropped %d records older than the dedupe watermark",

@@ -180,7 +180,16 @@ def start(spark: SparkSession, settings: Settings, available_now: bool = False) 
         check_checkpoint(spark, path, checkpoint_url(settings, name))
     classified = classify(read_topic(spark, settings))
     frames = {PURCHASES: purchases(classified, settings), QUARANTINE: quarantined(classified)}
-    return [_sink(frames[name], name, path, checkpoint_url(settings, name), trigger) for name, path in plan]
+    return [_sink(written_rows(frames[name], name), name, path, checkpoint_url(settings, name), trigger)
+            for name, path in plan]
+
+
+def written_rows(df: DataFrame, name: str) -> DataFrame:
+    """Count the rows each batch writes; the count appears in the query's progress under
+    `observedMetrics[name]["rows"]` (a file sink reports no output count of its own;
+    `status.rows_written` reads it)."""
+    return df.observe(name, F.count(F.lit(1)).alias("rows"))
+
 
 
 class CheckpointMismatch(RuntimeError):

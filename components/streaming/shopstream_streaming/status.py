@@ -26,6 +26,13 @@ def status_path(settings: Settings) -> Path:
     return job_folder(settings) / "status.json"
 
 
+def rows_written(progress: dict[str, Any]) -> int | None:
+    """The rows a batch wrote (observed by `job.written_rows`); None when not observed."""
+    for metrics in (progress.get("observedMetrics") or {}).values():  # one observation per query
+        return int(metrics["rows"])  # a pyspark Row: no .get
+    return None
+
+
 def write_status(path: Path, status: dict[str, Any]) -> None:
     """Replace the file in one step, so a reader never sees half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
