@@ -1,7 +1,9 @@
-"""`invoke analyze`: execute the notebooks headless against the running stack, save HTML reports."""
+"""`invoke analyze`: execute the notebooks headless against the running stack and save, per
+notebook, an HTML report (tables and charts) and a JSON file of its answers (`answers.py`)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +40,10 @@ def ensure_data(settings: Settings) -> int:
 
 def run_notebooks(settings: Settings, out_dir: Path, as_of: str | None = None,
                   say: Callable[[str], None] = print, timeout_s: int = 900) -> list[Path]:
-    """Execute each notebook in order (with the settings in its environment) and write <name>.html."""
+    """Execute each notebook in order (with the settings in its environment) and write
+    <name>.html and <name>.json; returns the HTML paths."""
+    from .answers import collect, without_answers
+
     ensure_data(settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     env_before = dict(os.environ)
@@ -55,11 +60,12 @@ def run_notebooks(settings: Settings, out_dir: Path, as_of: str | None = None,
                                resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
             except CellExecutionError as e:
                 raise AnalysisFailed(f"{name} failed:\n{str(e)[-3000:]}") from None
-            html, _ = HTMLExporter().from_notebook_node(nb)
+            html, _ = HTMLExporter().from_notebook_node(without_answers(nb))
             path = out_dir / name.replace(".ipynb", ".html")
             path.write_text(html)
+            path.with_suffix(".json").write_text(json.dumps(collect(nb), indent=1) + "\n")
             written.append(path)
-            say(f"wrote {path}")
+            say(f"wrote {path} and {path.with_suffix('.json').name}")
     finally:
         os.environ.clear()
         os.environ.update(env_before)
