@@ -54,12 +54,14 @@ def run_notebooks(settings: Settings, out_dir: Path, as_of: str | None = None,
     try:
         for name in ORDER:
             nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-            say(f"running {name} ...")
+            kernel_log = out_dir / name.replace(".ipynb", ".kernel.log")
+            say(f"running {name} ... (kernel and Spark messages: {kernel_log})")
             try:
-                NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
-                               resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+                with kernel_log.open("w") as log:  # Spark's JVM writes to the kernel's stderr
+                    NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
+                                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute(stderr=log)
             except CellExecutionError as e:
-                raise AnalysisFailed(f"{name} failed:\n{str(e)[-3000:]}") from None
+                raise AnalysisFailed(f"{name} failed (see also {kernel_log}):\n{str(e)[-3000:]}") from None
             html, _ = HTMLExporter().from_notebook_node(without_answers(nb))
             path = out_dir / name.replace(".ipynb", ".html")
             path.write_text(html)
