@@ -80,13 +80,15 @@ def generate(c, sessions_per_second=None, seconds=None, cohorts=None, seed=None,
             raise Exit(code=e.code if isinstance(e.code, int) else 1) from None
 
 
-@task(help={"quick": "smaller data sets (a smoke run, not the reference figures)"})
-def bench(c, quick=False):
-    """Run the benchmarks on an isolated embedded stack; reports go to reports/bench/."""
+@task(iterable=["only"], help={"quick": "smaller data sets (a smoke run, not the reference figures)",
+                               "only": "run just the benchmarks whose title has this word: API, batch, streaming, analysis"})
+def bench(c, quick=False, only=None):
+    """Run the benchmarks, each on an isolated embedded stack; reports go to reports/bench/."""
     from shopstream.settings import REPO_ROOT
     from shopstream_bench.run import main
 
-    main(REPO_ROOT / "reports" / "bench", quick=quick)
+    _run(commands.setup, for_bench=True)  # wrk, Spark's S3 jars
+    main(REPO_ROOT / "reports" / "bench", quick=quick, only=only or None)
 
 
 @task(help={"as_of": "the analysis' now, ISO 8601 with offset (default: now)"})

@@ -110,14 +110,9 @@ def spark(settings):
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """The next offset of every partition of a topic (where a new record would land)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from shopstream.adapters.kafka import end_offsets as ends
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
-    try:
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(settings.kafka.partitions)])
-    finally:
-        consumer.close()
-    return {tp.partition: off for tp, off in ends.items()}
+    return ends(settings.kafka, topic)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 
+from shopstream.adapters.kafka import end_offsets
 from shopstream.settings import Settings
 from shopstream_stack.isolated import isolated_settings
 from shopstream_stack.stack import services
@@ -60,32 +61,106 @@ class Figure:
     met: bool | None = None
     samples: list[float] = field(default_factory=list)
     note: str = ""
+    # further limits measured in the same run, shown next to the main one: {name: value}
+    other_limits: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
         return self.value / self.limit_value if self.limit_value else None
 
 
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (0-100) by linear interpolation between the closest ranks."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def topic_end(settings: Settings, topic: str) -> int:
+    """How many records a topic has received so far (the sum of its end offsets)."""
+    return sum(end_offsets(settings.kafka, topic).values())
+
+
+def produce(settings: Settings, topic: str, records: Iterable[tuple[bytes, bytes]], label: str = "") -> int:
+    """Fill a topic with pre-serialised (key, value) records, acknowledged (acks=all); returns how many."""
+    from kafka import KafkaProducer
+    from rich.progress import Progress
+
+    records = list(records)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, client_id="shopstream-bench-fill",
+                             acks="all", linger_ms=20, batch_size=256 * 1024, compression_type="gzip")
+    try:
+        with Progress(transient=True) as progress:
+            task = progress.add_task(label or f"filling {topic}", total=len(records))
+            for start in range(0, len(records), 10_000):
+                futures = [producer.send(topic, key=k, value=v) for k, v in records[start:start + 10_000]]
+                producer.flush()
+                for f in futures:
+                    f.get(timeout=60)
+                progress.advance(task, len(futures))
+    finally:
+        producer.close()
+    return len(records)
+
+
+@contextmanager
+def spark_for(settings: Settings, app: str) -> Iterator[object]:
+    """The project's SparkSession for these settings; stopped after, with Hadoop's FileSystem
+    cache cleared, so a later run in this process (another isolated stack, same bucket name)
+    does not get a file system bound to the old S3 endpoint."""
+    from shopstream_streaming.session import spark_session
+
+    spark = spark_session(settings, app)
+    try:
+        yield spark
+    finally:
+        try:
+            for q in spark.streams.active:
+                q.stop()
+            spark._jvm.org.apache.hadoop.fs.FileSystem.closeAll()
+        finally:
+            spark.stop()
+
+
 def machine() -> dict[str, object]:
     return {
         "python": platform.python_version(), "platform": platform.platform(),
         "cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "versions": {p: version(p) for p in ("pymongo", "kafka-python", "secantusdb", "noida-db")},
+        "versions": {p: version(p) for p in ("fastapi", "uvicorn", "aiokafka", "kafka-python", "pymongo",
+                                             "pyspark", "secantusdb", "noida-db")},
+        "wrk": _wrk_version(),
     }
 
 
-def write_report(figures: list[Figure], out_dir: Path) -> tuple[Path, Path]:
+def _wrk_version() -> str | None:
+    import subprocess
+
+    if not shutil.which("wrk"):
+        return None
+    out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+    return (out.stdout or out.stderr).split(" [")[0].strip() or None
+
+
+def write_report(figures: list[Figure], out_dir: Path, quick: bool = False) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    data = {"when": stamp, "machine": machine(), "figures": [asdict(f) | {"ratio": f.ratio} for f in figures]}
+    data = {"when": stamp, "quick": quick, "machine": machine(),
+            "figures": [asdict(f) | {"ratio": f.ratio} for f in figures]}
     json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
     json_path.write_text(json.dumps(data, indent=2))
-    lines = [f"# shopstream benchmarks ({stamp})", "",
-             f"Machine: {data['machine']['cpus']} CPUs, {data['machine']['memory_gib']} GiB, "
-             f"Python {data['machine']['python']}.", "",
+    m = data["machine"]
+    lines = [f"# shopstream benchmarks ({stamp}{', --quick sizes' if quick else ''})", "",
+             f"Machine: {m['cpus']} CPUs, {m['memory_gib']} GiB, Python {m['python']}, {m['wrk'] or 'no wrk'}; "
+             + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".", "",
              "| figure | median | limit (same run) | ratio | target | met |", "| --- | --- | --- | --- | --- | --- |"]
     for f in figures:
         limit = f"{f.limit_name}: {f.limit_value:.3g} {f.unit}" if f.limit_value is not None else ""
+        limit = "; ".join([limit] * bool(limit) + [
+            f"{name}: {value:.3g} {f.unit} (ratio {f.value / value:.2f})" if value else f"{name}: {value:.3g} {f.unit}"
+            for name, value in f.other_limits.items()])
         ratio = f"{f.ratio:.2f}" if f.ratio is not None else ""
         met = {True: "yes", False: "**no**", None: ""}[f.met]
         lines.append(f"| {f.name} | {f.value:.3g} {f.unit} | {limit} | {ratio} | {f.target} | {met} |")

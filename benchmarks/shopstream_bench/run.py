@@ -1,24 +1,48 @@
-"""`invoke bench`: run the benchmarks on an isolated embedded stack and write the reports."""
+"""`invoke bench`: run each benchmark on an isolated embedded stack and write the reports.
+
+Each module brings the servers it needs (`SERVERS`); its stack lives only while it runs,
+so one benchmark's data and load never reach the next.
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from rich.console import Console
 
-from . import aggregation
-from .harness import isolated_stack, write_report
+from . import aggregation, analysis, api, drain, streaming
+from .harness import Figure, isolated_stack, write_report
 
 console = Console()
 
 
-def main(out_dir: Path, quick: bool = False) -> Path:
-    figures = []
-    console.print("[bold]aggregation[/bold]: the same new batch on a small and a large history")
-    with isolated_stack(["mongo"]) as settings:
-        histories = (10_000, 100_000) if quick else (10_000, 1_000_000)
-        figures += aggregation.run(settings, histories=histories, repeats=2 if quick else 3)
-    json_path, md_path = write_report(figures, out_dir)
+def _aggregation(settings, quick: bool) -> list[Figure]:
+    histories = (10_000, 100_000) if quick else (10_000, 1_000_000)
+    return aggregation.run(settings, histories=histories, repeats=2 if quick else 3)
+
+
+# (title, servers, run(settings, quick))
+BENCHMARKS = [
+    ("API: PUT /SendEvent and POST /PurchasedItems under wrk", api.SERVERS, api.run),
+    ("batch: drain UserEvents into MongoDB", drain.SERVERS, drain.run),
+    ("batch: aggregation on a small and a large history", ["mongo"], _aggregation),
+    ("streaming: throughput and freshness", streaming.SERVERS, streaming.run),
+    ("analysis: notebook 1's computations", analysis.SERVERS, analysis.run),
+]
+
+
+def main(out_dir: Path, quick: bool = False, only: list[str] | None = None) -> Path:
+    figures: list[Figure] = []
+    for title, servers, run in BENCHMARKS:
+        if only and not any(word in title for word in only):
+            continue
+        console.rule(f"[bold]{title}[/bold]")
+        t0 = time.monotonic()
+        with isolated_stack(servers) as settings:
+            figures += run(settings, quick)
+        console.print(f"{title}: {time.monotonic() - t0:.0f} s")
+    json_path, md_path = write_report(figures, out_dir, quick=quick)
     console.print(md_path.read_text())
     console.print(f"reports: {json_path}, {md_path}")
     return md_path

@@ -1,4 +1,8 @@
-"""Request-scoped access to what the app was built with (settings, publisher)."""
+"""Request-scoped access to what the app was built with (settings, publisher).
+
+`async def`: FastAPI runs a plain `def` dependency in its thread pool, two thread hops per
+request for a dictionary lookup.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,11 @@ from shopstream.settings import Settings
 from .publisher import KafkaPublisher
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_publisher(request: Request) -> KafkaPublisher:
+async def get_publisher(request: Request) -> KafkaPublisher:
     return request.app.state.publisher
 
 

@@ -10,6 +10,19 @@ not the history. Each run, holding a lease so aggregations never interleave:
 3. marks the batch applied.
 
 A batch left unfinished by a crashed run is finished first by the next one.
+
+The lease is short (`BatchSettings.lease_seconds`, 30 s) and a heartbeat thread renews
+it every third of that while the run works, so a run that dies, or loses MongoDB, holds
+up the next one for at most one lease. Expiry is judged by the server's clock. A holder
+writes nothing more once it cannot be sure it still holds the lease: a renewal found it
+taken, or none has succeeded for `lease_seconds - margin` (counted from when that renewal
+was sent, so this local deadline always falls before the server-side expiry). Every
+acquisition also gets a larger fencing token, which the holder stamps on the batches it
+works on; batch documents change only under the stamping holder's token, and right
+before each write to the events or the counts the server confirms that the lease and
+the batch are still this holder's. So a stale holder stops at its next step even when
+it has not noticed the loss (its process was frozen, say): only a single write the
+server was already running when the lease lapsed can overlap the next holder's work.
 """
 
 from __future__ import annotations
@@ -17,14 +30,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
+import pymongo
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from shopstream.adapters.mongo import database, mongo_client
 from shopstream.settings import Settings, get_settings
@@ -52,25 +67,146 @@ class LeaseTimeout(RuntimeError):
     pass
 
 
-def _acquire(colls: Collections, owner: str, seconds: float, wait_s: float) -> None:
-    deadline = time.monotonic() + wait_s
-    while True:
-        now = datetime.now(UTC)
-        try:
-            colls.leases.find_one_and_update(
-                {"_id": LEASE, "$or": [{"expires": {"$lt": now}}, {"owner": owner}]},
-                {"$set": {"owner": owner, "expires": now + timedelta(seconds=seconds)}},
-                upsert=True, return_document=ReturnDocument.AFTER,
-            )
+class LeaseLost(RuntimeError):
+    """This run can no longer be sure it holds the lease: it must not write any more."""
+
+
+# the lease has expired by the server's clock (dates compared as epoch milliseconds)
+_EXPIRED = {"$expr": {"$lt": [{"$toLong": "$expires"}, {"$toLong": "$$NOW"}]}}
+_UNEXPIRED = {"$expr": {"$gte": [{"$toLong": "$expires"}, {"$toLong": "$$NOW"}]}}
+
+
+def _clock() -> float:
+    """Seconds on a clock that also runs while the machine sleeps (monotonic does not, on Linux)."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
+
+
+class Lease:
+    """The aggregation lease: acquired once, renewed by a heartbeat thread, checked before writes."""
+
+    def __init__(self, colls: Collections, owner: str, seconds: float) -> None:
+        self.colls, self.owner, self.seconds = colls, owner, float(seconds)
+        self.interval = self.seconds / 3  # two renewals in a row may fail before the holder stops
+        self.margin = self.seconds / 5  # for a checked write to reach the server before the expiry
+        self.token: int | None = None  # fencing token: larger at every acquisition
+        self._valid_until = 0.0  # _clock() before which the lease is surely still ours
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def _mine(self) -> dict[str, Any]:
+        return {"_id": LEASE, "owner": self.owner, "token": self.token}
+
+    def _expiry(self) -> dict[str, Any]:
+        return {"$set": {"expires": {"$add": ["$$NOW", int(self.seconds * 1000)]}}}
+
+    def acquire(self, wait_s: float) -> None:
+        """Take the lease once it is free or expired; wait at most `wait_s`; start the heartbeat."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            sent = _clock()
+            try:
+                doc = self.colls.leases.find_one_and_update(
+                    {"_id": LEASE, "$or": [_EXPIRED, {"owner": self.owner}]},
+                    [{"$set": {"owner": self.owner, "token": {"$add": [{"$ifNull": ["$token", 0]}, 1]}}},
+                     self._expiry()],
+                    upsert=True, return_document=ReturnDocument.AFTER,
+                )
+                break
+            except DuplicateKeyError:  # held by another run: the upsert collided with its document
+                if time.monotonic() > deadline:
+                    raise LeaseTimeout("another aggregation holds the lease") from None
+                time.sleep(0.5)
+        self.token, self._valid_until = doc["token"], sent + self.seconds - self.margin
+        self._thread = threading.Thread(target=self._heartbeat, name="aggregate-lease", daemon=True)
+        self._thread.start()
+
+    def _heartbeat(self) -> None:
+        wait = self.interval
+        while not self._stop.wait(wait):
+            sent = _clock()
+            if self._lost or sent >= self._valid_until:
+                self._lose("not renewed in time")
+                return
+            try:
+                with pymongo.timeout(max(0.5, min(self.interval, self._valid_until - sent))):
+                    doc = self.colls.leases.find_one_and_update(self._mine, [self._expiry()])
+            except PyMongoError as e:  # MongoDB unreachable, say: retry until the lease lapses
+                log.warning("aggregation lease not renewed (%s); retrying", e)
+                wait = min(1.0, self.interval)
+                continue
+            if doc is None:
+                self._lose("taken over by another aggregation")
+                return
+            self._valid_until, wait = sent + self.seconds - self.margin, self.interval
+
+    def _lose(self, why: str) -> None:
+        if not self._lost:
+            self._lost = why
+            log.error("aggregation lease lost: %s", why)
+
+    def check(self) -> None:
+        """Raise LeaseLost unless the lease is surely still held (before every write)."""
+        if not self._lost and _clock() >= self._valid_until:
+            self._lose("not renewed in time")
+        if self._lost:
+            raise LeaseLost(f"aggregation lease lost ({self._lost}); stopping before further writes")
+
+    def confirm(self) -> None:
+        """check(), and the server agrees: the lease is this holder's and unexpired."""
+        self.check()
+        with pymongo.timeout(max(0.5, self._valid_until - _clock())):
+            held = self.colls.leases.find_one({**self._mine, **_UNEXPIRED}, {"_id": 1})
+        if held is None:
+            self._lose("expired or taken over, says the server")
+        self.check()
+
+    def release(self) -> None:
+        """Stop the heartbeat and free the lease (if that fails, it expires within `seconds`)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.interval + 5)
+        if self.token is None:
             return
-        except DuplicateKeyError:  # held by another run: the upsert collided with its document
-            if time.monotonic() > deadline:
-                raise LeaseTimeout("another aggregation holds the lease") from None
-            time.sleep(0.5)
+        try:
+            with pymongo.timeout(5):
+                self.colls.leases.delete_one(self._mine)
+        except PyMongoError as e:
+            log.warning("aggregation lease not released (it expires within %.0f s): %s", self.seconds, e)
 
 
-def _release(colls: Collections, owner: str) -> None:
-    colls.leases.delete_one({"_id": LEASE, "owner": owner})
+def _set_batch(colls: Collections, batch_id: str, update: dict[str, Any], lease: Lease | None) -> None:
+    """Change a batch document, only while it carries this holder's token."""
+    if lease is None:
+        colls.agg_batches.update_one({"_id": batch_id}, update)
+        return
+    lease.check()
+    if colls.agg_batches.update_one({"_id": batch_id, "token": lease.token}, update).matched_count != 1:
+        raise LeaseLost(f"batch {batch_id} was taken over by a newer aggregation")
+
+
+def _take(colls: Collections, batch: dict[str, Any], lease: Lease) -> None:
+    """Stamp an unfinished batch with this holder's token (never one a newer holder stamped)."""
+    lease.check()
+    taken = colls.agg_batches.update_one(
+        {"_id": batch["_id"], "state": batch["state"], "$or": [{"token": None}, {"token": {"$lt": lease.token}}]},
+        {"$set": {"token": lease.token}},
+    )
+    if taken.matched_count != 1:
+        raise LeaseLost(f"batch {batch['_id']} changed under this aggregation")
+
+
+def _fence(colls: Collections, batch_id: str, lease: Lease | None) -> None:
+    """Right before a write to the events or the counts for `batch_id`: the server confirms
+    that the lease and the batch are still this holder's."""
+    if lease is None:
+        return
+    lease.confirm()
+    if colls.agg_batches.find_one({"_id": batch_id, "token": lease.token}, {"_id": 1}) is None:
+        raise LeaseLost(f"batch {batch_id} was taken over by a newer aggregation")
+    lease.check()
 
 
 def apply(colls: Collections, batch_id: str) -> int:
@@ -98,25 +234,34 @@ def apply(colls: Collections, batch_id: str) -> int:
     return colls.events.count_documents({"AggBatch": batch_id})
 
 
-def finish(colls: Collections, batch: dict[str, Any], report: AggregateReport) -> None:
+def finish(colls: Collections, batch: dict[str, Any], report: AggregateReport,
+           lease: Lease | None = None) -> None:
     """Steps 2 and 3 for one batch (safe to repeat)."""
+    if lease is not None and batch.get("token") != lease.token:  # left by an earlier run
+        _take(colls, batch, lease)
     if batch["state"] == "claiming":  # crashed while claiming: nothing merged yet, so claim the rest
+        _fence(colls, batch["_id"], lease)
         colls.events.update_many({"AggBatch": None}, {"$set": {"AggBatch": batch["_id"]}})
-        colls.agg_batches.update_one({"_id": batch["_id"]}, {"$set": {"state": "claimed"}})
+        _set_batch(colls, batch["_id"], {"$set": {"state": "claimed"}}, lease)
+    _fence(colls, batch["_id"], lease)
     counted = apply(colls, batch["_id"])
-    colls.agg_batches.update_one({"_id": batch["_id"]},
-                                 {"$set": {"state": "applied", "events": counted, "applied_at": datetime.now(UTC)}})
+    _set_batch(colls, batch["_id"],
+               {"$set": {"state": "applied", "events": counted, "applied_at": datetime.now(UTC)}}, lease)
     report.batches += 1
     report.events_counted += counted
     report.pairs_updated += colls.counts.count_documents({"Applied": batch["_id"]})
 
 
-def claim(colls: Collections) -> str:
+def claim(colls: Collections, lease: Lease | None = None) -> str:
     """Step 1: put every uncounted event into a new batch; returns its id."""
     batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    colls.agg_batches.insert_one({"_id": batch_id, "state": "claiming", "created": datetime.now(UTC)})
+    if lease is not None:
+        lease.check()
+    colls.agg_batches.insert_one({"_id": batch_id, "state": "claiming", "created": datetime.now(UTC),
+                                  "token": lease.token if lease else None})
+    _fence(colls, batch_id, lease)
     claimed = colls.events.update_many({"AggBatch": None}, {"$set": {"AggBatch": batch_id}}).modified_count
-    colls.agg_batches.update_one({"_id": batch_id}, {"$set": {"state": "claimed", "claimed": claimed}})
+    _set_batch(colls, batch_id, {"$set": {"state": "claimed", "claimed": claimed}}, lease)
     return batch_id
 
 
@@ -133,15 +278,16 @@ def update_event_counts(settings: Settings | None = None, wait_for_lease_s: floa
     colls = ensure_collections(database(client, settings.mongo), settings.batch)
     report = AggregateReport()
     try:
-        _acquire(colls, owner, settings.batch.lease_seconds, wait_for_lease_s)
+        lease = Lease(colls, owner, settings.batch.lease_seconds)
         try:
+            lease.acquire(wait_for_lease_s)
             for batch in unfinished(colls):
                 log.info("finishing batch %s left %s by an earlier run", batch["_id"], batch["state"])
-                finish(colls, batch, report)
-            batch_id = claim(colls)
-            finish(colls, {"_id": batch_id, "state": "claimed"}, report)
+                finish(colls, batch, report, lease)
+            batch_id = claim(colls, lease)
+            finish(colls, {"_id": batch_id, "state": "claimed", "token": lease.token}, report, lease)
         finally:
-            _release(colls, owner)
+            lease.release()
     finally:
         client.close()
     report.seconds = round(time.monotonic() - t0, 3)

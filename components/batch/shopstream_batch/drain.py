@@ -55,21 +55,27 @@ class Message:
     value: bytes | None
 
 
+def why_invalid(e: Exception) -> str:
+    """A dead letter's reason: Pydantic's field paths and messages, or the unexpected error."""
+    if not isinstance(e, ValidationError):
+        return f"unreadable: {type(e).__name__}: {e}"
+    first = e.errors()[0]
+    if first["type"] == "json_invalid":
+        return "invalid JSON: " + first["msg"]
+    return "breaks the contract: " + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+
+
 def split(messages: list[Message]) -> tuple[list[dict], list[dict]]:
     """Parse and validate: (event documents, dead letters). Pure; no I/O."""
     docs, dead = [], []
     for m in messages:
         try:
             record = UserEventRecord.model_validate_json(m.value or b"")
-        except ValidationError as e:
-            first = e.errors()[0]
-            reason = ("invalid JSON: " + first["msg"]) if first["type"] == "json_invalid" else (
-                "breaks the contract: " + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
-                                                    for err in e.errors()))
+        except Exception as e:  # noqa: BLE001 - one record, whatever is wrong with it, never stops the drain
             dead.append({
                 "_id": f"{m.topic}:{m.partition}:{m.offset}",
                 "Topic": m.topic, "Partition": m.partition, "Offset": m.offset,
-                "Key": m.key, "Value": m.value, "Reason": reason, "At": datetime.now(UTC),
+                "Key": m.key, "Value": m.value, "Reason": why_invalid(e), "At": datetime.now(UTC),
             })
             continue
         docs.append(event_document(record, m.partition, m.offset))

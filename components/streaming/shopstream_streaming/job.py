@@ -90,6 +90,8 @@ def check_contract(value: bytes | None) -> tuple[str | None, str | None]:
         record = PurchaseRecord.model_validate_json(value)
     except ValidationError as e:
         return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'record'}: {err['msg']}" for err in e.errors()), None
+    except Exception as e:  # noqa: BLE001 - one record, whatever is wrong with it, never fails the query
+        return f"unreadable: {type(e).__name__}: {e}", None
     return None, record.model_dump_json()
 
 

@@ -29,8 +29,8 @@ def say(msg: str) -> None:
     console.print(f"[bold]shopstream:[/bold] {msg}")
 
 
-def setup(settings: Settings, for_tests: bool = False) -> None:
-    install.ensure_system_packages(settings, for_tests=for_tests, say=say)
+def setup(settings: Settings, for_tests: bool = False, for_bench: bool = False) -> None:
+    install.ensure_system_packages(settings, for_tests=for_tests, for_bench=for_bench, say=say)
     install.ensure_spark_jars(settings, say=say)
 
 

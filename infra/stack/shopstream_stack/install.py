@@ -43,6 +43,7 @@ class SystemNeed:
     debian_packages: tuple[str, ...]
     embedded_only: bool = False  # only needed when the project runs the servers itself
     tests_only: bool = False
+    bench_only: bool = False
 
 
 SYSTEM_NEEDS = (
@@ -53,24 +54,27 @@ SYSTEM_NEEDS = (
                ("ceph-mon", "ceph-osd", "radosgw", "ceph-common"), embedded_only=True),
     SystemNeed("Nix (flake checks in the tests)", lambda: bool(shutil.which("nix-instantiate")),
                ("nix-bin",), tests_only=True),
+    SystemNeed("wrk (the API benchmark's load generator)", lambda: bool(shutil.which("wrk")), ("wrk",),
+               bench_only=True),
 )
 
 
-def missing_system_packages(settings: Settings, for_tests: bool) -> list[str]:
+def missing_system_packages(settings: Settings, for_tests: bool, for_bench: bool = False) -> list[str]:
     pkgs: list[str] = []
     for need in SYSTEM_NEEDS:
-        if need.tests_only and not for_tests:
+        if (need.tests_only and not for_tests) or (need.bench_only and not for_bench):
             continue
         # the test suite always runs its own embedded servers
-        if need.embedded_only and settings.stack != StackMode.embedded and not for_tests:
+        if need.embedded_only and settings.stack != StackMode.embedded and not (for_tests or for_bench):
             continue
         if not need.present():
             pkgs.extend(need.debian_packages)
     return pkgs
 
 
-def ensure_system_packages(settings: Settings, for_tests: bool, say: Callable[[str], None] = print) -> None:
-    pkgs = missing_system_packages(settings, for_tests)
+def ensure_system_packages(settings: Settings, for_tests: bool, say: Callable[[str], None] = print,
+                           for_bench: bool = False) -> None:
+    pkgs = missing_system_packages(settings, for_tests, for_bench)
     if not pkgs:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):

@@ -35,8 +35,9 @@ IdempotencyKey = Annotated[
     ),
 ]
 
-UNAVAILABLE = {503: {"description": "Kafka did not acknowledge in time; nothing to undo, retry later "
-                                    "(with the same Idempotency-Key)"},
+UNAVAILABLE = {503: {"description": "Kafka did not acknowledge in time. The records may or may not have been "
+                                    "stored: retry after Retry-After with the same Idempotency-Key (the stores "
+                                    "keep one copy per EventId)"},
                413: {"description": "Body larger than the configured maximum"}}
 
 
@@ -53,7 +54,9 @@ class PurchasedItemsResponse(BaseModel):
 
 
 def _unavailable(e: BrokerUnavailable) -> HTTPException:
-    return HTTPException(503, detail=f"event broker unavailable: {e}", headers={"Retry-After": "1"})
+    return HTTPException(503, detail=f"event broker unavailable: {e}. The records may or may not have been stored; "
+                              "retry with the same Idempotency-Key (the stores keep one copy per EventId)",
+                         headers={"Retry-After": "1"})
 
 
 @router.put("/SendEvent", response_model=SendEventResponse, responses=UNAVAILABLE,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
@@ -39,3 +39,15 @@ def ensure_topics(cfg: KafkaSettings) -> dict[str, int]:
         return {d["name"]: len(d["partitions"]) for d in described}
     finally:
         admin.close()
+
+
+def end_offsets(cfg: KafkaSettings, topic: str) -> dict[int, int]:
+    """Each partition's next offset (where a new record would land); their sum is how many
+    records the topic has received."""
+    consumer = KafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, client_id="shopstream-offsets")
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+    finally:
+        consumer.close()
+    return {tp.partition: offset for tp, offset in sorted(ends.items())}

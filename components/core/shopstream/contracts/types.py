@@ -53,7 +53,10 @@ Money = Annotated[
 
 
 def _to_utc(value: datetime) -> datetime:
-    value = value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: before year 1 in UTC
+        raise ValueError("must be between 2000-01-01 and 2100-01-01") from None
     if not EARLIEST <= value < LATEST:
         raise ValueError("must be between 2000-01-01 and 2100-01-01")
     return value

@@ -1,0 +1,39 @@
+-- Shared by the shopstream wrk scripts: per-thread ids, 2xx counting, one JSON summary line.
+--
+-- Each wrk thread has its own Lua state; setup() runs in the main state and keeps the
+-- threads so done() can add up what each one counted.
+
+local threads = {}
+
+function setup(thread)
+  thread:set("id", #threads + 1)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  sent, ok, not_ok = 0, 0, 0
+  run = args[1] or "run"
+  per_request = tonumber(args[2] or "1")
+end
+
+function response(status, headers, body)
+  if status >= 200 and status < 300 then ok = ok + 1 else not_ok = not_ok + 1 end
+end
+
+-- Printed on stdout as `WRK_JSON {...}`; times in microseconds.
+function done(summary, latency, requests)
+  local sum_sent, sum_ok, sum_not_ok = 0, 0, 0
+  for _, t in ipairs(threads) do
+    sum_sent = sum_sent + t:get("sent")
+    sum_ok = sum_ok + t:get("ok")
+    sum_not_ok = sum_not_ok + t:get("not_ok")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests":%d,"duration_us":%d,"bytes":%d,"sent":%d,"ok":%d,"not_ok":%d,' ..
+    '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
+    '"latency_us":{"mean":%.1f,"max":%d,"p50":%d,"p90":%d,"p99":%d}}\n',
+    summary.requests, summary.duration, summary.bytes, sum_sent, sum_ok, sum_not_ok,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency.mean, latency.max, latency:percentile(50), latency:percentile(90), latency:percentile(99)))
+end
