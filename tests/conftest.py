@@ -115,6 +115,20 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     return ends(settings.kafka, topic)
 
 
+def read_from(settings: Settings, topic: str, since: dict[int, int]) -> list:
+    """Every record of `topic` from the given offset of each partition to its end."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, consumer_timeout_ms=3000)
+    tps = [TopicPartition(topic, p) for p in since]
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, since[tp.partition])
+    records = list(consumer)
+    consumer.close()
+    return records
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
     """Airflow's metadata DB (SQLite) in the throw-away AIRFLOW_HOME set at the top of this file."""

@@ -11,26 +11,14 @@ import schemathesis
 from schemathesis.generation import GenerationMode
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
-from kafka import KafkaConsumer, TopicPartition
 
-from conftest import ServerThread, end_offsets, make_settings
+from conftest import ServerThread, end_offsets, make_settings, read_from
 from shopstream.contracts import Purchase, UserEvent
 from shopstream_api.examples import PURCHASE_EXAMPLE, USER_EVENT_EXAMPLE
 from shopstream_api.main import create_app
 from shopstream_stack.kafka import KafkaBroker
 
 pytestmark = pytest.mark.services
-
-
-def read_from(settings, topic: str, since: dict[int, int]) -> list:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, consumer_timeout_ms=3000)
-    tps = [TopicPartition(topic, p) for p in since]
-    consumer.assign(tps)
-    for tp in tps:
-        consumer.seek(tp, since[tp.partition])
-    records = list(consumer)
-    consumer.close()
-    return records
 
 
 def event(**over) -> dict:

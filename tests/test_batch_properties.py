@@ -68,8 +68,9 @@ def mongo(stack, settings):
 @hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(ops=operations)
 def test_counts_equal_distinct_stored_events_after_any_sequence(mongo, settings, ops):
-    cfg = settings.model_copy(update={"mongo": settings.mongo.model_copy(
-        update={"database": f"prop_{uuid.uuid4().hex[:10]}"})})
+    cfg = settings.model_copy(update={  # batches of 5 events: a run counts a backlog batch after batch
+        "mongo": settings.mongo.model_copy(update={"database": f"prop_{uuid.uuid4().hex[:10]}"}),
+        "batch": settings.batch.model_copy(update={"aggregate_batch_events": 5})})
     colls = ensure_collections(mongo[cfg.mongo.database], cfg.batch)
     stored: set[tuple[str, str, str]] = set()  # the model: distinct valid events stored
     offset, last_batch = 0, None
@@ -93,9 +94,9 @@ def test_counts_equal_distinct_stored_events_after_any_sequence(mongo, settings,
             elif op[0] == "aggregate":
                 update_event_counts(cfg)
             elif op[0] == "crash_after_claim":
-                claim(colls)
+                claim(colls, limit=cfg.batch.aggregate_batch_events)
             elif op[0] == "crash_after_merge":
-                apply(colls, claim(colls))  # merged, never marked applied
+                apply(colls, claim(colls, limit=cfg.batch.aggregate_batch_events))  # merged, never marked applied
             elif op[0] == "overlap":
                 threads = [threading.Thread(target=update_event_counts, args=(cfg,)) for _ in range(2)]
                 for t in threads:

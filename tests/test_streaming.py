@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from pydantic import BaseModel, Field
 from pyspark.sql import types as T
 
-from conftest import end_offsets, job_settings, run_until_caught_up
+from conftest import end_offsets, job_settings, read_from, run_until_caught_up
 from shopstream.contracts import PaymentType, ProductLine, PurchaseRecord
 from shopstream.contracts.spark import spark_schema
 from shopstream.settings import Settings, StackMode
@@ -59,18 +59,6 @@ def post(api_url: str, bodies: list[dict], key: str | None) -> list[str]:
     return r.json()["EventIds"]
 
 
-def kafka_records(settings: Settings, since: dict[int, int]) -> list:
-    topic = settings.kafka.purchases_topic
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, consumer_timeout_ms=3000)
-    tps = [TopicPartition(topic, p) for p in since]
-    consumer.assign(tps)
-    for tp in tps:
-        consumer.seek(tp, since[tp.partition])
-    records = list(consumer)
-    consumer.close()
-    return records
-
-
 def as_utc(naive_local: datetime) -> datetime:
     """Spark hands timestamps to Python as naive local times."""
     return naive_local.astimezone(UTC)
@@ -88,7 +76,7 @@ def test_posted_purchases_come_back_from_parquet_field_for_field(spark, settings
     ids = post(api_server.url, bodies[:8], key) + post(api_server.url, bodies[8:], None)
     assert post(api_server.url, bodies[:8], key) == ids[:8]  # a client retry: same EventIds again
     copies: dict[str, list] = {}
-    for m in kafka_records(settings, since):
+    for m in read_from(settings, settings.kafka.purchases_topic, since):
         copies.setdefault(json.loads(m.value)["EventId"], []).append(m)
     assert sorted(len(c) for c in copies.values()) == [1] * 4 + [2] * 8  # the topic has the retry's copies
 

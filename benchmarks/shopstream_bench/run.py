@@ -42,6 +42,7 @@ def main(out_dir: Path, quick: bool = False, only: list[str] | None = None) -> P
         with isolated_stack(servers) as settings:
             figures += run(settings, quick)
         console.print(f"{title}: {time.monotonic() - t0:.0f} s")
+        write_report(figures, out_dir, quick=quick)  # so far: a later failure keeps these figures
     json_path, md_path = write_report(figures, out_dir, quick=quick)
     console.print(md_path.read_text())
     console.print(f"reports: {json_path}, {md_path}")

@@ -241,7 +241,7 @@ def finish(colls: Collections, batch: dict[str, Any], report: AggregateReport,
         _take(colls, batch, lease)
     if batch["state"] == "claiming":  # crashed while claiming: nothing merged yet, so claim the rest
         _fence(colls, batch["_id"], lease)
-        colls.events.update_many({"AggBatch": None}, {"$set": {"AggBatch": batch["_id"]}})
+        _claim_some(colls, batch["_id"], batch.get("limit") or 0)
         _set_batch(colls, batch["_id"], {"$set": {"state": "claimed"}}, lease)
     _fence(colls, batch["_id"], lease)
     counted = apply(colls, batch["_id"])
@@ -252,15 +252,27 @@ def finish(colls: Collections, batch: dict[str, Any], report: AggregateReport,
     report.pairs_updated += colls.counts.count_documents({"Applied": batch["_id"]})
 
 
-def claim(colls: Collections, lease: Lease | None = None) -> str:
-    """Step 1: put every uncounted event into a new batch; returns its id."""
+def _claim_some(colls: Collections, batch_id: str, limit: int) -> int:
+    """Put up to `limit` uncounted events (0: all of them) into the batch; how many it put."""
+    if not limit:
+        return colls.events.update_many({"AggBatch": None}, {"$set": {"AggBatch": batch_id}}).modified_count
+    ids = [d["_id"] for d in colls.events.find({"AggBatch": None}, {"_id": 1}).limit(limit)]
+    if not ids:
+        return 0
+    return colls.events.update_many({"_id": {"$in": ids}, "AggBatch": None},
+                                    {"$set": {"AggBatch": batch_id}}).modified_count
+
+
+def claim(colls: Collections, lease: Lease | None = None, limit: int = 0) -> str:
+    """Step 1: put the uncounted events, at most `limit` (0: all), into a new batch; returns
+    its id (the batch document says how many it `claimed`)."""
     batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     if lease is not None:
         lease.check()
     colls.agg_batches.insert_one({"_id": batch_id, "state": "claiming", "created": datetime.now(UTC),
-                                  "token": lease.token if lease else None})
+                                  "token": lease.token if lease else None, "limit": limit})
     _fence(colls, batch_id, lease)
-    claimed = colls.events.update_many({"AggBatch": None}, {"$set": {"AggBatch": batch_id}}).modified_count
+    claimed = _claim_some(colls, batch_id, limit)
     _set_batch(colls, batch_id, {"$set": {"state": "claimed", "claimed": claimed}}, lease)
     return batch_id
 
@@ -284,8 +296,12 @@ def update_event_counts(settings: Settings | None = None, wait_for_lease_s: floa
             for batch in unfinished(colls):
                 log.info("finishing batch %s left %s by an earlier run", batch["_id"], batch["state"])
                 finish(colls, batch, report, lease)
-            batch_id = claim(colls, lease)
-            finish(colls, {"_id": batch_id, "state": "claimed", "token": lease.token}, report, lease)
+            limit = settings.batch.aggregate_batch_events
+            while True:  # batch after batch, each bounded, until nothing is left uncounted
+                batch_id = claim(colls, lease, limit)
+                finish(colls, {"_id": batch_id, "state": "claimed", "token": lease.token}, report, lease)
+                if colls.agg_batches.find_one({"_id": batch_id}, {"claimed": 1})["claimed"] < limit:
+                    break
         finally:
             lease.release()
     finally:

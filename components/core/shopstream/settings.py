@@ -103,6 +103,9 @@ class BatchSettings(BaseModel):
     batch_size: int = Field(5000, ge=1)  # records per MongoDB insert and offset commit
     max_seconds: float = Field(60.0, gt=0)  # drain budget per run; the rest waits for the next run
     lease_seconds: float = Field(30.0, gt=0)  # aggregation lock, renewed every third of it while a run works
+    # events per aggregation batch: bounds each MongoDB operation, so the lease's heartbeat gets
+    # through even on a large backlog (a run counts batch after batch until none is left)
+    aggregate_batch_events: int = Field(10_000, ge=1)
 
 
 class AirflowSettings(BaseModel):
