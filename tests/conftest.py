@@ -137,10 +137,18 @@ def airflow_db() -> None:
     db.resetdb()
 
 
-def job_settings(settings: Settings, name: str, **streaming) -> Settings:
+def job_settings(settings: Settings, name: str, own_topic: bool = False, **streaming) -> Settings:
     """The session's settings with this test's own output, quarantine and checkpoint, reading
-    the topic from its current end (records of other tests are not this test's business)."""
+    the topic from its current end (records of other tests are not this test's business).
+    With `own_topic`, a PurchasedItem topic of its own too: for tests that write what is not
+    a purchase, which other tests reading the session's topic must never see."""
     run = f"{name}-{uuid.uuid4().hex[:8]}"
+    if own_topic:
+        from shopstream.adapters.kafka import ensure_topics
+
+        kafka = settings.kafka.model_copy(update={"purchases_topic": f"PurchasedItem-{run}"})
+        ensure_topics(kafka)
+        settings = settings.model_copy(update={"kafka": kafka})
     topic = settings.kafka.purchases_topic
     start = {topic: {str(p): o for p, o in end_offsets(settings, topic).items()}}
     st = settings.streaming.model_copy(update={

@@ -605,8 +605,8 @@ def test_garbage_in_both_topics_is_set_aside_with_the_reason_and_both_pipelines_
     from shopstream_streaming import job
 
     ue = scoped(settings, "both", batch_size=8)
-    st = job_settings(settings, "faults-garbage")
-    topic = settings.kafka.purchases_topic
+    st = job_settings(settings, "faults-garbage", own_topic=True)
+    topic = st.kafka.purchases_topic
     purchases_sent: dict[tuple[int, int], tuple[bytes | None, bool]] = {}
     purchase_ids: set[str] = set()
     events_valid: set[str] = set()
@@ -685,10 +685,10 @@ def test_a_timestamp_past_the_calendar_is_dead_lettered_not_a_stuck_drain(stack,
 def test_a_timestamp_past_the_calendar_is_quarantined_not_a_failed_stream(stack, settings, spark):
     from shopstream_streaming import job
 
-    st = job_settings(settings, "faults-edge-ts")
+    st = job_settings(settings, "faults-edge-ts", own_topic=True)
     ok = valid_purchase(f"edge-{uuid.uuid4().hex[:8]}", "edge-u")
     bad = [json.dumps({**json.loads(ok), "TimeStamp": ts}).encode() for ts in EDGE_TIMESTAMPS]
-    produce(settings, settings.kafka.purchases_topic, [(b"edge-u", v, 0) for v in [*bad, ok]])
+    produce(settings, st.kafka.purchases_topic, [(b"edge-u", v, 0) for v in [*bad, ok]])
     run_to_end(spark, st)
     assert len(spark.read.parquet(job.quarantine_url(st)).collect()) == len(bad)
     assert [r.EventId for r in spark.read.parquet(job.output_url(st)).collect()] == [json.loads(ok)["EventId"]]

@@ -109,8 +109,8 @@ def test_posted_purchases_come_back_from_parquet_field_for_field(spark, settings
 
 
 def test_malformed_and_contract_breaking_records_land_in_quarantine_with_the_reason(spark, settings):
-    st = job_settings(settings, "quarantine")
-    topic = settings.kafka.purchases_topic
+    st = job_settings(settings, "quarantine", own_topic=True)
+    topic = st.kafka.purchases_topic
     good = {**PURCHASE_EXAMPLE, "EventId": f"ok-{uuid.uuid4().hex}", "IngestedAt": "2026-11-22T10:21:31.5Z"}
     bad = {  # value -> what the reason must say
         b"{not json": "Invalid JSON",
@@ -144,9 +144,9 @@ def test_malformed_and_contract_breaking_records_land_in_quarantine_with_the_rea
 
 def test_a_new_checkpoint_over_old_output_is_refused(spark, settings):
     """Spark's file sink would skip the batch numbers the output already has: silent loss."""
-    st = job_settings(settings, "mismatch")
+    st = job_settings(settings, "mismatch", own_topic=True)
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
-    producer.send(settings.kafka.purchases_topic, value=b"x").get(10)
+    producer.send(st.kafka.purchases_topic, value=b"x").get(10)
     producer.close()
     run_until_caught_up(spark, st)
     moved = st.model_copy(update={"streaming": st.streaming.model_copy(
