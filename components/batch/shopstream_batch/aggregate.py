@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 LEASE = "aggregate-event-counts"
 APPLIED_WINDOW = 200  # batches remembered per pair; a retry comes long before 200 more runs
+# ids per claiming update: the embedded server's cost grows with the square of an `$in`
+# list's length (10k ids: 128 s; 100 ids at a time: 6 s, at any history size)
+_IN_CHUNK = 100
 
 
 @dataclass
@@ -257,10 +260,11 @@ def _claim_some(colls: Collections, batch_id: str, limit: int) -> int:
     if not limit:
         return colls.events.update_many({"AggBatch": None}, {"$set": {"AggBatch": batch_id}}).modified_count
     ids = [d["_id"] for d in colls.events.find({"AggBatch": None}, {"_id": 1}).limit(limit)]
-    if not ids:
-        return 0
-    return colls.events.update_many({"_id": {"$in": ids}, "AggBatch": None},
-                                    {"$set": {"AggBatch": batch_id}}).modified_count
+    claimed = 0
+    for i in range(0, len(ids), _IN_CHUNK):
+        claimed += colls.events.update_many({"_id": {"$in": ids[i:i + _IN_CHUNK]}, "AggBatch": None},
+                                            {"$set": {"AggBatch": batch_id}}).modified_count
+    return claimed
 
 
 def claim(colls: Collections, lease: Lease | None = None, limit: int = 0) -> str:
