@@ -355,3 +355,29 @@ def test_schema_derivation_covers_optional_and_other_types():
 
     with pytest.raises(TypeError, match="max_digits"):
         spark_schema(Loose)
+
+
+def test_lake_reader_without_spark_sees_exactly_the_committed_files_across_compaction(spark, settings, api_server):
+    """`shopstream.adapters.lake` (the dashboard's and the freshness benchmark's reader) against
+    what `spark.read.parquet` reads: the same files after a few batches, and again after more,
+    read incrementally across the sink log's compaction (every 10th batch: 9.compact)."""
+    from shopstream.adapters.lake import LakeFiles
+    from shopstream.adapters.s3 import s3_client
+
+    cfg = job_settings(settings, "lake-reader", max_records_per_trigger=2)
+    run = uuid.uuid4().hex[:8]
+    reader = LakeFiles(s3_client(cfg.s3), cfg)
+    orders: list[str] = []
+    for first, n in ((0, 10), (10, 30)):  # batches of 2-3 records: the second run passes batch 9, which compacts the log
+        bodies = [purchase(run, i) for i in range(first, first + n)]
+        post(api_server.url, bodies, key=None)
+        orders += [b["OrderId"] for b in bodies]
+        run_until_caught_up(spark, cfg)
+        url = job.output_url(cfg)
+        spark_files = {f.split(f"/{cfg.s3.bucket}/", 1)[1] for f in spark.read.parquet(url).inputFiles()}
+        assert reader.committed() == spark_files
+    logs = {o.object_name.rsplit("/", 1)[1] for o in s3_client(cfg.s3).list_objects(
+        cfg.s3.bucket, prefix=f"{cfg.streaming.output_path}/_spark_metadata/")}
+    assert "9.compact" in logs, sorted(logs, key=lambda n: int(n.split(".")[0]))  # the compaction was crossed
+    table = reader.read(reader.committed())
+    assert sorted(table.column("OrderId").to_pylist()) == sorted(orders)
