@@ -25,6 +25,9 @@
             pkgs.python311Packages.invoke
             pkgs.git
             pkgs.curl
+            pkgs.wrk # the API benchmark's load generator
+          ] ++ pkgs.lib.optionals pkgs.stdenv.isLinux [
+            pkgs.chromium # the dashboard's browser test (Playwright drives it)
           ];
           # .venv holds manylinux wheels (pyarrow, psycopg2-binary, ...) that need
           # libstdc++ and zlib, which NixOS has on no default library path.

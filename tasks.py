@@ -49,7 +49,7 @@ def status(c):
 
 @task(help={"lines": "how many lines", "follow": "keep printing new lines"})
 def logs(c, service, lines=50, follow=False):
-    """Show the log of one service (kafka, mongo, postgres, s3, api, streaming, airflow, generator)."""
+    """Show the log of one service (kafka, mongo, postgres, s3, api, streaming, airflow, dashboard, generator)."""
     _run(commands.logs, service, lines=lines, follow=follow)
 
 
@@ -81,7 +81,7 @@ def generate(c, sessions_per_second=None, seconds=None, cohorts=None, seed=None,
 
 
 @task(iterable=["only"], help={"quick": "smaller data sets (a smoke run, not the reference figures)",
-                               "only": "run just the benchmarks whose title has this word: API, batch, streaming, analysis"})
+                               "only": "run just the benchmarks whose title has this word: API, batch, streaming, analysis, dashboard"})
 def bench(c, quick=False, only=None):
     """Run the benchmarks, each on an isolated embedded stack; reports go to reports/bench/."""
     from shopstream.settings import REPO_ROOT
@@ -95,6 +95,13 @@ def bench(c, quick=False, only=None):
 def analyze(c, as_of=None):
     """Run both analysis notebooks headless against the running stack; HTML reports in reports/analysis/."""
     _run(commands.analyze, as_of=as_of)
+
+
+@task(help={"out": "where to write the PNG (default: docs/dashboard.png)"})
+def screenshot(c, out="docs/dashboard.png"):
+    """Screenshot the running dashboard in headless Chromium, once its data has loaded (for the README)."""
+    _run(commands.setup, for_tests=True)  # Debian's chromium
+    _run(commands.screenshot, out=out)
 
 
 @task(help={"available_now": "write what PurchasedItem holds now, then exit (a backfill)"})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import aggregation, analysis, api, drain, streaming
+from . import aggregation, analysis, api, dashboard, drain, streaming
 from .harness import Figure, isolated_stack, write_report
 
 console = Console()
@@ -29,6 +29,7 @@ BENCHMARKS = [
     ("batch: aggregation on a small and a large history", ["mongo"], _aggregation),
     ("streaming: throughput and freshness", streaming.SERVERS, streaming.run),
     ("analysis: notebook 1's computations", analysis.SERVERS, analysis.run),
+    ("dashboard: data calls on 1M purchases and 1M events", dashboard.SERVERS, dashboard.run),
 ]
 
 

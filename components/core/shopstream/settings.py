@@ -108,11 +108,29 @@ class BatchSettings(BaseModel):
     aggregate_batch_events: int = Field(10_000, ge=1)
 
 
+class DashboardSettings(BaseModel):
+    """The live dashboard (components/dashboard): where it listens and how often it looks."""
+
+    host: str = "127.0.0.1"
+    port: int = 8050
+    refresh_s: float = Field(5.0, gt=0)  # the stores are read, and the page refreshes, this often
+    # a drain's insert can become readable a little after its StoredAt: events stored this
+    # long before the newest one read are read again (the copies are dropped)
+    events_overlap_s: float = Field(30.0, ge=0)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
 class AirflowSettings(BaseModel):
     """Where Airflow's API server and UI listen (embedded stack: `invoke up` runs Airflow)."""
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # for readers of its REST API (the dashboard) where Airflow asks for a login: a JWT
+    # from its /auth/token. Unset: no header (the embedded Airflow on 127.0.0.1 needs none).
+    api_token: SecretStr | None = None
 
     @property
     def base_url(self) -> str:
@@ -182,6 +200,7 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = GeneratorSettings()
     batch: BatchSettings = BatchSettings()
     airflow: AirflowSettings = AirflowSettings()
+    dashboard: DashboardSettings = DashboardSettings()
     spark: SparkSettings = SparkSettings()
     streaming: StreamingSettings = StreamingSettings()
     embedded: EmbeddedSettings = EmbeddedSettings()

@@ -58,6 +58,8 @@ def query_status(q) -> dict[str, Any]:
         "output_rows": rows_written(progress) if progress else 0,
         "rows_per_s": round(progress.get("processedRowsPerSecond") or 0.0, 1) if progress else 0.0,
         "batch_ms": progress["durationMs"].get("triggerExecution") if progress else None,
+        # where the last batch ended in Kafka ({"topic": {"partition": next offset}}): the job's lag
+        "end_offset": progress["sources"][0].get("endOffset") if progress and progress.get("sources") else None,
     }
 
 

@@ -17,25 +17,36 @@ from .service import Endpoint, Service
 BIN = Path(sys.executable).parent
 
 
-class ApiService(Service):
+class UvicornApp(Service):
+    """A FastAPI app of ours under uvicorn, healthy when `health_path` answers 200."""
+
+    factory = ""  # module:function returning the app
+    health_path = "/healthz"
+
+    @property
+    def listen(self):  # the settings group with host, port and base_url
+        return getattr(self.settings, self.name)
+
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint("uvicorn", self.listen.host, self.listen.port, f"SHOPSTREAM_{self.name.upper()}__PORT")]
+
+    def procs(self) -> list[Proc]:
+        argv = [str(BIN / "uvicorn"), "--factory", self.factory,
+                "--host", self.listen.host, "--port", str(self.listen.port), "--no-access-log"]
+        return [self._proc("uvicorn", argv, env=self.settings.to_env())]
+
+    def healthy(self) -> bool:
+        return httpx.get(f"{self.listen.base_url}{self.health_path}", timeout=2).status_code == 200
+
+
+class ApiService(UvicornApp):
     name = "api"
+    factory = "shopstream_api.main:create_app"
+    health_path = "/readyz"  # ready, not just alive: the API reaches the broker
 
     @property
     def address(self) -> str:
         return f"{self.settings.api.base_url}/docs"
-
-    def endpoints(self) -> list[Endpoint]:
-        return [Endpoint("uvicorn", self.settings.api.host, self.settings.api.port, "SHOPSTREAM_API__PORT")]
-
-    def procs(self) -> list[Proc]:
-        api = self.settings.api
-        argv = [str(BIN / "uvicorn"), "--factory", "shopstream_api.main:create_app",
-                "--host", api.host, "--port", str(api.port), "--no-access-log"]
-        return [self._proc("uvicorn", argv, env=self.settings.to_env())]
-
-    def healthy(self) -> bool:
-        """Ready, not just alive: the API reaches the broker."""
-        return httpx.get(f"{self.settings.api.base_url}/readyz", timeout=2).status_code == 200
 
 
 class GeneratorService(Service):
@@ -58,3 +69,12 @@ class GeneratorService(Service):
 
     def healthy(self) -> bool:
         return all(p.alive() for p in self.procs())
+
+
+class DashboardService(UvicornApp):
+    name = "dashboard"
+    factory = "shopstream_dashboard.main:create_app"
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.dashboard.base_url}/"

@@ -153,3 +153,29 @@ def analyze(settings: Settings, as_of: str | None = None) -> None:
     except (NoDataYet, AnalysisFailed) as e:
         raise StackError(str(e)) from None
     say("reports: " + ", ".join(str(p.relative_to(REPO_ROOT)) for p in paths))
+
+
+def screenshot(settings: Settings, out: str = "docs/dashboard.png", timeout_s: float = 120) -> Path:
+    """A full-page PNG of the running dashboard, taken once every panel has drawn its data."""
+    import httpx
+
+    from .browser import chromium_page
+
+    url = f"{settings.dashboard.base_url}/"
+    try:
+        httpx.get(f"{settings.dashboard.base_url}/healthz", timeout=5).raise_for_status()
+    except httpx.HTTPError as e:
+        raise StackError(f"the dashboard does not answer at {url} ({e}): start it with `invoke up`") from None
+    path = (REPO_ROOT / out) if not Path(out).is_absolute() else Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with chromium_page() as page:
+        page.goto(url)
+        for chart in ("chart-events", "chart-purchases", "chart-funnel", "chart-top-revenue", "chart-payments"):
+            page.wait_for_selector(f"#{chart} .main-svg", timeout=timeout_s * 1000)
+        page.wait_for_selector("#services .badge", timeout=timeout_s * 1000)
+        page.fill("#user-id", page.text_content("#repeat-buyers tbody tr td") or "")
+        page.click("#user-form [type=submit]")
+        page.wait_for_timeout(3000)  # two refreshes: the API chart has points
+        page.screenshot(path=str(path), full_page=True)
+    say(f"screenshot: {_short(path)}")
+    return path

@@ -54,6 +54,8 @@ SYSTEM_NEEDS = (
                ("ceph-mon", "ceph-osd", "radosgw", "ceph-common"), embedded_only=True),
     SystemNeed("Nix (flake checks in the tests)", lambda: bool(shutil.which("nix-instantiate")),
                ("nix-bin",), tests_only=True),
+    SystemNeed("Chromium (the dashboard's browser test)", lambda: bool(shutil.which("chromium")), ("chromium",),
+               tests_only=True),
     SystemNeed("wrk (the API benchmark's load generator)", lambda: bool(shutil.which("wrk")), ("wrk",),
                bench_only=True),
 )

@@ -11,6 +11,7 @@ from pathlib import Path
 from shopstream.settings import (
     AirflowSettings,
     ApiSettings,
+    DashboardSettings,
     EmbeddedSettings,
     KafkaSettings,
     MongoSettings,
@@ -35,6 +36,7 @@ def isolated_settings(run_dir: Path, **overrides) -> Settings:
         s3=S3Settings(endpoint_url=f"http://127.0.0.1:{free_port()}"),
         embedded=EmbeddedSettings(ceph_mon_port=free_port()),
         api=ApiSettings(port=free_port()),
+        dashboard=DashboardSettings(port=free_port()),
         airflow=AirflowSettings(port=free_port()),
     )
     fields.update(overrides)

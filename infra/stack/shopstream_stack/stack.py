@@ -5,7 +5,7 @@ from __future__ import annotations
 from shopstream.settings import Settings
 
 from .airflow import AirflowService
-from .apps import ApiService, GeneratorService
+from .apps import ApiService, DashboardService, GeneratorService
 from .kafka import KafkaBroker
 from .mongo import MongoServer
 from .postgres import PostgresServer
@@ -14,7 +14,8 @@ from .service import Service
 from .streaming import StreamingService
 
 SERVICE_TYPES: tuple[type[Service], ...] = (KafkaBroker, MongoServer, PostgresServer, CephS3)
-APP_TYPES: tuple[type[Service], ...] = (ApiService, StreamingService, AirflowService, GeneratorService)
+APP_TYPES: tuple[type[Service], ...] = (ApiService, StreamingService, AirflowService, DashboardService,
+                                          GeneratorService)
 
 
 def services(settings: Settings, names: list[str] | None = None, apps: bool = False) -> list[Service]:

@@ -7,13 +7,15 @@ from minio import Minio
 from shopstream.settings import S3Settings
 
 
-def s3_client(cfg: S3Settings) -> Minio:
+def s3_client(cfg: S3Settings, **kwargs) -> Minio:
+    """kwargs go to Minio (an `http_client` with short timeouts, say)."""
     return Minio(
         cfg.host_port,
         access_key=cfg.access_key,
         secret_key=cfg.secret_key.get_secret_value(),
         secure=cfg.secure,
         region=cfg.region,
+        **kwargs,
     )
 
 

@@ -16,11 +16,13 @@
           };
           named = names: builtins.listToAttrs (map (name: { inherit name; value = fake name; }) names);
         in
-        named [ "python311" "spark" "postgresql_15" "apacheKafka" "minio" "minio-client" "uv" "git" "curl" "zlib" ]
+        named [ "python311" "spark" "postgresql_15" "apacheKafka" "minio" "minio-client" "uv" "git" "curl" "zlib" "wrk" "chromium" ]
         // {
           jdk17 = fake "jdk17" // { home = "${fake "jdk17"}/lib/openjdk"; };
           python311Packages = named [ "invoke" ];
           stdenv.cc.cc.lib = fake "gcc-lib";
+          stdenv.isLinux = builtins.match ".*-linux" system != null;
+          lib.optionals = cond: list: if cond then list else [ ];
           lib.makeLibraryPath = ps: builtins.concatStringsSep ":" (map (p: "${p}/lib") ps);
           # Like the real mkShell, every other argument becomes an environment variable
           # of the derivation, so values that are not strings or paths fail here too.

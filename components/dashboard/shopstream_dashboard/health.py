@@ -1,0 +1,283 @@
+"""The pipeline's health, polled in the background: services, API traffic, lag, DAG runs, streaming.
+
+Every probe has a short timeout and runs beside the others, so one store that hangs
+shows as down without holding up the rest; the last snapshot is what `/api/health` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pymongo
+import urllib3
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+
+from shopstream.adapters.mongo import mongo_client
+from shopstream.adapters.postgres import pg_engine
+from shopstream.adapters.s3 import s3_client
+from shopstream.settings import Settings
+from shopstream_streaming.status import read_status, status_path, unhealthy_reason
+
+from .readmodel import ReadModel
+from .sync import Loop
+
+BATCH_DAG_ID = "user_events_batch"  # components/dags/user_events_batch.py
+BATCH_TASKS = {"drain": "stored", "aggregate": "events_counted"}  # task -> the report field shown
+FINAL = {"success", "failed"}
+STREAMING_QUERY = "purchases"
+PROBES = {"/healthz", "/readyz", "/metrics"}
+
+
+class ApiTrafficMeter:
+    """Rates from two successive scrapes of the API's Prometheus /metrics."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, dict[str, float]] | None = None
+
+    @staticmethod
+    def totals(metrics_text: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(metrics_text):
+            for s in family.samples:
+                if s.name == "http_requests_total":
+                    if s.labels.get("handler") in PROBES:  # health checks (ours included) are not traffic
+                        continue
+                    status = s.labels.get("status", "")
+                    out["all"] = out.get("all", 0.0) + s.value
+                    out[status[:1] + "xx"] = out.get(status[:1] + "xx", 0.0) + s.value
+                elif s.name == "shopstream_published_records_total":
+                    key = f"published:{s.labels.get('topic', '')}"
+                    out[key] = out.get(key, 0.0) + s.value
+        return out
+
+    def rates(self, at: float, metrics_text: str) -> dict[str, Any] | None:
+        now = self.totals(metrics_text)
+        last, self._last = self._last, (at, now)
+        if last is None or at <= last[0]:
+            return None
+        dt = at - last[0]
+        rate = {k: max(0.0, v - last[1].get(k, 0.0)) / dt for k, v in now.items()}
+        all_ = rate.get("all", 0.0)
+        return {
+            "requests_per_s": round(all_, 2),
+            "errors_per_s": round(rate.get("5xx", 0.0), 2),
+            "rejected_per_s": round(rate.get("4xx", 0.0), 2),
+            "error_rate": round(rate.get("5xx", 0.0) / all_, 4) if all_ else 0.0,
+            "published_per_s": {k.split(":", 1)[1]: round(v, 2) for k, v in rate.items() if k.startswith("published:")},
+        }
+
+
+def _offsets_sum(offsets: Any, topic: str) -> int | None:
+    """Sum over partitions of a Spark source offset ({"topic": {"0": n}}, maybe as JSON text)."""
+    if isinstance(offsets, str):
+        offsets = json.loads(offsets)
+    if not isinstance(offsets, dict) or topic not in offsets:
+        return None
+    return sum(int(v) for v in offsets[topic].values())
+
+
+class HealthMonitor(Loop):
+    name = "health"
+
+    def __init__(self, model: ReadModel, settings: Settings, interval: float) -> None:
+        super().__init__(interval)
+        self.model, self.settings = model, settings
+        timeout = max(1.0, min(3.0, interval / 2))
+        self.timeout = timeout
+        self.http = httpx.Client(timeout=timeout)
+        token = settings.airflow.api_token
+        self.airflow_headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+        self.mongo = mongo_client(settings.mongo, timeout_ms=int(timeout * 1000))
+        self.pg = pg_engine(settings.postgres, pool_size=2, connect_args={"connect_timeout": int(timeout)})
+        self.s3 = s3_client(settings.s3, http_client=urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=urllib3.Retry(total=0)))
+        self.meter = ApiTrafficMeter()
+        self.pool = ThreadPoolExecutor(12, thread_name_prefix="dashboard-probe")
+        self._kafka: tuple[KafkaAdminClient, KafkaConsumer] | None = None
+        self._run_reports: dict[tuple[str, str], Any] = {}  # (run, task) -> report, for finished runs
+        self._lock = threading.Lock()
+        self.snapshot: dict[str, Any] = {"as_of": datetime.now(UTC), "services": [], "api": None, "lag": [],
+                                         "dag_runs": [], "streaming": None, "sources": []}
+
+    # -- probes: each returns (state, detail) or data, and raises when its store does not answer
+    def _kafka_clients(self) -> tuple[KafkaAdminClient, KafkaConsumer]:
+        if self._kafka is None:
+            ms = int(self.timeout * 1000)
+            kw = dict(bootstrap_servers=self.settings.kafka.bootstrap_servers, request_timeout_ms=max(ms, 1000))
+            self._kafka = (KafkaAdminClient(client_id="shopstream-dashboard", **kw),
+                           KafkaConsumer(client_id="shopstream-dashboard", **kw))
+        return self._kafka
+
+    def _drop_kafka(self) -> None:
+        if self._kafka is not None:
+            for c in self._kafka:
+                try:
+                    c.close()
+                except Exception:  # noqa: BLE001 - it is being thrown away
+                    pass
+        self._kafka = None
+
+    def lag(self) -> list[dict[str, Any]]:
+        kafka, out = self.settings.kafka, []
+        try:
+            admin, consumer = self._kafka_clients()
+            ends: dict[str, dict[int, int]] = {}
+            for topic in kafka.topics:
+                parts = consumer.partitions_for_topic(topic) or set()
+                got = consumer.end_offsets([TopicPartition(topic, p) for p in parts]) if parts else {}
+                ends[topic] = {tp.partition: o for tp, o in got.items()}
+            group = self.settings.batch.consumer_group
+            committed = admin.list_group_offsets({group: None}).get(group, {})
+        except Exception:
+            self._drop_kafka()
+            raise
+        topic = kafka.user_events_topic
+        done = sum(max(0, om.offset) for tp, om in committed.items() if tp.topic == topic)
+        end = sum(ends[topic].values())
+        out.append({"topic": topic, "group": group, "lag": max(0, end - done), "end": end})
+        status = read_status(status_path(self.settings)) or {}
+        query = (status.get("queries") or {}).get(STREAMING_QUERY) or {}
+        done_p = _offsets_sum(query.get("end_offset"), kafka.purchases_topic)
+        end_p = sum(ends[kafka.purchases_topic].values())
+        if done_p is not None:
+            out.append({"topic": kafka.purchases_topic, "group": "streaming job (Spark checkpoint)",
+                        "lag": max(0, end_p - done_p), "end": end_p})
+        return out
+
+    def dag_runs(self, limit: int = 5) -> list[dict[str, Any]]:
+        base = f"{self.settings.airflow.base_url}/api/v2/dags/{BATCH_DAG_ID}/dagRuns"
+        runs = self.http.get(base, params={"order_by": "-run_after", "limit": limit},
+                             headers=self.airflow_headers).raise_for_status().json()
+        out = []
+        for run in runs.get("dag_runs", []):
+            row = {"run_id": run["dag_run_id"], "state": run["state"], "start": run.get("start_date"),
+                   "end": run.get("end_date"), "drained": None, "counted": None}
+            for task_id, field in BATCH_TASKS.items():
+                report = self._report(base, run, task_id)
+                if isinstance(report, dict):
+                    row["drained" if task_id == "drain" else "counted"] = report.get(field)
+            out.append(row)
+        return out
+
+    def _report(self, base: str, run: dict[str, Any], task_id: str) -> Any:
+        key = (run["dag_run_id"], task_id)
+        if key in self._run_reports:
+            return self._run_reports[key]
+        url = f"{base}/{quote(run['dag_run_id'], safe='')}/taskInstances/{task_id}/xcomEntries/return_value"
+        r = self.http.get(url, headers=self.airflow_headers)
+        value = r.json().get("value") if r.status_code == 200 else None
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        if run["state"] in FINAL:
+            self._run_reports[key] = value
+        return value
+
+    def api_traffic(self) -> dict[str, Any] | None:
+        at = datetime.now(UTC).timestamp()
+        return self.meter.rates(at, self.http.get(f"{self.settings.api.base_url}/metrics").raise_for_status().text)
+
+    def streaming(self) -> dict[str, Any] | None:
+        status = read_status(status_path(self.settings))
+        query = ((status or {}).get("queries") or {}).get(STREAMING_QUERY)
+        newest = self.model.newest_ingested()
+        freshness = round((datetime.now(UTC) - newest).total_seconds(), 1) if newest else None
+        if query is None:
+            return None if freshness is None else {"batch_id": None, "batch_at": None, "input_rows": 0,
+                                                   "output_rows": None, "batch_ms": None, "freshness_s": freshness}
+        at = query.get("progress_at")
+        return {"batch_id": query.get("batch_id"), "batch_at": datetime.fromtimestamp(at, UTC) if at else None,
+                "input_rows": query.get("input_rows") or 0, "output_rows": query.get("output_rows"),
+                "batch_ms": query.get("batch_ms"), "freshness_s": freshness}
+
+    def services(self) -> list[dict[str, Any]]:
+        """Every store but Kafka, whose state is the lag probe's (its clients are not thread-safe)."""
+        s = self.settings
+
+        def api() -> str:
+            self.http.get(f"{s.api.base_url}/readyz").raise_for_status()
+            return "ready: reaches Kafka"
+
+        def mongodb() -> str:
+            self.mongo.admin.command("ping")
+            return "ping ok"
+
+        def postgresql() -> str:
+            with self.pg.connect() as c:
+                c.execute(text("SELECT 1"))
+            return "SELECT 1 ok"
+
+        def s3() -> str:
+            if not self.s3.bucket_exists(s.s3.bucket):
+                raise RuntimeError(f"bucket {s.s3.bucket} is missing")
+            return f"bucket {s.s3.bucket}"
+
+        def airflow() -> str:
+            health = self.http.get(f"{s.airflow.base_url}/api/v2/monitor/health").raise_for_status().json()
+            bad = [k for k, v in health.items() if isinstance(v, dict) and v.get("status") not in (None, "healthy")]
+            if bad:
+                raise RuntimeError(f"unhealthy: {', '.join(bad)}")
+            return "all components healthy"
+
+        def streaming() -> str:
+            why = unhealthy_reason(read_status(status_path(s)), s)
+            if why:
+                raise RuntimeError(why)
+            return "queries running"
+
+        probes = {"api": api, "mongodb": mongodb, "postgresql": postgresql, "s3": s3,
+                  "airflow": airflow, "streaming": streaming}
+        futures = {name: self.pool.submit(fn) for name, fn in probes.items()}
+        out = []
+        for name, f in futures.items():
+            try:
+                out.append({"name": name, "state": "up", "detail": f.result(timeout=self.timeout + 2)})
+            except Exception as e:  # noqa: BLE001 - any failure means down, with its reason
+                out.append({"name": name, "state": "down", "detail": f"{type(e).__name__}: {e}"[:300]})
+        return out
+
+    def step(self) -> None:
+        parts = {"services": self.services, "api": self.api_traffic, "lag": self.lag,
+                 "dag_runs": self.dag_runs, "streaming": self.streaming}
+        names = {"api": "api", "lag": "kafka", "dag_runs": "airflow", "streaming": "streaming"}
+        futures = {k: self.pool.submit(fn) for k, fn in parts.items() if k != "services"}
+        snap: dict[str, Any] = {"as_of": datetime.now(UTC), "services": self.services()}
+        sources = []
+        for key, f in futures.items():
+            try:
+                snap[key] = f.result(timeout=self.timeout + 5)
+                sources.append({"name": names[key], "state": "up", "synced_at": snap["as_of"], "error": None,
+                                "detail": None})
+            except Exception as e:  # noqa: BLE001 - shown on the page as that part being down
+                snap[key] = [] if key in ("lag", "dag_runs") else None
+                sources.append({"name": names[key], "state": "down", "synced_at": None,
+                                "error": f"{type(e).__name__}: {e}"[:300], "detail": None})
+        kafka = next(x for x in sources if x["name"] == "kafka")
+        snap["services"].insert(1, {"name": "kafka", "state": kafka["state"],
+                                    "detail": kafka["error"] or f"{len(snap['lag'])} consumers' offsets read"})
+        snap["sources"] = sources
+        with self._lock:
+            self.snapshot = snap
+        self.source.ok()
+
+    def current(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self.snapshot)
+
+    def stop(self) -> None:
+        super().stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self._drop_kafka()
+        self.http.close()
+        self.mongo.close()
+        self.pg.dispose()

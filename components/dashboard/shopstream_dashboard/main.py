@@ -1,0 +1,109 @@
+"""The dashboard's application factory (`uvicorn --factory shopstream_dashboard.main:create_app`).
+
+One page (`/`) that refreshes itself from the JSON API (`/api/...`, in the OpenAPI spec at
+`/docs`). Background threads keep the read model and the health snapshot current; the
+stores are reached only through the project's adapters and settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import plotly
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from pymongo.collection import Collection
+from sqlalchemy import Engine
+
+from shopstream.adapters.mongo import database, mongo_client
+from shopstream.adapters.postgres import pg_engine
+from shopstream.settings import Settings, get_settings
+
+from . import routes
+from .health import HealthMonitor
+from .readmodel import ReadModel
+from .sync import EventsSync, LakeSync
+
+log = logging.getLogger("shopstream_dashboard")
+STATIC = Path(__file__).parent / "static"
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+@dataclass
+class Dashboard:
+    """What the routes use: the read model, its sync loops, the health monitor, live clients."""
+
+    settings: Settings
+    model: ReadModel
+    events_sync: EventsSync
+    lake_sync: LakeSync
+    monitor: HealthMonitor
+    counts: Collection
+    pg: Engine
+
+    @classmethod
+    def build(cls, settings: Settings) -> Dashboard:
+        cfg = settings.dashboard
+        model = ReadModel()
+        mongo = mongo_client(settings.mongo, timeout_ms=2000)
+        return cls(settings=settings, model=model,
+                   events_sync=EventsSync(model, settings, cfg.refresh_s, cfg.events_overlap_s),
+                   lake_sync=LakeSync(model, settings, cfg.refresh_s),
+                   monitor=HealthMonitor(model, settings, cfg.refresh_s),
+                   counts=database(mongo, settings.mongo)[settings.batch.counts_collection],
+                   pg=pg_engine(settings.postgres, pool_size=4, connect_args={"connect_timeout": 2}))
+
+    @property
+    def loops(self):
+        return (self.events_sync, self.lake_sync, self.monitor)
+
+    def start(self) -> None:
+        for loop in self.loops:
+            loop.start()
+
+    def stop(self) -> None:
+        for loop in self.loops:
+            loop.stop()
+        self.counts.database.client.close()
+        self.pg.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if not logging.getLogger().handlers:  # under uvicorn: our loops' progress lines into its log
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        dash = Dashboard.build(settings)
+        app.state.dashboard = dash
+        dash.start()
+        log.info("dashboard on %s, reading the stores every %.0f s", settings.dashboard.base_url,
+                 settings.dashboard.refresh_s)
+        yield
+        dash.stop()
+
+    app = FastAPI(title="shopstream dashboard", version="1.0", lifespan=lifespan,
+                  description="The shop's funnel and the pipeline's health. The page at `/` refreshes from "
+                              "these calls every few seconds.")
+    app.include_router(routes.router)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
+    def plotly_js() -> FileResponse:
+        return FileResponse(PLOTLY_JS, media_type="text/javascript")
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The dashboard itself answers (the stores' states are in /api/health)."""
+        return {"status": "ok"}
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,107 @@
+"""The dashboard's JSON API (`/api/...`): each call answers from the read model, the health
+snapshot or one small indexed query, so it stays fast however much the stores hold."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from pymongo.errors import PyMongoError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from shopstream_analysis.warehouse import TABLE as REPEAT_TABLE
+
+from . import schemas
+
+router = APIRouter(prefix="/api", tags=["dashboard"])
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.dashboard
+
+
+def _down(name: str, e: BaseException) -> dict[str, Any]:
+    return {"name": name, "state": "down", "synced_at": None, "error": f"{type(e).__name__}: {e}"[:300],
+            "detail": None}
+
+
+def _up(name: str, detail: str | None = None) -> dict[str, Any]:
+    return {"name": name, "state": "up", "synced_at": datetime.now(UTC), "error": None, "detail": detail}
+
+
+@router.get("/activity", response_model=schemas.Activity)
+def activity(request: Request, minutes: Annotated[int, Query(ge=1, le=180)] = 15) -> dict[str, Any]:
+    """Events per second by EventName and purchases (with revenue) per minute, over the last `minutes`."""
+    st = _state(request)
+    now = datetime.now(UTC)
+    bucket_s = max(5, minutes * 60 // 90 // 5 * 5)  # about 90 points on the chart
+    return {"as_of": now, "minutes": minutes, "bucket_s": bucket_s,
+            "events": st.model.event_rates(now, minutes, bucket_s),
+            "purchases": st.model.purchases_per_minute(now, minutes),
+            "sources": [st.events_sync.source.as_dict(), st.lake_sync.source.as_dict()]}
+
+
+@router.get("/funnel", response_model=schemas.Funnel)
+def funnel(request: Request, window: schemas.FunnelWindow = "1h") -> dict[str, Any]:
+    """PageVisited -> AddedBasket -> purchase: users at each step in the window, and the conversion."""
+    st = _state(request)
+    now = datetime.now(UTC)
+    return {"window": window, "as_of": now, "steps": st.model.funnel(now, window),
+            "sources": [st.events_sync.source.as_dict(), st.lake_sync.source.as_dict()]}
+
+
+@router.get("/sales", response_model=schemas.Sales)
+def sales(request: Request, n: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
+    """Best sellers by revenue and by units, and payment type shares, over every purchase in the lake."""
+    st = _state(request)
+    return {**st.model.sales(n), "source": st.lake_sync.source.as_dict()}
+
+
+@router.get("/repeat-buyers", response_model=schemas.RepeatBuyers)
+def repeat_buyers(request: Request, n: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
+    """The most recent repeat buyers (by last purchase) from PostgreSQL's `repeat_buyers` table."""
+    st = _state(request)
+    try:
+        with st.pg.connect() as c:
+            if c.execute(text("SELECT to_regclass(:t)"), {"t": REPEAT_TABLE}).scalar() is None:
+                return {"rows": [], "total": 0,
+                        "source": _up("postgresql", "no repeat_buyers table yet: `invoke analyze` writes it")}
+            rows = c.execute(text(
+                f"SELECT user_id, product_id, orders, units, first_bought, last_bought, computed_at FROM {REPEAT_TABLE} "
+                "ORDER BY last_bought DESC, user_id, product_id LIMIT :n"), {"n": n}).mappings().all()
+            total = c.execute(text(f"SELECT count(*) FROM {REPEAT_TABLE}")).scalar()
+    except SQLAlchemyError as e:
+        return {"rows": [], "total": 0, "source": _down("postgresql", e)}
+    return {"rows": [dict(r) for r in rows], "total": total, "source": _up("postgresql")}
+
+
+@router.get("/users/{user_id}", response_model=schemas.UserLookup,
+            responses={404: {"description": "no events and no purchases for this UserId"}})
+def user(request: Request, user_id: Annotated[str, Path(min_length=1, max_length=128)]) -> dict[str, Any]:
+    """A user's EventCount per EventName (MongoDB's counts) and purchases (the lake), newest first."""
+    st = _state(request)
+    sources = []
+    counts: dict[str, int] | None = None
+    try:
+        docs = st.counts.find({"UserId": user_id}, {"_id": 0, "EventName": 1, "EventCount": 1})
+        counts = {d["EventName"]: int(d["EventCount"]) for d in docs}
+        sources.append(_up("mongodb"))
+    except PyMongoError as e:
+        sources.append(_down("mongodb", e))
+    purchases = st.model.user_purchases(user_id)
+    lake = st.lake_sync.source.as_dict()
+    sources.append(lake)
+    if lake["state"] == "down" and not purchases:
+        purchases = None
+    if counts == {} and not purchases and all(s["state"] != "down" for s in sources):
+        raise HTTPException(404, f"no events and no purchases for UserId {user_id!r}")
+    return {"UserId": user_id, "event_counts": counts, "purchases": purchases, "sources": sources}
+
+
+@router.get("/health", response_model=schemas.Health)
+def health(request: Request) -> dict[str, Any]:
+    """Each service's state, API traffic, consumer lag, the last DAG runs and the streaming job,
+    as the background monitor last saw them (it looks every `refresh_s`)."""
+    return _state(request).monitor.current()

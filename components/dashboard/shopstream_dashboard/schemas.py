@@ -1,0 +1,172 @@
+"""The dashboard's JSON API: one response model per data call (they make its OpenAPI spec).
+
+Every panel's answer says where it came from and whether that store answered
+(`source`), so the page can show one store as down while the rest keeps working.
+Money is in the shop's currency, rounded to cents; times are UTC ISO 8601.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+SourceState = Literal["up", "down", "loading"]
+FunnelWindow = Literal["15m", "1h", "24h", "all"]
+
+
+class Source(BaseModel):
+    """One store as the dashboard last saw it."""
+
+    name: str = Field(description="mongodb, lake, postgresql, kafka, airflow, api, streaming")
+    state: SourceState
+    synced_at: datetime | None = Field(None, description="when the data shown was last read from the store")
+    error: str | None = None
+    detail: str | None = Field(None, description="progress while loading (for example 'events 40%')")
+
+
+class EventRate(BaseModel):
+    t: datetime = Field(description="bucket start")
+    per_s: float
+
+
+class PurchaseMinute(BaseModel):
+    t: datetime = Field(description="minute start")
+    purchases: int
+    revenue: float
+
+
+class Activity(BaseModel):
+    """Events per second by EventName (MongoDB, by TimeStamp), purchases and revenue per minute (lake)."""
+
+    as_of: datetime
+    minutes: int
+    bucket_s: int
+    events: dict[str, list[EventRate]] = Field(description="EventName -> one point per bucket, oldest first")
+    purchases: list[PurchaseMinute]
+    sources: list[Source]
+
+
+class FunnelStep(BaseModel):
+    step: Literal["PageVisited", "AddedBasket", "Purchased"]
+    users: int
+    rate_from_previous: float | None = Field(description="users / users of the step before (None for the first)")
+    rate_from_first: float | None
+
+
+class Funnel(BaseModel):
+    """Users who visited a page in the window; of them, who added to the basket; of those, who bought."""
+
+    window: FunnelWindow
+    as_of: datetime
+    steps: list[FunnelStep]
+    sources: list[Source]
+
+
+class ProductSales(BaseModel):
+    ProductId: str
+    Units: int
+    Revenue: float
+    Orders: int
+
+
+class PaymentShare(BaseModel):
+    PaymentType: str
+    Orders: int
+    Revenue: float
+    Share: float = Field(description="of all orders")
+
+
+class Sales(BaseModel):
+    """Best sellers and payment types over every purchase in the lake (the analysis' definitions)."""
+
+    purchases: int
+    orders: int
+    revenue: float = Field(description="sum of line amounts, ItemCount x (ItemPrice - ItemDiscount)")
+    by_revenue: list[ProductSales]
+    by_units: list[ProductSales]
+    payment_types: list[PaymentShare]
+    source: Source
+
+
+class RepeatBuyer(BaseModel):
+    user_id: str
+    product_id: str
+    orders: int
+    units: int
+    first_bought: datetime
+    last_bought: datetime
+    computed_at: datetime
+
+
+class RepeatBuyers(BaseModel):
+    """The latest rows of PostgreSQL's repeat_buyers table (written by the analysis)."""
+
+    rows: list[RepeatBuyer]
+    total: int
+    source: Source
+
+
+class UserPurchase(BaseModel):
+    OrderId: str
+    TimeStamp: datetime
+    TotalPrice: float
+    PaymentType: str
+    Items: int = Field(description="units over all lines")
+
+
+class UserLookup(BaseModel):
+    UserId: str
+    event_counts: dict[str, int] | None = Field(description="EventCount per EventName from MongoDB; None if it is down")
+    purchases: list[UserPurchase] | None = Field(description="newest first, from the lake; None if it is down")
+    sources: list[Source]
+
+
+class ServiceStatus(BaseModel):
+    name: str
+    state: Literal["up", "down"]
+    detail: str | None = None
+
+
+class ApiTraffic(BaseModel):
+    requests_per_s: float
+    errors_per_s: float = Field(description="5xx answers per second")
+    rejected_per_s: float = Field(description="4xx answers per second (invalid input)")
+    error_rate: float = Field(description="5xx / all answers over the last interval")
+    published_per_s: dict[str, float] = Field(description="records acknowledged by Kafka per second, by topic")
+
+
+class ConsumerLag(BaseModel):
+    topic: str
+    group: str
+    lag: int
+    end: int = Field(description="records the topic has received")
+
+
+class DagRun(BaseModel):
+    run_id: str
+    state: str
+    start: datetime | None
+    end: datetime | None
+    drained: int | None = Field(None, description="records the drain stored")
+    counted: int | None = Field(None, description="events the aggregation counted")
+
+
+class StreamingHealth(BaseModel):
+    batch_id: int | None
+    batch_at: datetime | None
+    input_rows: int
+    output_rows: int | None
+    batch_ms: int | None
+    freshness_s: float | None = Field(description="age of the newest purchase readable in the lake")
+
+
+class Health(BaseModel):
+    as_of: datetime
+    services: list[ServiceStatus]
+    api: ApiTraffic | None
+    lag: list[ConsumerLag]
+    dag_runs: list[DagRun]
+    streaming: StreamingHealth | None
+    sources: list[Source]

@@ -1,0 +1,958 @@
+/* shopstream dashboard: polls the JSON API every 5 s and redraws each panel in place.
+ *
+ * Every panel fetches on its own: a failed request (network error, timeout, non-2xx)
+ * or a store reported "down" marks only that card as down; the others keep updating.
+ * Charts are redrawn with Plotly.react; tables and text are rewritten in place.
+ */
+"use strict";
+
+const REFRESH_MS = 5000;
+const FETCH_TIMEOUT_MS = 20000;
+const API_HISTORY_MS = 15 * 60 * 1000;
+const ACTIVITY_MINUTES = 15;
+const TOP_N = 10;
+const PRODUCT_LABEL_MAX = 16;
+
+const PLOTLY_CONFIG = {displayModeBar: false, responsive: true};
+const EVENT_ORDER = ["PageVisited", "AddedBasket", "CheckedProductReviews"];
+const EVENT_COLORS = {
+  PageVisited: "#3b6fd8",
+  AddedBasket: "#f08c2e",
+  CheckedProductReviews: "#2e9e6b",
+};
+const PALETTE = ["#3b6fd8", "#f08c2e", "#2e9e6b", "#c2417a", "#7b5cc4", "#8a6d3b", "#d64541", "#4aa3b5"];
+const FUNNEL_COLORS = ["#3b6fd8", "#f08c2e", "#2e9e6b"];
+const COLOR_BAR = "#3b6fd8";
+const COLOR_LINE = "#f08c2e";
+const COLOR_ERROR = "#d64541";
+const COLOR_MUTED = "#9aa3ad";
+
+const apiHistory = [];
+let latestAsOf = null;
+let userController = null;
+
+/* ---------- formatting ---------- */
+
+function isNumber(x) {
+  return typeof x === "number" && Number.isFinite(x);
+}
+
+function fmtInt(n) {
+  return isNumber(n) ? n.toLocaleString("en-US", {maximumFractionDigits: 0}) : "—";
+}
+
+function fmtNum(x, digits) {
+  return isNumber(x)
+    ? x.toLocaleString("en-US", {minimumFractionDigits: digits, maximumFractionDigits: digits})
+    : "—";
+}
+
+function fmtMoney(x) {
+  return fmtNum(x, 2);
+}
+
+/** A fraction (0.123) as a percentage with 1 decimal ("12.3%"). */
+function fmtPct(fraction) {
+  return isNumber(fraction) ? `${fmtNum(fraction * 100, 1)}%` : "—";
+}
+
+function toDate(iso) {
+  if (iso === null || iso === undefined || iso === "") {
+    return null;
+  }
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? null : date;
+}
+
+function pad2(n) {
+  return String(n).padStart(2, "0");
+}
+
+function fmtClock(date) {
+  return `${pad2(date.getHours())}:${pad2(date.getMinutes())}:${pad2(date.getSeconds())}`;
+}
+
+function isToday(date) {
+  const now = new Date();
+  return date.getFullYear() === now.getFullYear()
+    && date.getMonth() === now.getMonth()
+    && date.getDate() === now.getDate();
+}
+
+/** Local HH:MM:SS; times of another day get their local date in front (YYYY-MM-DD HH:MM:SS). */
+function fmtTime(iso) {
+  const date = toDate(iso);
+  if (!date) {
+    return "—";
+  }
+  if (isToday(date)) {
+    return fmtClock(date);
+  }
+  return `${date.getFullYear()}-${pad2(date.getMonth() + 1)}-${pad2(date.getDate())} ${fmtClock(date)}`;
+}
+
+function fmtDuration(ms) {
+  if (!isNumber(ms) || ms < 0) {
+    return "—";
+  }
+  const seconds = ms / 1000;
+  if (seconds < 60) {
+    return `${fmtNum(seconds, 1)} s`;
+  }
+  const whole = Math.round(seconds);
+  const hours = Math.floor(whole / 3600);
+  const minutes = Math.floor((whole % 3600) / 60);
+  if (hours > 0) {
+    return `${hours} h ${pad2(minutes)} m`;
+  }
+  return `${minutes} m ${pad2(whole % 60)} s`;
+}
+
+function fmtRate(perSecond) {
+  return isNumber(perSecond) ? `${fmtNum(perSecond, 1)}/s` : "—";
+}
+
+function shorten(text, max) {
+  const s = String(text);
+  return s.length > max ? `${s.slice(0, max - 1)}…` : s;
+}
+
+function slug(text) {
+  return String(text || "unknown").toLowerCase().replace(/[^a-z0-9]+/g, "-");
+}
+
+function eventRank(name) {
+  const i = EVENT_ORDER.indexOf(name);
+  return i === -1 ? EVENT_ORDER.length : i;
+}
+
+function byEventOrder(a, b) {
+  return eventRank(a) - eventRank(b) || a.localeCompare(b);
+}
+
+function eventColor(name, index) {
+  return EVENT_COLORS[name] || PALETTE[index % PALETTE.length];
+}
+
+/* ---------- DOM helpers ---------- */
+
+function byId(id) {
+  return document.getElementById(id);
+}
+
+function setText(id, text) {
+  const node = byId(id);
+  if (node) {
+    node.textContent = text;
+  }
+}
+
+/** Creates an element; attrs: {className, dataset: {...}, title, ...}, children: nodes or strings. */
+function el(tag, attrs, children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined) {
+      continue;
+    }
+    if (key === "className") {
+      node.className = value;
+    } else if (key === "dataset") {
+      Object.assign(node.dataset, value);
+    } else {
+      node.setAttribute(key, value);
+    }
+  }
+  for (const child of children || []) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function td(text, className) {
+  return el("td", {className}, [text]);
+}
+
+function timeCell(iso) {
+  return el("td", {className: "time", title: iso || ""}, [fmtTime(iso)]);
+}
+
+function replaceRows(table, rows, emptyText, columns) {
+  const tbody = table.tBodies[0];
+  if (rows.length === 0 && emptyText) {
+    tbody.replaceChildren(el("tr", {className: "empty"}, [el("td", {colspan: String(columns)}, [emptyText])]));
+  } else {
+    tbody.replaceChildren(...rows);
+  }
+}
+
+/** Rewrites a <dl> from [[term, value], ...]. */
+function replaceStats(dl, pairs) {
+  const nodes = [];
+  for (const [term, value] of pairs) {
+    nodes.push(el("dt", {}, [term]), el("dd", {}, [value]));
+  }
+  dl.replaceChildren(...nodes);
+}
+
+function card(panel) {
+  return document.querySelector(`.card[data-panel="${panel}"]`);
+}
+
+/* ---------- panel state (up / loading / down) ---------- */
+
+function sourcesOf(data) {
+  if (Array.isArray(data && data.sources)) {
+    return data.sources;
+  }
+  return data && data.source ? [data.source] : [];
+}
+
+function loadingText(source) {
+  const detail = source.detail || source.name;
+  return /^loading\b/i.test(detail) ? detail : `loading ${detail}`;
+}
+
+function renderSourceChips(cardNode, sources) {
+  const holder = cardNode.querySelector(".sources");
+  if (!holder) {
+    return;
+  }
+  const chips = sources.map((source) => {
+    const synced = source.synced_at ? `synced at ${fmtTime(source.synced_at)}` : "not synced yet";
+    const title = source.error ? `${source.state}: ${source.error} (${synced})` : `${source.state} (${synced})`;
+    return el("span", {className: `src ${slug(source.state)}`, title, dataset: {source: source.name}}, [source.name]);
+  });
+  holder.replaceChildren(...chips);
+}
+
+/**
+ * Shows a card as up, loading or down.
+ * errorText: a request error (the previous data stays on screen, marked stale);
+ * otherwise the card's state comes from the answer's sources.
+ */
+function showPanelState(cardNode, sources, errorText) {
+  const down = sources.filter((s) => s.state === "down");
+  const loading = sources.filter((s) => s.state === "loading");
+  const errors = errorText ? [errorText] : down.map((s) => `${s.name} is down: ${s.error || "no answer"}`);
+
+  cardNode.classList.toggle("down", errors.length > 0);
+  cardNode.classList.toggle("stale", Boolean(errorText));
+  cardNode.classList.toggle("loading", !errorText && loading.length > 0);
+
+  const errorNode = cardNode.querySelector(".panel-error");
+  errorNode.textContent = errors.join("\n");
+  errorNode.hidden = errors.length === 0;
+
+  const statusNode = cardNode.querySelector(".panel-status");
+  const status = errorText ? [] : loading.map((s) => `${s.name}: ${loadingText(s)}`);
+  statusNode.textContent = status.join(" · ");
+  statusNode.hidden = status.length === 0;
+
+  if (!errorText) {
+    renderSourceChips(cardNode, sources);
+  }
+}
+
+function noteAsOf(iso) {
+  const date = toDate(iso);
+  if (!date || (latestAsOf && date <= latestAsOf)) {
+    return;
+  }
+  latestAsOf = date;
+  const node = byId("as-of");
+  node.textContent = fmtClock(date);
+  node.setAttribute("datetime", date.toISOString());
+  node.title = date.toISOString();
+}
+
+/* ---------- fetching ---------- */
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+  }
+}
+
+/** The message of a non-2xx answer: FastAPI's {detail} (a string or a list of errors), else the status. */
+async function errorMessage(response) {
+  let detail = "";
+  try {
+    const body = await response.json();
+    if (typeof body.detail === "string") {
+      detail = body.detail;
+    } else if (Array.isArray(body.detail)) {
+      detail = body.detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
+    } else if (body.detail) {
+      detail = JSON.stringify(body.detail);
+    }
+  } catch (ignored) {
+    detail = "";
+  }
+  return detail || `${response.status} ${response.statusText}`.trim();
+}
+
+/** GETs JSON; throws ApiError(status, detail) on non-2xx and Error on network failure or timeout. */
+async function fetchJson(url, controller) {
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    controller.abort();
+  }, FETCH_TIMEOUT_MS);
+  try {
+    let response;
+    try {
+      response = await fetch(url, {signal: controller.signal, headers: {Accept: "application/json"}, cache: "no-store"});
+    } catch (err) {
+      if (timedOut) {
+        throw new Error(`no answer within ${FETCH_TIMEOUT_MS / 1000} s`);
+      }
+      throw err;
+    }
+    if (!response.ok) {
+      throw new ApiError(response.status, await errorMessage(response));
+    }
+    return await response.json();
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function describeError(err, url) {
+  if (err instanceof ApiError) {
+    return `HTTP ${err.status} from ${url}: ${err.message}`;
+  }
+  if (err instanceof SyntaxError) {
+    return `bad JSON from ${url}: ${err.message}`;
+  }
+  return `cannot reach ${url}: ${err.message || err}`;
+}
+
+/* ---------- charts ---------- */
+
+function plotlyReady() {
+  return typeof window.Plotly !== "undefined";
+}
+
+function baseLayout(extra) {
+  return Object.assign({
+    margin: {l: 40, r: 16, t: 8, b: 30},
+    font: {family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 11, color: "#3a4450"},
+    paper_bgcolor: "rgba(0,0,0,0)",
+    plot_bgcolor: "rgba(0,0,0,0)",
+    showlegend: false,
+    hoverlabel: {font: {size: 11}},
+    uirevision: "keep",
+  }, extra);
+}
+
+function emptyAnnotation(isEmpty, text) {
+  return isEmpty
+    ? [{text: text || "no data yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: {color: COLOR_MUTED, size: 12}}]
+    : [];
+}
+
+function timeAxis(extra) {
+  return Object.assign({type: "date", tickformat: "%H:%M", hoverformat: "%H:%M:%S", gridcolor: "#eef0f3", automargin: true}, extra);
+}
+
+function drawChart(id, traces, layout) {
+  if (!plotlyReady()) {
+    return;
+  }
+  Plotly.react(byId(id), traces, layout, PLOTLY_CONFIG);
+}
+
+function drawPlaceholders() {
+  for (const id of ["chart-events", "chart-purchases", "chart-funnel", "chart-top-revenue", "chart-top-units", "chart-payments", "chart-api"]) {
+    drawChart(id, [], baseLayout({
+      // a uirevision of its own: the first data draw must not inherit the empty chart's axis
+      // ranges (a funnel would keep a normal y axis and show its last step on top)
+      uirevision: "placeholder",
+      xaxis: {visible: false},
+      yaxis: {visible: false},
+      annotations: emptyAnnotation(true, "waiting for data…"),
+    }));
+  }
+}
+
+/* ---------- 1. activity ---------- */
+
+function activityRange(data) {
+  const end = toDate(data.as_of);
+  if (!end) {
+    return undefined;
+  }
+  return [new Date(end.getTime() - (data.minutes || ACTIVITY_MINUTES) * 60000), end];
+}
+
+function renderEventsChart(data) {
+  const events = data.events || {};
+  const names = Object.keys(events).sort(byEventOrder);
+  const traces = names.map((name, i) => ({
+    type: "scatter",
+    mode: "lines",
+    name,
+    x: events[name].map((p) => toDate(p.t)),
+    y: events[name].map((p) => p.per_s),
+    line: {color: eventColor(name, i), width: 2, shape: "linear"},
+    hovertemplate: "%{y:,.2f}/s",
+  }));
+  const isEmpty = traces.every((t) => t.x.length === 0);
+  drawChart("chart-events", traces, baseLayout({
+    showlegend: true,
+    legend: {orientation: "h", x: 0, y: 1.02, yanchor: "bottom", font: {size: 10}},
+    margin: {l: 40, r: 12, t: 24, b: 30},
+    xaxis: timeAxis({range: activityRange(data)}),
+    yaxis: {title: {text: "events/s", font: {size: 10}}, rangemode: "tozero", gridcolor: "#eef0f3", automargin: true},
+    hovermode: "x unified",
+    annotations: emptyAnnotation(isEmpty),
+  }));
+}
+
+function renderPurchasesChart(data) {
+  const rows = data.purchases || [];
+  const x = rows.map((r) => toDate(r.t));
+  const traces = [
+    {
+      type: "bar",
+      name: "purchases",
+      x,
+      y: rows.map((r) => r.purchases),
+      width: 45000,
+      marker: {color: COLOR_BAR, opacity: 0.8},
+      hovertemplate: "%{y:,} purchases",
+    },
+    {
+      type: "scatter",
+      mode: "lines+markers",
+      name: "revenue",
+      x,
+      y: rows.map((r) => r.revenue),
+      yaxis: "y2",
+      line: {color: COLOR_LINE, width: 2},
+      marker: {size: 4},
+      hovertemplate: "%{y:,.2f} revenue",
+    },
+  ];
+  drawChart("chart-purchases", traces, baseLayout({
+    showlegend: true,
+    legend: {orientation: "h", x: 0, y: 1.02, yanchor: "bottom", font: {size: 10}},
+    margin: {l: 40, r: 48, t: 24, b: 30},
+    xaxis: timeAxis({range: activityRange(data)}),
+    yaxis: {title: {text: "purchases/min", font: {size: 10}}, rangemode: "tozero", gridcolor: "#eef0f3", automargin: true},
+    yaxis2: {title: {text: "revenue/min", font: {size: 10}}, overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, automargin: true},
+    hovermode: "x unified",
+    bargap: 0.15,
+    annotations: emptyAnnotation(rows.length === 0),
+  }));
+}
+
+function renderActivity(data) {
+  renderEventsChart(data);
+  renderPurchasesChart(data);
+}
+
+/* ---------- 2. funnel ---------- */
+
+function renderFunnelTable(steps) {
+  const rows = steps.map((s) => el("tr", {dataset: {step: s.step}}, [
+    td(s.step, "step"),
+    td(fmtInt(s.users), "num users"),
+    td(s.rate_from_previous === null || s.rate_from_previous === undefined ? "—" : fmtPct(s.rate_from_previous), "num rate"),
+  ]));
+  replaceRows(byId("funnel-table"), rows, "no data", 3);
+}
+
+function renderFunnelChart(steps) {
+  const trace = {
+    type: "funnel",
+    y: steps.map((s) => s.step),
+    x: steps.map((s) => s.users),
+    textinfo: "value+percent initial",
+    textposition: "auto",
+    marker: {color: steps.map((s, i) => FUNNEL_COLORS[i % FUNNEL_COLORS.length])},
+    connector: {line: {color: "#cfd5dc", width: 1}, fillcolor: "#eef1f5"},
+    hovertemplate: "%{y}: %{x:,} users<extra></extra>",
+  };
+  const isEmpty = steps.length === 0;
+  drawChart("chart-funnel", isEmpty ? [] : [trace], baseLayout({
+    margin: {l: 40, r: 16, t: 6, b: 6},
+    yaxis: {automargin: true, visible: !isEmpty},
+    xaxis: {visible: false},
+    annotations: emptyAnnotation(isEmpty),
+  }));
+}
+
+function renderFunnel(data) {
+  const steps = data.steps || [];
+  renderFunnelTable(steps);
+  renderFunnelChart(steps);
+}
+
+/* ---------- 3. sales ---------- */
+
+function renderKpis(data) {
+  setText("kpi-purchases", fmtInt(data.purchases));
+  setText("kpi-orders", fmtInt(data.orders));
+  setText("kpi-revenue", fmtMoney(data.revenue));
+}
+
+function renderTopChart(id, rows, key, color, valueFormat) {
+  const sorted = rows.slice().sort((a, b) => b[key] - a[key]);
+  const ids = sorted.map((r) => r.ProductId);
+  const trace = {
+    type: "bar",
+    orientation: "h",
+    y: ids,
+    x: sorted.map((r) => r[key]),
+    marker: {color},
+    customdata: sorted.map((r) => [r.Units, r.Revenue, r.Orders]),
+    hovertemplate: "%{y}<br>revenue %{customdata[1]:,.2f}<br>units %{customdata[0]:,}<br>orders %{customdata[2]:,}<extra></extra>",
+    text: sorted.map((r) => (valueFormat === "money" ? fmtMoney(r[key]) : fmtInt(r[key]))),
+    textposition: "auto",
+    cliponaxis: false,
+  };
+  drawChart(id, sorted.length ? [trace] : [], baseLayout({
+    margin: {l: 40, r: 12, t: 4, b: 24},
+    yaxis: {
+      type: "category",
+      autorange: "reversed",
+      automargin: true,
+      tickvals: ids,
+      ticktext: ids.map((p) => shorten(p, PRODUCT_LABEL_MAX)),
+      tickfont: {size: 10},
+      visible: sorted.length > 0,
+    },
+    xaxis: {rangemode: "tozero", gridcolor: "#eef0f3", visible: sorted.length > 0, tickformat: "~s"},
+    annotations: emptyAnnotation(sorted.length === 0),
+  }));
+}
+
+function renderPaymentsChart(rows) {
+  const trace = {
+    type: "pie",
+    hole: 0.5,
+    labels: rows.map((r) => r.PaymentType),
+    values: rows.map((r) => r.Orders),
+    text: rows.map((r) => `revenue ${fmtMoney(r.Revenue)}`),
+    textinfo: "percent",
+    textposition: "inside",
+    insidetextorientation: "horizontal",
+    hovertemplate: "%{label}<br>%{value:,} orders (%{percent})<br>%{text}<extra></extra>",
+    marker: {colors: rows.map((r, i) => PALETTE[i % PALETTE.length])},
+    sort: false,
+  };
+  drawChart("chart-payments", rows.length ? [trace] : [], baseLayout({
+    margin: {l: 8, r: 8, t: 8, b: 8},
+    showlegend: rows.length > 0,
+    legend: {orientation: "v", x: 1, y: 0.5, yanchor: "middle", font: {size: 10}},
+    annotations: emptyAnnotation(rows.length === 0),
+  }));
+}
+
+function renderSales(data) {
+  renderKpis(data);
+  byId("kpis").classList.remove("stale");
+  const top = (rows) => (rows || []).slice(0, TOP_N);
+  renderTopChart("chart-top-revenue", top(data.by_revenue), "Revenue", COLOR_BAR, "money");
+  renderTopChart("chart-top-units", top(data.by_units), "Units", "#2e9e6b", "int");
+  const payments = (data.payment_types || []).slice().sort((a, b) => b.Orders - a.Orders);
+  renderPaymentsChart(payments);
+}
+
+/* ---------- 4. repeat buyers ---------- */
+
+function latestIso(values) {
+  let best = null;
+  for (const iso of values) {
+    const date = toDate(iso);
+    if (date && (!best || date > best.date)) {
+      best = {iso, date};
+    }
+  }
+  return best ? best.iso : null;
+}
+
+function renderRepeat(data) {
+  const rows = (data.rows || []).map((r) => el("tr", {dataset: {user: r.user_id, product: r.product_id}}, [
+    td(r.user_id, "id"),
+    td(r.product_id, "id"),
+    td(fmtInt(r.orders), "num orders"),
+    td(fmtInt(r.units), "num units"),
+    timeCell(r.first_bought),
+    timeCell(r.last_bought),
+  ]));
+  replaceRows(byId("repeat-buyers"), rows, "no repeat buyers yet", 6);
+  setText("repeat-total", fmtInt(data.total));
+  const computedAt = latestIso((data.rows || []).map((r) => r.computed_at));
+  const node = byId("repeat-computed-at");
+  node.textContent = fmtTime(computedAt);
+  node.title = computedAt || "";
+}
+
+/* ---------- 6. pipeline health ---------- */
+
+function renderServices(services) {
+  const badges = services.map((s) => el("span", {
+    className: `badge ${s.state === "up" ? "up" : "down"}`,
+    dataset: {service: s.name},
+    title: s.detail || s.state,
+  }, [s.name]));
+  byId("services").replaceChildren(...badges);
+}
+
+function renderApiTraffic(api) {
+  const dl = byId("api-traffic");
+  if (!api) {
+    replaceStats(dl, [["traffic", "no figures (the API did not answer)"]]);
+    return;
+  }
+  const pairs = [
+    ["requests", fmtRate(api.requests_per_s)],
+    ["5xx errors", fmtRate(api.errors_per_s)],
+    ["4xx rejected", fmtRate(api.rejected_per_s)],
+    ["error rate", fmtPct(api.error_rate)],
+  ];
+  const topics = Object.keys(api.published_per_s || {}).sort();
+  for (const topic of topics) {
+    pairs.push([`published to ${topic}`, fmtRate(api.published_per_s[topic])]);
+  }
+  replaceStats(dl, pairs);
+}
+
+/** Adds one point per health answer (null values when the API gave no figures) and keeps 15 minutes. */
+function recordApiPoint(asOf, api) {
+  const t = toDate(asOf) || new Date();
+  const last = apiHistory[apiHistory.length - 1];
+  if (last && t <= last.t) {
+    return;
+  }
+  apiHistory.push({
+    t,
+    requests: api ? api.requests_per_s : null,
+    errors: api ? api.errors_per_s : null,
+  });
+  const cutoff = t.getTime() - API_HISTORY_MS;
+  while (apiHistory.length && apiHistory[0].t.getTime() < cutoff) {
+    apiHistory.shift();
+  }
+}
+
+function renderApiChart() {
+  const x = apiHistory.map((p) => p.t);
+  const traces = [
+    {
+      type: "scatter", mode: "lines", name: "requests/s", x, y: apiHistory.map((p) => p.requests),
+      line: {color: COLOR_BAR, width: 2}, hovertemplate: "%{y:,.1f} req/s",
+    },
+    {
+      type: "scatter", mode: "lines", name: "5xx/s", x, y: apiHistory.map((p) => p.errors), yaxis: "y2",
+      line: {color: COLOR_ERROR, width: 1.5}, hovertemplate: "%{y:,.2f} 5xx/s",
+    },
+  ];
+  drawChart("chart-api", traces, baseLayout({
+    showlegend: true,
+    legend: {orientation: "h", x: 0, y: 1.02, yanchor: "bottom", font: {size: 10}},
+    margin: {l: 40, r: 36, t: 20, b: 26},
+    xaxis: timeAxis(),
+    yaxis: {rangemode: "tozero", gridcolor: "#eef0f3", automargin: true},
+    yaxis2: {overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, automargin: true, tickfont: {color: COLOR_ERROR}},
+    hovermode: "x unified",
+    annotations: emptyAnnotation(apiHistory.length === 0),
+  }));
+}
+
+function renderLag(lag) {
+  const rows = lag.map((l) => el("tr", {dataset: {topic: l.topic, group: l.group}}, [
+    td(l.topic, "id"),
+    td(l.group, "id"),
+    td(fmtInt(l.lag), `num lag${l.lag > 0 ? " behind" : ""}`),
+    td(fmtInt(l.end), "num end"),
+  ]));
+  replaceRows(byId("lag"), rows, "no consumer groups", 4);
+}
+
+function runSortKey(run) {
+  const date = toDate(run.start) || toDate(run.end);
+  return date ? date.getTime() : Number.POSITIVE_INFINITY; // not started yet: newest
+}
+
+function runDuration(run, asOf) {
+  const start = toDate(run.start);
+  if (!start) {
+    return "—";
+  }
+  const end = toDate(run.end);
+  if (end) {
+    return fmtDuration(end - start);
+  }
+  const now = toDate(asOf) || new Date();
+  return `${fmtDuration(now - start)} so far`;
+}
+
+function renderDagRuns(runs, asOf) {
+  const sorted = runs.slice().sort((a, b) => runSortKey(b) - runSortKey(a));
+  const rows = sorted.map((r) => el("tr", {dataset: {run: r.run_id, state: r.state}}, [
+    td(r.run_id, "id run-id"),
+    el("td", {}, [el("span", {className: `state state-${slug(r.state)}`}, [r.state])]),
+    timeCell(r.start),
+    td(runDuration(r, asOf), "num"),
+    td(fmtInt(r.drained), "num drained"),
+    td(fmtInt(r.counted), "num counted"),
+  ]));
+  replaceRows(byId("dag-runs"), rows, "no DAG runs yet", 6);
+}
+
+function secondsAgo(iso, asOf) {
+  const then = toDate(iso);
+  if (!then) {
+    return "—";
+  }
+  const now = toDate(asOf) || new Date();
+  return `${fmtInt(Math.max(0, Math.round((now - then) / 1000)))} s ago`;
+}
+
+function renderStreaming(streaming, asOf) {
+  const dl = byId("streaming");
+  if (!streaming) {
+    replaceStats(dl, [["last batch", "no figures (the streaming job did not answer)"]]);
+    return;
+  }
+  replaceStats(dl, [
+    ["last batch", streaming.batch_id === null || streaming.batch_id === undefined ? "—" : `#${fmtInt(streaming.batch_id)}`],
+    ["when", secondsAgo(streaming.batch_at, asOf)],
+    ["rows in / out", `${fmtInt(streaming.input_rows)} / ${fmtInt(streaming.output_rows)}`],
+    ["batch time", isNumber(streaming.batch_ms) ? `${fmtInt(streaming.batch_ms)} ms` : "—"],
+    ["freshness", isNumber(streaming.freshness_s) ? `${fmtNum(streaming.freshness_s, 1)} s` : "—"],
+  ]);
+  const when = dl.querySelectorAll("dd")[1];
+  if (when && streaming.batch_at) {
+    when.title = fmtTime(streaming.batch_at);
+  }
+}
+
+function renderHealth(data) {
+  renderServices(data.services || []);
+  renderApiTraffic(data.api);
+  renderLag(data.lag || []);
+  renderDagRuns(data.dag_runs || [], data.as_of);
+  renderStreaming(data.streaming, data.as_of);
+  recordApiPoint(data.as_of, data.api);
+  renderApiChart();
+}
+
+/* ---------- polling ---------- */
+
+const PANELS = {
+  activity: {url: () => `/api/activity?minutes=${ACTIVITY_MINUTES}`, render: renderActivity, controller: null},
+  funnel: {url: () => `/api/funnel?window=${encodeURIComponent(byId("funnel-window").value)}`, render: renderFunnel, controller: null},
+  sales: {url: () => `/api/sales?n=${TOP_N}`, render: renderSales, controller: null, onError: markKpisStale},
+  repeat: {url: () => `/api/repeat-buyers?n=${TOP_N}`, render: renderRepeat, controller: null},
+  health: {url: () => "/api/health", render: renderHealth, controller: null},
+};
+
+function markKpisStale() {
+  byId("kpis").classList.add("stale");
+}
+
+/**
+ * Fetches one panel's data and redraws it. A request still running is left alone on a
+ * timer tick (no pile-up when the backend is slow) and replaced when `force` is set.
+ */
+async function refreshPanel(name, force) {
+  const panel = PANELS[name];
+  if (panel.controller) {
+    if (!force) {
+      return;
+    }
+    panel.controller.abort();
+  }
+  const controller = new AbortController();
+  panel.controller = controller;
+  const cardNode = card(name);
+  const url = panel.url();
+  cardNode.setAttribute("aria-busy", "true");
+  let data;
+  try {
+    data = await fetchJson(url, controller);
+  } catch (err) {
+    if (panel.controller === controller) {
+      showPanelState(cardNode, [], describeError(err, url));
+      if (panel.onError) {
+        panel.onError(err);
+      }
+    }
+    return;
+  } finally {
+    if (panel.controller === controller) {
+      panel.controller = null;
+      cardNode.removeAttribute("aria-busy");
+    }
+  }
+  try {
+    panel.render(data);
+    showPanelState(cardNode, sourcesOf(data), null);
+    noteAsOf(data.as_of);
+  } catch (err) {
+    console.error(`${name}: cannot show the answer`, err, data);
+    showPanelState(cardNode, [], `cannot show the answer of ${url}: ${err.message}`);
+  }
+}
+
+function refreshAll() {
+  if (document.hidden) {
+    return;
+  }
+  for (const name of Object.keys(PANELS)) {
+    refreshPanel(name, false);
+  }
+}
+
+/* ---------- 5. user lookup (on submit only) ---------- */
+
+function resetUserResult() {
+  byId("user-counts").tBodies[0].replaceChildren();
+  byId("user-purchases").tBodies[0].replaceChildren();
+  setText("user-counts-note", "");
+  setText("user-purchases-note", "");
+}
+
+function showUserMessage(text, className) {
+  const result = byId("user-result");
+  resetUserResult();
+  const title = byId("user-title");
+  title.textContent = text;
+  title.className = `user-title ${className || ""}`.trim();
+  result.classList.add("message-only");
+  result.hidden = false;
+}
+
+function renderUserCounts(counts) {
+  const table = byId("user-counts");
+  const note = byId("user-counts-note");
+  if (counts === null || counts === undefined) {
+    note.textContent = "MongoDB is down";
+    note.className = "note warn";
+    note.hidden = false;
+    table.hidden = true;
+    table.tBodies[0].replaceChildren();
+    return;
+  }
+  const names = Object.keys(counts).sort(byEventOrder);
+  const rows = names.map((name) => el("tr", {dataset: {event: name}}, [td(name, "event"), td(fmtInt(counts[name]), "num count")]));
+  table.hidden = false;
+  replaceRows(table, rows, "no events", 2);
+  note.textContent = "";
+  note.className = "note";
+  note.hidden = true;
+}
+
+function renderUserPurchases(purchases) {
+  const table = byId("user-purchases");
+  const note = byId("user-purchases-note");
+  if (purchases === null || purchases === undefined) {
+    note.textContent = "the lake is down";
+    note.className = "note warn";
+    table.hidden = true;
+    table.tBodies[0].replaceChildren();
+    return;
+  }
+  const n = purchases.length;
+  note.textContent = n === 1 ? "1 purchase" : `${fmtInt(n)} purchases`;
+  note.className = "note";
+  const rows = purchases.map((p) => el("tr", {dataset: {order: p.OrderId}}, [
+    td(p.OrderId, "id"),
+    timeCell(p.TimeStamp),
+    td(fmtMoney(p.TotalPrice), "num total"),
+    td(p.PaymentType, "payment"),
+    td(fmtInt(p.Items), "num items"),
+  ]));
+  table.hidden = n === 0;
+  replaceRows(table, rows, null, 5);
+}
+
+function renderUser(data) {
+  const result = byId("user-result");
+  result.classList.remove("message-only");
+  const title = byId("user-title");
+  title.className = "user-title";
+  title.textContent = `UserId ${data.UserId}`;
+  renderUserCounts(data.event_counts);
+  renderUserPurchases(data.purchases);
+  result.hidden = false;
+}
+
+async function lookupUser(event) {
+  event.preventDefault();
+  const userId = byId("user-id").value.trim();
+  if (!userId) {
+    return;
+  }
+  if (userController) {
+    userController.abort();
+  }
+  const controller = new AbortController();
+  userController = controller;
+  const cardNode = card("user");
+  const url = `/api/users/${encodeURIComponent(userId)}`;
+  showPanelState(cardNode, [], null);
+  showUserMessage(`looking up ${userId}…`, "pending");
+  let data;
+  try {
+    data = await fetchJson(url, controller);
+  } catch (err) {
+    if (userController !== controller) {
+      return;
+    }
+    userController = null;
+    if (err instanceof ApiError && err.status === 404) {
+      showPanelState(cardNode, [], null);
+      showUserMessage(err.message, "not-found");
+    } else {
+      showPanelState(cardNode, [], describeError(err, url));
+      showUserMessage(`lookup of ${userId} failed`, "failed");
+    }
+    return;
+  }
+  if (userController !== controller) {
+    return;
+  }
+  userController = null;
+  try {
+    renderUser(data);
+    showPanelState(cardNode, sourcesOf(data), null);
+  } catch (err) {
+    console.error("user: cannot show the answer", err, data);
+    showPanelState(cardNode, [], `cannot show the answer of ${url}: ${err.message}`);
+  }
+}
+
+/* ---------- start ---------- */
+
+function warnNoPlotly() {
+  const note = el("div", {className: "global-error", role: "alert"}, [
+    "Charts are unavailable: /static/vendor/plotly.min.js did not load. Tables and figures still update.",
+  ]);
+  document.querySelector(".topbar").after(note);
+}
+
+function start() {
+  if (plotlyReady()) {
+    drawPlaceholders();
+  } else {
+    warnNoPlotly();
+  }
+  byId("funnel-window").addEventListener("change", () => refreshPanel("funnel", true));
+  byId("user-form").addEventListener("submit", lookupUser);
+  document.addEventListener("visibilitychange", refreshAll);
+  refreshAll();
+  setInterval(refreshAll, REFRESH_MS);
+}
+
+if (document.readyState === "loading") {
+  document.addEventListener("DOMContentLoaded", start);
+} else {
+  start();
+}
