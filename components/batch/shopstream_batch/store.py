@@ -58,6 +58,7 @@ def ensure_collections(db: Database, cfg: BatchSettings) -> Collections:
         db.command("collMod", cfg.events_collection, validator=validator)
     c = collections(db, cfg)
     c.events.create_index([("AggBatch", ASCENDING)])
+    c.events.create_index([("StoredAt", ASCENDING)])  # readers that follow what was stored since (the dashboard)
     c.counts.create_index([("UserId", ASCENDING), ("EventName", ASCENDING)], unique=True)
     return c
 
