@@ -175,7 +175,7 @@ def screenshot(settings: Settings, out: str = "docs/dashboard.png", timeout_s: f
         page.wait_for_selector("#services .badge", timeout=timeout_s * 1000)
         page.fill("#user-id", page.text_content("#repeat-buyers tbody tr td") or "")
         page.click("#user-form [type=submit]")
-        page.wait_for_timeout(3000)  # two refreshes: the API chart has points
+        page.wait_for_timeout(11_000)  # two more refreshes: the API chart has points to draw
         page.screenshot(path=str(path), full_page=True)
     say(f"screenshot: {_short(path)}")
     return path
