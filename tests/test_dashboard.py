@@ -324,7 +324,7 @@ def test_stores_that_are_down_show_as_down_and_the_rest_keeps_working(shop):
 
 def test_openapi_documents_every_data_call(dashboard):
     spec = get(dashboard, "/openapi.json")
-    for path in ("/api/activity", "/api/funnel", "/api/sales", "/api/repeat-buyers", "/api/users/{user_id}",
+    for path in ("/api/config", "/api/activity", "/api/funnel", "/api/sales", "/api/repeat-buyers", "/api/users/{user_id}",
                  "/api/health"):
         ok = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
         assert ok.get("$ref"), path
@@ -346,6 +346,8 @@ def test_page_in_chromium_shows_the_stores_numbers_and_looks_up_a_user(dashboard
         page.wait_for_function(f"document.querySelector('#kpi-purchases')?.textContent.trim() === '{sales['purchases']:,}'",
                                timeout=30_000)
         assert page.text_content("#kpi-orders").strip() == f"{sales['orders']:,}"
+        # the page asks as often as the dashboard reads the stores (refresh_s = 1 here), from /api/config
+        page.wait_for_function("document.querySelector('#refresh-s').textContent.trim() === '1'", timeout=10_000)
         assert page.text_content("#kpi-revenue").strip().endswith(f"{sales['revenue']:,.2f}")
         for chart in ("chart-events", "chart-purchases", "chart-funnel", "chart-top-revenue", "chart-top-units",
                       "chart-payments"):

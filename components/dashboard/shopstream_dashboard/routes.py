@@ -31,6 +31,12 @@ def _up(name: str, detail: str | None = None) -> dict[str, Any]:
     return {"name": name, "state": "up", "synced_at": datetime.now(UTC), "error": None, "detail": detail}
 
 
+@router.get("/config", response_model=schemas.DashboardConfig)
+def config(request: Request) -> dict[str, Any]:
+    """What the page needs to know of the settings."""
+    return {"refresh_s": _state(request).settings.dashboard.refresh_s}
+
+
 @router.get("/activity", response_model=schemas.Activity)
 def activity(request: Request, minutes: Annotated[int, Query(ge=1, le=180)] = 15) -> dict[str, Any]:
     """Events per second by EventName and purchases (with revenue) per minute, over the last `minutes`."""

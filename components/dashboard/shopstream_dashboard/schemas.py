@@ -16,6 +16,10 @@ SourceState = Literal["up", "down", "loading"]
 FunnelWindow = Literal["15m", "1h", "24h", "all"]
 
 
+class DashboardConfig(BaseModel):
+    refresh_s: float = Field(description="how often the dashboard reads the stores, and the page asks")
+
+
 class Source(BaseModel):
     """One store as the dashboard last saw it."""
 

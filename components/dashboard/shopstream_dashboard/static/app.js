@@ -6,7 +6,7 @@
  */
 "use strict";
 
-const REFRESH_MS = 5000;
+let refreshMs = 5000; // until /api/config says otherwise (SHOPSTREAM_DASHBOARD__REFRESH_S)
 const FETCH_TIMEOUT_MS = 20000;
 const API_HISTORY_MS = 15 * 60 * 1000;
 const ACTIVITY_MINUTES = 15;
@@ -948,7 +948,20 @@ function start() {
   byId("user-form").addEventListener("submit", lookupUser);
   document.addEventListener("visibilitychange", refreshAll);
   refreshAll();
-  setInterval(refreshAll, REFRESH_MS);
+  loadConfig().finally(() => setInterval(refreshAll, refreshMs));
+}
+
+/** The server's refresh interval: the page asks as often as the dashboard reads the stores. */
+async function loadConfig() {
+  try {
+    const config = await fetchJson("/api/config", new AbortController());
+    if (config.refresh_s > 0) {
+      refreshMs = config.refresh_s * 1000;
+      byId("refresh-s").textContent = String(config.refresh_s);
+    }
+  } catch (err) {
+    console.warn(`keeping a ${refreshMs / 1000} s refresh: ${describeError(err, "/api/config")}`);
+  }
 }
 
 if (document.readyState === "loading") {
