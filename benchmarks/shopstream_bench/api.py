@@ -46,9 +46,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from shopstream.adapters.kafka import end_offsets
 from shopstream.settings import Settings
 
-from .harness import Figure, percentile, topic_end
+from .harness import Figure, percentile
 
 SERVERS = ["kafka"]
 WRK_DIR = Path(__file__).resolve().parents[1] / "wrk"
@@ -153,10 +154,10 @@ def run_wrk(url: str, script: str, seconds: float, connections: int, args: list[
 def _settled_end(settings: Settings, topic: str, timeout_s: float) -> int:
     """The topic's end offset once it stops moving (publishes still in flight land first)."""
     deadline = time.monotonic() + timeout_s
-    last = topic_end(settings, topic)
+    last = sum(end_offsets(settings.kafka, topic).values())
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        now = topic_end(settings, topic)
+        now = sum(end_offsets(settings.kafka, topic).values())
         if now == last:
             return now
         last = now

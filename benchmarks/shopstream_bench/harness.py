@@ -17,7 +17,6 @@ from pathlib import Path
 
 import psutil
 
-from shopstream.adapters.kafka import end_offsets
 from shopstream.settings import Settings
 from shopstream_stack.isolated import isolated_settings
 from shopstream_stack.stack import services
@@ -77,11 +76,6 @@ def percentile(values: list[float], p: float) -> float:
     k = (len(ordered) - 1) * p / 100
     lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def topic_end(settings: Settings, topic: str) -> int:
-    """How many records a topic has received so far (the sum of its end offsets)."""
-    return sum(end_offsets(settings.kafka, topic).values())
 
 
 def produce(settings: Settings, topic: str, records: Iterable[tuple[bytes, bytes]], label: str = "") -> int:

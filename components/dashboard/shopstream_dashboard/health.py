@@ -27,7 +27,7 @@ from shopstream.settings import Settings
 from shopstream_streaming.status import read_status, status_path, unhealthy_reason
 
 from .readmodel import ReadModel
-from .sync import Loop
+from .sync import Loop, SourceState, describe
 
 BATCH_DAG_ID = "user_events_batch"  # components/dags/user_events_batch.py
 BATCH_TASKS = {"drain": "stored", "aggregate": "events_counted"}  # task -> the report field shown
@@ -104,6 +104,7 @@ class HealthMonitor(Loop):
         self._kafka: tuple[KafkaAdminClient, KafkaConsumer] | None = None
         self._run_reports: dict[tuple[str, str], Any] = {}  # (run, task) -> report, for finished runs
         self._lock = threading.Lock()
+        self._status: dict[str, Any] | None = None  # the streaming job's status file, read once per step
         self.snapshot: dict[str, Any] = {"as_of": datetime.now(UTC), "services": [], "api": None, "lag": [],
                                          "dag_runs": [], "streaming": None, "sources": []}
 
@@ -143,8 +144,7 @@ class HealthMonitor(Loop):
         done = sum(max(0, om.offset) for tp, om in committed.items() if tp.topic == topic)
         end = sum(ends[topic].values())
         out.append({"topic": topic, "group": group, "lag": max(0, end - done), "end": end})
-        status = read_status(status_path(self.settings)) or {}
-        query = (status.get("queries") or {}).get(STREAMING_QUERY) or {}
+        query = ((self._status or {}).get("queries") or {}).get(STREAMING_QUERY) or {}
         done_p = _offsets_sum(query.get("end_offset"), kafka.purchases_topic)
         end_p = sum(ends[kafka.purchases_topic].values())
         if done_p is not None:
@@ -188,8 +188,7 @@ class HealthMonitor(Loop):
         return self.meter.rates(at, self.http.get(f"{self.settings.api.base_url}/metrics").raise_for_status().text)
 
     def streaming(self) -> dict[str, Any] | None:
-        status = read_status(status_path(self.settings))
-        query = ((status or {}).get("queries") or {}).get(STREAMING_QUERY)
+        query = ((self._status or {}).get("queries") or {}).get(STREAMING_QUERY)
         newest = self.model.newest_ingested()
         freshness = round((datetime.now(UTC) - newest).total_seconds(), 1) if newest else None
         if query is None:
@@ -230,7 +229,7 @@ class HealthMonitor(Loop):
             return "all components healthy"
 
         def streaming() -> str:
-            why = unhealthy_reason(read_status(status_path(s)), s)
+            why = unhealthy_reason(self._status, s)
             if why:
                 raise RuntimeError(why)
             return "queries running"
@@ -243,25 +242,26 @@ class HealthMonitor(Loop):
             try:
                 out.append({"name": name, "state": "up", "detail": f.result(timeout=self.timeout + 2)})
             except Exception as e:  # noqa: BLE001 - any failure means down, with its reason
-                out.append({"name": name, "state": "down", "detail": f"{type(e).__name__}: {e}"[:300]})
+                out.append({"name": name, "state": "down", "detail": describe(e)})
         return out
 
     def step(self) -> None:
         parts = {"services": self.services, "api": self.api_traffic, "lag": self.lag,
                  "dag_runs": self.dag_runs, "streaming": self.streaming}
         names = {"api": "api", "lag": "kafka", "dag_runs": "airflow", "streaming": "streaming"}
+        self._status = read_status(status_path(self.settings))
         futures = {k: self.pool.submit(fn) for k, fn in parts.items() if k != "services"}
         snap: dict[str, Any] = {"as_of": datetime.now(UTC), "services": self.services()}
         sources = []
         for key, f in futures.items():
+            source = SourceState(names[key])
             try:
                 snap[key] = f.result(timeout=self.timeout + 5)
-                sources.append({"name": names[key], "state": "up", "synced_at": snap["as_of"], "error": None,
-                                "detail": None})
+                source.ok()
             except Exception as e:  # noqa: BLE001 - shown on the page as that part being down
                 snap[key] = [] if key in ("lag", "dag_runs") else None
-                sources.append({"name": names[key], "state": "down", "synced_at": None,
-                                "error": f"{type(e).__name__}: {e}"[:300], "detail": None})
+                source.failed(e)
+            sources.append(source.as_dict())
         kafka = next(x for x in sources if x["name"] == "kafka")
         snap["services"].insert(1, {"name": "kafka", "state": kafka["state"],
                                     "detail": kafka["error"] or f"{len(snap['lag'])} consumers' offsets read"})

@@ -20,7 +20,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-EVENT_NAMES = ("PageVisited", "AddedBasket", "CheckedProductReviews")
+from shopstream.contracts import EventName
+
+EVENT_NAMES = tuple(e.value for e in EventName)  # from the contract
 WINDOWS = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedelta(hours=24), "all": None}
 
 SCHEMA = """

@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from shopstream_analysis.warehouse import TABLE as REPEAT_TABLE
 
 from . import schemas
+from .sync import SourceState
 
 router = APIRouter(prefix="/api", tags=["dashboard"])
 
@@ -22,13 +23,14 @@ def _state(request: Request) -> Any:
     return request.app.state.dashboard
 
 
-def _down(name: str, e: BaseException) -> dict[str, Any]:
-    return {"name": name, "state": "down", "synced_at": None, "error": f"{type(e).__name__}: {e}"[:300],
-            "detail": None}
-
-
-def _up(name: str, detail: str | None = None) -> dict[str, Any]:
-    return {"name": name, "state": "up", "synced_at": datetime.now(UTC), "error": None, "detail": detail}
+def _answered(name: str, error: BaseException | None = None, detail: str | None = None) -> dict[str, Any]:
+    """The `Source` of a store asked just now: up, or down with `error`."""
+    source = SourceState(name)
+    if error is None:
+        source.ok(detail)
+    else:
+        source.failed(error)
+    return source.as_dict()
 
 
 @router.get("/config", response_model=schemas.DashboardConfig)
@@ -73,14 +75,14 @@ def repeat_buyers(request: Request, n: Annotated[int, Query(ge=1, le=100)] = 10)
         with st.pg.connect() as c:
             if c.execute(text("SELECT to_regclass(:t)"), {"t": REPEAT_TABLE}).scalar() is None:
                 return {"rows": [], "total": 0,
-                        "source": _up("postgresql", "no repeat_buyers table yet: `invoke analyze` writes it")}
+                        "source": _answered("postgresql", detail="no repeat_buyers table yet: `invoke analyze` writes it")}
             rows = c.execute(text(
                 f"SELECT user_id, product_id, orders, units, first_bought, last_bought, computed_at FROM {REPEAT_TABLE} "
                 "ORDER BY last_bought DESC, user_id, product_id LIMIT :n"), {"n": n}).mappings().all()
             total = c.execute(text(f"SELECT count(*) FROM {REPEAT_TABLE}")).scalar()
     except SQLAlchemyError as e:
-        return {"rows": [], "total": 0, "source": _down("postgresql", e)}
-    return {"rows": [dict(r) for r in rows], "total": total, "source": _up("postgresql")}
+        return {"rows": [], "total": 0, "source": _answered("postgresql", e)}
+    return {"rows": [dict(r) for r in rows], "total": total, "source": _answered("postgresql")}
 
 
 @router.get("/users/{user_id}", response_model=schemas.UserLookup,
@@ -93,9 +95,9 @@ def user(request: Request, user_id: Annotated[str, Path(min_length=1, max_length
     try:
         docs = st.counts.find({"UserId": user_id}, {"_id": 0, "EventName": 1, "EventCount": 1})
         counts = {d["EventName"]: int(d["EventCount"]) for d in docs}
-        sources.append(_up("mongodb"))
+        sources.append(_answered("mongodb"))
     except PyMongoError as e:
-        sources.append(_down("mongodb", e))
+        sources.append(_answered("mongodb", e))
     purchases = st.model.user_purchases(user_id)
     lake = st.lake_sync.source.as_dict()
     sources.append(lake)

@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 EVENT_FIELDS = {"UserId": 1, "EventName": 1, "TimeStamp": 1, "StoredAt": 1}
 
 
+def describe(e: BaseException) -> str:
+    """An error as the page shows it: its type and message, kept short."""
+    return f"{type(e).__name__}: {e}"[:300]
+
+
 class SourceState:
     """How a store last answered: the `Source` of the JSON API."""
 
@@ -40,7 +45,7 @@ class SourceState:
         self.state, self.synced_at, self.error, self.detail = "up", datetime.now(UTC), None, detail
 
     def failed(self, e: BaseException) -> None:
-        self.state, self.error = "down", f"{type(e).__name__}: {e}"[:300]
+        self.state, self.error = "down", describe(e)
 
     def loading(self, detail: str) -> None:
         if self.state != "down":
@@ -62,7 +67,6 @@ class Loop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"dashboard-{self.name}", daemon=True)
         self.source = SourceState(self.name)
-        self.first_pass = threading.Event()  # set once the first step finished (well or not)
 
     def start(self) -> None:
         self._thread.start()
@@ -80,7 +84,6 @@ class Loop:
                 if self.source.state != "down":
                     log.warning("%s: %s", self.name, e)
                 self.source.failed(e)
-            self.first_pass.set()
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - t0)))
 
     def step(self) -> None:
