@@ -173,8 +173,10 @@ def screenshot(settings: Settings, out: str = "docs/dashboard.png", timeout_s: f
         for chart in ("chart-events", "chart-purchases", "chart-funnel", "chart-top-revenue", "chart-payments"):
             page.wait_for_selector(f"#{chart} .main-svg", timeout=timeout_s * 1000)
         page.wait_for_selector("#services .badge", timeout=timeout_s * 1000)
-        page.fill("#user-id", page.text_content("#repeat-buyers tbody tr td") or "")
-        page.click("#user-form [type=submit]")
+        repeat_buyer = page.locator("#repeat-buyers tbody tr[data-user]")
+        if repeat_buyer.count():  # look one up (before `invoke analyze` there are none to show)
+            page.fill("#user-id", repeat_buyer.first.get_attribute("data-user"))
+            page.click("#user-form [type=submit]")
         page.wait_for_timeout(11_000)  # two more refreshes: the API chart has points to draw
         page.screenshot(path=str(path), full_page=True)
     say(f"screenshot: {_short(path)}")
