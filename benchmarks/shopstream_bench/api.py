@@ -95,16 +95,21 @@ def ceiling_app():
     # (With FastAPI's dependency_overrides, every dependency is re-analysed on every request, a
     # cost the real app does not pay: a first version of this ceiling came out below the real app.)
     # The real publisher stays in the lifespan: it connects at start-up and then sits idle.
+    from shopstream_api.ingestor import Ingestor
+
     app.state.publisher = NullPublisher(app.state.metrics)
+    app.state.ingestor = Ingestor(app.state.publisher, None)  # no journal either: HTTP alone
     return app
 
 
-def _api_service(settings: Settings, factory: str):
+def _api_service(settings: Settings, factory: str, name: str):
     """The API as the stack runs it (`ApiService`), or the same command with another factory."""
     from shopstream_stack.apps import ApiService
 
     class BenchApi(ApiService):
-        name = "api" if factory == API_FACTORY else "api-ceiling"
+        @property
+        def listen(self):  # the API's settings group, whatever this copy is called
+            return self.settings.api
 
         def procs(self):
             procs = super().procs()
@@ -112,6 +117,7 @@ def _api_service(settings: Settings, factory: str):
                 p.argv = [factory if a == API_FACTORY else a for a in p.argv]
             return procs
 
+    BenchApi.name = name
     return BenchApi(settings)
 
 
@@ -249,7 +255,7 @@ def _measure(svc, topic: str, script: str, seconds: float, connections: int, per
     """One wrk run against a running API; its 2xx count checked against the topic's end-offset
     growth (none at all for the ceiling, which must not publish). Returns (run, problems)."""
     settings, problems = svc.settings, []
-    publishes = svc.name == "api"
+    publishes = svc.name != "api-ceiling"
     before = _settled_end(settings, topic, 10)
     r = run_wrk(settings.api.base_url, script, seconds, connections, [uuid.uuid4().hex[:8], str(per_request)])
     msg = (f"  {label} {svc.name}: {r.ok:,} x 2xx in {r.seconds:.1f} s = {r.ok_per_s * per_request:,.0f}"
@@ -285,10 +291,15 @@ def run(settings: Settings, quick: bool = False, seconds: float | None = None, r
     console.print(f"[bold]api[/bold]: wrk -t1, {seconds:g} s x {repeats} per case, {event_connections} connections "
                   f"for events, {purchase_connections} for purchases; the cases take turns within each repeat")
 
-    # both API processes up at once, on their own ports, idle while the other is measured
-    real = _api_service(settings, API_FACTORY)
-    ceiling = _api_service(settings.model_copy(update={"api": settings.api.model_copy(update={"port": free_port()})}),
-                           CEILING_FACTORY)
+    # the API processes up at once, on their own ports, idle while another is measured: as the
+    # stack runs it, without its acknowledgement journal (what the journal costs), the ceiling
+    def on_own_port(**api) -> Settings:
+        return settings.model_copy(update={"api": settings.api.model_copy(update={"port": free_port(), **api})})
+
+    real = _api_service(settings, API_FACTORY, "api")
+    unjournaled = _api_service(on_own_port(journal=False), API_FACTORY, "api-no-journal")
+    ceiling = _api_service(on_own_port(), CEILING_FACTORY, "api-ceiling")
+    apis = (real, unjournaled, ceiling)
     n_events = 20_000 if quick else 100_000
     n_purchases = 20_000 if quick else 200_000
     events = [[r] for r in event_records(n_events, "client")]
@@ -300,13 +311,13 @@ def run(settings: Settings, quick: bool = False, seconds: float | None = None, r
     problems: dict[str, list[str]] = {"events": [], "purchases": []}
     ev_client, pu_client = [], []
     try:
-        for svc in (real, ceiling):
+        for svc in apis:
             svc.start()
             for script, conns, per, _topic in cases.values():
                 run_wrk(svc.settings.api.base_url, script, 2, conns, [f"warm{uuid.uuid4().hex[:6]}", str(per)])
         for i in range(repeats):
             for case, (script, conns, per, topic) in cases.items():
-                for svc in (real, ceiling):
+                for svc in apis:
                     r, bad = _measure(svc, topic, script, seconds, conns, per, f"run {i + 1}/{repeats} {case}")
                     runs.setdefault((case, svc.name), []).append(r)
                     problems[case] += bad
@@ -319,10 +330,11 @@ def run(settings: Settings, quick: bool = False, seconds: float | None = None, r
                           f"{ev_client[-1][1]:.1f} ms, p99 {ev_client[-1][2]:.1f} ms), {prate:,.0f} purchases/s "
                           f"in batches of {PURCHASES_PER_REQUEST}")
     finally:
-        for svc in (ceiling, real):
+        for svc in reversed(apis):
             svc.stop()
     ev_api, ev_ceil = runs[("events", "api")], runs[("events", "api-ceiling")]
     pu_api, pu_ceil = runs[("purchases", "api")], runs[("purchases", "api-ceiling")]
+    ev_bare, pu_bare = runs[("events", "api-no-journal")], runs[("purchases", "api-no-journal")]
     ev_problems, pu_problems = problems["events"], problems["purchases"]
 
     ev_rate, ceil_rate = med(r.ok_per_s for r in ev_api), med(r.ok_per_s for r in ev_ceil)
@@ -333,6 +345,8 @@ def run(settings: Settings, quick: bool = False, seconds: float | None = None, r
     pu_rate = med(r.ok_per_s * PURCHASES_PER_REQUEST for r in pu_api)
     pu_ceil_rate = med(r.ok_per_s * PURCHASES_PER_REQUEST for r in pu_ceil)
     pu_client_rate = med(pu_client)
+    bare_rate, bare_p99 = med(r.ok_per_s for r in ev_bare), med(r.p99_ms for r in ev_bare)
+    pu_bare_rate = med(r.ok_per_s * PURCHASES_PER_REQUEST for r in pu_bare)
 
     shape = (f"wrk -t1 -c{event_connections}, {seconds:g} s x {repeats}, one uvicorn worker; 2 CPU cores shared "
              "by wrk, uvicorn and the broker")
@@ -363,5 +377,19 @@ def run(settings: Settings, quick: bool = False, seconds: float | None = None, r
                other_limits={f"Kafka client alone ({purchase_connections} senders x {PURCHASES_PER_REQUEST})":
                              pu_client_rate},
                target=">= 30,000/s", met=pu_rate >= 30_000 and not pu_problems,
+               samples=[r.ok_per_s * PURCHASES_PER_REQUEST for r in pu_api], note=pu_note),
+        Figure("PUT /SendEvent with the acknowledgement journal", ev_rate, "requests/s",
+               limit_name="the same API, journal off", limit_value=bare_rate,
+               target="costs <= 20% of the requests/s", met=bare_rate > 0 and ev_rate >= 0.8 * bare_rate,
+               samples=[r.ok_per_s for r in ev_api],
+               note="journal: one fdatasync per group of requests, then every record read back from the broker "
+                    "twice (SHOPSTREAM_API__JOURNAL)"),
+        Figure("PUT /SendEvent p99 latency with the acknowledgement journal", p99, "ms",
+               limit_name="the same API, journal off", limit_value=bare_p99,
+               target="adds <= 10 ms", met=p99 <= bare_p99 + 10,
+               samples=[r.p99_ms for r in ev_api], note=f"{event_connections} connections"),
+        Figure(f"POST /PurchasedItems with the acknowledgement journal ({PURCHASES_PER_REQUEST} per request)",
+               pu_rate, "purchases/s", limit_name="the same API, journal off", limit_value=pu_bare_rate,
+               target="costs <= 20% of the purchases/s", met=pu_bare_rate > 0 and pu_rate >= 0.8 * pu_bare_rate,
                samples=[r.ok_per_s * PURCHASES_PER_REQUEST for r in pu_api], note=pu_note),
     ]

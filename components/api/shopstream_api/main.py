@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -11,18 +12,23 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from shopstream.settings import Settings, get_settings
 
+from .ingestor import Ingestor
+from .journal import Journal
 from .limits import MaxBodySize
 from .metrics import ApiMetrics
 from .publisher import KafkaPublisher
 from .routes import health, ingest
+from .verifier import Verifier
 
 log = logging.getLogger("shopstream_api")
 
 DESCRIPTION = """
 Validates shop events against the shopstream contracts and publishes them to Kafka
 (`UserEvents`, `PurchasedItem`, keyed by UserId). A 2xx means the broker acknowledged
-every record (acks=all). Invalid input gets 422 with the reasons per field and
-publishes nothing; a body over the limit gets 413; an unreachable broker gets 503.
+every record (acks=all) and the API journaled it on its own disk (it publishes again any
+record the broker later turns out to have lost). Invalid input gets 422 with the reasons per field and
+publishes nothing, as does malformed JSON (400) or a Content-Type that is not JSON (415); a body
+over the limit gets 413; an unreachable broker gets 503.
 """
 
 
@@ -31,16 +37,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry = CollectorRegistry()
     metrics = ApiMetrics(registry)
     publisher = KafkaPublisher(settings.kafka, settings.api, metrics)
+    journal = Journal(settings)
+    verifier = Verifier(settings, journal, publisher, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await asyncio.to_thread(journal.open)
+        checks = asyncio.create_task(verifier.run()) if journal.enabled else None
         if not await publisher.ready():  # not fatal: the API answers 503 until Kafka is back
             log.warning("Kafka at %s is not reachable yet", settings.kafka.bootstrap_servers)
         yield
+        if checks is not None:
+            checks.cancel()
+            await asyncio.gather(checks, return_exceptions=True)
+        await verifier.close()
         await publisher.close()
+        journal.close()
 
     app = FastAPI(title="shopstream ingestion API", version="1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings, app.state.publisher, app.state.metrics = settings, publisher, metrics
+    app.state.ingestor, app.state.journal = Ingestor(publisher, journal), journal
     app.include_router(ingest.router)
     app.include_router(health.router)
     Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app).expose(

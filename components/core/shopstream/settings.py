@@ -43,6 +43,9 @@ class KafkaSettings(BaseModel):
 class MongoSettings(BaseModel):
     uri: str = "mongodb://127.0.0.1:27017/?directConnection=true"
     database: str = "shopstream"
+    # journaled write concern (j=True) on every write: a write is acknowledged only once it is in
+    # the server's journal, so nothing a store's answer lets us forget is lost in a server crash
+    journal: bool = True
 
 
 class S3Settings(BaseModel):
@@ -80,6 +83,18 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = 1_048_576  # larger bodies get 413
     publish_timeout_s: float = 5.0  # no broker acknowledgement by then: 503
     linger_ms: int = 5  # producer batching window
+    max_json_depth: int = Field(32, ge=2)  # deeper bodies get 400 (the contracts nest 3 levels)
+    # The acknowledgement journal: every record the broker acknowledged is appended (fsync,
+    # group-committed) before the 2xx, and published again if the broker loses it. Off where a
+    # replicated Kafka makes it redundant (compose, clusters).
+    journal: bool = True
+    journal_dir: Path | None = None  # default: <run_dir>/api/journal
+    journal_max_bytes: int = Field(1 << 30, ge=1 << 20)  # journal on disk past this: 503 until it shrinks
+    # a record leaves the journal once the broker has held it this long (checked by reading it back)
+    journal_retention_s: float = Field(300.0, gt=0)
+    journal_verify_interval_s: float = Field(2.0, gt=0)  # how often the broker's copy is read back
+    # the ledger: the EventId of every acknowledged record, kept this long (what `invoke audit` checks)
+    ledger_retention_hours: float = Field(24.0, gt=0)
 
     @property
     def base_url(self) -> str:
@@ -204,6 +219,11 @@ class Settings(BaseSettings):
     spark: SparkSettings = SparkSettings()
     streaming: StreamingSettings = StreamingSettings()
     embedded: EmbeddedSettings = EmbeddedSettings()
+
+    @property
+    def journal_dir(self) -> Path:
+        """Where the API keeps its acknowledgement journal and ledger."""
+        return self.api.journal_dir or self.run_dir / "api" / "journal"
 
     def to_env(self) -> dict[str, str]:
         """These settings as SHOPSTREAM_* variables, to hand to a child process."""

@@ -11,6 +11,8 @@ from shopstream.settings import Settings
 
 from .process import PortInUse, Proc, StackError, port_is_free, port_owner, tail, wait_until
 
+PORT_GRACE_S = 5.0
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -89,7 +91,9 @@ class Service(ABC):
             return f"already running; {self.prepare()}".rstrip("; ")
         alive = {p.name for p in procs if p.alive()}
         for ep in self.endpoints():
-            if ep.proc not in alive and not port_is_free(ep.host, ep.port):
+            # a server that was just killed leaves its port unbindable for a moment (connections
+            # it accepted are still closing): wait a little before calling the port taken
+            if ep.proc not in alive and not wait_until(lambda ep=ep: port_is_free(ep.host, ep.port), PORT_GRACE_S, 0.1):
                 raise PortInUse(self.name, ep.port, port_owner(ep.port), ep.setting)
         self.folder.mkdir(parents=True, exist_ok=True)
         for proc in procs:

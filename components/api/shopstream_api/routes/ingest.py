@@ -17,11 +17,15 @@ from shopstream.contracts import (
     UserEventRecord,
 )
 
-from ..deps import PublisherDep, SettingsDep
+from ..deps import IngestorDep, SettingsDep
 from ..examples import PURCHASE_EXAMPLE, USER_EVENT_EXAMPLE
+from ..ingestor import Ingestor
+from ..journal import JournalFull, JournalUnavailable, Outgoing
+from ..jsonbody import JsonBodyRoute
 from ..publisher import BrokerUnavailable
 
-router = APIRouter(tags=["ingestion"])
+# bodies parsed by jsonbody: 400 when malformed JSON, 415 for another Content-Type, JSON when it has none
+router = APIRouter(tags=["ingestion"], route_class=JsonBodyRoute, strict_content_type=False)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -35,10 +39,14 @@ IdempotencyKey = Annotated[
     ),
 ]
 
-UNAVAILABLE = {503: {"description": "Kafka did not acknowledge in time. The records may or may not have been "
-                                    "stored: retry after Retry-After with the same Idempotency-Key (the stores "
-                                    "keep one copy per EventId)"},
-               413: {"description": "Body larger than the configured maximum"}}
+UNAVAILABLE = {503: {"description": "Kafka did not acknowledge in time, or the acknowledgement journal is full or "
+                                    "could not be written. The records may or may not have been stored: retry "
+                                    "after Retry-After with the same Idempotency-Key (the stores keep one copy "
+                                    "per EventId)"},
+               400: {"description": "Malformed JSON: not UTF-8, NaN or Infinity, a number beyond a 64-bit float, "
+                                    "a key twice in one object, or nested too deep"},
+               413: {"description": "Body larger than the configured maximum"},
+               415: {"description": "Content-Type is not application/json (or application/*+json)"}}
 
 
 class SendEventResponse(BaseModel):
@@ -53,28 +61,32 @@ class PurchasedItemsResponse(BaseModel):
     EventIds: list[str]
 
 
-def _unavailable(e: BrokerUnavailable) -> HTTPException:
-    return HTTPException(503, detail=f"event broker unavailable: {e}. The records may or may not have been stored; "
+def _unavailable(e: BrokerUnavailable | JournalFull | JournalUnavailable) -> HTTPException:
+    what = "event broker unavailable" if isinstance(e, BrokerUnavailable) else "acknowledgement journal unavailable"
+    return HTTPException(503, detail=f"{what}: {e}. The records may or may not have been stored; "
                               "retry with the same Idempotency-Key (the stores keep one copy per EventId)",
                          headers={"Retry-After": "1"})
+
+
+async def _publish(ingestor: Ingestor, topic: str, records: list[UserEventRecord] | list[PurchaseRecord]):
+    try:
+        return await ingestor.publish(
+            topic, [Outgoing(r.UserId.encode(), r.model_dump_json().encode(), r.EventId) for r in records])
+    except (BrokerUnavailable, JournalFull, JournalUnavailable) as e:
+        raise _unavailable(e) from e
 
 
 @router.put("/SendEvent", response_model=SendEventResponse, responses=UNAVAILABLE,
             summary="Ingest one user event")
 async def send_event(
     settings: SettingsDep,
-    publisher: PublisherDep,
+    ingestor: IngestorDep,
     event: Annotated[UserEvent, Body(openapi_examples={"page visit": {"value": USER_EVENT_EXAMPLE}})],
     idempotency_key: IdempotencyKey = None,
 ) -> SendEventResponse:
     record = UserEventRecord(**event.__dict__, EventId=idempotency_key or str(uuid.uuid4()),
                              IngestedAt=datetime.now(UTC))
-    try:
-        (ack,) = await publisher.publish(
-            settings.kafka.user_events_topic, [(record.UserId.encode(), record.model_dump_json().encode())]
-        )
-    except BrokerUnavailable as e:
-        raise _unavailable(e) from e
+    (ack,) = await _publish(ingestor, settings.kafka.user_events_topic, [record])
     return SendEventResponse(EventId=record.EventId, IngestedAt=record.IngestedAt,
                              Partition=ack.partition, Offset=ack.offset)
 
@@ -83,7 +95,7 @@ async def send_event(
              summary=f"Ingest 1 to {MAX_PURCHASES_PER_REQUEST} purchases")
 async def purchased_items(
     settings: SettingsDep,
-    publisher: PublisherDep,
+    ingestor: IngestorDep,
     purchases: Annotated[
         list[Purchase],
         Body(openapi_examples={"one order": {"value": [PURCHASE_EXAMPLE]}}),
@@ -97,10 +109,5 @@ async def purchased_items(
                        IngestedAt=now)
         for i, p in enumerate(purchases)
     ]
-    try:
-        await publisher.publish(
-            settings.kafka.purchases_topic, [(r.UserId.encode(), r.model_dump_json().encode()) for r in records]
-        )
-    except BrokerUnavailable as e:
-        raise _unavailable(e) from e
+    await _publish(ingestor, settings.kafka.purchases_topic, records)
     return PurchasedItemsResponse(Accepted=len(records), EventIds=[r.EventId for r in records])

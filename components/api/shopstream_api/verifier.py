@@ -1,0 +1,170 @@
+"""Reads journaled records back from the broker and publishes again those it lost.
+
+Every journaled record is checked twice: once `journal_verify_interval_s` after its
+acknowledgement (a broker that crashed and came back is found within seconds), and once
+`journal_retention_s` after it (by then the broker has long written it to its own disk;
+a crash in between shows here). A check reads the partition at the record's offset and
+compares a CRC of the value: a record the broker forgot is either past the partition's
+end now, or its offset holds another record (written after the loss, reusing the offset).
+Each record is checked on its own, so no assumption about how the broker loses data is
+needed. A lost record is published again and journaled with its new position; the stores
+keep one copy per EventId. A broker that cannot be reached is simply checked later: no
+record leaves the journal without its second check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+import zlib
+from dataclasses import dataclass, field
+from itertools import takewhile
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from shopstream.settings import Settings
+
+from .journal import Entry, Journal
+from .metrics import ApiMetrics
+from .publisher import BrokerUnavailable, KafkaPublisher
+
+log = logging.getLogger(__name__)
+
+SEEK_GAP = 5000  # offsets between two wanted records past which a seek beats reading through
+
+
+@dataclass
+class Round:
+    """What one pass over the due entries found."""
+
+    checked: int = 0
+    confirmed: int = 0  # passed their final check and left the journal
+    lost: dict[str, int] = field(default_factory=dict)  # topic -> records the broker no longer holds
+    republished: int = 0
+
+
+class Verifier:
+    def __init__(self, settings: Settings, journal: Journal, publisher: KafkaPublisher, metrics: ApiMetrics) -> None:
+        self.settings, self.journal, self.publisher, self.metrics = settings, journal, publisher, metrics
+        self.interval = settings.api.journal_verify_interval_s
+        self.retention = settings.api.journal_retention_s
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def run(self) -> None:
+        """Check every `interval` until cancelled; a failed round is retried in the next."""
+        from shopstream import ledger
+
+        pruned_at = 0.0
+        while True:
+            try:
+                await self.check_once()
+            except (KafkaError, TimeoutError, OSError, BrokerUnavailable) as e:
+                log.warning("journal check postponed, the broker is not answering: %r", e)
+                await self._close_consumer()
+            if time.monotonic() - pruned_at > 600:
+                await asyncio.to_thread(ledger.prune, self.settings)
+                pruned_at = time.monotonic()
+            await asyncio.sleep(self.interval)
+
+    async def close(self) -> None:
+        await self._close_consumer()
+
+    async def check_once(self, now: float | None = None) -> Round:
+        """Check what is due now; publish again what the broker lost."""
+        now = time.time() if now is None else now
+        result = Round()
+        with self.journal.lock:
+            due = {tp: (list(takewhile(lambda e: e.acked + self.interval <= now, p.first)),
+                        list(takewhile(lambda e: e.acked + self.retention <= now, p.final)))
+                   for tp, p in self.journal.pending.items()}
+        due = {tp: lists for tp, lists in due.items() if lists[0] or lists[1]}
+        for (topic, partition), (first, final) in due.items():
+            async with asyncio.timeout(60):
+                held = await self._read_back(TopicPartition(topic, partition), sorted({e.offset for e in first + final}))
+            intact = lambda e: held.get(e.offset) == e.crc  # noqa: E731
+            with self.journal.lock:
+                p = self.journal.pending[(topic, partition)]
+                for _ in first:
+                    p.first.popleft()
+                for _ in final:
+                    p.final.popleft()
+                p.final.extend(e for e in first if intact(e))
+            confirmed = [e for e in final if intact(e)]
+            self.journal.release(confirmed)
+            result.checked += len(first) + len(final)
+            result.confirmed += len(confirmed)
+            lost = [e for e in first + final if not intact(e)]
+            if lost:  # now, before another partition's read can fail: they are out of `pending`
+                await self._republish(topic, lost)
+                result.lost[topic] = result.lost.get(topic, 0) + len(lost)
+                result.republished += len(lost)
+        entries_left, size = self.journal.stats()
+        self.metrics.journal_records.set(entries_left)
+        self.metrics.journal_bytes.set(size)
+        return result
+
+    async def _republish(self, topic: str, entries: list[Entry]) -> None:
+        """Publish lost records again and journal their new positions; on failure they wait for the next round."""
+        log.warning("the broker lost %d acknowledged record(s) of %s (e.g. partition %d offset %d); "
+                    "publishing them again", len(entries), topic, entries[0].partition, entries[0].offset)
+        records = [self.journal.read(e) for e in entries]
+        try:
+            acks = await self.publisher.publish(topic, [(r.key, r.value) for r in records])
+            await self.journal.append(topic, records, [(a.partition, a.offset) for a in acks])
+        except BaseException:
+            with self.journal.lock:  # checked again, first thing, in the next round
+                for e in reversed(entries):
+                    self.journal.pending[(e.topic, e.partition)].first.appendleft(e)
+            raise
+        self.journal.release(entries)
+        self.metrics.broker_losses.labels(topic).inc()
+        self.metrics.republished.labels(topic).inc(len(entries))
+
+    # -- reading the broker's copy -----------------------------------------------------------------
+    async def _client(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap_servers,
+                                        client_id="shopstream-api-journal", group_id=None,
+                                        enable_auto_commit=False, fetch_max_wait_ms=100,
+                                        request_timeout_ms=10_000)
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def _close_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                async with asyncio.timeout(10):
+                    await consumer.stop()
+            except (KafkaError, TimeoutError):
+                pass
+
+    async def _read_back(self, tp: TopicPartition, offsets: list[int]) -> dict[int, int]:
+        """CRC of the value at each of the (sorted) offsets the partition still holds."""
+        consumer = await self._client()
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        wanted = offsets[:bisect.bisect_left(offsets, end)]
+        held: dict[int, int] = {}
+        i = 0  # wanted[:i] are passed
+        while i < len(wanted):
+            position = await consumer.position(tp)
+            if not wanted[i] - SEEK_GAP <= position <= wanted[i]:
+                consumer.seek(tp, wanted[i])
+            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
+            records = batch.get(tp, [])
+            if not records:
+                if (await consumer.end_offsets([tp]))[tp] <= wanted[i]:  # truncated while we read
+                    break
+                continue
+            for r in records:
+                while i < len(wanted) and wanted[i] < r.offset:  # not in the log (never, short of compaction)
+                    i += 1
+                if i < len(wanted) and wanted[i] == r.offset:
+                    held[r.offset] = zlib.crc32(r.value or b"")
+                    i += 1
+        return held
