@@ -388,3 +388,50 @@ def test_page_in_chromium_shows_the_stores_numbers_and_looks_up_a_user(dashboard
         out.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out / "test-dashboard.png"), full_page=True)
     assert not errors, errors
+
+
+def test_health_and_page_show_the_offset_rewinds(dashboard, shop):
+    """Rewinds of both stages, recorded as the drain and the streaming source record them
+    (test_offset_rewinds makes real ones), show in /api/health and in one line under the lag."""
+    from shopstream.adapters.mongo import mongo_client
+    from shopstream.rewinds import DRAIN_COLLECTION, Rewind, append_line, drain_document, streaming_file
+    from shopstream_stack.browser import chromium_page
+
+    cfg = shop["cfg"]
+    none = {"count": 0, "by_stage": {}, "latest": []}
+    deadline = time.monotonic() + 30
+    while (health := get(dashboard, "/api/health"))["rewinds"] != none:
+        assert time.monotonic() < deadline, health["rewinds"]
+        time.sleep(0.5)
+    now = datetime.now(UTC).replace(microsecond=0)
+    drained = Rewind("drain", cfg.kafka.user_events_topic, 1, 11, 6, 14, now - timedelta(minutes=2), "records replaced")
+    streamed = Rewind("streaming", cfg.kafka.purchases_topic, 0, 9, 6, 8, now - timedelta(seconds=30),
+                      "position past the end")
+    client = mongo_client(cfg.mongo)
+    rewinds = client[cfg.mongo.database][DRAIN_COLLECTION]
+    rewinds.insert_one(drain_document(drained, cfg.batch.consumer_group, "-"))
+    append_line(streaming_file(cfg), streamed, query="purchases")
+    try:
+        deadline = time.monotonic() + 30
+        while (health := get(dashboard, "/api/health"))["rewinds"]["count"] != 2:
+            assert time.monotonic() < deadline, health["rewinds"]
+            time.sleep(0.5)
+        got = health["rewinds"]
+        assert got["by_stage"] == {"drain": 1, "streaming": 1}
+        assert [(r["stage"], r["topic"], r["partition"], r["committed"], r["resumed_from"], r["end"], r["reason"])
+                for r in got["latest"]] == [
+            ("streaming", streamed.topic, 0, 9, 6, 8, "position past the end"),
+            ("drain", drained.topic, 1, 11, 6, 14, "records replaced")]
+        assert datetime.fromisoformat(got["latest"][0]["at"]) == streamed.at
+        with chromium_page() as page:
+            page.goto(dashboard.url + "/")
+            page.wait_for_function("document.querySelector('#rewinds').textContent.startsWith('offset rewinds: 2')",
+                                   timeout=30_000)
+            line = page.text_content("#rewinds")
+            assert line.startswith(f"offset rewinds: 2 (drain 1, streaming 1); last: streaming {streamed.topic}-0 "
+                                   "read again from 6 (committed 9, end 8: position past the end), "), line
+            assert page.locator("#rewinds.warn").count() == 1
+    finally:
+        rewinds.delete_many({})
+        streaming_file(cfg).unlink()
+        client.close()

@@ -5,13 +5,20 @@ moment), in batches: parse and validate, insert, and only then commit the batch'
 offsets. A crash between insert and commit means a redelivery, which the unique
 event id turns into a counted duplicate. Bad records go to a dead-letter
 collection with the reason and their Kafka coordinates; they never stop the run.
+
+Before a batch's commit, the drain stores a mark of each partition's new position (a
+fingerprint of the record before it, `shopstream.marks`). A run starts by checking the
+committed positions against them: where the broker lost records past a committed offset
+(its position is past the end, or the records there were replaced by new ones), the run
+reads again from the newest offset still intact, records the rewind
+(`shopstream.rewinds`) and logs it, instead of skipping the new records.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,11 +28,14 @@ from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
+from shopstream.adapters.kafka import record_fingerprints
 from shopstream.adapters.mongo import database, mongo_client
 from shopstream.contracts import UserEventRecord
+from shopstream.marks import Mark, Verdict, check, remember
+from shopstream.rewinds import DRAIN, Rewind, drain_document
 from shopstream.settings import Settings, get_settings
 
-from .store import Collections, ensure_collections, event_document, insert_new
+from .store import Collections, ensure_collections, event_document, insert_new, load_marks, save_marks
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,7 @@ class DrainReport:
     dead_lettered: int = 0
     batches: int = 0
     remaining: int = 0  # records waiting at the start that were left for the next run
+    rewound: int = 0  # partitions read again from an earlier offset: the broker had lost records past the commit
     seconds: float = 0.0
     partitions: dict[int, int] = field(default_factory=dict)  # partition -> next offset committed
 
@@ -53,6 +64,7 @@ class Message:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: int = -1  # Kafka's, in ms: part of the offset mark
 
 
 def why_invalid(e: Exception) -> str:
@@ -72,8 +84,8 @@ def split(messages: list[Message]) -> tuple[list[dict], list[dict]]:
         try:
             record = UserEventRecord.model_validate_json(m.value or b"")
         except Exception as e:  # noqa: BLE001 - one record, whatever is wrong with it, never stops the drain
-            dead.append({
-                "_id": f"{m.topic}:{m.partition}:{m.offset}",
+            dead.append({  # the crc: a new record at an offset the broker lost and reused is a new letter
+                "_id": f"{m.topic}:{m.partition}:{m.offset}:{zlib.crc32(m.value or b''):08x}",
                 "Topic": m.topic, "Partition": m.partition, "Offset": m.offset,
                 "Key": m.key, "Value": m.value, "Reason": why_invalid(e), "At": datetime.now(UTC),
             })
@@ -110,6 +122,56 @@ def _wait_for_assignment(consumer: KafkaConsumer, deadline: float) -> set[TopicP
     return set(consumer.assignment())
 
 
+def _record_rewind(colls: Collections, settings: Settings, tp: TopicPartition, committed: int, end: int,
+                   verdict: Verdict, failed: Mark | None) -> None:
+    rewind = Rewind(DRAIN, tp.topic, tp.partition, committed, verdict.resume, end, datetime.now(UTC),
+                    verdict.reason or "")
+    log.warning("%s", rewind.describe())
+    key = f"{failed.offset}:{failed.crc}:{failed.timestamp}" if failed else "-"
+    insert_new(colls.rewinds, [drain_document(rewind, settings.batch.consumer_group, key)])  # found again: once
+
+
+def verify_positions(consumer: KafkaConsumer, colls: Collections, settings: Settings,
+                     ends: dict[TopicPartition, int], report: DrainReport) -> dict[TopicPartition, tuple[Mark, ...]]:
+    """Seek each assigned partition to where this run must read from, and return the marks
+    to go on with. Where the broker lost records past the committed offset, that is the
+    newest offset still intact: the rewind is recorded, then committed (so a run that dies
+    now does not skip the records), then the marks past it are forgotten."""
+    group, topic = settings.batch.consumer_group, settings.kafka.user_events_topic
+    stored = load_marks(colls, group, topic)
+    lows = consumer.beginning_offsets(list(ends))
+    marks: dict[TopicPartition, tuple[Mark, ...]] = {}
+    rewound: dict[TopicPartition, int] = {}
+    for tp in sorted(ends, key=lambda t: t.partition):
+        committed = consumer.committed(tp)
+        if committed is None:  # nothing committed yet: from the beginning, as auto_offset_reset says
+            consumer.seek(tp, lows[tp])
+            marks[tp] = ()
+            continue
+
+        def fingerprint_at(offset: int, tp: TopicPartition = tp):
+            return record_fingerprints(settings.kafka.bootstrap_servers, {tp: offset}, "shopstream-batch-marks")[tp]
+
+        had = stored.get(tp.partition, ())
+        verdict = check(committed, had, lows[tp], ends[tp], fingerprint_at)
+        consumer.seek(tp, verdict.resume)
+        marks[tp] = verdict.marks
+        if verdict.rewound:
+            failed = max((m for m in had if m.offset <= committed), key=lambda m: m.offset, default=None)
+            _record_rewind(colls, settings, tp, committed, ends[tp], verdict, failed)
+            rewound[tp] = verdict.resume
+    if rewound:
+        report.rewound += len(rewound)
+        try:
+            consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in rewound.items()})
+        except CommitFailedError as e:  # a rebalance took the partitions: the next run finds the rewind again
+            log.warning("could not commit the rewound offsets (the next run finds them again): %s", e)
+            return marks
+        for tp in rewound:
+            save_marks(colls, group, topic, tp.partition, marks[tp])
+    return marks
+
+
 def drain_user_events(settings: Settings | None = None) -> DrainReport:
     """Drain what waits in UserEvents now into MongoDB; bounded by `batch.max_seconds`."""
     settings = settings or get_settings()
@@ -124,9 +186,8 @@ def drain_user_events(settings: Settings | None = None) -> DrainReport:
         consumer.subscribe([settings.kafka.user_events_topic])
         assigned = _wait_for_assignment(consumer, deadline)
         targets = {tp: end for tp, end in consumer.end_offsets(list(assigned)).items()}
-        for tp in assigned:  # rewind whatever the assignment poll fetched but we did not store
-            committed = consumer.committed(tp)
-            consumer.seek(tp, committed if committed is not None else consumer.beginning_offsets([tp])[tp])
+        # seeks every partition (dropping what the assignment poll fetched), back past a loss if need be
+        marks = verify_positions(consumer, colls, settings, targets, report)
         log.info("draining up to %s", {tp.partition: end for tp, end in targets.items()})
         while time.monotonic() < deadline:
             pending = [tp for tp, end in targets.items() if consumer.position(tp) < end]
@@ -134,16 +195,21 @@ def drain_user_events(settings: Settings | None = None) -> DrainReport:
                 break
             polled = consumer.poll(timeout_ms=1000, max_records=cfg.batch_size)
             batch: list[Message] = []
-            next_offsets: dict[TopicPartition, int] = {}
+            last: dict[TopicPartition, Message] = {}
             for tp, records in polled.items():
                 for r in records:
                     if r.offset < targets.get(tp, 0):
-                        batch.append(Message(r.topic, r.partition, r.offset, r.key, r.value))
-                        next_offsets[tp] = r.offset + 1
+                        batch.append(Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp))
+                        last[tp] = batch[-1]
             if not batch:
                 continue
             store(colls, batch, report)
+            # the marks of the new positions, before the commit: a commit is never unmarked
+            for tp, m in last.items():
+                marks[tp] = remember(marks.get(tp, ()), Mark.of(m.offset + 1, m.value, m.timestamp))
+                save_marks(colls, cfg.consumer_group, tp.topic, tp.partition, marks[tp])
             # MongoDB has the batch: now, and only now, commit past it
+            next_offsets = {tp: m.offset + 1 for tp, m in last.items()}
             try:
                 consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()})
             except CommitFailedError as e:  # a rebalance took the partitions; they will be redelivered

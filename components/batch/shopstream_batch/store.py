@@ -1,7 +1,9 @@
 """The MongoDB side of the batch: collections, documents, idempotent inserts.
 
 A stored event's `_id` is its EventId, so a record seen twice (redelivery, a
-retried run, a client retry with the same Idempotency-Key) is stored once.
+retried run, a client retry with the same Idempotency-Key, a rewind after the broker
+lost records) is stored once. The drain's offset marks and rewinds live here too
+(`shopstream.marks`, `shopstream.rewinds`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from pymongo.errors import BulkWriteError, CollectionInvalid
 
 from shopstream.contracts import UserEventRecord
 from shopstream.contracts.mongo import mongo_validator
+from shopstream.marks import Mark
+from shopstream.rewinds import DRAIN_COLLECTION
 from shopstream.settings import BatchSettings
 
 DUPLICATE_KEY = 11000
+MARKS_COLLECTION = "user_events_offset_marks"  # one document per (group, topic, partition): its last marks
 
 STORE_FIELDS = {
     "KafkaPartition": {"bsonType": ["int", "long"]},
@@ -37,6 +42,8 @@ class Collections:
     dead_letters: Any
     agg_batches: Any
     leases: Any
+    marks: Any
+    rewinds: Any
 
 
 def collections(db: Database, cfg: BatchSettings) -> Collections:
@@ -46,6 +53,8 @@ def collections(db: Database, cfg: BatchSettings) -> Collections:
         dead_letters=db[cfg.dead_letter_collection],
         agg_batches=db[f"{cfg.counts_collection}_batches"],
         leases=db["shopstream_leases"],
+        marks=db[MARKS_COLLECTION],
+        rewinds=db[DRAIN_COLLECTION],
     )
 
 
@@ -92,3 +101,19 @@ def insert_new(collection, docs: list[dict[str, Any]]) -> tuple[int, int]:
         if others:
             raise
         return e.details.get("nInserted", len(docs) - len(errors)), len(errors)
+
+
+def _marks_id(group: str, topic: str, partition: int) -> str:
+    return f"{group}|{topic}|{partition}"
+
+
+def load_marks(colls: Collections, group: str, topic: str) -> dict[int, tuple[Mark, ...]]:
+    """partition -> the group's marks on it, oldest first."""
+    return {int(d["Partition"]): tuple(Mark.from_list(x) for x in d["Marks"])
+            for d in colls.marks.find({"Group": group, "Topic": topic})}
+
+
+def save_marks(colls: Collections, group: str, topic: str, partition: int, marks: tuple[Mark, ...]) -> None:
+    colls.marks.replace_one({"_id": _marks_id(group, topic, partition)},
+                            {"Group": group, "Topic": topic, "Partition": partition,
+                             "Marks": [m.as_list() for m in marks], "At": datetime.now(UTC)}, upsert=True)

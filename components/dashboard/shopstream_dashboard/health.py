@@ -1,4 +1,5 @@
-"""The pipeline's health, polled in the background: services, API traffic, lag, DAG runs, streaming.
+"""The pipeline's health, polled in the background: services, API traffic, lag, DAG runs, streaming,
+and the offset rewinds (where a stage read records again because the broker had lost some).
 
 Every probe has a short timeout and runs beside the others, so one store that hangs
 shows as down without holding up the rest; the last snapshot is what `/api/health` returns.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -23,8 +26,9 @@ from sqlalchemy import text
 from shopstream.adapters.mongo import mongo_client
 from shopstream.adapters.postgres import pg_engine
 from shopstream.adapters.s3 import s3_client
+from shopstream.rewinds import Rewind, drain_rewinds, oldest_first, read_lines, streaming_file
 from shopstream.settings import Settings
-from shopstream_streaming.status import read_status, status_path, unhealthy_reason
+from shopstream_streaming.status import offset_positions, read_status, status_path, unhealthy_reason
 
 from .readmodel import ReadModel
 from .sync import Loop, SourceState, describe
@@ -34,6 +38,14 @@ BATCH_TASKS = {"drain": "stored", "aggregate": "events_counted"}  # task -> the 
 FINAL = {"success", "failed"}
 STREAMING_QUERY = "purchases"
 PROBES = {"/healthz", "/readyz", "/metrics"}
+REWINDS_SHOWN = 5
+
+
+def rewinds_summary(found: list[Rewind]) -> dict[str, Any]:
+    """The health's `rewinds`: how many each stage recorded, and the latest few, newest first."""
+    ordered = oldest_first(found)
+    return {"count": len(ordered), "by_stage": dict(Counter(r.stage for r in ordered)),
+            "latest": [asdict(r) for r in reversed(ordered[-REWINDS_SHOWN:])]}
 
 
 class ApiTrafficMeter:
@@ -76,10 +88,10 @@ class ApiTrafficMeter:
 
 
 def _offsets_sum(offsets: Any, topic: str) -> int | None:
-    """Sum over partitions of a Spark source offset ({"topic": {"0": n}}, maybe as JSON text)."""
-    if isinstance(offsets, str):
-        offsets = json.loads(offsets)
-    if not isinstance(offsets, dict) or topic not in offsets:
+    """Sum over partitions of a Spark source offset ({"topic": {"0": n}}, maybe as JSON text;
+    keys that are not topics, such as the project's source's "@marks", are ignored)."""
+    offsets = offset_positions(offsets)
+    if not offsets or topic not in offsets:
         return None
     return sum(int(v) for v in offsets[topic].values())
 
@@ -106,7 +118,7 @@ class HealthMonitor(Loop):
         self._lock = threading.Lock()
         self._status: dict[str, Any] | None = None  # the streaming job's status file, read once per step
         self.snapshot: dict[str, Any] = {"as_of": datetime.now(UTC), "services": [], "api": None, "lag": [],
-                                         "dag_runs": [], "streaming": None, "sources": []}
+                                         "dag_runs": [], "streaming": None, "rewinds": None, "sources": []}
 
     # -- probes: each returns (state, detail) or data, and raises when its store does not answer
     def _kafka_clients(self) -> tuple[KafkaAdminClient, KafkaConsumer]:
@@ -199,6 +211,16 @@ class HealthMonitor(Loop):
                 "input_rows": query.get("input_rows") or 0, "output_rows": query.get("output_rows"),
                 "batch_ms": query.get("batch_ms"), "freshness_s": freshness}
 
+    def rewinds(self) -> dict[str, Any]:
+        """Both stages' recorded rewinds (the drain's only while MongoDB answers; the
+        services row shows when it does not)."""
+        found = read_lines(streaming_file(self.settings))
+        try:
+            found += drain_rewinds(self.mongo[self.settings.mongo.database])
+        except pymongo.errors.PyMongoError:
+            pass
+        return rewinds_summary(found)
+
     def services(self) -> list[dict[str, Any]]:
         """Every store but Kafka, whose state is the lag probe's (its clients are not thread-safe)."""
         s = self.settings
@@ -251,6 +273,7 @@ class HealthMonitor(Loop):
         names = {"api": "api", "lag": "kafka", "dag_runs": "airflow", "streaming": "streaming"}
         self._status = read_status(status_path(self.settings))
         futures = {k: self.pool.submit(fn) for k, fn in parts.items() if k != "services"}
+        rewound = self.pool.submit(self.rewinds)
         snap: dict[str, Any] = {"as_of": datetime.now(UTC), "services": self.services()}
         sources = []
         for key, f in futures.items():
@@ -266,6 +289,10 @@ class HealthMonitor(Loop):
         snap["services"].insert(1, {"name": "kafka", "state": kafka["state"],
                                     "detail": kafka["error"] or f"{len(snap['lag'])} consumers' offsets read"})
         snap["sources"] = sources
+        try:
+            snap["rewinds"] = rewound.result(timeout=self.timeout + 5)
+        except Exception:  # noqa: BLE001 - shown as unknown; the stores' own rows say why
+            snap["rewinds"] = None
         with self._lock:
             self.snapshot = snap
         self.source.ok()

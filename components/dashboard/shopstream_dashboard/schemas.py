@@ -166,6 +166,25 @@ class StreamingHealth(BaseModel):
     freshness_s: float | None = Field(description="age of the newest purchase readable in the lake")
 
 
+class OffsetRewind(BaseModel):
+    """A stage read records again: the broker had lost records past its committed offset."""
+
+    stage: Literal["drain", "streaming"]
+    topic: str
+    partition: int
+    committed: int = Field(description="the offset the stage had committed")
+    resumed_from: int = Field(description="where it read again from")
+    end: int = Field(description="the partition's end offset when the rewind was found")
+    at: datetime
+    reason: str = Field(description="'position past the end', 'records replaced', ...")
+
+
+class OffsetRewinds(BaseModel):
+    count: int
+    by_stage: dict[str, int] = Field(description="stage -> rewinds recorded")
+    latest: list[OffsetRewind] = Field(description="newest first, at most 5")
+
+
 class Health(BaseModel):
     as_of: datetime
     services: list[ServiceStatus]
@@ -173,4 +192,5 @@ class Health(BaseModel):
     lag: list[ConsumerLag]
     dag_runs: list[DagRun]
     streaming: StreamingHealth | None
+    rewinds: OffsetRewinds | None = Field(None, description="offset rewinds of the drain and the streaming job")
     sources: list[Source]

@@ -22,7 +22,7 @@ import typer
 
 from shopstream.settings import Settings
 
-from .status import job_folder, rows_written, status_path, write_status
+from .status import job_folder, offset_positions, rewinds_recorded, rows_written, status_path, write_status
 
 log = logging.getLogger("shopstream_streaming")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -59,7 +59,8 @@ def query_status(q) -> dict[str, Any]:
         "rows_per_s": round(progress.get("processedRowsPerSecond") or 0.0, 1) if progress else 0.0,
         "batch_ms": progress["durationMs"].get("triggerExecution") if progress else None,
         # where the last batch ended in Kafka ({"topic": {"partition": next offset}}): the job's lag
-        "end_offset": progress["sources"][0].get("endOffset") if progress and progress.get("sources") else None,
+        "end_offset": offset_positions(progress["sources"][0].get("endOffset"))
+        if progress and progress.get("sources") else None,
     }
 
 
@@ -84,7 +85,8 @@ def supervise(queries, settings: Settings, stop: StopRequest, seen: dict[str, in
     path = status_path(settings)
     while True:
         write_status(path, {"pid": os.getpid(), "updated_at": time.time(), "stopping": stop.event.is_set(),
-                            "queries": {q.name: query_status(q) for q in queries}})
+                            "queries": {q.name: query_status(q) for q in queries},
+                            "rewinds": rewinds_recorded(settings)})  # offset rewinds recorded (shopstream.rewinds)
         _log_new_batches(queries, seen)
         failed = [q for q in queries if q.exception() is not None]
         if failed:

@@ -28,9 +28,10 @@ from pyspark.sql.streaming import StreamingQuery
 
 from shopstream.contracts import PurchaseRecord
 from shopstream.contracts.spark import spark_schema
+from shopstream.rewinds import STREAMING_FILE
 from shopstream.settings import Settings
 
-from .kafka_source import NAME as PYTHON_SOURCE, KafkaSource
+from .kafka_source import NAME as PYTHON_SOURCE, QUERY, REWINDS_FILE, KafkaSource
 from .status import job_folder
 
 PURCHASES, QUARANTINE = "purchases", "quarantine"
@@ -61,8 +62,18 @@ def checkpoint_url(settings: Settings, query: str) -> str:
 
 
 # -- reading --------------------------------------------------------------------------
-def read_topic(spark: SparkSession, settings: Settings) -> DataFrame:
-    """The topic as Spark's Kafka source gives it (key, value, topic, partition, offset, ...)."""
+def rewinds_path(settings: Settings) -> str:
+    """Where the project's source records its offset rewinds (`shopstream.rewinds` reads them)."""
+    return str(job_folder(settings) / STREAMING_FILE)
+
+
+def read_topic(spark: SparkSession, settings: Settings, query: str | None = None) -> DataFrame:
+    """The topic as Spark's Kafka source gives it (key, value, topic, partition, offset, ...).
+
+    The project's source also records where it read records again after the broker lost
+    some (`query` names the reader in that record). Spark's own connector does no such
+    thing: it relies on Kafka's own guarantees (a replicated log, no unclean leader
+    election), and with failOnDataLoss it fails the query where offsets went missing."""
     st = settings.streaming
     if st.kafka_source == "python":
         spark.dataSource.register(KafkaSource)
@@ -74,6 +85,10 @@ def read_topic(spark: SparkSession, settings: Settings) -> DataFrame:
         .option("maxOffsetsPerTrigger", str(st.max_records_per_trigger))
         .option("failOnDataLoss", "true")
     )
+    if st.kafka_source == "python":
+        reader = reader.option(REWINDS_FILE, rewinds_path(settings))
+        if query:
+            reader = reader.option(QUERY, query)
     return reader.load()
 
 
@@ -180,8 +195,10 @@ def start(spark: SparkSession, settings: Settings, available_now: bool = False) 
     plan = [(PURCHASES, output_url(settings)), (QUARANTINE, quarantine_url(settings))]
     for name, path in plan:
         check_checkpoint(spark, path, checkpoint_url(settings, name))
-    classified = classify(read_topic(spark, settings))
-    frames = {PURCHASES: purchases(classified, settings), QUARANTINE: quarantined(classified)}
+    # a reader per query (as there would be anyway: each query runs its own source), named
+    # so that its rewinds say whose checkpoint went back
+    frames = {PURCHASES: purchases(classify(read_topic(spark, settings, PURCHASES)), settings),
+              QUARANTINE: quarantined(classify(read_topic(spark, settings, QUARANTINE)))}
     return [_sink(written_rows(frames[name], name), name, path, checkpoint_url(settings, name), trigger)
             for name, path in plan]
 

@@ -7,18 +7,35 @@ switches between the two with one setting (`SHOPSTREAM_STREAMING__KAFKA_SOURCE`)
 Offsets are Spark's: `{"<topic>": {"<partition>": <next offset>}}`, written to the
 checkpoint's offsets log before a batch runs, so a restarted query re-reads exactly the
 ranges it had planned. Nothing is committed to Kafka (no consumer group), as in Spark.
+
+Beside the positions, the offset carries the marks of each partition's last positions
+(`"@marks"`, `shopstream.marks`; topic names cannot hold "@", so readers of the positions
+skip those keys). Each trigger checks them: where the broker lost records past a
+position (the position is past the end, or the records there were replaced), the batch
+reads again from the newest position still intact. That resume point travels in the
+batch's end offset (`"@from"`), so a restart replays the same plan; the rewind is logged
+and recorded (`shopstream.rewinds`). failOnDataLoss still applies to records deleted by
+retention (a position before the log's start).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
+
+from shopstream.marks import Fingerprint, Mark, check, remember
+from shopstream.rewinds import STREAMING, Rewind, append_line
+
+log = logging.getLogger(__name__)
 
 NAME = "pykafka"
 # Spark's Kafka source schema, column for column
@@ -27,6 +44,19 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EARLIEST, LATEST = -2, -1  # as in Spark's startingOffsets JSON
 
 Offsets = dict[str, dict[str, int]]  # topic -> partition (as a string: JSON keys) -> offset
+MARKS, FROM = "@marks", "@from"  # extra keys of our offset JSON; no topic name has an "@"
+# options of this source only: where it records its rewinds, and the query's name for them
+REWINDS_FILE, QUERY = "shopstream.rewindsFile", "shopstream.query"
+
+
+def positions(offset: dict[str, Any]) -> Offsets:
+    """The `{"<topic>": {"<partition>": offset}}` part of one of our offsets (marks and the
+    resume point left out): what readers of the job's progress want."""
+    return {t: parts for t, parts in offset.items() if not t.startswith("@")}
+
+
+def _marks_of(offset: dict[str, Any], topic: str, partition: str) -> tuple[Mark, ...]:
+    return tuple(Mark.from_list(x) for x in offset.get(MARKS, {}).get(topic, {}).get(partition, ()))
 
 
 class KafkaRange(InputPartition):
@@ -64,6 +94,8 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self.fail_on_data_loss = options.get("failOnDataLoss", "true").lower() == "true"
         # how long a task waits for records it knows exist before it fails (and Spark retries)
         self.poll_timeout_s = int(options.get("kafkaConsumer.pollTimeoutMs", "120000")) / 1000
+        self.rewinds_file = options.get(REWINDS_FILE) or None
+        self.query = options.get(QUERY) or None
         self._consumer = None  # metadata client, on the driver only
         self._target: Offsets | None = None  # Trigger.AvailableNow: stop here
 
@@ -75,6 +107,18 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                            client_id="shopstream-spark-source")
         return self._consumer
+
+    def _fingerprints(self, wanted: dict[tuple[str, str], int]) -> dict[tuple[str, str], Fingerprint | None]:
+        """(topic, partition) -> the fingerprint of the record at the given offset."""
+        from kafka import TopicPartition
+
+        from shopstream.adapters.kafka import record_fingerprints
+
+        if not wanted:
+            return {}
+        got = record_fingerprints(self.bootstrap, {TopicPartition(t, int(p)): o for (t, p), o in wanted.items()},
+                                  "shopstream-spark-marks")
+        return {(tp.topic, str(tp.partition)): fp for tp, fp in got.items()}
 
     def _bounds(self) -> dict[str, dict[str, tuple[int, int]]]:
         """(earliest, next) offset of every partition of the subscribed topics, now."""
@@ -88,19 +132,42 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             bounds[tp.topic][str(tp.partition)] = (lows[tp], highs[tp])
         return bounds
 
-    def initialOffset(self) -> Offsets:
+    def _with_marks(self, ends: Offsets, kept: dict[str, dict[str, tuple[Mark, ...]]],
+                    bounds: dict[str, dict[str, tuple[int, int]]]) -> dict[str, Any]:
+        """`ends` plus the marks of every partition: those kept, and the mark of each end
+        that has none yet (a fingerprint of the record before it). Built in the same order
+        every time, so an unchanged offset serializes the same and Spark sees no new data."""
+        def newest(t: str, p: str) -> int | None:
+            have = kept.get(t, {}).get(p)
+            return have[-1].offset if have else None
+
+        unmarked = {(t, p): e - 1 for t, parts in ends.items() for p, e in parts.items()
+                    if e > bounds[t][p][0] and newest(t, p) != e}
+        found = self._fingerprints(unmarked)
+        marks: dict[str, dict[str, list[list[int]]]] = {}
+        for t, parts in ends.items():
+            for p, e in parts.items():
+                have = kept.get(t, {}).get(p, ())
+                if found.get((t, p)) is not None:
+                    have = remember(have, Mark(e, *found[(t, p)]))
+                if have:
+                    marks.setdefault(t, {})[p] = [m.as_list() for m in have]
+        return {**ends, MARKS: marks} if marks else dict(ends)
+
+    def initialOffset(self) -> dict[str, Any]:
         bounds = self._bounds()
         if self.starting in ("earliest", "latest"):
             pick = 0 if self.starting == "earliest" else 1
-            return {t: {p: b[pick] for p, b in parts.items()} for t, parts in bounds.items()}
-        given = json.loads(self.starting)  # {"topic": {"0": 23, "1": -2}}, -2 earliest, -1 latest
-        out: Offsets = {}
-        for t, parts in bounds.items():
-            out[t] = {}
-            for p, (lo, hi) in parts.items():
-                off = int(given.get(t, {}).get(p, EARLIEST))
-                out[t][p] = lo if off == EARLIEST else hi if off == LATEST else off
-        return out
+            out = {t: {p: b[pick] for p, b in parts.items()} for t, parts in bounds.items()}
+        else:
+            given = json.loads(self.starting)  # {"topic": {"0": 23, "1": -2}}, -2 earliest, -1 latest
+            out = {}
+            for t, parts in bounds.items():
+                out[t] = {}
+                for p, (lo, hi) in parts.items():
+                    off = int(given.get(t, {}).get(p, EARLIEST))
+                    out[t][p] = lo if off == EARLIEST else hi if off == LATEST else off
+        return self._with_marks(out, {}, bounds)  # marks from the start: a loss below it is seen too
 
     def getDefaultReadLimit(self) -> ReadLimit:
         return ReadMaxRows(self.max_per_trigger) if self.max_per_trigger else ReadAllAvailable()
@@ -108,25 +175,20 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def prepareForTriggerAvailableNow(self) -> None:
         self._target = {t: {p: hi for p, (_lo, hi) in parts.items()} for t, parts in self._bounds().items()}
 
-    def latestOffset(self, start: Offsets, limit: ReadLimit) -> Offsets:
+    def latestOffset(self, start: dict[str, Any], limit: ReadLimit) -> dict[str, Any]:
         """Where the next batch ends: everything available, or `limit` rows shared out in
         proportion to each partition's backlog (as Spark's source does), so partitions
-        catch up together and the event-time watermark sees no partition far behind."""
+        catch up together and the event-time watermark sees no partition far behind.
+        Where the broker lost records past the start, the batch begins earlier ("@from")."""
         bounds = self._bounds()
-        begin: Offsets = {}
+        begin, kept, rewound = self._verify(start, bounds)
         end: Offsets = {}
         for t, parts in bounds.items():
-            begin[t], end[t] = {}, {}
-            for p, (lo, hi) in parts.items():
+            end[t] = {}
+            for p, (_lo, hi) in parts.items():
                 if self._target is not None:
                     hi = min(hi, self._target.get(t, {}).get(p, hi))
-                frm = start.get(t, {}).get(p)
-                if frm is None:  # a partition new since the last batch: all of it
-                    frm = lo
-                elif not lo <= frm <= hi:
-                    self._data_loss(t, p, frm, lo, hi)
-                    frm = min(max(frm, lo), hi)
-                begin[t][p], end[t][p] = frm, max(hi, frm)
+                end[t][p] = max(hi, begin[t][p])
         if isinstance(limit, ReadMaxRows):
             backlog = sum(e - begin[t][p] for t, parts in end.items() for p, e in parts.items())
             if backlog > limit.max_rows:
@@ -135,7 +197,54 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                         share = limit.max_rows * (e - begin[t][p]) / backlog
                         take = math.ceil(share) if share < 1 else math.floor(share)
                         parts[p] = min(e, begin[t][p] + take)
-        return end
+        out = self._with_marks(end, kept, bounds)
+        return {**out, FROM: rewound} if rewound else out
+
+    def _verify(self, start: dict[str, Any], bounds: dict[str, dict[str, tuple[int, int]]]):
+        """(where each partition's next batch begins, the marks still good, the rewound
+        partitions' resume points). The newest mark of every partition is looked up in one
+        fetch; a walk back (rare) looks up one record at a time."""
+        at = positions(start)
+        newest = {}
+        for t, parts in bounds.items():
+            for p, (lo, hi) in parts.items():
+                frm, marks = at.get(t, {}).get(p), _marks_of(start, t, p)
+                top = max((m.offset for m in marks if frm is not None and m.offset <= frm), default=None)
+                if top is not None and lo < top <= hi:
+                    newest[(t, p)] = top - 1
+        prefetched = self._fingerprints(newest)
+        begin: Offsets = {}
+        kept: dict[str, dict[str, tuple[Mark, ...]]] = {}
+        rewound: Offsets = {}
+        for t, parts in bounds.items():
+            begin[t], kept[t] = {}, {}
+            for p, (lo, hi) in parts.items():
+                frm = at.get(t, {}).get(p)
+                if frm is None:  # a partition new since the last batch: all of it
+                    begin[t][p] = lo
+                    continue
+                if frm < lo:  # deleted by retention (or the topic was recreated)
+                    self._data_loss(t, p, frm, lo, hi)
+                    begin[t][p] = lo
+                    continue
+
+                def fingerprint_at(offset: int, t: str = t, p: str = p) -> Fingerprint | None:
+                    if newest.get((t, p)) == offset:
+                        return prefetched.get((t, p))
+                    return self._fingerprints({(t, p): offset}).get((t, p))
+
+                verdict = check(frm, _marks_of(start, t, p), lo, hi, fingerprint_at)
+                begin[t][p], kept[t][p] = verdict.resume, verdict.marks
+                if verdict.rewound:
+                    self._record(Rewind(STREAMING, t, int(p), frm, verdict.resume, hi, datetime.now(UTC),
+                                        verdict.reason or ""))
+                    rewound.setdefault(t, {})[p] = verdict.resume
+        return begin, kept, rewound
+
+    def _record(self, rewind: Rewind) -> None:
+        log.warning("%s%s", rewind.describe(), f" (query {self.query})" if self.query else "")
+        if self.rewinds_file:
+            append_line(Path(self.rewinds_file), rewind, query=self.query)
 
     def _data_loss(self, topic: str, partition: str, offset: int, lo: int, hi: int) -> None:
         msg = (f"{topic}-{partition}: the checkpoint is at offset {offset}, the broker has [{lo}, {hi}); "
@@ -146,12 +255,16 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def reportLatestOffset(self) -> Offsets:
         return {t: {p: hi for p, (_lo, hi) in parts.items()} for t, parts in self._bounds().items()}
 
-    def partitions(self, start: Offsets, end: Offsets) -> list[KafkaRange]:
-        return [KafkaRange(t, int(p), start.get(t, {}).get(p, 0), e)
-                for t, parts in end.items() for p, e in sorted(parts.items(), key=lambda kv: int(kv[0]))
-                if e > start.get(t, {}).get(p, 0)]
+    def partitions(self, start: dict[str, Any], end: dict[str, Any]) -> list[KafkaRange]:
+        """The ranges between two offsets; a batch that rewinds begins at its "@from"."""
+        frm = {t: {**parts, **end.get(FROM, {}).get(t, {})} for t, parts in positions(start).items()}
+        for t, parts in end.get(FROM, {}).items():
+            frm.setdefault(t, dict(parts))
+        return [KafkaRange(t, int(p), frm.get(t, {}).get(p, 0), e)
+                for t, parts in positions(end).items() for p, e in sorted(parts.items(), key=lambda kv: int(kv[0]))
+                if e > frm.get(t, {}).get(p, 0)]
 
-    def commit(self, end: Offsets) -> None:
+    def commit(self, end: dict[str, Any]) -> None:
         """Spark's checkpoint holds the offsets; nothing to tell Kafka."""
 
     def stop(self) -> None:
@@ -182,6 +295,8 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 for m in batch:
                     if m.offset >= partition.end:
                         return
+                    if m.offset < partition.start:  # re-read from the log's start after an out-of-range reset
+                        continue
                     yield (m.key, m.value, m.topic, m.partition, m.offset,
                            EPOCH + timedelta(milliseconds=m.timestamp), m.timestamp_type)
         finally:

@@ -1,6 +1,8 @@
 """The job's status file: what the running job last saw of its queries, and whether that is healthy.
 
 The job rewrites it every second; `invoke status` (StreamingService.healthy) reads it.
+It also holds how many offset rewinds the job's source has recorded (`rewinds`; the
+rewinds themselves are in `rewinds.jsonl` beside it, see `shopstream.rewinds`).
 No pyspark import here, so reading it costs nothing.
 """
 
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shopstream.rewinds import STREAMING_FILE, read_lines
 from shopstream.settings import Settings
 
 FRESH_S = 15.0  # the job writes every second; older means it is stuck or gone
@@ -24,6 +27,24 @@ def job_folder(settings: Settings) -> Path:
 
 def status_path(settings: Settings) -> Path:
     return job_folder(settings) / "status.json"
+
+
+def rewinds_recorded(settings: Settings) -> int:
+    return len(read_lines(job_folder(settings) / STREAMING_FILE))
+
+
+def offset_positions(offset: Any) -> dict[str, dict[str, int]] | None:
+    """The `{"<topic>": {"<partition>": offset}}` of a source offset from the query's progress
+    (a dict, or its JSON text); keys that are not topics (the project's source adds "@marks"
+    and "@from"; no topic name holds an "@") are left out."""
+    if isinstance(offset, str):
+        try:
+            offset = json.loads(offset)
+        except ValueError:
+            return None
+    if not isinstance(offset, dict):
+        return None
+    return {k: v for k, v in offset.items() if not k.startswith("@") and isinstance(v, dict)}
 
 
 def rows_written(progress: dict[str, Any]) -> int | None:

@@ -674,6 +674,25 @@ function renderLag(lag) {
   replaceRows(byId("lag"), rows, "no consumer groups", 4);
 }
 
+/** One line under the lag: where a stage read records again because the broker lost some. */
+function renderRewinds(rewinds, asOf) {
+  const line = byId("rewinds");
+  if (!rewinds) {
+    line.textContent = "offset rewinds: —";
+    line.classList.remove("warn");
+    return;
+  }
+  const stages = Object.entries(rewinds.by_stage || {}).map(([stage, n]) => `${stage} ${fmtInt(n)}`).join(", ");
+  const last = (rewinds.latest || [])[0];
+  line.textContent = last
+    ? `offset rewinds: ${fmtInt(rewinds.count)} (${stages}); last: ${last.stage} ${last.topic}-${last.partition} ` +
+      `read again from ${fmtInt(last.resumed_from)} (committed ${fmtInt(last.committed)}, end ${fmtInt(last.end)}: ` +
+      `${last.reason}), ${secondsAgo(last.at, asOf)}`
+    : "offset rewinds: none";
+  line.classList.toggle("warn", rewinds.count > 0);
+  line.title = last ? fmtTime(last.at) : "";
+}
+
 function runSortKey(run) {
   const date = toDate(run.start) || toDate(run.end);
   return date ? date.getTime() : Number.POSITIVE_INFINITY; // not started yet: newest
@@ -737,6 +756,7 @@ function renderHealth(data) {
   renderServices(data.services || []);
   renderApiTraffic(data.api);
   renderLag(data.lag || []);
+  renderRewinds(data.rewinds, data.as_of);
   renderDagRuns(data.dag_runs || [], data.as_of);
   renderStreaming(data.streaming, data.as_of);
   recordApiPoint(data.as_of, data.api);
