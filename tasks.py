@@ -124,6 +124,18 @@ def batch_check(c):
         raise Exit(code=1)
 
 
+@task(help={"samples": "missing and doubled EventIds shown per stage (default: 10)"})
+def audit(c, samples=None):
+    """Find every acknowledged record in Kafka, MongoDB, the counts and the lake; exit 1 if one is missing or doubled."""
+    from shopstream_audit.cli import main as audit_main
+
+    try:
+        audit_main(["--samples", str(samples)] if samples is not None else [])
+    except SystemExit as e:  # typer exits; keep invoke's own exit handling
+        if e.code:
+            raise Exit(code=e.code if isinstance(e.code, int) else 1) from None
+
+
 @task(help={"k": "only tests matching this expression", "x": "stop at the first failure"})
 def test(c, k="", x=False):
     """Set up what the tests need and run the whole test suite."""

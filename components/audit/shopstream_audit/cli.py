@@ -1,0 +1,46 @@
+"""`invoke audit` / `python -m shopstream_audit`: reconcile the whole pipeline per EventId.
+
+Takes every record the API acknowledged (the ledger) and finds it in Kafka, MongoDB's
+events (or dead letters), the EventCount sums and the lake (or quarantine), each stage
+only up to what it has committed. Exit code 0: nothing missing or doubled; 1: something
+is missing or doubled; 2: nothing is, but a stage could not be checked (or Kafka could
+not be read).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from shopstream.settings import Settings
+
+from .reconcile import SAMPLES
+from .report import collect, render
+from .sources import AuditError
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def audit(samples: int = typer.Option(SAMPLES, "--samples", min=0,
+                                      help="missing and doubled EventIds shown per stage")) -> None:
+    """Reconcile every acknowledged record with every stage; exit 1 on any difference."""
+    settings = Settings()
+    console = Console()
+    try:
+        report = collect(settings, console, samples=samples)
+    except AuditError as e:
+        console.print(f"[red]audit not possible[/]: {e}")
+        raise typer.Exit(2) from None
+    render(report, settings, console)
+    raise typer.Exit(report.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="shopstream-audit")
+
+
+if __name__ == "__main__":
+    main()
