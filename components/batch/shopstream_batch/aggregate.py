@@ -213,7 +213,12 @@ def _fence(colls: Collections, batch_id: str, lease: Lease | None) -> None:
 
 
 def apply(colls: Collections, batch_id: str) -> int:
-    """Merge one batch's counts into the pair documents; idempotent per (pair, batch)."""
+    """Merge one batch's counts into the pair documents; idempotent per (pair, batch).
+
+    The client sends the `$merge` with the settings' journaled write concern, but SecantusDB
+    does not honour `j` for `$merge`'s own writes. They are durable all the same before the
+    batch counts as applied: the journaled write that marks it applied (`finish`) flushes the
+    server's journal, which is written in order, through them."""
     new = {"$add": ["$EventCount", "$$n"]}
     seen = {"$in": ["$$b", "$Applied"]}
     colls.events.aggregate([

@@ -22,6 +22,9 @@ from .process import Proc, StackError
 from .service import Endpoint, Service
 
 SETTING = "SHOPSTREAM_POSTGRES__PORT"
+# A commit PostgreSQL has answered is on disk, whatever crashes next. These are PostgreSQL's
+# defaults, pinned so that an edited postgresql.conf or an ALTER SYSTEM cannot turn them off.
+DURABILITY = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 
 
 def pg_bindir() -> Path:
@@ -56,6 +59,8 @@ class PostgresServer(Service):
         c = self.settings.postgres
         argv = [str(pg_bindir() / "postgres"), "-D", str(self.data_dir), "-p", str(c.port),
                 "-c", f"listen_addresses={c.host}", "-c", f"unix_socket_directories={self.folder / 'sock'}"]
+        for setting, value in DURABILITY.items():  # the command line wins over postgresql(.auto).conf
+            argv += ["-c", f"{setting}={value}"]
         # SIGINT is PostgreSQL's "fast" shutdown: clean, without waiting for clients.
         return [self._proc("server", argv, user=self.run_as, stop_signal=signal.SIGINT)]
 
