@@ -9,6 +9,7 @@ not be read).
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import typer
@@ -28,7 +29,8 @@ def audit(samples: int = typer.Option(SAMPLES, "--samples", min=0,
                                       help="missing and doubled EventIds shown per stage")) -> None:
     """Reconcile every acknowledged record with every stage; exit 1 on any difference."""
     settings = Settings()
-    console = Console()
+    # wide enough for the table when the output is not a terminal (CI logs, pipes)
+    console = Console(width=max(150, shutil.get_terminal_size((150, 24)).columns))
     try:
         report = collect(settings, console, samples=samples)
     except AuditError as e:
