@@ -34,7 +34,7 @@ from shopstream_api.examples import PURCHASE_EXAMPLE, USER_EVENT_EXAMPLE
 from shopstream_api.journal import parse_line
 from shopstream_api.main import create_app
 from shopstream_stack.kafka import KafkaBroker
-from test_faults import read_topic
+from test_faults import read_topic, wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(300)]
 
@@ -57,13 +57,6 @@ def own():
     finally:
         broker.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def wait_for(what: str, check, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def in_kafka(cfg: Settings) -> Counter[str]:
@@ -126,12 +119,12 @@ def test_records_the_broker_forgets_are_published_again_and_new_ones_at_their_of
         before = post_some(http, f"{run}-before", 20)
         snapshot(broker, tmp_path / "kafka.json")
         forgotten = post_some(http, f"{run}-forgotten", 40)
-        wait_for("the forgotten records to be in Kafka", lambda: forgotten <= set(in_kafka(cfg)))
+        wait_for("the forgotten records to be in Kafka", lambda: forgotten <= set(in_kafka(cfg)), 90)
         forget_since_snapshot(broker, tmp_path / "kafka.json")
         assert not forgotten & set(in_kafka(cfg)), "the broker did not forget: the test proves nothing"
         # new records now take the offsets the forgotten ones had
         after = post_some(http, f"{run}-after", 10)
-        wait_for("every acknowledged record back in Kafka", lambda: before | forgotten | after <= set(in_kafka(cfg)))
+        wait_for("every acknowledged record back in Kafka", lambda: before | forgotten | after <= set(in_kafka(cfg)), 90)
         wait_for("the journal to empty (every record checked twice)",
                  lambda: metric(api.url, "shopstream_journal_records ") == 0, 60)
         republished = metric(api.url, "shopstream_journal_republished_records_total")
@@ -156,7 +149,7 @@ def test_a_restarted_api_checks_what_its_journal_holds_and_publishes_again_what_
     forget_since_snapshot(broker, tmp_path / "kafka.json")
     assert not acked & set(in_kafka(cfg))
     with ServerThread(create_app(cfg)) as api:  # same journal folder: it takes over the slot
-        wait_for("the journal's records back in Kafka", lambda: acked <= set(in_kafka(cfg)))
+        wait_for("the journal's records back in Kafka", lambda: acked <= set(in_kafka(cfg)), 90)
         assert metric(api.url, "shopstream_journal_republished_records_total") == len(acked)
 
 

@@ -38,6 +38,11 @@ def ledger_file(settings: Settings, slot: str, at: float | None = None) -> Path:
     return ledger_dir(settings) / f"{slot}-{hour}{SUFFIX}"
 
 
+def _hour(path: Path) -> datetime:
+    """The UTC hour a ledger file was written in (its name's last part)."""
+    return datetime.strptime(path.stem.rsplit("-", 1)[-1], "%Y%m%d%H").replace(tzinfo=UTC)
+
+
 def line(topic: str, partition: int, offset: int, event_id: str) -> bytes:
     return f"{topic}\t{partition}\t{offset}\t{event_id}\n".encode()
 
@@ -61,9 +66,8 @@ def acknowledged(settings: Settings) -> Iterator[Acked]:
 
 def oldest_hour(settings: Settings) -> datetime | None:
     """The start of the oldest hour the ledger still holds (what an audit covers)."""
-    hours = [p.stem.rsplit("-", 1)[-1] for p in ledger_dir(settings).glob(f"*{SUFFIX}")] \
-        if ledger_dir(settings).is_dir() else []
-    return datetime.strptime(min(hours), "%Y%m%d%H").replace(tzinfo=UTC) if hours else None
+    folder = ledger_dir(settings)
+    return min((_hour(p) for p in folder.glob(f"*{SUFFIX}")), default=None) if folder.is_dir() else None
 
 
 def prune(settings: Settings, now: float | None = None) -> int:
@@ -73,8 +77,7 @@ def prune(settings: Settings, now: float | None = None) -> int:
     removed = 0
     folder = ledger_dir(settings)
     for path in folder.glob(f"*{SUFFIX}") if folder.is_dir() else []:
-        hour = datetime.strptime(path.stem.rsplit("-", 1)[-1], "%Y%m%d%H").replace(tzinfo=UTC)
-        if hour.timestamp() + 3600 < cutoff:
+        if _hour(path).timestamp() + 3600 < cutoff:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
