@@ -531,11 +531,12 @@ def stored_coordinates(cfg: Settings) -> set[tuple[int, int]]:
 
 
 def kill_9(service) -> None:
-    """SIGKILL, as a crash or the OOM killer: the server gets no chance to flush anything."""
+    """SIGKILL, as a crash or the OOM killer: the server gets no chance to flush anything.
+    The stack's supervisor starts it again by itself."""
     pid = service.procs()[0].pid()
     assert pid is not None, f"{service.name} is not running"
     os.kill(pid, signal.SIGKILL)
-    psutil.Process(pid).wait(30)  # gone (and reaped: it is this process's child)
+    wait_for(f"{service.name}'s pid {pid} to be gone", lambda: not psutil.pid_exists(pid), 30)
 
 
 def test_every_record_of_a_committed_batch_survives_kill_9_of_mongodb(own, monkeypatch):

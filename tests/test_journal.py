@@ -13,9 +13,7 @@ again from the journal, with nothing but those records published twice.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -34,7 +32,7 @@ from shopstream_api.examples import PURCHASE_EXAMPLE, USER_EVENT_EXAMPLE
 from shopstream_api.journal import parse_line
 from shopstream_api.main import create_app
 from shopstream_stack.kafka import KafkaBroker
-from test_faults import read_topic, wait_for
+from test_faults import kill_9, read_topic, wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(300)]
 
@@ -190,9 +188,8 @@ def test_kill_9_of_the_broker_under_load_three_times_loses_no_acknowledged_recor
             for _ in range(3):
                 floor = len(acked) + 150
                 wait_for("load to flow", lambda: len(acked) >= floor, 60)  # noqa: B023
-                os.kill(broker.procs()[0].pid(), signal.SIGKILL)
-                wait_for("the broker to die", lambda: not broker.running(), 30)
-                broker.start()
+                kill_9(broker)
+                broker.start()  # the supervisor is restarting it: this waits until it answers
         finally:
             stop.set()
             for t in threads:

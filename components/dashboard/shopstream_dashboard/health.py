@@ -26,8 +26,9 @@ from sqlalchemy import text
 from shopstream.adapters.mongo import mongo_client
 from shopstream.adapters.postgres import pg_engine
 from shopstream.adapters.s3 import s3_client
+from shopstream.restarts import by_service, restarts_path
 from shopstream.rewinds import Rewind, drain_rewinds, oldest_first, read_lines, streaming_file
-from shopstream.settings import Settings
+from shopstream.settings import Settings, StackMode
 from shopstream_streaming.status import offset_positions, read_status, status_path, unhealthy_reason
 
 from .readmodel import ReadModel
@@ -39,6 +40,7 @@ FINAL = {"success", "failed"}
 STREAMING_QUERY = "purchases"
 PROBES = {"/healthz", "/readyz", "/metrics"}
 REWINDS_SHOWN = 5
+STACK_NAMES = {"mongodb": "mongo", "postgresql": "postgres"}  # the page's name -> the stack's
 
 
 def rewinds_summary(found: list[Rewind]) -> dict[str, Any]:
@@ -288,6 +290,7 @@ class HealthMonitor(Loop):
         kafka = next(x for x in sources if x["name"] == "kafka")
         snap["services"].insert(1, {"name": "kafka", "state": kafka["state"],
                                     "detail": kafka["error"] or f"{len(snap['lag'])} consumers' offsets read"})
+        self._add_restarts(snap["services"])
         snap["sources"] = sources
         try:
             snap["rewinds"] = rewound.result(timeout=self.timeout + 5)
@@ -296,6 +299,17 @@ class HealthMonitor(Loop):
         with self._lock:
             self.snapshot = snap
         self.source.ok()
+
+    def _add_restarts(self, found: list[dict[str, Any]]) -> None:
+        """Each service's restarts by the stack's supervisor; the dashboard and the generator,
+        which no probe checks, are listed too (this page answering is the dashboard's health)."""
+        if self.settings.stack != StackMode.embedded:
+            return
+        counts = by_service(restarts_path(self.settings))
+        found += [{"name": n, "state": "up", "detail": "serves this page" if n == "dashboard" else "sends traffic"}
+                  for n in ("generator", "dashboard")]
+        for svc in found:
+            svc["restarts"] = counts.get(STACK_NAMES.get(svc["name"], svc["name"]), {}).get("restarts", 0)
 
     def current(self) -> dict[str, Any]:
         with self._lock:

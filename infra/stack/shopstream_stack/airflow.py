@@ -62,6 +62,7 @@ def is_loopback(host: str) -> bool:
 
 class AirflowService(Service):
     name = "airflow"
+    start_seconds = 10  # a JVM (or Airflow's imports) takes a while before it can fail
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -189,7 +190,9 @@ class AirflowService(Service):
             return False
         procs = self.procs()
         with ThreadPoolExecutor(len(procs)) as pool:
-            return any(list(pool.map(lambda p: p.stop(self.settings.embedded.stop_timeout_s), procs)))
+            stopped = any(list(pool.map(lambda p: p.stop(self.settings.embedded.stop_timeout_s), procs)))
+        self.supervisor.shutdown_if_idle()
+        return stopped
 
     def status(self) -> Status:
         if self.ours:

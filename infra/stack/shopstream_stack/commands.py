@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
@@ -16,7 +17,9 @@ from shopstream.settings import REPO_ROOT, Settings, StackMode
 
 from . import install
 from .process import StackError, tail
+from .service import Service
 from .stack import SERVICE_TYPES, services
+from .supervision import Supervisor
 
 SERVER_NAMES = {cls.name for cls in SERVICE_TYPES}
 
@@ -64,10 +67,29 @@ def up(settings: Settings, names: list[str] | None = None) -> None:
     status(settings)
 
 
+# `invoke down` stops these together, one set after the other: first the load and the readers (an
+# open dashboard connection holds up Airflow's API server), then what uses the servers (the API
+# flushes its journal, the streaming job ends its batch, Airflow's tasks end), then the servers
+STOP_ORDER = (("generator", "dashboard"), ("api", "streaming", "airflow"), tuple(cls.name for cls in SERVICE_TYPES))
+
+
 def down(settings: Settings, wipe: bool = False) -> None:
-    for svc in reversed(services(settings, apps=True)):
-        if (settings.stack == StackMode.embedded or svc.name not in SERVER_NAMES) and svc.stop():
-            say(f"stopped {svc.name}")
+    ours = {s.name: s for s in services(settings, apps=True)
+            if settings.stack == StackMode.embedded or s.name not in SERVER_NAMES}
+
+    def stop(svc: Service) -> tuple[str, bool, float]:
+        t0 = time.monotonic()
+        return svc.name, svc.stop(), time.monotonic() - t0
+
+    t0 = time.monotonic()
+    for names in STOP_ORDER:
+        batch = [ours[n] for n in names if n in ours]
+        with ThreadPoolExecutor(max(1, len(batch))) as pool:
+            for name, stopped, seconds in pool.map(stop, batch):
+                if stopped:
+                    say(f"stopped {name} in {seconds:.1f} s")
+    Supervisor(settings.run_dir).shutdown()
+    say(f"everything stopped in {time.monotonic() - t0:.1f} s")
     if settings.stack == StackMode.compose:
         _compose("down", *(["--volumes"] if wipe else []))
     if wipe and settings.run_dir.exists():
@@ -78,19 +100,19 @@ def down(settings: Settings, wipe: bool = False) -> None:
 def status(settings: Settings) -> bool:
     """Print a table of the servers; True when every one is healthy."""
     table = Table(title=f"shopstream services ({settings.stack.value} stack)")
-    for col in ("service", "state", "pid", "address", "data and logs"):
-        table.add_column(col)
+    for col in ("service", "state", "restarts", "pid", "address", "data and logs"):
+        table.add_column(col, justify="right" if col == "restarts" else "left")
     all_ok = True
     for svc in services(settings, apps=True):
         if settings.stack == StackMode.embedded or svc.name not in SERVER_NAMES:
             st = svc.status()
-            state, pids, folder = st.state, " ".join(map(str, st.pids)), _short(st.folder)
+            state, restarts, pids, folder = st.state, str(st.restarts), " ".join(map(str, st.pids)), _short(st.folder)
         else:
             state = "healthy" if svc._safe_healthy() else "unreachable"
-            pids, folder = "", ""
+            restarts, pids, folder = "", "", ""
         all_ok &= state == "healthy"
-        colour = {"healthy": "green", "stopped": "dim"}.get(state, "red")
-        table.add_row(svc.name, f"[{colour}]{state}[/{colour}]", pids, svc.address, folder)
+        colour = {"healthy": "green", "stopped": "dim", "restarting": "yellow"}.get(state, "red")
+        table.add_row(svc.name, f"[{colour}]{state}[/{colour}]", restarts, pids, svc.address, folder)
     console.print(table)
     return all_ok
 

@@ -1,8 +1,8 @@
-"""Supervising local server processes: ports, pid files, logs, health waits, graceful stop.
+"""The stack's processes and what starting them needs: ports, logs, health waits.
 
-Every embedded server is one or more `Proc`s: a command run in the foreground in
-its own session, its output appended to a log file and its PID in a pid file,
-all inside the service's folder of the run directory.
+Every embedded server is one or more `Proc`s: a command run in the foreground by the
+stack's supervisord (`supervision`), its output in a log file inside the service's
+folder of the run directory.
 """
 
 from __future__ import annotations
@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 from tenacity import Retrying, retry_if_result, stop_after_delay, stop_any, wait_fixed
+
+if TYPE_CHECKING:
+    from .supervision import Supervisor
 
 
 class StackError(RuntimeError):
@@ -112,87 +114,75 @@ def inherited_env(drop_prefixes: tuple[str, ...] = ()) -> dict[str, str]:
 
 @dataclass
 class Proc:
-    """One long-running server process under our supervision."""
+    """One long-running process of a service, run (and restarted) by the stack's supervisord."""
 
     name: str
     argv: list[str]
     folder: Path
+    group: str  # the service it belongs to: its supervisord program group
+    supervisor: Supervisor
     env: dict[str, str] = field(default_factory=dict)
     user: str | None = None  # run as this user (PostgreSQL refuses root)
     stop_signal: int = signal.SIGTERM
-    # Also stop what the process spawned: its process group (pgid == pid, as it runs in
-    # its own session) and its descendants, even those that moved to a group of their own.
+    # Also stop what the process spawned: its process group and its descendants, even those
+    # that moved to a group of their own. The process alone gets the stop signal first, so
+    # it can stop its children itself (the streaming job finishes its batch).
     stop_family: bool = False
     # Inherited variables with these prefixes are not passed on (`env` still is): a server
     # configured only by us, whatever the calling shell or test process exported.
     drop_env_prefixes: tuple[str, ...] = ()
+    start_seconds: int = 3  # up this long counts as started; dying sooner means a retry after a backoff
+    stop_timeout_s: float = 30.0  # then SIGKILL
 
     @property
-    def pid_file(self) -> Path:
-        return self.folder / f"{self.name}.pid"
+    def program(self) -> str:
+        return f"{self.group}-{self.name}"
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.group}:{self.program}"
 
     @property
     def log_file(self) -> Path:
         return self.folder / f"{self.name}.log"
 
+    def environment(self) -> dict[str, str]:
+        return {**inherited_env(self.drop_env_prefixes), **self.env}
+
+    def state(self) -> str:
+        """supervisord's state name (RUNNING, BACKOFF, ...); UNKNOWN when it does not run this program."""
+        info = self.supervisor.info(self)
+        return info["statename"] if info else "UNKNOWN"
+
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
+        info = self.supervisor.info(self)
+        if not info or info["statename"] not in ("STARTING", "RUNNING", "STOPPING") or not info["pid"]:
             return None
         try:
-            p = psutil.Process(pid)
-            if p.status() == psutil.STATUS_ZOMBIE:
-                return None
+            if psutil.Process(info["pid"]).status() == psutil.STATUS_ZOMBIE:
+                return None  # killed, and supervisord has not noticed yet
         except psutil.Error:
             return None
-        return pid
+        return info["pid"]
 
     def alive(self) -> bool:
         return self.pid() is not None
 
-    def start(self) -> int:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with self.log_file.open("ab") as log:
-            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(self.argv)}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                self.argv,
-                cwd=self.folder,
-                env={**inherited_env(self.drop_env_prefixes), **self.env},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C in the shell does not reach the servers
-                user=self.user,
-            )
-        self.pid_file.write_text(str(proc.pid))
-        return proc.pid
+    def start(self) -> None:
+        self.supervisor.start(self)
 
     def stop(self, timeout_s: float) -> bool:
-        """Signal the process and wait; SIGKILL only after the timeout. True if it was running.
+        """Stop through supervisord and wait. True if it was running.
 
-        With `stop_family`, the process first gets the chance to stop its children itself;
-        whatever of its family is left after that gets SIGTERM, then SIGKILL.
+        With `stop_family`, whatever of the process's family is left after it stopped gets
+        SIGTERM, then SIGKILL.
         """
         pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        p = psutil.Process(pid)
-        family = self.family(p) if self.stop_family else []
-        try:
-            p.send_signal(self.stop_signal)
-            p.wait(timeout_s)
-        except psutil.TimeoutExpired:
-            p.kill()
-            p.wait(10)
-        except psutil.NoSuchProcess:
-            pass
-        if self.stop_family:
+        family = self.family(psutil.Process(pid)) if self.stop_family and pid else []
+        stopped = self.supervisor.stop(self)
+        if self.stop_family and pid:
             self._stop_all(family + self.family(pid), timeout_s)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        return stopped
 
     @staticmethod
     def family(leader: psutil.Process | int) -> list[psutil.Process]:

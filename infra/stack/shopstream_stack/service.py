@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from shopstream.restarts import by_service
 from shopstream.settings import Settings
 
 from .process import PortInUse, Proc, StackError, port_is_free, port_owner, tail, wait_until
+from .supervision import Supervisor
 
 PORT_GRACE_S = 5.0
+FAILED_STARTS = 3  # a process that dies this often while `start` waits for it is broken
 
 
 @dataclass(frozen=True)
@@ -27,10 +30,11 @@ class Endpoint:
 @dataclass(frozen=True)
 class Status:
     name: str
-    state: str  # healthy | starting/unhealthy | stopped
+    state: str  # healthy | unhealthy | restarting | stopped
     pids: list[int]
     address: str
     folder: Path
+    restarts: int = 0  # starts by the supervisor nobody asked for, since the stack started
 
 
 def host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -40,14 +44,16 @@ def host_port(address: str, default_port: int) -> tuple[str, int]:
 
 
 class Service(ABC):
-    """One embedded server, made of one or more supervised processes."""
+    """One embedded server, made of one or more processes the stack's supervisord runs."""
 
     name: str
+    start_seconds = 3  # a process up this long has started (dying sooner: retried after a backoff)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.folder: Path = settings.run_dir / self.name
         self.timeout_s = settings.embedded.start_timeout_s
+        self.supervisor = Supervisor(settings.run_dir)
 
     # -- what a concrete server defines ------------------------------------------
     @property
@@ -85,7 +91,11 @@ class Service(ABC):
         return any(p.alive() for p in self.procs())
 
     def start(self) -> str:
-        """Start whatever is not running, wait until healthy, prepare. Returns a summary."""
+        """Start whatever is not running, wait until healthy, prepare. Returns a summary.
+
+        From then on supervisord restarts a process of the service that dies; a start
+        that fails here is stopped instead, and its logs' last lines say why.
+        """
         procs = self.procs()
         if all(p.alive() for p in procs) and self._safe_healthy():
             return f"already running; {self.prepare()}".rstrip("; ")
@@ -96,13 +106,22 @@ class Service(ABC):
             if ep.proc not in alive and not wait_until(lambda ep=ep: port_is_free(ep.host, ep.port), PORT_GRACE_S, 0.1):
                 raise PortInUse(self.name, ep.port, port_owner(ep.port), ep.setting)
         self.folder.mkdir(parents=True, exist_ok=True)
+        if procs:
+            self.supervisor.register(self.name, procs)
+        exits = {p.name: self.supervisor.exits(p) for p in procs}
         for proc in procs:
             if not proc.alive():
                 self.launch(proc)
-        dead = lambda: not all(p.alive() for p in procs)  # noqa: E731
-        if not wait_until(self.healthy, self.timeout_s, give_up=dead):
-            why = "exited" if dead() else f"did not answer within {self.timeout_s:.0f} s"
+
+        def failed() -> bool:
+            """Given up on, or died at start again and again (once may be a kill, not a fault)."""
+            return any(p.state() == "FATAL" or self.supervisor.exits(p) - exits[p.name] >= FAILED_STARTS
+                       for p in procs)
+
+        if not wait_until(self.healthy, self.timeout_s, give_up=failed):
+            why = "exited" if failed() else f"did not answer within {self.timeout_s:.0f} s"
             logs = "\n".join(f"--- {p.log_file}\n{tail(p.log_file, 15)}" for p in procs)
+            logs += f"\n--- {self.supervisor.log}\n{self.supervisor.about(procs)}"
             self.stop()
             raise StackError(
                 f"{self.name} {why}. Last lines of its logs:\n{logs}\n"
@@ -116,17 +135,22 @@ class Service(ABC):
         stopped = False
         for proc in reversed(self.procs()):
             stopped |= proc.stop(self.settings.embedded.stop_timeout_s)
+        self.supervisor.shutdown_if_idle()
         return stopped
 
     def status(self) -> Status:
-        pids = [pid for p in self.procs() if (pid := p.pid()) is not None]
-        if not pids:
-            state = "stopped"
-        elif len(pids) == len(self.procs()) and self._safe_healthy():
+        procs = self.procs()
+        pids = [pid for p in procs if (pid := p.pid()) is not None]
+        if len(pids) == len(procs) and pids and self._safe_healthy():
             state = "healthy"
-        else:
+        elif any(p.state() in ("BACKOFF", "FATAL", "EXITED") for p in procs):
+            state = "restarting"  # one died: supervisord (or its listener) starts it again
+        elif pids:
             state = "unhealthy"
-        return Status(self.name, state, pids, self.address, self.folder)
+        else:
+            state = "stopped"
+        restarts = by_service(self.supervisor.restarts).get(self.name, {}).get("restarts", 0)
+        return Status(self.name, state, pids, self.address, self.folder, restarts)
 
     def _safe_healthy(self) -> bool:
         try:
@@ -135,7 +159,9 @@ class Service(ABC):
             return False
 
     def _proc(self, name: str, argv: list[str], **kw) -> Proc:
-        return Proc(name=name, argv=argv, folder=self.folder, **kw)
+        kw.setdefault("start_seconds", self.start_seconds)
+        return Proc(name=name, argv=argv, folder=self.folder, group=self.name, supervisor=self.supervisor,
+                    stop_timeout_s=self.settings.embedded.stop_timeout_s, **kw)
 
     def _fail(self, what: str, proc: Proc) -> StackError:
         return StackError(f"{self.name}: {what}. Last lines of {proc.log_file}:\n{tail(proc.log_file, 15)}")

@@ -16,6 +16,7 @@ from .service import Endpoint, Service
 
 class StreamingService(Service):
     name = "streaming"
+    start_seconds = 10  # a JVM (or Airflow's imports) takes a while before it can fail
 
     def __init__(self, settings) -> None:
         super().__init__(settings)

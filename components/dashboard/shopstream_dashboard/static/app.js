@@ -595,11 +595,12 @@ function renderRepeat(data) {
 /* ---------- 6. pipeline health ---------- */
 
 function renderServices(services) {
+  const restarted = (s) => (s.restarts ? ` \u21bb${s.restarts}` : "");
   const badges = services.map((s) => el("span", {
     className: `badge ${s.state === "up" ? "up" : "down"}`,
-    dataset: {service: s.name},
-    title: s.detail || s.state,
-  }, [s.name]));
+    dataset: {service: s.name, restarts: s.restarts ?? ""},
+    title: (s.detail || s.state) + (s.restarts == null ? "" : `; restarted ${s.restarts} time(s) since invoke up`),
+  }, [s.name + restarted(s)]));
   byId("services").replaceChildren(...badges);
 }
 
