@@ -136,6 +136,15 @@ def audit(c, samples=None):
             raise Exit(code=e.code if isinstance(e.code, int) else 1) from None
 
 
+@task(help={"minutes": "how long faults are injected (default: 10)",
+            "seed": "same seed, same faults (default: random, printed)"})
+def chaos(c, minutes=10.0, seed=None):
+    """Kill random components under load; the supervisor restarts them; wait for the catch-up, then audit (exit 1 on any loss)."""
+    code = _run(commands.chaos, minutes=float(minutes), seed=int(seed) if seed is not None else None)
+    if code:
+        raise Exit(code=code)
+
+
 @task(help={"k": "only tests matching this expression", "x": "stop at the first failure"})
 def test(c, k="", x=False):
     """Set up what the tests need and run the whole test suite."""

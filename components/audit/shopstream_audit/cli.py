@@ -9,8 +9,10 @@ not be read).
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -18,7 +20,7 @@ from rich.console import Console
 from shopstream.settings import Settings
 
 from .reconcile import SAMPLES
-from .report import collect, render
+from .report import collect, render, summary
 from .sources import AuditError
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -26,7 +28,9 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def audit(samples: int = typer.Option(SAMPLES, "--samples", min=0,
-                                      help="missing and doubled EventIds shown per stage")) -> None:
+                                      help="missing and doubled EventIds shown per stage"),
+          json_out: Path | None = typer.Option(None, "--json",
+                                               help="also write the table as JSON to this file (for tools)")) -> None:
     """Reconcile every acknowledged record with every stage; exit 1 on any difference."""
     settings = Settings()
     # wide enough for the table when the output is not a terminal (CI logs, pipes)
@@ -35,8 +39,12 @@ def audit(samples: int = typer.Option(SAMPLES, "--samples", min=0,
         report = collect(settings, console, samples=samples)
     except AuditError as e:
         console.print(f"[red]audit not possible[/]: {e}")
+        if json_out:
+            json_out.write_text(json.dumps({"exit_code": 2, "error": str(e), "stages": []}))
         raise typer.Exit(2) from None
     render(report, settings, console)
+    if json_out:
+        json_out.write_text(json.dumps(summary(report), indent=1))
     raise typer.Exit(report.exit_code)
 
 

@@ -169,6 +169,14 @@ def collect(settings: Settings, console: Console | None = None, samples: int = S
     return report
 
 
+def summary(report: Report) -> dict:
+    """The table as data: what `--json` writes (for `invoke chaos`, say)."""
+    fields = ("name", "acknowledged", "expected", "found", "missing", "doubled", "pending", "unchecked")
+    return {"exit_code": report.exit_code, "acknowledged": {t: len(ids) for t, ids in report.ledger.acked.items()},
+            "missing": report.audit.missing, "doubled": report.audit.doubled,
+            "stages": [{f: getattr(s, f) for f in fields} for s in report.audit.stages]}
+
+
 # -- printing -----------------------------------------------------------------------------------
 def _n(value: int | None, bad: bool = False) -> str:
     if value is None:

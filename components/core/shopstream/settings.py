@@ -194,6 +194,10 @@ class EmbeddedSettings(BaseModel):
     ceph_mon_port: int = 3300
     start_timeout_s: float = 90.0
     stop_timeout_s: float = 30.0
+    # the supervisor retries a process that dies while starting after 1, 2, ... s, this many
+    # times; then it is started again every `rescue_after_s` for as long as it keeps failing
+    start_retries: int = Field(10, ge=0)
+    rescue_after_s: float = Field(60.0, gt=0)
 
 
 class Settings(BaseSettings):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import subprocess
 import time
@@ -88,7 +89,7 @@ def down(settings: Settings, wipe: bool = False) -> None:
             for name, stopped, seconds in pool.map(stop, batch):
                 if stopped:
                     say(f"stopped {name} in {seconds:.1f} s")
-    Supervisor(settings.run_dir).shutdown()
+    Supervisor(settings).shutdown()
     say(f"everything stopped in {time.monotonic() - t0:.1f} s")
     if settings.stack == StackMode.compose:
         _compose("down", *(["--volumes"] if wipe else []))
@@ -134,6 +135,46 @@ def logs(settings: Settings, name: str, lines: int = 50, follow: bool = False) -
         console.rule(str(f))
         console.print(tail(f, lines), markup=False)
 
+
+
+def chaos(settings: Settings, minutes: float = 10.0, seed: int | None = None) -> int:
+    """Start what is not running, inject faults under load, wait for the catch-up, audit. Returns the exit code."""
+    from . import chaos as chaos_run
+
+    if settings.stack != StackMode.embedded:
+        raise StackError("invoke chaos kills the embedded stack's processes; it needs SHOPSTREAM_STACK=embedded")
+    seed = seed if seed is not None else random.randrange(10**6)
+    up(settings)
+    svcs = {s.name: s for s in services(settings, apps=True)}
+    say(f"chaos for {minutes:g} min, seed {seed} (`invoke chaos --seed {seed}` injects the same faults)")
+    report = chaos_run.run(settings, svcs, minutes, seed, say)
+    _chaos_tables(report)
+    svcs["generator"].start()
+    say("the generator runs again")
+    return report.exit_code
+
+
+def _chaos_tables(report) -> None:
+    faults = Table(title=f"faults injected (seed {report.seed})")
+    for col in ("at", "service", "process", "signal", "healthy again after"):
+        faults.add_column(col, justify="right" if col in ("at", "healthy again after") else "left")
+    for f in report.faults:
+        back = f"{f.recovered_s:.1f} s" if f.recovered_s is not None else "[red]not within the timeout[/red]"
+        faults.add_row(f"{f.at_s:.0f} s", f.service, f.process, f.signal, back)
+    console.print(faults)
+    audit = Table(title="after the catch-up: the audit")
+    for col in ("stage", "acknowledged", "found", "missing", "doubled", "pending"):
+        audit.add_column(col, justify="left" if col == "stage" else "right")
+    for st in report.audit.get("stages", ()):
+        audit.add_row(st["name"], *(f"{st[k]:,}" if st[k] is not None else "—"
+                                    for k in ("acknowledged", "found", "missing", "doubled", "pending")))
+    console.print(audit)
+    caught = (f"{report.caught_up_s:.0f} s" if report.caught_up_s is not None
+              else "[red]not within the timeout[/red]")
+    verdict = "[green]nothing lost, nothing doubled[/green]" if report.exit_code == 0 else "[red]failed[/red]"
+    say(f"{len(report.faults)} faults; records accepted during the run: {report.accepted:,}; "
+        f"missing {report.audit.get('missing', '?')}, doubled {report.audit.get('doubled', '?')}; "
+        f"caught up {caught} after the load stopped: {verdict}")
 
 
 def batch_check(settings: Settings) -> bool:

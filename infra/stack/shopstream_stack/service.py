@@ -53,7 +53,7 @@ class Service(ABC):
         self.settings = settings
         self.folder: Path = settings.run_dir / self.name
         self.timeout_s = settings.embedded.start_timeout_s
-        self.supervisor = Supervisor(settings.run_dir)
+        self.supervisor = Supervisor(settings)
 
     # -- what a concrete server defines ------------------------------------------
     @property

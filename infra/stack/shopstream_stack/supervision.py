@@ -31,15 +31,16 @@ from supervisor.xmlrpc import Faults, SupervisorTransport
 
 from shopstream.restarts import FILE as RESTARTS_FILE
 from shopstream.restarts import read_restarts
+from shopstream.settings import Settings
 
 from .process import StackError, tail, wait_until
 
 if TYPE_CHECKING:
     from .process import Proc
 
-START_RETRIES = 10  # 1 + 2 + ... + 10 s of backoff, then the listener retries every minute
 LIVE_STATES = {"STARTING", "RUNNING", "STOPPING"}  # the process exists
 RETRYING_STATES = {"BACKOFF", "FATAL", "EXITED"}  # it died; supervisord (or the listener) starts it again
+LISTENER = "restarts"
 _SOCKET_MAX = 100  # sun_path holds 108 bytes
 
 
@@ -49,8 +50,9 @@ def _esc(value: str) -> str:
 
 
 class Supervisor:
-    def __init__(self, run_dir: Path) -> None:
-        self.folder = run_dir / "supervisor"
+    def __init__(self, settings: Settings) -> None:
+        self.embedded = settings.embedded
+        self.folder = settings.run_dir / "supervisor"
         self.conf = self.folder / "supervisord.conf"
         self.pid_file = self.folder / "supervisord.pid"
         self.log = self.folder / "supervisord.log"
@@ -89,7 +91,8 @@ class Supervisor:
                              f"(see {self.log})")
 
     def _write_conf(self) -> None:
-        listener = shlex.join([sys.executable, "-m", "shopstream_stack.restart_listener", str(self.restarts)])
+        listener = shlex.join([sys.executable, "-m", "shopstream_stack.restart_listener", str(self.restarts),
+                               str(self.embedded.rescue_after_s)])
         self.conf.write_text(f"""\
 [unix_http_server]
 file = {_esc(str(self.socket))}
@@ -110,7 +113,7 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 [supervisorctl]
 serverurl = unix://{_esc(str(self.socket))}
 
-[eventlistener:restarts]
+[eventlistener:{LISTENER}]
 command = {_esc(listener)}
 events = PROCESS_STATE
 autorestart = true
@@ -127,6 +130,8 @@ files = {_esc(str(self.programs))}/*.conf
             return False
         pid = self._daemon_pid()
         try:
+            # the listener first: left to supervisord's own shutdown it takes seconds to go
+            self.rpc().stopProcessGroup(LISTENER, True)
             self.rpc().shutdown()
         except (OSError, xmlrpc.client.Error):
             pass
@@ -138,7 +143,7 @@ files = {_esc(str(self.programs))}/*.conf
         """Stop supervisord once none of its programs runs (a test's stack, stopped service by service)."""
         try:
             if not any(i["statename"] in LIVE_STATES | RETRYING_STATES for i in self.rpc().getAllProcessInfo()
-                       if i["group"] != "restarts"):
+                       if i["group"] != LISTENER):
                 self.shutdown()
         except (OSError, xmlrpc.client.Error):
             pass
@@ -167,7 +172,7 @@ command = {_esc(command)}
 autostart = false
 autorestart = true
 startsecs = {proc.start_seconds}
-startretries = {START_RETRIES}
+startretries = {self.embedded.start_retries}
 stopsignal = {signal.Signals(proc.stop_signal).name.removeprefix("SIG")}
 stopwaitsecs = {proc.stop_timeout_s:.0f}
 killasgroup = {str(proc.stop_family).lower()}
