@@ -136,11 +136,12 @@ def audit(c, samples=None):
             raise Exit(code=e.code if isinstance(e.code, int) else 1) from None
 
 
-@task(help={"minutes": "how long faults are injected (default: 10)",
-            "seed": "same seed, same faults (default: random, printed)"})
-def chaos(c, minutes=10.0, seed=None):
+@task(help={"minutes": "how long faults are injected, or the outage lasts (default: 10)",
+            "seed": "same seed, same faults (default: random, printed)",
+            "outage": "instead of random faults, stop this one service (kafka, mongo, s3, postgres, ...) for the minutes"})
+def chaos(c, minutes=10.0, seed=None, outage=None):
     """Kill random components under load; the supervisor restarts them; wait for the catch-up, then audit (exit 1 on any loss)."""
-    code = _run(commands.chaos, minutes=float(minutes), seed=int(seed) if seed is not None else None)
+    code = _run(commands.chaos, minutes=float(minutes), seed=int(seed) if seed is not None else None, outage=outage)
     if code:
         raise Exit(code=code)
 

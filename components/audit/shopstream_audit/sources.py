@@ -27,6 +27,7 @@ from kafka.errors import OffsetOutOfRangeError
 from minio.error import S3Error
 
 from shopstream import ledger
+from shopstream.adapters.kafka import group_committed as committed_offsets
 from shopstream.adapters.lake import LakeFiles
 from shopstream.adapters.mongo import database, mongo_client
 from shopstream.adapters.s3 import s3_client
@@ -116,12 +117,7 @@ def topic_bounds(settings: Settings) -> TopicBounds:
 
 def group_committed(settings: Settings, topic: str) -> dict[int, int]:
     """The batch's consumer group: next offset committed per partition (0: nothing yet)."""
-    consumer = _consumer(settings, group_id=settings.batch.consumer_group)
-    try:
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
-        return {p: consumer.committed(TopicPartition(topic, p)) or 0 for p in partitions}
-    finally:
-        consumer.close(autocommit=False)
+    return committed_offsets(settings.kafka, settings.batch.consumer_group, topic)
 
 
 def scan_topics(settings: Settings, acked: Mapping[str, Container[str]], bounds: TopicBounds,

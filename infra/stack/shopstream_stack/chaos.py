@@ -1,5 +1,9 @@
 """`invoke chaos`: kill the stack's processes at random under load, then prove nothing was lost.
 
+With `--outage SERVICE` it stops that one service for the given minutes instead, starts
+it again, and measures how long each stage takes to be back to its normal lag while the
+load goes on (`Lag`), before the same catch-up and audit.
+
 For the given minutes, one fault after another: a random process of a random service
 (`TARGETS`) gets SIGKILL (a crash, the OOM killer) or SIGTERM (an orchestrator's stop),
 and the stack's supervisor brings it back; the time until the service answers healthy
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from shopstream import ledger
+from shopstream.adapters.kafka import end_offsets, group_committed
 from shopstream.settings import Settings
 
 from .process import wait_until
@@ -39,6 +44,10 @@ TARGETS: dict[str, tuple[str, ...]] = {
 SIGNALS = (signal.SIGKILL, signal.SIGTERM)
 GAP_S = (5.0, 20.0)  # pause between one fault's recovery and the next fault
 RECOVER_TIMEOUT_S = 180.0
+# a stage's normal lag, in seconds of arrivals: the batch runs every 2 minutes (the DAG's
+# schedule), the streaming job within seconds of a record
+NORMAL_LAG_S = {"batch": 120.0, "streaming": 60.0}
+STORES = ("kafka", "mongo", "s3", "postgres")
 AUDIT_EVERY_S = 20.0
 
 
@@ -60,6 +69,7 @@ class ChaosReport:
     accepted: int = 0  # records the API acknowledged during the run
     caught_up_s: float | None = None  # after the load stopped; None: not within the timeout
     audit: dict[str, Any] = field(default_factory=dict)  # the last audit's summary
+    outage: OutageReport | None = None  # with --outage, instead of faults
 
     @property
     def exit_code(self) -> int:
@@ -67,7 +77,86 @@ class ChaosReport:
             return 1
         if self.caught_up_s is None or any(f.recovered_s is None for f in self.faults):
             return 1
+        if self.outage and None in self.outage.normal_s.values():
+            return 1
         return int(self.audit.get("exit_code", 2))
+
+
+@dataclass
+class Lag:
+    """How far each stage is behind its topic, in records and in seconds of the topic's current rate."""
+
+    batch: int
+    streaming: int | None  # None: the job's status does not say
+    rate: dict[str, float]  # records per second arriving, per topic
+
+    def seconds(self, stage: str) -> float | None:
+        topic_lag = self.batch if stage == "batch" else self.streaming
+        rate = self.rate["batch" if stage == "batch" else "streaming"]
+        return None if topic_lag is None else topic_lag / rate if rate > 0 else 0.0
+
+
+class LagProbe:
+    """Reads the topics' ends and the stages' positions; rates from the previous reading."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.last: tuple[float, int, int] | None = None
+
+    def read(self) -> Lag:
+        from shopstream_streaming.status import offset_positions, read_status, status_path
+
+        k = self.settings.kafka
+        ends_e = sum(end_offsets(k, k.user_events_topic).values())
+        ends_p = sum(end_offsets(k, k.purchases_topic).values())
+        done_e = sum(group_committed(k, self.settings.batch.consumer_group, k.user_events_topic).values())
+        query = ((read_status(status_path(self.settings)) or {}).get("queries") or {}).get("purchases") or {}
+        done_p = offset_positions(query.get("end_offset"))
+        now = time.monotonic()
+        rate = {"batch": 0.0, "streaming": 0.0}
+        if self.last:
+            t, e, p = self.last
+            rate = {"batch": (ends_e - e) / (now - t), "streaming": (ends_p - p) / (now - t)}
+        self.last = (now, ends_e, ends_p)
+        streaming = ends_p - sum((done_p or {}).get(k.purchases_topic, {}).values()) if done_p else None
+        return Lag(ends_e - done_e, streaming, rate)
+
+
+@dataclass
+class OutageReport:
+    service: str
+    minutes: float
+    back_s: float = 0.0  # the service's own start, once the outage was over
+    normal_s: dict[str, float | None] = field(default_factory=dict)  # stage -> back to normal lag after
+
+
+def outage(settings: Settings, svc: Service, minutes: float, say: Callable[[str], None],
+           normal_s: dict[str, float], timeout_s: float = 1200.0) -> OutageReport:
+    """Stop one service for `minutes` under the running load, start it again, and wait until
+    each stage's lag (in seconds of arrivals) is below its normal bound (`normal_s`)."""
+    report = OutageReport(svc.name, minutes)
+    say(f"stopping {svc.name} for {minutes:g} min")
+    svc.stop()
+    time.sleep(minutes * 60)
+    t = time.monotonic()
+    svc.start()
+    report.back_s = round(time.monotonic() - t, 1)
+    say(f"{svc.name} is back (started in {report.back_s} s); waiting for each stage's lag to be normal again")
+    probe, over = LagProbe(settings), time.monotonic()
+    probe.read()
+    while len(report.normal_s) < len(normal_s) and time.monotonic() - over < timeout_s:
+        time.sleep(10)
+        lag = probe.read()
+        for stage, bound in normal_s.items():
+            behind = lag.seconds(stage)
+            if stage not in report.normal_s and behind is not None and behind < bound:
+                report.normal_s[stage] = round(time.monotonic() - over, 1)
+                say(f"  {stage}: back to normal ({behind:.0f} s behind) {report.normal_s[stage]:.0f} s after")
+        say(f"  {time.monotonic() - over:5.0f} s after: the batch {lag.batch:,} records behind, "
+            f"the streaming job {lag.streaming if lag.streaming is not None else '?'}")
+    for stage in normal_s:
+        report.normal_s.setdefault(stage, None)
+    return report
 
 
 def acknowledged_ids(settings: Settings) -> set[tuple[str, str]]:
@@ -93,7 +182,8 @@ def pending(audit: dict[str, Any]) -> int:
 
 def inject(svc: Service, rng: random.Random, t0: float) -> Fault | None:
     """Signal one random process of the service; None if it is not running right now."""
-    proc = next(p for p in svc.procs() if p.name == rng.choice(TARGETS[svc.name]))
+    name = rng.choice(TARGETS[svc.name])
+    proc = next(p for p in svc.procs() if p.name == name)
     sig = rng.choice(SIGNALS)
     pid = proc.pid()
     if pid is None:
@@ -131,8 +221,25 @@ def run(settings: Settings, services: dict[str, Service], minutes: float, seed: 
         wait_until(lambda: all(s.status().state == "healthy" for s in services.values()), RECOVER_TIMEOUT_S, 1.0)
         time.sleep(min(rng.uniform(*GAP_S), max(0.0, end - time.monotonic())))
 
-    say("faults done; stopping the load (the generator) and waiting for every stage to catch up")
-    services["generator"].stop()
+    catch_up(settings, services["generator"], report, before, say, catch_up_timeout_s)
+    return report
+
+
+def run_outage(settings: Settings, services: dict[str, Service], name: str, minutes: float,
+               say: Callable[[str], None], catch_up_timeout_s: float = 900.0) -> ChaosReport:
+    """One service down for `minutes` under load; the stages' return to normal; the catch-up; the verdict."""
+    report = ChaosReport(0, minutes)
+    before = acknowledged_ids(settings)
+    report.outage = outage(settings, services[name], minutes, say, NORMAL_LAG_S)
+    catch_up(settings, services["generator"], report, before, say, catch_up_timeout_s)
+    return report
+
+
+def catch_up(settings: Settings, generator: Service, report: ChaosReport, before: set[tuple[str, str]],
+             say: Callable[[str], None], timeout_s: float) -> None:
+    """Stop the load, then audit again and again until no stage has anything pending."""
+    say("stopping the load (the generator) and waiting for every stage to catch up")
+    generator.stop()
     report.accepted = len(acknowledged_ids(settings) - before)
     stopped = time.monotonic()
     while True:
@@ -140,10 +247,9 @@ def run(settings: Settings, services: dict[str, Service], minutes: float, seed: 
         waiting = pending(report.audit)
         if report.audit.get("exit_code") != 2 and waiting == 0 and not report.audit.get("missing"):
             report.caught_up_s = round(time.monotonic() - stopped, 1)
-            break
-        if time.monotonic() - stopped > catch_up_timeout_s:
-            break
+            return
+        if time.monotonic() - stopped > timeout_s:
+            return
         say(f"  {time.monotonic() - stopped:5.0f} s after the load stopped: {waiting:,} records pending"
             + (f", {report.audit['missing']:,} missing so far" if report.audit.get("missing") else ""))
         time.sleep(AUDIT_EVERY_S)
-    return report

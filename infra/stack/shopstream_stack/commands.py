@@ -137,17 +137,23 @@ def logs(settings: Settings, name: str, lines: int = 50, follow: bool = False) -
 
 
 
-def chaos(settings: Settings, minutes: float = 10.0, seed: int | None = None) -> int:
-    """Start what is not running, inject faults under load, wait for the catch-up, audit. Returns the exit code."""
+def chaos(settings: Settings, minutes: float = 10.0, seed: int | None = None, outage: str | None = None) -> int:
+    """Start what is not running, inject faults under load (or one outage), wait for the
+    catch-up, audit. Returns the exit code."""
     from . import chaos as chaos_run
 
     if settings.stack != StackMode.embedded:
         raise StackError("invoke chaos kills the embedded stack's processes; it needs SHOPSTREAM_STACK=embedded")
-    seed = seed if seed is not None else random.randrange(10**6)
+    if outage and outage not in chaos_run.TARGETS:
+        raise StackError(f"--outage takes one of {', '.join(chaos_run.TARGETS)}; not {outage!r}")
     up(settings)
     svcs = {s.name: s for s in services(settings, apps=True)}
-    say(f"chaos for {minutes:g} min, seed {seed} (`invoke chaos --seed {seed}` injects the same faults)")
-    report = chaos_run.run(settings, svcs, minutes, seed, say)
+    if outage:
+        report = chaos_run.run_outage(settings, svcs, outage, minutes, say)
+    else:
+        seed = seed if seed is not None else random.randrange(10**6)
+        say(f"chaos for {minutes:g} min, seed {seed} (`invoke chaos --seed {seed}` injects the same faults)")
+        report = chaos_run.run(settings, svcs, minutes, seed, say)
     _chaos_tables(report)
     svcs["generator"].start()
     say("the generator runs again")
@@ -155,13 +161,23 @@ def chaos(settings: Settings, minutes: float = 10.0, seed: int | None = None) ->
 
 
 def _chaos_tables(report) -> None:
+    if report.outage:
+        o = report.outage
+        lags = Table(title=f"{o.service} down for {o.minutes:g} min under load")
+        for col in ("stage", "back to its normal lag after the outage"):
+            lags.add_column(col)
+        lags.add_row(o.service, f"started (healthy) in {o.back_s:.1f} s")
+        for stage, secs in o.normal_s.items():
+            lags.add_row(stage, f"{secs:.0f} s" if secs is not None else "[red]not within the timeout[/red]")
+        console.print(lags)
     faults = Table(title=f"faults injected (seed {report.seed})")
     for col in ("at", "service", "process", "signal", "healthy again after"):
         faults.add_column(col, justify="right" if col in ("at", "healthy again after") else "left")
     for f in report.faults:
         back = f"{f.recovered_s:.1f} s" if f.recovered_s is not None else "[red]not within the timeout[/red]"
         faults.add_row(f"{f.at_s:.0f} s", f.service, f.process, f.signal, back)
-    console.print(faults)
+    if report.faults:
+        console.print(faults)
     audit = Table(title="after the catch-up: the audit")
     for col in ("stage", "acknowledged", "found", "missing", "doubled", "pending"):
         audit.add_column(col, justify="left" if col == "stage" else "right")

@@ -56,6 +56,17 @@ def end_offsets(cfg: KafkaSettings, topic: str) -> dict[int, int]:
     return {tp.partition: offset for tp, offset in sorted(ends.items())}
 
 
+def group_committed(cfg: KafkaSettings, group: str, topic: str) -> dict[int, int]:
+    """A consumer group's next offset committed per partition (0: nothing yet), read without joining it."""
+    consumer = KafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, group_id=group, client_id="shopstream-offsets",
+                             enable_auto_commit=False)
+    try:
+        partitions = sorted(consumer.partitions_for_topic(topic) or ())
+        return {p: consumer.committed(TopicPartition(topic, p)) or 0 for p in partitions}
+    finally:
+        consumer.close(autocommit=False)
+
+
 def record_fingerprints(bootstrap_servers: str, wanted: dict[TopicPartition, int], client_id: str,
                         timeout_s: float = 15.0) -> dict[TopicPartition, Fingerprint | None]:
     """The fingerprint (shopstream.marks) of the record at the given offset of each partition,
