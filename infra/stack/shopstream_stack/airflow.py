@@ -191,7 +191,7 @@ class AirflowService(Service):
         procs = self.procs()
         with ThreadPoolExecutor(len(procs)) as pool:
             stopped = any(list(pool.map(lambda p: p.stop(self.settings.embedded.stop_timeout_s), procs)))
-        self.supervisor.shutdown_if_idle()
+        self.supervisor.release(self.name)
         return stopped
 
     def status(self) -> Status:

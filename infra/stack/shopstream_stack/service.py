@@ -135,7 +135,7 @@ class Service(ABC):
         stopped = False
         for proc in reversed(self.procs()):
             stopped |= proc.stop(self.settings.embedded.stop_timeout_s)
-        self.supervisor.shutdown_if_idle()
+        self.supervisor.release(self.name)
         return stopped
 
     def status(self) -> Status:

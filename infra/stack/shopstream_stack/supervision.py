@@ -139,14 +139,20 @@ files = {_esc(str(self.programs))}/*.conf
             os.kill(pid, signal.SIGKILL)
         return True
 
-    def shutdown_if_idle(self) -> None:
-        """Stop supervisord once none of its programs runs (a test's stack, stopped service by service)."""
+    def release(self, group: str) -> None:
+        """After a service's deliberate stop: forget its group (so a process supervisord had
+        given up on is not started again by the listener), and stop supervisord once no
+        group is left (a test's stack, stopped service by service)."""
+        if not self.running():
+            return
+        rpc = self.rpc()
         try:
-            if not any(i["statename"] in LIVE_STATES | RETRYING_STATES for i in self.rpc().getAllProcessInfo()
-                       if i["group"] != LISTENER):
-                self.shutdown()
-        except (OSError, xmlrpc.client.Error):
-            pass
+            rpc.removeProcessGroup(group)
+        except xmlrpc.client.Fault as e:
+            if e.faultCode not in (Faults.BAD_NAME, Faults.STILL_RUNNING):
+                raise
+        if all(i["group"] == LISTENER for i in rpc.getAllProcessInfo()):
+            self.shutdown()
 
     def _daemon_pid(self) -> int | None:
         try:
