@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from shopstream.adapters.mongo import mongo_client
-from shopstream.adapters.postgres import pg_engine
+from shopstream.adapters.postgres import pg_engine_unpooled
 from shopstream.adapters.s3 import s3_client
 from shopstream.restarts import by_service, restarts_path
 from shopstream.rewinds import Rewind, drain_rewinds, oldest_first, read_lines, streaming_file
@@ -110,7 +110,7 @@ class HealthMonitor(Loop):
         token = settings.airflow.api_token
         self.airflow_headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
         self.mongo = mongo_client(settings.mongo, timeout_ms=int(timeout * 1000))
-        self.pg = pg_engine(settings.postgres, pool_size=2, connect_args={"connect_timeout": int(timeout)})
+        self.pg = pg_engine_unpooled(settings.postgres, connect_timeout_s=int(timeout))
         self.s3 = s3_client(settings.s3, http_client=urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=urllib3.Retry(total=0)))
         self.meter = ApiTrafficMeter()

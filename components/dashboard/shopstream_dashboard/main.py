@@ -20,7 +20,7 @@ from pymongo.collection import Collection
 from sqlalchemy import Engine
 
 from shopstream.adapters.mongo import database, mongo_client
-from shopstream.adapters.postgres import pg_engine
+from shopstream.adapters.postgres import pg_engine_unpooled
 from shopstream.settings import Settings, get_settings
 
 from . import routes
@@ -55,7 +55,7 @@ class Dashboard:
                    lake_sync=LakeSync(model, settings, cfg.refresh_s),
                    monitor=HealthMonitor(model, settings, cfg.refresh_s),
                    counts=database(mongo, settings.mongo)[settings.batch.counts_collection],
-                   pg=pg_engine(settings.postgres, pool_size=4, connect_args={"connect_timeout": 2}))
+                   pg=pg_engine_unpooled(settings.postgres, connect_timeout_s=2))
 
     @property
     def loops(self):
