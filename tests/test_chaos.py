@@ -30,7 +30,7 @@ def test_a_short_chaos_run_loses_and_doubles_nothing():
         shutil.rmtree(run_dir, ignore_errors=True)
     out = done.stdout + done.stderr
     print(out[-6000:])
-    faults = re.findall(r"SIG(?:KILL|TERM) \w+ \(.+?\): healthy again in [\d.]+ s", out)
+    faults = re.findall(r"SIG(?:KILL|TERM) \w+ \(.+?\)(?: \(SIGKILL after \d+ s\))?: healthy again in [\d.]+ s", out)
     summary = re.search(r"(\d+) faults; records accepted during the run: ([\d,]+); missing (\d+), doubled (\d+)", out)
     assert summary, out[-3000:]
     assert len(faults) == int(summary[1]) >= 1, out[-3000:]

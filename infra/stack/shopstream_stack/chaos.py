@@ -5,8 +5,9 @@ it again, and measures how long each stage takes to be back to its normal lag wh
 load goes on (`Lag`), before the same catch-up and audit.
 
 For the given minutes, one fault after another: a random process of a random service
-(`TARGETS`) gets SIGKILL (a crash, the OOM killer) or SIGTERM (an orchestrator's stop),
-and the stack's supervisor brings it back; the time until the service answers healthy
+(`TARGETS`) gets SIGKILL (a crash, the OOM killer) or SIGTERM (an orchestrator's stop:
+like `docker stop`, SIGKILL follows when the process has not exited within the stack's
+stop timeout), and the stack's supervisor brings it back; the time until the service answers healthy
 again is what each fault costs. Then the load stops, and the audit (run as a process,
 `python -m shopstream_audit --json`) is repeated until no stage has anything pending:
 that wait is how long the pipeline took to catch up. The last audit's missing and
@@ -15,6 +16,7 @@ doubled records decide the exit code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -28,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 from shopstream import ledger
 from shopstream.adapters.kafka import end_offsets, group_committed
 from shopstream.settings import Settings
 
-from .process import wait_until
+from .process import tail, wait_until
 from .service import Service
 
 # service -> the processes a fault may hit (Airflow: its scheduler, which runs the DAG)
@@ -59,6 +62,7 @@ class Fault:
     signal: str
     pid: int
     recovered_s: float | None = None  # None: not healthy again within RECOVER_TIMEOUT_S
+    killed_after_s: float | None = None  # a SIGTERM the process outlived: SIGKILL this long after it
 
 
 @dataclass
@@ -197,6 +201,21 @@ def recovered(svc: Service, fault: Fault) -> bool:
     return st.state == "healthy" and fault.pid not in st.pids
 
 
+def escalate(fault: Fault, grace_s: float) -> None:
+    """After a SIGTERM: SIGKILL once the grace period is over and the process still runs."""
+    if fault.signal != "SIGTERM" or wait_until(lambda: not psutil.pid_exists(fault.pid), grace_s, 0.5):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(fault.pid, signal.SIGKILL)
+        fault.killed_after_s = grace_s
+
+
+def diagnose(svc: Service) -> str:
+    """What a fault that did not heal left behind: supervisord's lines and the logs' tails."""
+    procs = svc.procs()
+    return "\n".join([svc.supervisor.about(procs), *(tail(p.log_file, 8) for p in procs)])
+
+
 def run(settings: Settings, services: dict[str, Service], minutes: float, seed: int,
         say: Callable[[str], None], catch_up_timeout_s: float = 900.0) -> ChaosReport:
     """The fault phase under the running generator, then the catch-up, then the verdict."""
@@ -212,11 +231,13 @@ def run(settings: Settings, services: dict[str, Service], minutes: float, seed: 
             continue
         report.faults.append(fault)
         hit = time.monotonic()
+        escalate(fault, settings.embedded.stop_timeout_s)
         if wait_until(lambda svc=svc, fault=fault: recovered(svc, fault), RECOVER_TIMEOUT_S, 0.5):
             fault.recovered_s = round(time.monotonic() - hit, 1)
-        say(f"{fault.at_s:6.1f} s  {fault.signal} {fault.service} ({fault.process}, pid {fault.pid}): "
+        killed = f" (SIGKILL after {fault.killed_after_s:.0f} s)" if fault.killed_after_s else ""
+        say(f"{fault.at_s:6.1f} s  {fault.signal} {fault.service} ({fault.process}, pid {fault.pid}){killed}: "
             + (f"healthy again in {fault.recovered_s} s" if fault.recovered_s is not None
-               else f"[red]not healthy within {RECOVER_TIMEOUT_S:.0f} s[/red]"))
+               else f"[red]not healthy within {RECOVER_TIMEOUT_S:.0f} s[/red]\n{diagnose(svc)}"))
         # everything settles (a broker fault makes its clients reconnect) before the next fault
         wait_until(lambda: all(s.status().state == "healthy" for s in services.values()), RECOVER_TIMEOUT_S, 1.0)
         time.sleep(min(rng.uniform(*GAP_S), max(0.0, end - time.monotonic())))

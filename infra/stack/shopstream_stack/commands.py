@@ -175,7 +175,8 @@ def _chaos_tables(report) -> None:
         faults.add_column(col, justify="right" if col in ("at", "healthy again after") else "left")
     for f in report.faults:
         back = f"{f.recovered_s:.1f} s" if f.recovered_s is not None else "[red]not within the timeout[/red]"
-        faults.add_row(f"{f.at_s:.0f} s", f.service, f.process, f.signal, back)
+        sig = f.signal + (f", SIGKILL {f.killed_after_s:.0f} s later" if f.killed_after_s else "")
+        faults.add_row(f"{f.at_s:.0f} s", f.service, f.process, sig, back)
     if report.faults:
         console.print(faults)
     audit = Table(title="after the catch-up: the audit")
