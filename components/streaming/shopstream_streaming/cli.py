@@ -1,8 +1,11 @@
 """`invoke stream` / `python -m shopstream_streaming`: run the streaming job in the foreground.
 
-The first Ctrl-C or SIGTERM stops after the current batch (a batch that starts in that
-instant is abandoned and re-run from the checkpoint at the next start, never half
-written); a second one stops at once. Exit code 1 if a query failed.
+A query that fails because the broker or S3 did not answer is restarted from its
+checkpoint (`restarts`), the first start included, while the other goes on. Any other
+failure stops the job at once with exit code 1, never leaving it half-alive: its
+supervisor starts a fresh process. The first Ctrl-C or SIGTERM stops after the current
+batch (a batch that starts in that instant is abandoned and re-run from the checkpoint
+at the next start, never half written); a second one stops at once.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,8 @@ import typer
 
 from shopstream.settings import Settings
 
-from .status import job_folder, offset_positions, rewinds_recorded, rows_written, status_path, write_status
+from .restarts import QueryRunner
+from .status import job_folder, query_status, rewinds_recorded, rows_written, status_path, write_status
 
 log = logging.getLogger("shopstream_streaming")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -41,29 +45,6 @@ class StopRequest:
         self.event.set()
 
 
-def _epoch(iso: str | None) -> float | None:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else None
-
-
-def query_status(q) -> dict[str, Any]:
-    progress, status = q.lastProgress, q.status
-    return {
-        "id": str(q.id),
-        "active": q.isActive,
-        "trigger_active": bool(status.get("isTriggerActive")),
-        "message": status.get("message"),
-        "batch_id": progress["batchId"] if progress else None,
-        "progress_at": _epoch(progress["timestamp"]) if progress else None,
-        "input_rows": progress["numInputRows"] if progress else 0,
-        "output_rows": rows_written(progress) if progress else 0,
-        "rows_per_s": round(progress.get("processedRowsPerSecond") or 0.0, 1) if progress else 0.0,
-        "batch_ms": progress["durationMs"].get("triggerExecution") if progress else None,
-        # where the last batch ended in Kafka ({"topic": {"partition": next offset}}): the job's lag
-        "end_offset": offset_positions(progress["sources"][0].get("endOffset"))
-        if progress and progress.get("sources") else None,
-    }
-
-
 def _log_new_batches(queries, seen: dict[str, int]) -> None:
     for q in queries:
         for p in q.recentProgress:
@@ -79,21 +60,27 @@ def _log_new_batches(queries, seen: dict[str, int]) -> None:
                             q.name, p["batchId"], late)
 
 
-def supervise(queries, settings: Settings, stop: StopRequest, seen: dict[str, int]) -> int:
-    """Keep the status file fresh and log each batch until asked to stop, a query fails,
-    or all are done (--available-now)."""
+def runner_status(r: QueryRunner) -> dict[str, Any]:
+    """The query's last batch (`status.query_status`) and how it fares."""
+    return {**query_status(r.query), "state": r.state, "started_at": r.started_at, "restarts": r.restarts,
+            "error": r.error, "failed_at": r.failed_at, "next_restart_at": r.retry_at}
+
+
+def supervise(runners: list[QueryRunner], settings: Settings, stop: StopRequest, seen: dict[str, int]) -> int:
+    """Every second: restart what failed, rewrite the status file, log new batches; until
+    asked to stop (0), a query failed for good (1), or all are done (--available-now, 0)."""
     path = status_path(settings)
     while True:
+        for r in runners:
+            r.step(stopping=stop.event.is_set())
         write_status(path, {"pid": os.getpid(), "updated_at": time.time(), "stopping": stop.event.is_set(),
-                            "queries": {q.name: query_status(q) for q in queries},
+                            "queries": {r.name: runner_status(r) for r in runners},
+                            "restarts": sum(r.restarts for r in runners),
                             "rewinds": rewinds_recorded(settings)})  # offset rewinds recorded (shopstream.rewinds)
-        _log_new_batches(queries, seen)
-        failed = [q for q in queries if q.exception() is not None]
-        if failed:
-            for q in failed:
-                log.error("query %s failed: %s", q.name, q.exception())
+        _log_new_batches([r.query for r in runners if r.query is not None], seen)
+        if any(r.fatal for r in runners):
             return 1
-        if stop.event.is_set() or not any(q.isActive for q in queries):
+        if stop.event.is_set() or all(r.state == "stopped" for r in runners):
             return 0
         stop.event.wait(1.0)
 
@@ -104,7 +91,17 @@ def stop_between_batches(queries, timeout_s: float = 600.0) -> None:
         deadline = time.monotonic() + timeout_s
         while q.isActive and q.status.get("isTriggerActive") and time.monotonic() < deadline:
             time.sleep(0.05)
-        q.stop()
+        stop_now([q])
+
+
+def stop_now(queries) -> None:
+    """Stop each query (a batch in flight is re-run from the checkpoint at the next start);
+    bounded by spark.sql.streaming.stopTimeout, so a query stuck in a call cannot hold the job."""
+    for q in queries:
+        try:
+            q.stop()
+        except Exception as e:  # noqa: BLE001 - stopping anyway; the process exits next
+            log.warning("query %s did not stop cleanly: %s", q.name, str(e).splitlines()[0] if str(e) else e)
 
 
 def _lock(settings: Settings):
@@ -143,26 +140,32 @@ def run(
     stop = StopRequest()  # after the session: SparkContext installs a SIGINT handler of its own
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    queries, seen = [], {}
+    runners = [QueryRunner(name, partial(job.start_query, spark, settings, name, available_now))
+               for name in job.QUERIES]
+    seen: dict[str, int] = {}
     try:
-        queries = job.start(spark, settings, available_now=available_now)
-        log.info("streaming %s -> %s (quarantine %s, checkpoints %s) after %.1f s; source %s, trigger %s",
+        for r in runners:
+            r.start()
+        log.info("streaming %s -> %s (quarantine %s, checkpoints %s); session after %.1f s; source %s, trigger %s",
                  settings.kafka.purchases_topic, job.output_url(settings), job.quarantine_url(settings),
                  job.checkpoint_url(settings, "*"), time.monotonic() - t0, settings.streaming.kafka_source,
                  "available-now" if available_now else f"{settings.streaming.trigger_interval_s:g} s")
-        code = supervise(queries, settings, stop, seen)
-        stop_between_batches(queries)
-        _log_new_batches(queries, seen)
+        code = supervise(runners, settings, stop, seen)
+        for r in runners:
+            r.settle(60.0)  # a start in flight: its query is stopped with the others
+        queries = [r.query for r in runners if r.query is not None and r.query.isActive]
+        if code == 0:
+            stop_between_batches(queries)
+        else:
+            log.error("stopping: %s", "; ".join(f"query {r.name}: {r.fatal}" for r in runners if r.fatal))
+            stop_now(queries)
+        _log_new_batches([r.query for r in runners if r.query is not None], seen)
         log.info("stopped")
-    except job.CheckpointMismatch as e:
-        log.error("%s", e)
-        code = 1
     except KeyboardInterrupt:
         log.info("stopping now; the running batch is re-run at the next start")
         code = 130
     finally:
-        for q in queries:
-            q.stop()
+        stop_now([r.query for r in runners if r.query is not None and r.query.isActive])
         spark.stop()
         lock.close()
     raise typer.Exit(code)

@@ -53,6 +53,9 @@ def quarantine_url(settings: Settings) -> str:
     return s3a_url(settings, settings.streaming.quarantine_path)
 
 
+QUERIES = {PURCHASES: output_url, QUARANTINE: quarantine_url}  # each query and where it writes
+
+
 def checkpoint_url(settings: Settings, query: str) -> str:
     """Default: <run dir>/streaming/checkpoints/<output_path>/<query>, on local disk, where
     renames are atomic (Spark's checkpoint protocol relies on that; s3a's rename is a copy)."""
@@ -190,17 +193,25 @@ def _sink(df: DataFrame, name: str, path: str, checkpoint: str, trigger: dict) -
 def start(spark: SparkSession, settings: Settings, available_now: bool = False) -> list[StreamingQuery]:
     """Start both queries; with `available_now`, each stops once it has written what the
     topic held when it started (a backfill, or a test)."""
+    for name in QUERIES:  # both checked before either starts
+        check_checkpoint(spark, QUERIES[name](settings), checkpoint_url(settings, name))
+    return [start_query(spark, settings, name, available_now, checked=True) for name in QUERIES]
+
+
+def start_query(spark: SparkSession, settings: Settings, name: str, available_now: bool = False,
+                checked: bool = False) -> StreamingQuery:
+    """Start one query from its checkpoint (the first start, or a restart after a failure).
+
+    Its own reader (as there would be anyway: each query runs its own source), named so
+    that its rewinds say whose checkpoint went back."""
+    path, checkpoint = QUERIES[name](settings), checkpoint_url(settings, name)
+    if not checked:
+        check_checkpoint(spark, path, checkpoint)
     trigger = {"availableNow": True} if available_now else {
         "processingTime": f"{settings.streaming.trigger_interval_s} seconds"}
-    plan = [(PURCHASES, output_url(settings)), (QUARANTINE, quarantine_url(settings))]
-    for name, path in plan:
-        check_checkpoint(spark, path, checkpoint_url(settings, name))
-    # a reader per query (as there would be anyway: each query runs its own source), named
-    # so that its rewinds say whose checkpoint went back
-    frames = {PURCHASES: purchases(classify(read_topic(spark, settings, PURCHASES)), settings),
-              QUARANTINE: quarantined(classify(read_topic(spark, settings, QUARANTINE)))}
-    return [_sink(written_rows(frames[name], name), name, path, checkpoint_url(settings, name), trigger)
-            for name, path in plan]
+    rows = classify(read_topic(spark, settings, name))
+    frame = purchases(rows, settings) if name == PURCHASES else quarantined(rows)
+    return _sink(written_rows(frame, name), name, path, checkpoint, trigger)
 
 
 def written_rows(df: DataFrame, name: str) -> DataFrame:

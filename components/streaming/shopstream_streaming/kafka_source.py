@@ -285,13 +285,14 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             consumer.assign([tp])
             consumer.seek(tp, partition.start)
             deadline = time.monotonic() + self.poll_timeout_s
-            while consumer.position(tp) < partition.end:
+            # bounded: without a timeout, position() waits forever for a broker that is gone
+            while (at := consumer.position(tp, timeout_ms=5000)) is None or at < partition.end:
                 batch = consumer.poll(timeout_ms=500).get(tp, [])
                 if batch:
                     deadline = time.monotonic() + self.poll_timeout_s
                 elif time.monotonic() > deadline:
                     raise TimeoutError(f"{partition!r}: no records from {self.bootstrap} "
-                                       f"for {self.poll_timeout_s:.0f} s at offset {consumer.position(tp)}")
+                                       f"for {self.poll_timeout_s:.0f} s at offset {at}")
                 for m in batch:
                     if m.offset >= partition.end:
                         return

@@ -96,6 +96,8 @@ def spark_session(settings: Settings, app_name: str = "shopstream") -> SparkSess
         # entries and checkpoint files); old dedupe state is dropped in the next batch with data
         .config("spark.sql.streaming.noDataMicroBatches.enabled", "false")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")  # not legacy INT96
+        # a query stuck in a call (a broker that is gone) cannot hold a stopping job forever
+        .config("spark.sql.streaming.stopTimeout", "60s")
     )
     for key, value in jar_options(settings).items():
         builder = builder.config(key, value)

@@ -1,9 +1,12 @@
 """The job's status file: what the running job last saw of its queries, and whether that is healthy.
 
-The job rewrites it every second; `invoke status` (StreamingService.healthy) reads it.
-It also holds how many offset rewinds the job's source has recorded (`rewinds`; the
-rewinds themselves are in `rewinds.jsonl` beside it, see `shopstream.rewinds`).
-No pyspark import here, so reading it costs nothing.
+The job rewrites it every second; `invoke status` (StreamingService.healthy) and the
+dashboard read it. Per query: the last batch, and how the query fares (`state`:
+starting, running, restarting after a failure, failed, stopped; `restarts` so far,
+the last failure's first line in `error`, `next_restart_at`); keys are only ever
+added, so older readers go on working. It also holds how many offset rewinds the job's
+source has recorded (`rewinds`; the rewinds themselves are in `rewinds.jsonl` beside
+it, see `shopstream.rewinds`). No pyspark import here, so reading it costs nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from shopstream.rewinds import STREAMING_FILE, read_lines
 from shopstream.settings import Settings
 
 FRESH_S = 15.0  # the job writes every second; older means it is stuck or gone
+BUSY_S = 120.0  # one batch this long (no progress meanwhile): stuck on a store that does not answer
 
 
 def job_folder(settings: Settings) -> Path:
@@ -54,6 +59,37 @@ def rows_written(progress: dict[str, Any]) -> int | None:
     return None
 
 
+def _epoch(iso: str | None) -> float | None:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else None
+
+
+NO_RUN: dict[str, Any] = {"id": None, "active": False, "trigger_active": False, "message": None, "batch_id": None,
+                          "progress_at": None, "input_rows": 0, "output_rows": 0, "rows_per_s": 0.0,
+                          "batch_ms": None, "end_offset": None}
+
+
+def query_status(q: Any) -> dict[str, Any]:
+    """A StreamingQuery's last batch, as the status file holds it (NO_RUN before any run)."""
+    if q is None:
+        return dict(NO_RUN)
+    progress, status = q.lastProgress, q.status
+    return {
+        "id": str(q.id),
+        "active": q.isActive,
+        "trigger_active": bool(status.get("isTriggerActive")),
+        "message": status.get("message"),
+        "batch_id": progress["batchId"] if progress else None,
+        "progress_at": _epoch(progress["timestamp"]) if progress else None,
+        "input_rows": progress["numInputRows"] if progress else 0,
+        "output_rows": rows_written(progress) if progress else 0,
+        "rows_per_s": round(progress.get("processedRowsPerSecond") or 0.0, 1) if progress else 0.0,
+        "batch_ms": progress["durationMs"].get("triggerExecution") if progress else None,
+        # where the last batch ended in Kafka ({"topic": {"partition": next offset}}): the job's lag
+        "end_offset": offset_positions(progress["sources"][0].get("endOffset"))
+        if progress and progress.get("sources") else None,
+    }
+
+
 def write_status(path: Path, status: dict[str, Any]) -> None:
     """Replace the file in one step, so a reader never sees half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,8 +105,25 @@ def read_status(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _down(name: str, q: dict[str, Any], now: float) -> str | None:
+    """Why a query is down, from the keys the restarting job adds (None when it is not)."""
+    state = q.get("state")
+    if state == "failed":
+        return f"query {name} failed and is not restarted in this process: {q.get('error')}"
+    if state == "restarting":
+        due = q.get("next_restart_at")
+        when = f"next start in {max(0.0, due - now):.0f} s" if due else "starting again"
+        return f"query {name} is restarting after {q.get('restarts', 0)} restart(s) ({when}): {q.get('error')}"
+    if state == "starting":
+        return f"query {name} is starting"
+    if q.get("restarts") and q.get("progress_at") is None:  # no batch yet since the last restart
+        return f"query {name} was restarted after a failure and has not finished a batch since: {q.get('error')}"
+    return None
+
+
 def unhealthy_reason(status: dict[str, Any] | None, settings: Settings, now: float | None = None) -> str | None:
-    """None when every query is running and made progress lately (or is in a batch now)."""
+    """None when every query is running and made progress lately (or is in a batch now,
+    but not for longer than BUSY_S)."""
     now = time.time() if now is None else now
     if status is None:
         return "no status file yet"
@@ -78,9 +131,15 @@ def unhealthy_reason(status: dict[str, Any] | None, settings: Settings, now: flo
         return f"status not updated for {now - status['updated_at']:.0f} s"
     stale_s = max(60.0, 3 * settings.streaming.trigger_interval_s)
     for name, q in status["queries"].items():
+        down = _down(name, q, now)
+        if down:
+            return down
         if not q["active"]:
             return f"query {name} is not running"
+        since = q["progress_at"] or q.get("started_at")  # started_at: since the current run began
         if q["trigger_active"]:
+            if since is not None and now - since > max(BUSY_S, 10 * settings.streaming.trigger_interval_s):
+                return f"query {name} has been in one batch for {now - since:.0f} s"
             continue
         if q["progress_at"] is None:
             return f"query {name} has not finished a batch yet"
