@@ -2,24 +2,28 @@
 
 Hypothesis draws sequences of operations: deliveries of message batches (with
 duplicate records, redelivered batches — an insert whose offset commit never
-happened — and bad records), complete aggregation runs, runs that crash after
-claiming or after merging, and two runs overlapping. After every sequence the
+happened — and bad records), aggregation runs, runs whose time budget runs out
+after a few batches, runs that crash after claiming or after merging, and two runs
+overlapping. After every sequence (and runs until nothing is left uncounted) the
 counts must equal the number of distinct stored events per (UserId, EventName).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings
 from hypothesis import strategies as st
 
 from shopstream.adapters.mongo import mongo_client
-from shopstream_batch.aggregate import AggregateReport, apply, claim, finish, update_event_counts
+from shopstream_batch.aggregate import AggregateReport, apply, claim, finish, uncounted, update_event_counts
+from shopstream_batch.budget import Budget
 from shopstream_batch.drain import DrainReport, Message, store
 from shopstream_batch.store import ensure_collections
 
@@ -50,8 +54,10 @@ operations = st.lists(
         st.tuples(st.just("deliver"), messages),
         st.just(("redeliver",)),
         st.just(("aggregate",)),
-        st.just(("crash_after_claim",)),
-        st.just(("crash_after_merge",)),
+        st.tuples(st.just("aggregate_until"), st.integers(min_value=1, max_value=40)),
+        st.tuples(st.just("crash_after_claim"), st.sampled_from(["range", "ids"])),
+        st.tuples(st.just("crash_after_merge"), st.sampled_from(["range", "ids"])),
+        st.just(("crash_while_claiming",)),
         st.just(("overlap",)),
     ),
     min_size=1, max_size=14,
@@ -63,6 +69,35 @@ def mongo(stack, settings):
     client = mongo_client(settings.mongo)
     yield client
     client.close()
+
+
+def claim_args(colls, how: str, size: int) -> dict:
+    """A batch of the `size` oldest uncounted events as a run cuts it (by when they were
+    stored), or `size` of them by `_id` lists (events without a StoredAt)."""
+    times, _ = uncounted(colls)
+    if how == "range" and times:
+        return {"limit": size, "upto": times[min(size, len(times)) - 1]}
+    return {"limit": size}
+
+
+def crash_while_claiming(colls, size: int) -> None:
+    """What a run that died in the middle of its claim leaves: the batch document, and part
+    of the batch's events claimed."""
+    args = claim_args(colls, "range", size)
+    if "upto" not in args:
+        return
+    batch_id = f"crashed-{uuid.uuid4().hex[:8]}"
+    colls.agg_batches.insert_one({"_id": batch_id, "state": "claiming", "created": datetime.now(UTC),
+                                  "token": None, **args})
+    some = [d["_id"] for d in colls.events.find({"AggBatch": None, "StoredAt": {"$lte": args["upto"]}}).limit(2)]
+    colls.events.update_many({"_id": {"$in": some}}, {"$set": {"AggBatch": batch_id}})
+
+
+def ticking():
+    """A clock that moves on by one second each time it is read: a budget of n seconds runs
+    out after n readings, wherever the run is then (between two batches, as a real one)."""
+    now = itertools.count()
+    return lambda: float(next(now))
 
 
 @hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -93,17 +128,24 @@ def test_counts_equal_distinct_stored_events_after_any_sequence(mongo, settings,
                 store(colls, batch, DrainReport())
             elif op[0] == "aggregate":
                 update_event_counts(cfg)
+            elif op[0] == "aggregate_until":  # a run whose budget runs out after `ticks` looks at the clock
+                update_event_counts(cfg, budget=Budget(op[1], ticking()))
             elif op[0] == "crash_after_claim":
-                claim(colls, limit=cfg.batch.aggregate_batch_events)
-            elif op[0] == "crash_after_merge":
-                apply(colls, claim(colls, limit=cfg.batch.aggregate_batch_events))  # merged, never marked applied
+                claim(colls, **claim_args(colls, op[1], cfg.batch.aggregate_batch_events))
+            elif op[0] == "crash_after_merge":  # merged, never marked applied
+                apply(colls, claim(colls, **claim_args(colls, op[1], cfg.batch.aggregate_batch_events)))
+            elif op[0] == "crash_while_claiming":
+                crash_while_claiming(colls, cfg.batch.aggregate_batch_events)
             elif op[0] == "overlap":
                 threads = [threading.Thread(target=update_event_counts, args=(cfg,)) for _ in range(2)]
                 for t in threads:
                     t.start()
                 for t in threads:
-                    t.join(60)
-        update_event_counts(cfg)
+                    t.join()
+        runs = [update_event_counts(cfg)]
+        while runs[-1].remaining:  # a run takes what fits in its budget; the next ones the rest
+            assert len(runs) < 20, [r.as_dict() for r in runs]
+            runs.append(update_event_counts(cfg))
         expected = Counter((user, name) for _, user, name in stored)
         got = {(d["UserId"], d["EventName"]): d["EventCount"] for d in colls.counts.find()}
         assert got == dict(expected)

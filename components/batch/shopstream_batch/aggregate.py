@@ -11,6 +11,13 @@ not the history. Each run, holding a lease so aggregations never interleave:
 
 A batch left unfinished by a crashed run is finished first by the next one.
 
+A run has a time budget (`BatchSettings.aggregate_max_seconds`): its first batch is
+small, and each next one holds what the rate measured so far says fits in the time
+left (`shopstream_batch.budget`). What it leaves uncounted is in the report's
+`remaining`, for the next run. A run stopped anywhere (its budget, a timeout, a crash)
+leaves the counts exact: a batch is claimed, merged and marked applied in that order,
+and whatever of it was left undone is finished by the next run.
+
 The lease is short (`BatchSettings.lease_seconds`, 30 s) and a heartbeat thread renews
 it every third of that while the run works, so a run that dies, or loses MongoDB, holds
 up the next one for at most one lease. Expiry is judged by the server's clock. A holder
@@ -27,6 +34,7 @@ server was already running when the lease lapsed can overlap the next holder's w
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import socket
@@ -44,6 +52,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from shopstream.adapters.mongo import database, mongo_client
 from shopstream.settings import Settings, get_settings
 
+from .budget import Budget
 from .store import Collections, ensure_collections
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,7 @@ APPLIED_WINDOW = 200  # batches remembered per pair; a retry comes long before 2
 # ids per claiming update: the embedded server's cost grows with the square of an `$in`
 # list's length (10k ids: 128 s; 100 ids at a time: 6 s, at any history size)
 _IN_CHUNK = 100
+FIRST_BATCH = 1000  # events in a run's first batch, which times the server for the next ones
 
 
 @dataclass
@@ -60,6 +70,7 @@ class AggregateReport:
     batches: int = 0
     events_counted: int = 0
     pairs_updated: int = 0
+    remaining: int = 0  # stored events left uncounted for the next run
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -249,7 +260,11 @@ def finish(colls: Collections, batch: dict[str, Any], report: AggregateReport,
         _take(colls, batch, lease)
     if batch["state"] == "claiming":  # crashed while claiming: nothing merged yet, so claim the rest
         _fence(colls, batch["_id"], lease)
-        _claim_some(colls, batch["_id"], batch.get("limit") or 0)
+        upto, size = batch.get("upto"), batch.get("limit") or 0
+        if upto is not None or not size:  # the same range again, or every uncounted event
+            _claim_some(colls, batch["_id"], 0, upto)
+        elif (rest := size - colls.events.count_documents({"AggBatch": batch["_id"]})) > 0:
+            _claim_some(colls, batch["_id"], rest)  # up to its size, with what the crashed run took
         _set_batch(colls, batch["_id"], {"$set": {"state": "claimed"}}, lease)
     _fence(colls, batch["_id"], lease)
     counted = apply(colls, batch["_id"])
@@ -260,61 +275,95 @@ def finish(colls: Collections, batch: dict[str, Any], report: AggregateReport,
     report.pairs_updated += colls.counts.count_documents({"Applied": batch["_id"]})
 
 
-def _claim_some(colls: Collections, batch_id: str, limit: int) -> int:
-    """Put up to `limit` uncounted events (0: all of them) into the batch; how many it put."""
+def _claim_some(colls: Collections, batch_id: str, limit: int, upto: datetime | None = None) -> int:
+    """Put uncounted events into the batch; how many it put. With `upto`: those stored
+    (`StoredAt`) at or before it, in one update over the (AggBatch, StoredAt) index, which
+    reads only the events it claims. Otherwise up to `limit` of them (0: all), found by a
+    query that reads every uncounted event, and claimed by `_id` lists."""
+    mark = {"$set": {"AggBatch": batch_id}}
+    if upto is not None:  # the validator has nothing to say about a batch id: not asked
+        return colls.events.update_many({"AggBatch": None, "StoredAt": {"$lte": upto}}, mark,
+                                        bypass_document_validation=True).modified_count
     if not limit:
-        return colls.events.update_many({"AggBatch": None}, {"$set": {"AggBatch": batch_id}}).modified_count
+        return colls.events.update_many({"AggBatch": None}, mark, bypass_document_validation=True).modified_count
     ids = [d["_id"] for d in colls.events.find({"AggBatch": None}, {"_id": 1}).limit(limit)]
     claimed = 0
     for i in range(0, len(ids), _IN_CHUNK):
-        claimed += colls.events.update_many({"_id": {"$in": ids[i:i + _IN_CHUNK]}, "AggBatch": None},
-                                            {"$set": {"AggBatch": batch_id}}).modified_count
+        claimed += colls.events.update_many({"_id": {"$in": ids[i:i + _IN_CHUNK]}, "AggBatch": None}, mark,
+                                            bypass_document_validation=True).modified_count
     return claimed
 
 
-def claim(colls: Collections, lease: Lease | None = None, limit: int = 0) -> str:
-    """Step 1: put the uncounted events, at most `limit` (0: all), into a new batch; returns
-    its id (the batch document says how many it `claimed`)."""
+def claim(colls: Collections, lease: Lease | None = None, limit: int = 0, upto: datetime | None = None) -> str:
+    """Step 1: put uncounted events into a new batch: those stored at or before `upto`, or
+    else at most `limit` (0: all); returns its id (the batch document says how many it `claimed`)."""
     batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     if lease is not None:
         lease.check()
     colls.agg_batches.insert_one({"_id": batch_id, "state": "claiming", "created": datetime.now(UTC),
-                                  "token": lease.token if lease else None, "limit": limit})
+                                  "token": lease.token if lease else None, "limit": limit, "upto": upto})
     _fence(colls, batch_id, lease)
-    claimed = _claim_some(colls, batch_id, limit)
+    claimed = _claim_some(colls, batch_id, limit, upto)
     _set_batch(colls, batch_id, {"$set": {"state": "claimed", "claimed": claimed}}, lease)
     return batch_id
+
+
+def uncounted(colls: Collections) -> tuple[list[datetime], int]:
+    """When each uncounted event was stored, oldest first, and how many have no `StoredAt`:
+    one read of the uncounted events, from which a run cuts its batches."""
+    times, unstamped = [], 0
+    for d in colls.events.find({"AggBatch": None}, {"_id": 0, "StoredAt": 1}, batch_size=50_000):
+        if isinstance(d.get("StoredAt"), datetime):
+            times.append(d["StoredAt"])
+        else:
+            unstamped += 1
+    times.sort()
+    return times, unstamped
 
 
 def unfinished(colls: Collections) -> list[dict[str, Any]]:
     return list(colls.agg_batches.find({"state": {"$ne": "applied"}}).sort("created", 1))
 
 
-def update_event_counts(settings: Settings | None = None, wait_for_lease_s: float = 300) -> AggregateReport:
-    """Count every stored event not counted yet into its (UserId, EventName) document."""
+def update_event_counts(settings: Settings | None = None, wait_for_lease_s: float | None = None,
+                        budget: Budget | None = None) -> AggregateReport:
+    """Count stored events not counted yet into their (UserId, EventName) documents, within
+    `budget` (by default `batch.aggregate_max_seconds` from now; waiting for the lease, at
+    most `wait_for_lease_s` or the whole budget, counts in it)."""
     settings = settings or get_settings()
-    t0 = time.monotonic()
+    cfg = settings.batch
+    budget = budget or Budget(cfg.aggregate_max_seconds)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     client = mongo_client(settings.mongo)
-    colls = ensure_collections(database(client, settings.mongo), settings.batch)
+    colls = ensure_collections(database(client, settings.mongo), cfg)
     report = AggregateReport()
     try:
-        lease = Lease(colls, owner, settings.batch.lease_seconds)
+        lease = Lease(colls, owner, cfg.lease_seconds)
         try:
-            lease.acquire(wait_for_lease_s)
+            lease.acquire(budget.left() if wait_for_lease_s is None else wait_for_lease_s)
             for batch in unfinished(colls):
                 log.info("finishing batch %s left %s by an earlier run", batch["_id"], batch["state"])
                 finish(colls, batch, report, lease)
-            limit = settings.batch.aggregate_batch_events
-            while True:  # batch after batch, each bounded, until nothing is left uncounted
-                batch_id = claim(colls, lease, limit)
+            cap = cfg.aggregate_batch_events
+            times, unstamped = uncounted(colls)  # what is left now: new events wait for the next run
+            while (times or unstamped) and (size := budget.size(cap, first=min(cap, FIRST_BATCH))):
+                # the oldest `size` events, by when they were stored (a few more on a tie); events
+                # without a StoredAt (written by something else than the drain) by `_id` lists
+                upto = None if unstamped else times[min(size, len(times)) - 1]
+                t0 = budget.clock()
+                batch_id = claim(colls, lease, size, upto)
                 finish(colls, {"_id": batch_id, "state": "claimed", "token": lease.token}, report, lease)
-                if colls.agg_batches.find_one({"_id": batch_id}, {"claimed": 1})["claimed"] < limit:
-                    break
+                claimed = colls.agg_batches.find_one({"_id": batch_id}, {"claimed": 1})["claimed"]
+                budget.took(claimed, budget.clock() - t0)
+                if upto is not None:
+                    times = times[bisect.bisect_right(times, upto):]
+                else:  # which ones it took is not known: look again
+                    times, unstamped = uncounted(colls) if claimed >= size else ([], 0)
+            report.remaining = len(times) + unstamped
         finally:
             lease.release()
     finally:
         client.close()
-    report.seconds = round(time.monotonic() - t0, 3)
+    report.seconds = round(budget.elapsed(), 3)
     log.info("aggregate done: %s", report.as_dict())
     return report

@@ -12,6 +12,14 @@ committed positions against them: where the broker lost records past a committed
 (its position is past the end, or the records there were replaced by new ones), the run
 reads again from the newest offset still intact, records the rewind
 (`shopstream.rewinds`) and logs it, instead of skipping the new records.
+
+A run has a time budget (`BatchSettings.max_seconds`): its first batch is small, and
+each next one holds what the rate measured so far says fits in the time left
+(`shopstream_batch.budget`), so a slow MongoDB makes batches smaller, not runs longer.
+What it leaves is in the report's `remaining`, counted on every partition of the topic:
+one the run never got (the group join outlasted the budget, or another member held it)
+counts from the group's committed offset, read without joining the group. `done` is
+true only when nothing is left for certain.
 """
 
 from __future__ import annotations
@@ -19,12 +27,13 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError
+from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
@@ -35,9 +44,12 @@ from shopstream.marks import Mark, Verdict, check, remember
 from shopstream.rewinds import DRAIN, Rewind, drain_document
 from shopstream.settings import Settings, get_settings
 
+from .budget import Budget
 from .store import Collections, ensure_collections, event_document, insert_new, load_marks, save_marks
 
 log = logging.getLogger(__name__)
+
+FIRST_BATCH = 500  # records in a run's first batch, which times the servers for the next ones
 
 
 @dataclass
@@ -46,13 +58,24 @@ class DrainReport:
     duplicates: int = 0
     dead_lettered: int = 0
     batches: int = 0
-    remaining: int = 0  # records waiting at the start that were left for the next run
+    # records waiting when the run started (the end offsets then) that it left for the next
+    # run, on every partition of the topic, those it was not assigned included
+    remaining: int = 0
+    # False when the committed offset of a partition the run was not assigned could not be
+    # read: `remaining` then counts only the partitions it could, and `done` is False
+    remaining_known: bool = True
+    unassigned: list[int] = field(default_factory=list)  # partitions of the topic this run did not read
     rewound: int = 0  # partitions read again from an earlier offset: the broker had lost records past the commit
     seconds: float = 0.0
     partitions: dict[int, int] = field(default_factory=dict)  # partition -> next offset committed
 
+    @property
+    def done(self) -> bool:
+        """Nothing that waited at the start is left, for certain: "did not get to it" is never done."""
+        return self.remaining_known and self.remaining == 0
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "done": self.done}
 
 
 @dataclass(frozen=True)
@@ -116,8 +139,10 @@ def _consumer(settings: Settings) -> KafkaConsumer:
     )
 
 
-def _wait_for_assignment(consumer: KafkaConsumer, deadline: float) -> set[TopicPartition]:
-    while not consumer.assignment() and time.monotonic() < deadline:
+def _wait_for_assignment(consumer: KafkaConsumer, deadline: float,
+                         clock: Callable[[], float] = time.monotonic) -> set[TopicPartition]:
+    """Poll until the group gives this consumer partitions, or the deadline; what it has then."""
+    while not consumer.assignment() and clock() < deadline:
         consumer.poll(timeout_ms=200, max_records=1, update_offsets=False)
     return set(consumer.assignment())
 
@@ -172,28 +197,60 @@ def verify_positions(consumer: KafkaConsumer, colls: Collections, settings: Sett
     return marks
 
 
-def drain_user_events(settings: Settings | None = None) -> DrainReport:
-    """Drain what waits in UserEvents now into MongoDB; bounded by `batch.max_seconds`."""
+def _waiting(settings: Settings, partitions: list[TopicPartition], ends: dict[TopicPartition, int],
+             timeout_ms: int = 10_000) -> int | None:
+    """Records before `ends` past the group's committed offsets on `partitions` (from the
+    beginning where the group committed nothing), or None if the broker did not say. A
+    consumer of its own with the group's id reads them: an offset fetch is not a join, so
+    this never triggers a rebalance."""
+    probe = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=settings.batch.consumer_group,
+                          client_id="shopstream-batch-lag", enable_auto_commit=False)
+    try:
+        lows = probe.beginning_offsets(partitions, timeout_ms=timeout_ms)
+        waiting = 0
+        for tp in partitions:
+            committed = probe.committed(tp, timeout_ms=timeout_ms)
+            waiting += max(0, ends[tp] - max(lows[tp], committed or 0))
+        return waiting
+    except KafkaError as e:
+        log.warning("could not read the group's committed offsets on partitions %s: %s",
+                    sorted(tp.partition for tp in partitions), e)
+        return None
+    finally:
+        probe.close()
+
+
+def drain_user_events(settings: Settings | None = None, budget: Budget | None = None) -> DrainReport:
+    """Drain what waits in UserEvents now into MongoDB, within `budget` (by default
+    `batch.max_seconds` from now)."""
     settings = settings or get_settings()
     cfg = settings.batch
-    t0 = time.monotonic()
-    deadline = t0 + cfg.max_seconds
+    budget = budget or Budget(cfg.max_seconds)
+    topic = settings.kafka.user_events_topic
     client = mongo_client(settings.mongo)
     colls = ensure_collections(database(client, settings.mongo), cfg)
     consumer = _consumer(settings)
     report = DrainReport()
     try:
-        consumer.subscribe([settings.kafka.user_events_topic])
-        assigned = _wait_for_assignment(consumer, deadline)
-        targets = {tp: end for tp, end in consumer.end_offsets(list(assigned)).items()}
+        consumer.subscribe([topic])
+        assigned = _wait_for_assignment(consumer, budget.deadline, budget.clock)
+        every = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        ends = consumer.end_offsets(every)  # what waits now: this run's targets
+        targets = {tp: ends[tp] for tp in assigned if tp in ends}
         # seeks every partition (dropping what the assignment poll fetched), back past a loss if need be
         marks = verify_positions(consumer, colls, settings, targets, report)
+        done_upto = {tp: consumer.position(tp) for tp in targets}  # committed by this run, or where it began
         log.info("draining up to %s", {tp.partition: end for tp, end in targets.items()})
-        while time.monotonic() < deadline:
-            pending = [tp for tp, end in targets.items() if consumer.position(tp) < end]
+        while not budget.expired():
+            mine = consumer.assignment()
+            pending = [tp for tp, end in targets.items() if tp in mine and consumer.position(tp) < end]
             if not pending:
                 break
-            polled = consumer.poll(timeout_ms=1000, max_records=cfg.batch_size)
+            size = budget.size(cfg.batch_size, first=min(cfg.batch_size, FIRST_BATCH))
+            if not size:
+                break
+            t0 = budget.clock()
+            polled = consumer.poll(timeout_ms=1000, max_records=size)
             batch: list[Message] = []
             last: dict[TopicPartition, Message] = {}
             for tp, records in polled.items():
@@ -215,16 +272,23 @@ def drain_user_events(settings: Settings | None = None) -> DrainReport:
             except CommitFailedError as e:  # a rebalance took the partitions; they will be redelivered
                 log.warning("offset commit failed after storing the batch (it will be seen again): %s", e)
                 break
+            budget.took(len(batch), budget.clock() - t0)
             for tp, off in next_offsets.items():
-                report.partitions[tp.partition] = off
+                report.partitions[tp.partition] = done_upto[tp] = off
                 if consumer.position(tp) > off:  # records past the target were fetched: read them next run
                     consumer.seek(tp, off)
             log.info("batch %d: %d records, stored %d, duplicates %d, dead-lettered %d so far",
                      report.batches, len(batch), report.stored, report.duplicates, report.dead_lettered)
-        report.remaining = sum(max(0, end - consumer.position(tp)) for tp, end in targets.items())
+        report.remaining = sum(max(0, targets[tp] - done_upto[tp]) for tp in targets)
+        others = [tp for tp in every if tp not in targets]
+        report.unassigned = [tp.partition for tp in others]
+        if others:  # not this run's: what waits there is still waiting
+            waiting = _waiting(settings, others, ends)
+            report.remaining += waiting or 0
+            report.remaining_known = waiting is not None
     finally:
         consumer.close(autocommit=False)
         client.close()
-    report.seconds = round(time.monotonic() - t0, 3)
+    report.seconds = round(budget.elapsed(), 3)
     log.info("drain done: %s", report.as_dict())
     return report

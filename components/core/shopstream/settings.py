@@ -109,18 +109,38 @@ class GeneratorSettings(BaseModel):
 
 
 class BatchSettings(BaseModel):
-    """The Airflow batch: UserEvents -> MongoDB, then per-(UserId, EventName) counts."""
+    """The Airflow batch: UserEvents -> MongoDB, then per-(UserId, EventName) counts.
+
+    The DAG's schedule and its tasks' timeouts come from here: each task works within its
+    budget and leaves the rest for the next run, and Airflow stops it only `overrun_seconds`
+    past that budget (a hung server), so a backlog shrinks run by run instead of ending in
+    timeouts and retries."""
 
     consumer_group: str = "shopstream-batch"
     events_collection: str = "user_events"
     counts_collection: str = "user_event_counts"
     dead_letter_collection: str = "user_events_dead_letter"
-    batch_size: int = Field(5000, ge=1)  # records per MongoDB insert and offset commit
+    period_seconds: float = Field(120.0, gt=0)  # the DAG runs this often
+    batch_size: int = Field(5000, ge=1)  # at most, records per MongoDB insert and offset commit
     max_seconds: float = Field(60.0, gt=0)  # drain budget per run; the rest waits for the next run
+    aggregate_max_seconds: float = Field(60.0, gt=0)  # aggregation budget per run, lease wait included
+    # past its budget, what a task may take before Airflow's execution_timeout stops it: start-up
+    # (imports, the group join), the batch under way when the budget ran out, closing
+    overrun_seconds: float = Field(60.0, gt=0)
     lease_seconds: float = Field(30.0, gt=0)  # aggregation lock, renewed every third of it while a run works
-    # events per aggregation batch: bounds each MongoDB operation, so the lease's heartbeat gets
-    # through even on a large backlog (a run counts batch after batch until none is left)
+    # at most, events per aggregation batch: bounds each MongoDB operation, so the lease's
+    # heartbeat gets through even on a large backlog (a run counts batch after batch)
     aggregate_batch_events: int = Field(10_000, ge=1)
+
+    @property
+    def drain_timeout_s(self) -> float:
+        """The drain task's execution_timeout."""
+        return self.max_seconds + self.overrun_seconds
+
+    @property
+    def aggregate_timeout_s(self) -> float:
+        """The aggregate task's execution_timeout."""
+        return self.aggregate_max_seconds + self.overrun_seconds
 
 
 class DashboardSettings(BaseModel):

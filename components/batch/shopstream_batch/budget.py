@@ -1,0 +1,52 @@
+"""A run's time budget, and how much work fits in what is left of it.
+
+A run works in steps (a drain batch, an aggregation batch) whose cost grows with their
+size, and the servers' speed varies a lot: MongoDB here is a Python server that slows
+down many times over on a busy machine. A fixed step size either wastes the budget or
+overruns it (a batch of 5,000 events at 150/s is half a minute). So the first step is
+small, each step is timed, and the next one takes what the rate measured so far says
+fits in half the time left, never more than the configured size. A run that finds the
+servers slow takes on less and still ends within its budget; the rest waits for the
+next run, and a backlog shrinks run by run instead of turning into timeouts and retries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+SHARE = 0.5  # of the time left, what one step may plan to use: a step twice as slow as the last still fits
+
+
+class Budget:
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.clock = float(seconds), clock
+        self.started = clock()
+        self.deadline = self.started + self.seconds
+        self.rate: float | None = None  # items per second of the steps so far (a slower step counts at once)
+
+    def left(self) -> float:
+        return max(0.0, self.deadline - self.clock())
+
+    def expired(self) -> bool:
+        return self.clock() >= self.deadline
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def size(self, cap: int, first: int) -> int:
+        """How many items the next step may take: `first` before any step was timed, then what
+        fits in SHARE of the time left at the measured rate; at most `cap`; 0 once time is up."""
+        left = self.left()
+        if left <= 0:
+            return 0
+        if self.rate is None:
+            return max(1, min(cap, first))
+        return max(0, min(cap, int(self.rate * left * SHARE)))
+
+    def took(self, items: int, seconds: float) -> None:
+        """A step of `items` took `seconds`: a slower rate is believed at once, a faster one halfway."""
+        if items <= 0:
+            return
+        rate = items / max(seconds, 1e-3)
+        self.rate = rate if self.rate is None or rate < self.rate else (self.rate + rate) / 2
