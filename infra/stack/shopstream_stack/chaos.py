@@ -47,9 +47,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
 SIGNALS = (signal.SIGKILL, signal.SIGTERM)
 GAP_S = (5.0, 20.0)  # pause between one fault's recovery and the next fault
 RECOVER_TIMEOUT_S = 180.0
-# a stage's normal lag, in seconds of arrivals: the batch runs every 2 minutes (the DAG's
-# schedule), the streaming job within seconds of a record
-NORMAL_LAG_S = {"batch": 120.0, "streaming": 60.0}
+STREAMING_NORMAL_LAG_S = 60.0  # the job writes a record within seconds (one trigger, 5 s)
 STORES = ("kafka", "mongo", "s3", "postgres")
 AUDIT_EVERY_S = 20.0
 
@@ -251,7 +249,9 @@ def run_outage(settings: Settings, services: dict[str, Service], name: str, minu
     """One service down for `minutes` under load; the stages' return to normal; the catch-up; the verdict."""
     report = ChaosReport(0, minutes)
     before = acknowledged_ids(settings)
-    report.outage = outage(settings, services[name], minutes, say, NORMAL_LAG_S)
+    # a stage's normal lag, in seconds of arrivals: the batch's is below one DAG period
+    normal = {"batch": settings.batch.period_seconds, "streaming": STREAMING_NORMAL_LAG_S}
+    report.outage = outage(settings, services[name], minutes, say, normal)
     catch_up(settings, services["generator"], report, before, say, catch_up_timeout_s)
     return report
 
