@@ -335,6 +335,7 @@ def test_a_broker_killed_under_the_job_until_a_query_fails_is_ridden_out_and_wha
 
         killed = time.time()
         kill_9(own.broker)
+        own.broker.stop()  # the stack's supervisor would start it again at once: keep it down
         # down until a query has failed on it (the client gives up bootstrapping after 30 s)
         wait_for("a query to fail on the missing broker", lambda: failed_since(cfg, killed), 300)
         down = time.time() - killed
@@ -379,6 +380,7 @@ def test_a_job_started_while_the_broker_is_down_waits_for_it(own, spark):
     proc = service.procs()[0]
     try:
         started = time.time()
+        service.supervisor.register(service.name, [proc])
         proc.start()  # not service.start(), which waits for a healthy job
         wait_for("a query to fail on the missing broker", lambda: failed_since(cfg, started), 300)
         assert proc.alive(), "the job gave up instead of waiting for the broker"
