@@ -15,7 +15,7 @@ from test_up import invoke
 
 pytestmark = pytest.mark.services
 
-MINUTES = 1.5  # of faults; the catch-up after them takes a DAG period or two more
+MINUTES = 1.0  # of faults; the catch-up after them takes a DAG period or two more
 
 
 @pytest.mark.timeout(1800)
