@@ -23,7 +23,7 @@ from test_faults import assert_counts_exact, back_up, events, own, scoped, send_
 pytestmark = [pytest.mark.services, pytest.mark.timeout(600)]  # about a minute; this only stops a hang
 
 BUDGET_S = 10.0
-STORE_COST_S, COUNT_COST_S = 0.01, 0.005  # per event: a run drains about 1,000 and counts about 2,000
+STORE_COST_S, COUNT_COST_S = 0.005, 0.002  # per event: a run drains about 1,250 and counts about 2,000
 
 
 class Work:

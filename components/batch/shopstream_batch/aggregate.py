@@ -62,7 +62,9 @@ APPLIED_WINDOW = 200  # batches remembered per pair; a retry comes long before 2
 # ids per claiming update: the embedded server's cost grows with the square of an `$in`
 # list's length (10k ids: 128 s; 100 ids at a time: 6 s, at any history size)
 _IN_CHUNK = 100
-FIRST_BATCH = 1000  # events in a run's first batch, which times the server for the next ones
+# events in a run's first batch, which times the server for the next ones (and the smallest
+# batch: below a few thousand events, merging into the pairs they touch costs about as much)
+FIRST_BATCH = 2000
 
 
 @dataclass

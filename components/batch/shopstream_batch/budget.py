@@ -8,6 +8,11 @@ small, each step is timed, and the next one takes what the rate measured so far 
 fits in half the time left, never more than the configured size. A run that finds the
 servers slow takes on less and still ends within its budget; the rest waits for the
 next run, and a backlog shrinks run by run instead of turning into timeouts and retries.
+
+A step never gets smaller than the first: part of a step's cost does not shrink with it
+(an aggregation batch merges into every pair its events touch, up to all of them), so a
+run ends once not even a step of the first's size fits in half the time left, at the
+time the first one took, instead of trickling through ever smaller steps.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class Budget:
         self.started = clock()
         self.deadline = self.started + self.seconds
         self.rate: float | None = None  # items per second of the steps so far (a slower step counts at once)
+        self.first_s: float | None = None  # how long the first step took
 
     def left(self) -> float:
         return max(0.0, self.deadline - self.clock())
@@ -36,17 +42,23 @@ class Budget:
 
     def size(self, cap: int, first: int) -> int:
         """How many items the next step may take: `first` before any step was timed, then what
-        fits in SHARE of the time left at the measured rate; at most `cap`; 0 once time is up."""
-        left = self.left()
+        fits in SHARE of the time left at the measured rate, at most `cap`, and never fewer
+        than `first` (0 when a step of that size no longer fits); 0 once time is up."""
+        left, first = self.left(), max(1, min(cap, first))
         if left <= 0:
             return 0
         if self.rate is None:
-            return max(1, min(cap, first))
-        return max(0, min(cap, int(self.rate * left * SHARE)))
+            return first
+        fits = min(cap, int(self.rate * left * SHARE))
+        if fits >= first:
+            return fits
+        return first if (self.first_s or 0.0) <= left * SHARE else 0
 
     def took(self, items: int, seconds: float) -> None:
         """A step of `items` took `seconds`: a slower rate is believed at once, a faster one halfway."""
         if items <= 0:
             return
+        if self.first_s is None:
+            self.first_s = seconds
         rate = items / max(seconds, 1e-3)
         self.rate = rate if self.rate is None or rate < self.rate else (self.rate + rate) / 2
