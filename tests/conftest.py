@@ -22,16 +22,43 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[
 
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 
 from shopstream.settings import Settings
 from shopstream_stack.isolated import free_port, isolated_settings
+from shopstream_stack.kafka import KafkaBroker
 from shopstream_stack.service import Service
 from shopstream_stack.stack import services
 
 
 make_settings = isolated_settings  # the tests' name for it
+
+
+@contextmanager
+def own_broker(settings: Settings, prefix: str) -> Iterator[SimpleNamespace]:
+    """A broker of a test module's own (free port, own folder), beside the session's other
+    servers, and a run folder of its own: a module that kills or rewinds its broker harms
+    no other test. Yields `settings` (pointing at it) and `broker`."""
+    run_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    run_dir.chmod(0o755)
+    broker_cfg = make_settings(run_dir / "broker")
+    broker = KafkaBroker(broker_cfg)
+    try:
+        broker.start()
+        cfg = settings.model_copy(update={"kafka": broker_cfg.kafka, "run_dir": run_dir / "run"})
+        yield SimpleNamespace(settings=cfg, broker=broker)
+    finally:
+        broker.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def broker_back(broker: KafkaBroker) -> None:
+    """Start a stopped broker again and wait until it answers."""
+    broker.start()
+    assert broker.healthy(), "the broker did not come back"
 
 
 @pytest.fixture(scope="session")
@@ -161,12 +188,22 @@ def run_until_caught_up(spark, settings: Settings) -> dict[str, list[dict]]:
     """Both queries with Trigger.AvailableNow: everything in the topic now, then stop;
     returns each query's batch progress reports."""
     from shopstream_streaming import job
+    from shopstream_streaming.failures import is_transient
+    from shopstream_streaming.restarts import error_text
 
-    queries = job.start(spark, settings, available_now=True)
-    for q in queries:
-        assert q.awaitTermination(180), f"{q.name} did not finish"
+    progress = {}
+    for q in job.start(spark, settings, available_now=True):
+        earlier: list = []  # the reports of the runs that failed
+        for restart in range(3):  # as the job does: a transient failure restarts the query
+            assert q.awaitTermination(180), f"{q.name} did not finish"
+            if q.exception() is None or not is_transient(error_text(q.exception())) or restart == 2:
+                break
+            logging.warning("query %s restarted after: %s", q.name, error_text(q.exception())[:300])
+            earlier += q.recentProgress
+            q = job.start_query(spark, settings, q.name, available_now=True)
         assert q.exception() is None, q.exception()
-    return {q.name: q.recentProgress for q in queries}
+        progress[q.name] = earlier + list(q.recentProgress)
+    return progress
 
 
 def status_table(stdout: str) -> dict[str, str]:

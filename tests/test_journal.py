@@ -206,16 +206,25 @@ def test_a_full_journal_answers_503_and_publishes_nothing_until_it_has_room(own)
     order = uuid.uuid4().hex[:8]
     purchases = [{**PURCHASE_EXAMPLE, "OrderId": f"{order}-{i}"} for i in range(100)]
     with ServerThread(create_app(cfg)) as api, httpx.Client(base_url=api.url, timeout=30) as http:
-        answers = [http.post("/PurchasedItems", json=purchases).status_code for _ in range(60)]
-        assert 200 in answers and 503 in answers, Counter(answers)
-        first_refusal = answers.index(503)
-        assert set(answers[first_refusal:]) == {503}
+        # a 503 is either the full journal or, on a busy machine, a publish that timed out
+        answers = [refusal_cause(http.post("/PurchasedItems", json=purchases)) for _ in range(60)]
+        assert "ok" in answers and "journal" in answers, Counter(answers)
+        first_refusal = answers.index("journal")
+        assert set(answers[first_refusal:]) == {"journal"}, Counter(answers[first_refusal:])
         refused = http.post("/PurchasedItems", json=[{**PURCHASE_EXAMPLE, "OrderId": f"{order}-refused"}])
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
         assert "journal" in refused.json()["detail"]
-    orders = {json.loads(m.value)["OrderId"] for m in read_topic(cfg, cfg.kafka.purchases_topic)}
-    assert f"{order}-refused" not in orders
-    assert len([t for t in read_topic(cfg, cfg.kafka.purchases_topic)]) == first_refusal * 100
+    published = [json.loads(m.value)["OrderId"] for m in read_topic(cfg, cfg.kafka.purchases_topic)]
+    assert f"{order}-refused" not in published
+    # every accepted request is there; a timed-out one may or may not be; a refused one never is
+    assert 100 * answers.count("ok") <= len(published) <= 100 * first_refusal, Counter(answers)
+
+
+def refusal_cause(response: httpx.Response) -> str:
+    if response.status_code == 200:
+        return "ok"
+    assert response.status_code == 503, response.text
+    return "journal" if "journal" in response.json()["detail"] else "timeout"
 
 
 def test_with_the_journal_off_only_the_ledger_is_written(own):

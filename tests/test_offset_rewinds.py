@@ -17,21 +17,18 @@ and new records take those offsets, the stage reads them, and says so.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from conftest import job_settings, make_settings, run_until_caught_up
+from conftest import broker_back as restart, job_settings, own_broker, run_until_caught_up
 from shopstream.adapters.kafka import end_offsets, ensure_topics
 from shopstream.adapters.mongo import mongo_client
 from shopstream.marks import KEEP, PAST_END, REPLACED, UNMARKED, Mark, check, fingerprint, remember
@@ -210,24 +207,10 @@ def test_the_dashboard_summary_of_rewinds():
 # == against a broker of this module's own ===================================================
 @pytest.fixture(scope="module")
 def own(stack, settings):
-    """A broker of this module's own (free port, own folder), beside the session's MongoDB and
-    S3; and a run folder of its own, so the streaming job's rewinds file is this module's."""
-    run_dir = Path(tempfile.mkdtemp(prefix="shopstream-rewinds-"))
-    run_dir.chmod(0o755)
-    broker_cfg = make_settings(run_dir / "broker")
-    broker = KafkaBroker(broker_cfg)
-    try:
-        broker.start()
-        cfg = settings.model_copy(update={"kafka": broker_cfg.kafka, "run_dir": run_dir / "run"})
-        yield SimpleNamespace(settings=cfg, broker=broker)
-    finally:
-        broker.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def restart(broker: KafkaBroker) -> None:
-    broker.start()
-    assert broker.healthy(), "the broker did not come back"
+    """A broker of this module's own, beside the session's MongoDB and S3; and a run folder
+    of its own, so the streaming job's rewinds file is this module's."""
+    with own_broker(settings, "shopstream-rewinds-") as own:
+        yield own
 
 
 @contextmanager

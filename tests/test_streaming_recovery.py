@@ -15,22 +15,19 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from kafka import KafkaProducer
 
-from conftest import job_settings, make_settings
+from conftest import broker_back as up, job_settings, make_settings, own_broker
 from shopstream.adapters.kafka import end_offsets
 from shopstream.settings import Settings
 from shopstream_api.examples import PURCHASE_EXAMPLE
-from shopstream_stack.kafka import KafkaBroker
 from shopstream_stack.streaming import StreamingService
 from shopstream_streaming.failures import headline, is_transient
 from shopstream_streaming.restarts import QueryRunner, backoff_s
@@ -251,23 +248,9 @@ def test_the_status_says_a_query_is_down_while_it_restarts_and_old_status_files_
 # == against a broker of this module's own ===================================================
 @pytest.fixture(scope="module")
 def own(stack, settings):
-    """A broker of this module's own (free port, own folder), beside the session's S3."""
-    run_dir = Path(tempfile.mkdtemp(prefix="shopstream-recovery-"))
-    run_dir.chmod(0o755)
-    broker_cfg = make_settings(run_dir / "broker")
-    broker = KafkaBroker(broker_cfg)
-    try:
-        broker.start()
-        cfg = settings.model_copy(update={"kafka": broker_cfg.kafka, "run_dir": run_dir / "run"})
-        yield SimpleNamespace(settings=cfg, broker=broker)
-    finally:
-        broker.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def up(broker: KafkaBroker) -> None:
-    broker.start()
-    assert broker.healthy(), "the broker did not come back"
+    """A broker of this module's own, beside the session's S3."""
+    with own_broker(settings, "shopstream-recovery-") as own:
+        yield own
 
 
 def purchase_value(event_id: str) -> bytes:

@@ -35,6 +35,9 @@ TRANSIENT = re.compile("|".join([
     r"Connection refused", r"Connection reset", r"Read timed out",
     r"Status Code: (?:500|502|503|504)", r"Service ?Unavailable", r"SlowDown",
     r"AWSStatus500Exception", r"AWSServiceThrottledException",
+    # a machine too busy to start a Python worker within the 10 s Spark waits for it (not
+    # configurable; the Python data source's reader gets a worker of its own at each start)
+    r"Python worker failed to connect back",
 ]))
 
 _TRACEBACK = "Traceback (most recent call last):"

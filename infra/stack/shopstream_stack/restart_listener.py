@@ -8,7 +8,8 @@ starts the process again after `rescue_after_s`, and again, for as long as it ke
 
 Every start nobody asked for (from EXITED, BACKOFF or FATAL; not from STOPPED, which
 is a person's `invoke up`) is counted in the run directory's restarts file
-(`shopstream.restarts`).
+(`shopstream.restarts`), and so is every death nobody asked for, at start (BACKOFF) or
+later: `invoke up` gives up on a process that keeps dying without waiting for FATAL.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def handle(path: Path, rescue_after_s: float, event: str, headers: dict[str, str
     group, program = headers["groupname"], headers["processname"]
     if event == "PROCESS_STATE_STARTING" and headers.get("from_state") in UNASKED:
         record(path, group, program, restarted=True)
-    elif event == "PROCESS_STATE_EXITED" and headers.get("expected") == "0":
-        record(path, group, program, exited=True)
+    elif event == "PROCESS_STATE_BACKOFF" or (event == "PROCESS_STATE_EXITED" and headers.get("expected") == "0"):
+        record(path, group, program, exited=True)  # died while starting, or later
     elif event == "PROCESS_STATE_FATAL":
         timer = threading.Timer(rescue_after_s, rescue, args=(f"{group}:{program}",))
         timer.daemon = True

@@ -197,7 +197,7 @@ stdout_logfile_backups = 2
             rpc.addProcessGroup(group)
 
     def exits(self, proc: Proc) -> int:
-        """How often the program died without being asked to, as the listener counted."""
+        """How often the program died without being asked to (at start or later), as the listener counted."""
         return int(read_restarts(self.restarts).get(proc.program, {}).get("exits", 0))
 
     def about(self, procs: list[Proc], lines: int = 6) -> str:
