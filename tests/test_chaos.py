@@ -15,7 +15,7 @@ from test_up import invoke
 
 pytestmark = pytest.mark.services
 
-MINUTES = 1.0  # of faults; the catch-up after them takes a DAG period or two more
+MINUTES = 0.5  # of faults (2 to 4 of them); the catch-up after them takes one 30-s DAG period or two more
 
 
 @pytest.mark.timeout(1800)
