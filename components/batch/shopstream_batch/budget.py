@@ -11,8 +11,12 @@ next run, and a backlog shrinks run by run instead of turning into timeouts and 
 
 A step never gets smaller than the first: part of a step's cost does not shrink with it
 (an aggregation batch merges into every pair its events touch, up to all of them), so a
-run ends once not even a step of the first's size fits in half the time left, at the
-time the first one took, instead of trickling through ever smaller steps.
+run ends once not even a step of the first's size fits in half the time left, instead of
+trickling through ever smaller steps. That step's cost is judged from the first one,
+scaled up when the first came back smaller than asked (a poll returns what the broker
+had fetched). For a cost of a fixed part plus a part per item, no step after the first
+then ends past the deadline: the fixed part fits in one half of the time left, the rest
+in the other.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class Budget:
         self.deadline = self.started + self.seconds
         self.rate: float | None = None  # items per second of the steps so far (a slower step counts at once)
         self.first_s: float | None = None  # how long the first step took
+        self.first_items = 0  # and how many items it had
 
     def left(self) -> float:
         return max(0.0, self.deadline - self.clock())
@@ -41,24 +46,27 @@ class Budget:
         return self.clock() - self.started
 
     def size(self, cap: int, first: int) -> int:
-        """How many items the next step may take: `first` before any step was timed, then what
-        fits in SHARE of the time left at the measured rate, at most `cap`, and never fewer
-        than `first` (0 when a step of that size no longer fits); 0 once time is up."""
+        """How many items the next step may take: `first` before any step was timed; then 0
+        when a step of `first` items no longer fits in SHARE of the time left, else what fits
+        there at the measured rate, at most `cap` and never fewer than `first`."""
         left, first = self.left(), max(1, min(cap, first))
         if left <= 0:
             return 0
         if self.rate is None:
             return first
-        fits = min(cap, int(self.rate * left * SHARE))
-        if fits >= first:
-            return fits
-        return first if (self.first_s or 0.0) <= left * SHARE else 0
+        if self._cost_of(first) > left * SHARE:  # its part that does not shrink would not fit
+            return 0
+        return max(first, min(cap, int(self.rate * left * SHARE)))
+
+    def _cost_of(self, items: int) -> float:
+        """What a step of `items` may cost, at most, judged by the first step."""
+        return (self.first_s or 0.0) * max(1.0, items / max(1, self.first_items))
 
     def took(self, items: int, seconds: float) -> None:
         """A step of `items` took `seconds`: a slower rate is believed at once, a faster one halfway."""
         if items <= 0:
             return
         if self.first_s is None:
-            self.first_s = seconds
+            self.first_s, self.first_items = seconds, items
         rate = items / max(seconds, 1e-3)
         self.rate = rate if self.rate is None or rate < self.rate else (self.rate + rate) / 2
