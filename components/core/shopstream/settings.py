@@ -200,6 +200,9 @@ class StreamingSettings(BaseModel):
     # (API 2xx -> readable in the lake) under 10 s, measured by `invoke bench`
     trigger_interval_s: float = Field(5.0, gt=0)
     max_records_per_trigger: int = Field(100_000, ge=1)  # caps a catch-up batch
+    # how long the job's Kafka clients wait for a broker that does not answer (to connect, or
+    # for a request); then the query fails, and is restarted from its checkpoint with backoff
+    kafka_timeout_s: float = Field(30.0, gt=1)
     dedupe_window_minutes: int = Field(60, ge=1)  # a copy of an EventId published this soon after it is dropped
     state_partitions: int = Field(2, ge=1)  # dedupe state partitions; fixed by a checkpoint's first run
     # fs.s3a.signing-algorithm. Unset: "S3SignerType" on the embedded stack with the offline jars

@@ -87,6 +87,7 @@ def read_topic(spark: SparkSession, settings: Settings, query: str | None = None
         .option("startingOffsets", st.starting_offsets)
         .option("maxOffsetsPerTrigger", str(st.max_records_per_trigger))
         .option("failOnDataLoss", "true")
+        .option("kafka.request.timeout.ms", str(int(st.kafka_timeout_s * 1000)))
     )
     if st.kafka_source == "python":
         reader = reader.option(REWINDS_FILE, rewinds_path(settings))

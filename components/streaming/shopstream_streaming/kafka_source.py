@@ -72,7 +72,8 @@ class KafkaRange(InputPartition):
 class KafkaSource(DataSource):
     """`spark.readStream.format("pykafka")`, options as for `format("kafka")`:
     kafka.bootstrap.servers, subscribe (comma-separated topics), startingOffsets
-    (earliest | latest | JSON), maxOffsetsPerTrigger, failOnDataLoss, kafkaConsumer.pollTimeoutMs."""
+    (earliest | latest | JSON), maxOffsetsPerTrigger, failOnDataLoss, kafkaConsumer.pollTimeoutMs,
+    kafka.request.timeout.ms (connect and request timeout of its clients)."""
 
     @classmethod
     def name(cls) -> str:
@@ -94,6 +95,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self.fail_on_data_loss = options.get("failOnDataLoss", "true").lower() == "true"
         # how long a task waits for records it knows exist before it fails (and Spark retries)
         self.poll_timeout_s = int(options.get("kafkaConsumer.pollTimeoutMs", "120000")) / 1000
+        # how long a client waits to connect, or for an answer, before the broker counts as gone
+        timeout_ms = int(options.get("kafka.request.timeout.ms", "30000"))
+        self.client_timeouts = {"request_timeout_ms": timeout_ms, "bootstrap_timeout_ms": timeout_ms}
         self.rewinds_file = options.get(REWINDS_FILE) or None
         self.query = options.get(QUERY) or None
         self._consumer = None  # metadata client, on the driver only
@@ -105,7 +109,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             from kafka import KafkaConsumer
 
             self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                           client_id="shopstream-spark-source")
+                                           client_id="shopstream-spark-source", **self.client_timeouts)
         return self._consumer
 
     def _fingerprints(self, wanted: dict[tuple[str, str], int]) -> dict[tuple[str, str], Fingerprint | None]:
@@ -280,7 +284,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         tp = TopicPartition(partition.topic, partition.partition)
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                  client_id="shopstream-spark-reader", auto_offset_reset="earliest",
-                                 max_poll_records=5000)
+                                 max_poll_records=5000, **self.client_timeouts)
         try:
             consumer.assign([tp])
             consumer.seek(tp, partition.start)
