@@ -142,18 +142,31 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     return ends(settings.kafka, topic)
 
 
-def read_from(settings: Settings, topic: str, since: dict[int, int]) -> list:
-    """Every record of `topic` from the given offset of each partition to its end."""
+def read_from(settings: Settings, topic: str, since: dict[int, int] | None = None) -> list:
+    """Every record of `topic` from the given offset of each partition (by default, from the
+    beginning of every partition) up to its end now."""
+    import time
+
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, consumer_timeout_ms=3000)
-    tps = [TopicPartition(topic, p) for p in since]
-    consumer.assign(tps)
-    for tp in tps:
-        consumer.seek(tp, since[tp.partition])
-    records = list(consumer)
-    consumer.close()
-    return records
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in (since or range(settings.kafka.partitions))]
+        consumer.assign(tps)
+        if since is None:
+            consumer.seek_to_beginning(*tps)
+        else:
+            for tp in tps:
+                consumer.seek(tp, since[tp.partition])
+        ends = consumer.end_offsets(tps)
+        out, deadline = [], time.monotonic() + 60
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            for records in consumer.poll(timeout_ms=1000).values():
+                out.extend(r for r in records if r.offset < ends[TopicPartition(r.topic, r.partition)])
+        return out
+    finally:
+        consumer.close()
 
 
 @pytest.fixture(scope="session")

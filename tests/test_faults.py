@@ -44,7 +44,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pydantic import ValidationError
 
-from conftest import ServerThread, job_settings, make_settings
+from conftest import ServerThread, job_settings, make_settings, read_from
 from shopstream.adapters.kafka import ensure_topics
 from shopstream.adapters.mongo import mongo_client
 from shopstream.contracts import PurchaseRecord, UserEventRecord
@@ -97,24 +97,6 @@ def scoped(cfg: Settings, name: str, **batch) -> Settings:
     })
     ensure_topics(scoped_cfg.kafka)
     return scoped_cfg
-
-
-def read_topic(cfg: Settings, topic: str) -> list:
-    """Every record of a topic, from the beginning up to its end now."""
-    consumer = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap_servers, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in range(cfg.kafka.partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        out, deadline = [], time.monotonic() + 60
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            assert time.monotonic() < deadline, f"could not read {topic} to its end"
-            for records in consumer.poll(timeout_ms=1000).values():
-                out.extend(r for r in records if r.offset < ends[TopicPartition(r.topic, r.partition)])
-        return out
-    finally:
-        consumer.close()
 
 
 def committed_total(cfg: Settings) -> int:
@@ -269,7 +251,7 @@ def test_broker_stopped_under_load_gives_503_then_every_acknowledged_record_is_i
         stored.clear()
         for topic, model in ((cfg.kafka.user_events_topic, UserEventRecord),
                              (cfg.kafka.purchases_topic, PurchaseRecord)):
-            for m in read_topic(cfg, topic):
+            for m in read_from(cfg, topic):
                 rec = model.model_validate_json(m.value)
                 assert m.key == rec.UserId.encode()
                 stored[rec.EventId] += 1
@@ -319,8 +301,8 @@ def test_a_request_answered_503_while_the_broker_is_away_is_not_published_later(
                 assert time.monotonic() < deadline, "the API did not recover"
                 time.sleep(0.5)
             time.sleep(3)  # time for anything the producer still held to arrive
-    sessions = {json.loads(m.value)["SessionId"] for m in read_topic(cfg, cfg.kafka.user_events_topic)}
-    orders = {json.loads(m.value)["OrderId"] for m in read_topic(cfg, cfg.kafka.purchases_topic)}
+    sessions = {json.loads(m.value)["SessionId"] for m in read_from(cfg, cfg.kafka.user_events_topic)}
+    orders = {json.loads(m.value)["OrderId"] for m in read_from(cfg, cfg.kafka.purchases_topic)}
     assert {f"before-{run}", f"after-{run}"} <= sessions
     assert f"refused-{run}" not in sessions, "a SendEvent answered 503 was published after the broker came back"
     assert f"refused-{run}" not in orders, "a purchase answered 503 was published after the broker came back"

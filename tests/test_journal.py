@@ -25,14 +25,14 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from conftest import ServerThread, make_settings
+from conftest import ServerThread, make_settings, read_from
 from shopstream import ledger
 from shopstream.settings import Settings
 from shopstream_api.examples import PURCHASE_EXAMPLE, USER_EVENT_EXAMPLE
 from shopstream_api.journal import parse_line
 from shopstream_api.main import create_app
 from shopstream_stack.kafka import KafkaBroker
-from test_faults import kill_9, read_topic, wait_for
+from test_faults import kill_9, wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(300)]
 
@@ -61,7 +61,7 @@ def in_kafka(cfg: Settings) -> Counter[str]:
     """EventId -> copies, over both topics."""
     ids: Counter[str] = Counter()
     for topic in cfg.kafka.topics:
-        ids.update(json.loads(m.value)["EventId"] for m in read_topic(cfg, topic))
+        ids.update(json.loads(m.value)["EventId"] for m in read_from(cfg, topic))
     return ids
 
 
@@ -214,7 +214,7 @@ def test_a_full_journal_answers_503_and_publishes_nothing_until_it_has_room(own)
         refused = http.post("/PurchasedItems", json=[{**PURCHASE_EXAMPLE, "OrderId": f"{order}-refused"}])
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
         assert "journal" in refused.json()["detail"]
-    published = [json.loads(m.value)["OrderId"] for m in read_topic(cfg, cfg.kafka.purchases_topic)]
+    published = [json.loads(m.value)["OrderId"] for m in read_from(cfg, cfg.kafka.purchases_topic)]
     assert f"{order}-refused" not in published
     # every accepted request is there; a timed-out one may or may not be; a refused one never is
     assert 100 * answers.count("ok") <= len(published) <= 100 * first_refusal, Counter(answers)

@@ -9,9 +9,8 @@ import sys
 import time
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
-from conftest import end_offsets, status_table
+from conftest import end_offsets, read_from, status_table
 from shopstream.settings import REPO_ROOT
 from shopstream_stack.apps import ApiService, GeneratorService
 
@@ -47,13 +46,8 @@ def test_up_starts_api_and_generator_and_records_flow(stack, settings):
             time.sleep(1)
         assert all(n > 0 for n in counts.values()), counts
         # what arrived is what the API publishes: contract records with an EventId
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, consumer_timeout_ms=3000)
-        tps = [TopicPartition(settings.kafka.purchases_topic, p) for p in before[settings.kafka.purchases_topic]]
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, before[settings.kafka.purchases_topic][tp.partition])
-        record = json.loads(next(iter(consumer)).value)
-        consumer.close()
+        topic = settings.kafka.purchases_topic
+        record = json.loads(read_from(settings, topic, before[topic])[0].value)
         assert {"EventId", "IngestedAt", "OrderId", "Products", "TotalPrice"} <= set(record)
     finally:
         for svc in (GeneratorService(settings), ApiService(settings)):
