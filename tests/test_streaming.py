@@ -360,27 +360,41 @@ def test_schema_derivation_covers_optional_and_other_types():
         spark_schema(Loose)
 
 
+COMPACT_INTERVAL = "spark.sql.streaming.fileSink.log.compactInterval"
+
+
 def test_lake_reader_without_spark_sees_exactly_the_committed_files_across_compaction(spark, settings, api_server):
     """`shopstream.adapters.lake` (the dashboard's and the freshness benchmark's reader) against
     what `spark.read.parquet` reads: the same files after a few batches, and again after more,
-    read incrementally across the sink log's compaction (every 10th batch: 9.compact)."""
+    read incrementally across the sink log's compaction (every 3rd batch here, every 10th by
+    default: `<batch>.compact` holds every earlier entry)."""
     from shopstream.adapters.lake import LakeFiles
     from shopstream.adapters.s3 import s3_client
 
     cfg = job_settings(settings, "lake-reader", max_records_per_trigger=2)
     run = uuid.uuid4().hex[:8]
     reader = LakeFiles(s3_client(cfg.s3), cfg)
+
+    def logs() -> list[str]:
+        objects = s3_client(cfg.s3).list_objects(cfg.s3.bucket, prefix=f"{cfg.streaming.output_path}/_spark_metadata/")
+        return sorted((o.object_name.rsplit("/", 1)[1] for o in objects), key=lambda n: int(n.split(".")[0]))
+
     orders: list[str] = []
-    for first, n in ((0, 10), (10, 30)):  # batches of 2-3 records: the second run passes batch 9, which compacts the log
-        bodies = [purchase(run, i) for i in range(first, first + n)]
-        post(api_server.url, bodies, key=None)
-        orders += [b["OrderId"] for b in bodies]
-        run_until_caught_up(spark, cfg)
-        url = job.output_url(cfg)
-        spark_files = {f.split(f"/{cfg.s3.bucket}/", 1)[1] for f in spark.read.parquet(url).inputFiles()}
-        assert reader.committed() == spark_files
-    logs = {o.object_name.rsplit("/", 1)[1] for o in s3_client(cfg.s3).list_objects(
-        cfg.s3.bucket, prefix=f"{cfg.streaming.output_path}/_spark_metadata/")}
-    assert "9.compact" in logs, sorted(logs, key=lambda n: int(n.split(".")[0]))  # the compaction was crossed
+    spark.conf.set(COMPACT_INTERVAL, "3")
+    try:
+        # batches of 1-3 records: the second run has 3 batches or more, so one of them compacts the log
+        for first, n in ((0, 4), (4, 9)):
+            first_run_logs = logs()
+            bodies = [purchase(run, i) for i in range(first, first + n)]
+            post(api_server.url, bodies, key=None)
+            orders += [b["OrderId"] for b in bodies]
+            run_until_caught_up(spark, cfg)
+            url = job.output_url(cfg)
+            spark_files = {f.split(f"/{cfg.s3.bucket}/", 1)[1] for f in spark.read.parquet(url).inputFiles()}
+            assert reader.committed() == spark_files
+    finally:
+        spark.conf.unset(COMPACT_INTERVAL)
+    crossed = [n for n in logs() if n.endswith(".compact") and n not in first_run_logs]
+    assert crossed, logs()  # the second read went across a compaction
     table = reader.read(reader.committed())
     assert sorted(table.column("OrderId").to_pylist()) == sorted(orders)
