@@ -245,6 +245,12 @@ def test_the_status_says_a_query_is_down_while_it_restarts_and_old_status_files_
     assert reason(trigger_active=True, progress_at=now - 30) is None
 
 
+def ended(log: str) -> str:
+    """What a job's log says of why a process ended: its errors and its last lines."""
+    errors = [ln for ln in log.splitlines() if " ERROR " in ln or " CRITICAL " in ln or "exit" in ln.lower()]
+    return "\n".join(errors[-20:]) + "\n...\n" + log[-3000:]
+
+
 # == against a broker of this module's own ===================================================
 @pytest.fixture(scope="module")
 def own(stack, settings):
@@ -341,7 +347,7 @@ def test_a_job_waits_for_a_broker_down_at_its_start_then_rides_out_its_kill_9_an
         wait_for("the job healthy again and past the new records", lambda: service.healthy() and caught_up(cfg), 420)
         recovered = time.monotonic() - back
 
-        assert proc.pid() == pid, "recovered by a new process, not in-process"
+        assert proc.pid() == pid, f"recovered by a new process, not in-process:\n{ended(proc.log_file.read_text())}"
         status = job_status(cfg)
         failed = failed_since(cfg, killed)
         assert failed and all("Kafka" in q["error"] for q in failed.values()), failed
