@@ -120,12 +120,13 @@ class FakeTopic:
     def __init__(self) -> None:
         self.log: list[bytes] = []
         self.lo = 0
+        self.listed = True  # False: the broker's metadata lists no partition of T (a broker still starting)
 
     def append(self, *values: str) -> None:
         self.log += [v.encode() for v in values]
 
     def bounds(self):
-        return {"T": {"0": (self.lo, len(self.log))}}
+        return {"T": {"0": (self.lo, len(self.log))} if self.listed else {}}
 
     def fingerprints(self, wanted):
         return {k: fingerprint(self.log[o], 1000 + o) if self.lo <= o < len(self.log) else None
@@ -140,6 +141,24 @@ def fake_reader(topic: FakeTopic, tmp_path: Path, **options):
                                 "shopstream.query": "purchases", **options})
     reader._bounds, reader._fingerprints = topic.bounds, topic.fingerprints
     return reader
+
+
+def test_a_partition_the_broker_does_not_list_for_a_while_keeps_its_position_and_marks(tmp_path):
+    from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxRows
+
+    topic = FakeTopic()
+    reader = fake_reader(topic, tmp_path)
+    topic.append("a", "b", "c")
+    first = reader.latestOffset(reader.initialOffset(), ReadAllAvailable())
+    topic.listed = False
+    # the very same offset, so Spark plans no batch and reads nothing again
+    for limit in (ReadAllAvailable(), ReadMaxRows(2)):
+        assert json.dumps(reader.latestOffset(first, limit)) == json.dumps(first)
+    topic.listed = True
+    topic.append("d")
+    second = reader.latestOffset(first, ReadAllAvailable())
+    assert [(r.start, r.end) for r in reader.partitions(first, second)] == [(3, 4)]
+    assert not (tmp_path / "r.jsonl").exists()  # not a rewind
 
 
 @pytest.mark.parametrize("new", [4, 1], ids=["replaced", "past-the-end"])

@@ -146,7 +146,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             return have[-1].offset if have else None
 
         unmarked = {(t, p): e - 1 for t, parts in ends.items() for p, e in parts.items()
-                    if e > bounds[t][p][0] and newest(t, p) != e}
+                    if e > bounds[t].get(p, (e, e))[0] and newest(t, p) != e}
         found = self._fingerprints(unmarked)
         marks: dict[str, dict[str, list[list[int]]]] = {}
         for t, parts in ends.items():
@@ -193,6 +193,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 if self._target is not None:
                     hi = min(hi, self._target.get(t, {}).get(p, hi))
                 end[t][p] = max(hi, begin[t][p])
+        self._hold_unlisted(start, bounds, begin, kept, end)
         if isinstance(limit, ReadMaxRows):
             backlog = sum(e - begin[t][p] for t, parts in end.items() for p, e in parts.items())
             if backlog > limit.max_rows:
@@ -203,6 +204,24 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                         parts[p] = min(e, begin[t][p] + take)
         out = self._with_marks(end, kept, bounds)
         return {**out, FROM: rewound} if rewound else out
+
+    def _hold_unlisted(self, start: dict[str, Any], bounds: dict[str, dict[str, tuple[int, int]]],
+                       begin: Offsets, kept: dict[str, dict[str, tuple[Mark, ...]]], end: Offsets) -> None:
+        """Keep the position and marks of each partition the start knows but the broker's
+        metadata does not list now (a broker still starting answers with no partitions).
+        Dropped from the end, it would count as new at the next batch and be read again
+        from its beginning."""
+        at = positions(start)
+        for t, listed in bounds.items():
+            unlisted = {p: frm for p, frm in at.get(t, {}).items() if p not in listed}
+            if not unlisted:
+                continue
+            log.warning("%s: the broker lists no partition %s for now; holding at %s",
+                        t, ",".join(unlisted), unlisted)
+            for p, frm in unlisted.items():
+                begin[t][p] = end[t][p] = frm
+                kept[t][p] = _marks_of(start, t, p)
+            end[t] = dict(sorted(end[t].items(), key=lambda kv: int(kv[0])))  # same order, same JSON
 
     def _verify(self, start: dict[str, Any], bounds: dict[str, dict[str, tuple[int, int]]]):
         """(where each partition's next batch begins, the marks still good, the rewound
