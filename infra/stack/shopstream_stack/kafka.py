@@ -1,7 +1,7 @@
 """Kafka-protocol broker for the embedded stack: noida-db (one Rust binary from PyPI).
 
-No Apache Kafka broker can be installed on our machines (see INFRA-NOTES); compose
-and clusters run the real one. noida-db keeps data in memory and snapshots it to its
+No Apache Kafka broker installs from PyPI, Debian or npm (no Docker engine either), so
+compose and clusters run the real one. noida-db keeps data in memory and snapshots it to its
 data folder on a graceful stop, so `invoke down` (SIGTERM) keeps topics and offsets.
 """
 

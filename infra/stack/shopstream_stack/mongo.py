@@ -1,6 +1,6 @@
 """MongoDB-protocol server for the embedded stack: SecantusDB (Python over WiredTiger).
 
-No mongod or FerretDB installs here (see INFRA-NOTES). SecantusDB speaks the wire
+No mongod or FerretDB installs from PyPI, Debian or npm. SecantusDB speaks the wire
 protocol pymongo uses, including unique indexes, $merge and transactions, and keeps
 its data across restarts. It presents itself as a one-member replica set, hence
 `directConnection=true` in the default URI.
