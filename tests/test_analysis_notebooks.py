@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,8 @@ pytestmark = [pytest.mark.services, pytest.mark.usefixtures("stack")]
 
 AS_OF = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 CENT = Decimal("0.01")
+# log4j's console pattern, as Spark's JVM writes it: "25/12/02 10:00:00 WARN NativeCodeLoader: ..."
+SPARK_LOG_LINE = re.compile(r"\d\d/\d\d/\d\d \d\d:\d\d:\d\d (?:WARN|INFO|ERROR) \w+")
 
 
 def shop(run: str) -> list[dict]:
@@ -162,5 +165,7 @@ def test_both_notebooks_answer_what_the_posted_purchases_say(spark, settings, ap
     assert sorted(table) == sorted((r["UserId"], r["ProductId"], r["Orders"], r["Units"], r["FirstBought"],
                                     r["LastBought"]) for r in repeats)
 
+    for page in html:  # Spark's log lines (NativeCodeLoader, WindowExec, ...) are in the kernel log only
+        assert not SPARK_LOG_LINE.search(page.read_text()), SPARK_LOG_LINE.search(page.read_text()).group(0)
     charts = [p.read_text().count('class="jp-RenderedImage') for p in html]  # matplotlib figures in outputs
     assert charts[0] >= 4 and charts[1] >= 1, charts  # best sellers, payment types, top customers, repeats

@@ -57,8 +57,11 @@ def run_notebooks(settings: Settings, out_dir: Path, as_of: str | None = None,
             kernel_log = out_dir / name.replace(".ipynb", ".kernel.log")
             say(f"running {name} ... (kernel and Spark messages: {kernel_log})")
             try:
-                with kernel_log.open("w") as log:  # Spark's JVM writes to the kernel's stderr
+                # Spark's JVM writes its log to the kernel's stderr: into the kernel log, not
+                # into the cells (ipykernel forwards what its child processes write, by default)
+                with kernel_log.open("w") as log:
                     NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
+                                   extra_arguments=["--IPKernelApp.capture_fd_output=False"],
                                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute(stderr=log)
             except CellExecutionError as e:
                 raise AnalysisFailed(f"{name} failed (see also {kernel_log}):\n{str(e)[-3000:]}") from None
