@@ -40,10 +40,10 @@ def down(c, wipe=False):
     _run(commands.down, wipe=wipe)
 
 
-@task
-def status(c):
+@task(help={"json": "print JSON (state, restarts, pids, address, folder of each service) instead of the table"})
+def status(c, json=False):
     """Show every service and whether it answers; exit 1 if one does not."""
-    if not _run(commands.status):
+    if not _run(commands.status, as_json=json):
         raise Exit(code=1)
 
 

@@ -21,13 +21,15 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "components" / "dags")
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
 
-from shopstream.settings import Settings
+from shopstream.settings import REPO_ROOT, Settings
 from shopstream_stack.isolated import free_port, isolated_settings
 from shopstream_stack.kafka import KafkaBroker
 from shopstream_stack.service import Service
@@ -219,11 +221,15 @@ def run_until_caught_up(spark, settings: Settings) -> dict[str, list[dict]]:
     return progress
 
 
-def status_table(stdout: str) -> dict[str, str]:
-    """`invoke status` output -> {service: state}."""
-    rows = {}
-    for line in stdout.splitlines():
-        cells = [c.strip() for c in line.split("│")]
-        if len(cells) > 3 and cells[1] and cells[2]:
-            rows[cells[1]] = cells[2]
-    return rows
+def invoke(settings: Settings, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run an invoke task of this repository as a user would, against the settings' stack."""
+    env = {**os.environ, **settings.to_env()}
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def invoke_status(settings: Settings, timeout: float = 120) -> tuple[int, dict[str, dict]]:
+    """`invoke status --json`: its exit code, and each service's row by name."""
+    out = invoke(settings, "status", "--json", timeout=timeout)
+    assert out.stdout.strip(), out.stderr
+    return out.returncode, {r["service"]: r for r in json.loads(out.stdout)["services"]}

@@ -9,9 +9,6 @@ logs are readable, and stopping leaves no Airflow process behind.
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 import time
 from urllib.parse import quote
 
@@ -19,6 +16,7 @@ import httpx
 import psutil
 import pytest
 
+from conftest import invoke, invoke_status
 from shopstream.settings import REPO_ROOT
 from shopstream_stack.airflow import COMPONENTS, AirflowService
 from shopstream_stack.process import Proc, inherited_env, port_is_free
@@ -28,12 +26,6 @@ pytestmark = pytest.mark.services
 DAG_ID = "user_events_batch"
 RUN_TIMEOUT_S = 180
 FINAL = {"success", "failed"}
-
-
-def invoke(settings, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, **settings.to_env()}
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def batch_code_exists() -> bool:
@@ -83,10 +75,9 @@ def test_up_starts_airflow_healthy_with_ui_status_and_logs(airflow, settings):
     ui = httpx.get(f"{settings.airflow.base_url}/", timeout=30)
     assert ui.status_code == 200 and "<html" in ui.text.lower()
 
-    status = invoke(settings, "status")
-    row = next(line for line in status.stdout.splitlines() if " airflow " in line)
-    assert " healthy " in row, status.stdout
-    assert all(str(pid) in row for pid in airflow.status().pids), row
+    _, states = invoke_status(settings)
+    assert states["airflow"]["state"] == "healthy", states["airflow"]
+    assert sorted(states["airflow"]["pids"]) == sorted(airflow.status().pids), states["airflow"]
 
     logs = invoke(settings, "logs", "airflow").stdout
     for component in COMPONENTS:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import uuid
 
-import psycopg2
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -16,12 +13,11 @@ from shopstream.adapters.kafka import admin_client
 from shopstream.adapters.mongo import database, mongo_client
 from shopstream.adapters.postgres import pg_engine
 from shopstream.adapters.s3 import s3_client
-from shopstream.settings import REPO_ROOT
 from shopstream_stack.process import PortInUse, StackError
 from shopstream_stack.stack import SERVICE_TYPES
 from sqlalchemy import text
 
-from conftest import free_port, make_settings, status_table
+from conftest import invoke_status, make_settings
 
 pytestmark = pytest.mark.services
 
@@ -209,10 +205,8 @@ def test_a_server_that_dies_at_start_reports_its_log(tmp_path):
 
 
 def test_invoke_status_reports_every_server_healthy(stack, settings):
-    env = {**os.environ, **settings.to_env()}
-    out = subprocess.run([sys.executable, "-m", "invoke", "status"], cwd=REPO_ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
+    code, states = invoke_status(settings, timeout=60)
     # the four servers answer; the pipeline's components are not running here, so status says so and fails
-    states = status_table(out.stdout)
-    assert {states[n] for n in ("kafka", "mongo", "postgres", "s3")} == {"healthy"}, out.stdout
-    assert "stopped" in {states[n] for n in ("api", "airflow", "generator")} and out.returncode == 1
+    assert {states[n]["state"] for n in ("kafka", "mongo", "postgres", "s3")} == {"healthy"}, states
+    assert "stopped" in {states[n]["state"] for n in ("api", "airflow", "generator")} and code == 1
+    assert all(states[n]["pids"] and states[n]["restarts"] == 0 for n in ("kafka", "mongo", "postgres", "s3")), states

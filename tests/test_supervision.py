@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import make_settings, status_table
-from shopstream.settings import REPO_ROOT, EmbeddedSettings
+from conftest import invoke_status, make_settings
+from shopstream.settings import EmbeddedSettings
 from shopstream_stack.kafka import KafkaBroker
 from shopstream_stack.process import Proc
 from shopstream_stack.service import Endpoint, Service
@@ -60,11 +58,8 @@ def test_a_server_that_dies_is_restarted_and_its_restarts_are_shown(tmp_path, si
             wait_for("the broker to be back", lambda pid=pid: restarted(broker, pid), 60)
             # the listener counts the restart as supervisord reports it, which may come a moment later
             wait_for(f"restart {n} counted", lambda n=n: broker.status().restarts == n, 30)
-        env = {**os.environ, **settings.to_env()}
-        out = subprocess.run([sys.executable, "-m", "invoke", "status"], cwd=REPO_ROOT, env=env,
-                             capture_output=True, text=True, timeout=120).stdout
-        row = next(line for line in out.splitlines() if "│ kafka" in line)
-        assert status_table(out)["kafka"] == "healthy" and [c.strip() for c in row.split("│")][3] == "2", out
+        _, states = invoke_status(settings)
+        assert (states["kafka"]["state"], states["kafka"]["restarts"]) == ("healthy", 2), states["kafka"]
     finally:
         broker.stop()
     assert broker.status().state == "stopped"

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import end_offsets, read_from, status_table
-from shopstream.settings import REPO_ROOT
+from conftest import end_offsets, invoke, invoke_status, read_from
 from shopstream_stack.apps import ApiService, GeneratorService
 
 pytestmark = pytest.mark.services
-
-
-def invoke(settings, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {**os.environ, **settings.to_env()}
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def count_since(settings, topic: str, since: dict[int, int]) -> int:
@@ -34,10 +24,9 @@ def test_up_starts_api_and_generator_and_records_flow(stack, settings):
     up = invoke(settings, "up", "--only", "api", "--only", "generator")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        status = invoke(settings, "status")
-        states = status_table(status.stdout)
+        _, states = invoke_status(settings)
         for name in ("kafka", "mongo", "postgres", "s3", "api", "generator"):
-            assert states[name] == "healthy", status.stdout
+            assert states[name]["state"] == "healthy", states
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             counts = {t: count_since(settings, t, before[t]) for t in topics}

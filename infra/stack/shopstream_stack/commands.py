@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -98,22 +100,35 @@ def down(settings: Settings, wipe: bool = False) -> None:
         say(f"removed {settings.run_dir}")
 
 
-def status(settings: Settings) -> bool:
-    """Print a table of the servers; True when every one is healthy."""
-    table = Table(title=f"shopstream services ({settings.stack.value} stack)")
-    for col in ("service", "state", "restarts", "pid", "address", "data and logs"):
-        table.add_column(col, justify="right" if col == "restarts" else "left")
-    all_ok = True
+def service_states(settings: Settings) -> list[dict[str, Any]]:
+    """Every service: its state, restarts, PIDs, address and folder (the last three only
+    for what this project runs)."""
+    rows: list[dict[str, Any]] = []
     for svc in services(settings, apps=True):
         if settings.stack == StackMode.embedded or svc.name not in SERVER_NAMES:
             st = svc.status()
-            state, restarts, pids, folder = st.state, str(st.restarts), " ".join(map(str, st.pids)), _short(st.folder)
+            rows.append({"service": svc.name, "state": st.state, "restarts": st.restarts, "pids": st.pids,
+                         "address": svc.address, "folder": _short(st.folder)})
         else:
-            state = "healthy" if svc._safe_healthy() else "unreachable"
-            restarts, pids, folder = "", "", ""
-        all_ok &= state == "healthy"
-        colour = {"healthy": "green", "stopped": "dim", "restarting": "yellow"}.get(state, "red")
-        table.add_row(svc.name, f"[{colour}]{state}[/{colour}]", restarts, pids, svc.address, folder)
+            rows.append({"service": svc.name, "state": "healthy" if svc._safe_healthy() else "unreachable",
+                         "restarts": None, "pids": [], "address": svc.address, "folder": None})
+    return rows
+
+
+def status(settings: Settings, as_json: bool = False) -> bool:
+    """Print a table of the services (or JSON, for scripts); True when every one is healthy."""
+    rows = service_states(settings)
+    all_ok = all(r["state"] == "healthy" for r in rows)
+    if as_json:
+        print(json.dumps({"stack": settings.stack.value, "healthy": all_ok, "services": rows}, indent=2))
+        return all_ok
+    table = Table(title=f"shopstream services ({settings.stack.value} stack)")
+    for col in ("service", "state", "restarts", "pid", "address", "data and logs"):
+        table.add_column(col, justify="right" if col == "restarts" else "left")
+    for r in rows:
+        colour = {"healthy": "green", "stopped": "dim", "restarting": "yellow"}.get(r["state"], "red")
+        table.add_row(r["service"], f"[{colour}]{r['state']}[/{colour}]", "" if r["restarts"] is None else str(r["restarts"]),
+                      " ".join(map(str, r["pids"])), r["address"], r["folder"] or "")
     console.print(table)
     return all_ok
 
