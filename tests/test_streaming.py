@@ -275,8 +275,8 @@ def test_kill_minus_9_mid_batch_and_restart_loses_and_duplicates_nothing(spark, 
 
 # -- one setting switches the jar source and the Kafka source -----------------------------
 def test_offline_jars_or_packages_and_the_kafka_connector_follow_the_settings(spark, settings):
-    from shopstream_stack.install import spark_jar_paths
-    from shopstream_streaming.session import KAFKA_PACKAGE, jar_options, s3a_conf
+    from shopstream.adapters.spark import KAFKA_PACKAGE, jar_options, s3a_conf
+    from shopstream.spark_jars import spark_jar_paths
 
     assert jar_options(settings) == {"spark.jars": ",".join(map(str, spark_jar_paths(settings)))}
     assert s3a_conf(settings)["fs.s3a.signing-algorithm"] == "S3SignerType"  # what Ceph needs with SDK v1

@@ -105,7 +105,7 @@ def spark_for(settings: Settings, app: str) -> Iterator[object]:
     """The project's SparkSession for these settings; stopped after, with Hadoop's FileSystem
     cache cleared, so a later run in this process (another isolated stack, same bucket name)
     does not get a file system bound to the old S3 endpoint."""
-    from shopstream_streaming.session import spark_session
+    from shopstream.adapters.spark import spark_session
 
     spark = spark_session(settings, app)
     try:

@@ -18,7 +18,7 @@ def purchases_uri(settings: Settings) -> str:
 
 
 def spark_session(settings: Settings, app: str = "shopstream-analysis") -> SparkSession:
-    from shopstream_streaming.session import spark_session as make
+    from shopstream.adapters.spark import spark_session as make
 
     return make(settings, app)
 

@@ -133,7 +133,7 @@ def run(
     settings = Settings()
     lock = _lock(settings)
     from . import job
-    from .session import spark_session
+    from shopstream.adapters.spark import spark_session
 
     t0 = time.monotonic()
     spark = spark_session(settings, "shopstream-streaming")
