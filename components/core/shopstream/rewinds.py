@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shopstream.locations import job_folder
 from shopstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,8 @@ class Rewind:
 
 # -- the streaming job's file -----------------------------------------------------------
 def streaming_file(settings: Settings) -> Path:
-    """`shopstream_streaming.status.job_folder(settings) / STREAMING_FILE`."""
-    return settings.run_dir / "streaming" / STREAMING_FILE
+    """Where the streaming job's source records its rewinds: `STREAMING_FILE` in the job folder."""
+    return job_folder(settings) / STREAMING_FILE
 
 
 def append_line(path: Path, rewind: Rewind, **extra: Any) -> None:

@@ -26,10 +26,11 @@ from sqlalchemy import text
 from shopstream.adapters.mongo import mongo_client
 from shopstream.adapters.postgres import pg_engine_unpooled
 from shopstream.adapters.s3 import s3_client
+from shopstream.locations import PURCHASES
 from shopstream.restarts import by_service, restarts_path
 from shopstream.rewinds import Rewind, drain_rewinds, oldest_first, read_lines, streaming_file
 from shopstream.settings import Settings, StackMode
-from shopstream_streaming.status import offset_positions, read_status, status_path, unhealthy_reason
+from shopstream.streaming_status import offset_positions, read_status, status_path, unhealthy_reason
 
 from .readmodel import ReadModel
 from .sync import Loop, SourceState, describe
@@ -37,7 +38,6 @@ from .sync import Loop, SourceState, describe
 BATCH_DAG_ID = "user_events_batch"  # components/dags/user_events_batch.py
 BATCH_TASKS = {"drain": "stored", "aggregate": "events_counted"}  # task -> the report field shown
 FINAL = {"success", "failed"}
-STREAMING_QUERY = "purchases"
 PROBES = {"/healthz", "/readyz", "/metrics"}
 REWINDS_SHOWN = 5
 STACK_NAMES = {"mongodb": "mongo", "postgresql": "postgres"}  # the page's name -> the stack's
@@ -158,7 +158,7 @@ class HealthMonitor(Loop):
         done = sum(max(0, om.offset) for tp, om in committed.items() if tp.topic == topic)
         end = sum(ends[topic].values())
         out.append({"topic": topic, "group": group, "lag": max(0, end - done), "end": end})
-        query = ((self._status or {}).get("queries") or {}).get(STREAMING_QUERY) or {}
+        query = ((self._status or {}).get("queries") or {}).get(PURCHASES) or {}
         done_p = _offsets_sum(query.get("end_offset"), kafka.purchases_topic)
         end_p = sum(ends[kafka.purchases_topic].values())
         if done_p is not None:
@@ -202,7 +202,7 @@ class HealthMonitor(Loop):
         return self.meter.rates(at, self.http.get(f"{self.settings.api.base_url}/metrics").raise_for_status().text)
 
     def streaming(self) -> dict[str, Any] | None:
-        query = ((self._status or {}).get("queries") or {}).get(STREAMING_QUERY)
+        query = ((self._status or {}).get("queries") or {}).get(PURCHASES)
         newest = self.model.newest_ingested()
         freshness = round((datetime.now(UTC) - newest).total_seconds(), 1) if newest else None
         if query is None:
