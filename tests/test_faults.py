@@ -47,7 +47,7 @@ from pydantic import ValidationError
 from conftest import ServerThread, job_settings, make_settings, read_from
 from shopstream import locations
 from shopstream.adapters.kafka import ensure_topics
-from shopstream.adapters.mongo import mongo_client
+from shopstream.adapters.mongo import collections, mongo_client
 from shopstream.contracts import PurchaseRecord, UserEventRecord
 from shopstream.settings import Settings, get_settings
 from shopstream_api.examples import PURCHASE_EXAMPLE, USER_EVENT_EXAMPLE
@@ -55,7 +55,6 @@ from shopstream_api.main import create_app
 from shopstream_batch.aggregate import LEASE, update_event_counts
 from shopstream_batch.check import check_counts
 from shopstream_batch.drain import drain_user_events
-from shopstream_batch.store import collections
 from shopstream_stack.kafka import KafkaBroker
 from shopstream_stack.mongo import MongoServer
 from test_batch_properties import record

@@ -31,14 +31,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from conftest import broker_back as restart, job_settings, own_broker, run_until_caught_up
 from shopstream import locations
 from shopstream.adapters.kafka import end_offsets, ensure_topics
-from shopstream.adapters.mongo import mongo_client
+from shopstream.adapters.mongo import collections, mongo_client
 from shopstream.marks import KEEP, PAST_END, REPLACED, UNMARKED, Mark, check, fingerprint, remember
 from shopstream.rewinds import Rewind, read_lines, rewinds, streaming_file
 from shopstream.settings import Settings
 from shopstream.streaming_status import offset_positions
 from shopstream_api.examples import PURCHASE_EXAMPLE
 from shopstream_batch.drain import drain_user_events
-from shopstream_batch.store import collections
 from shopstream_dashboard.health import _offsets_sum
 from shopstream_stack.kafka import KafkaBroker
 from test_batch_properties import record

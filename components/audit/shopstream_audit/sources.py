@@ -29,7 +29,7 @@ from minio.error import S3Error
 from shopstream import ledger
 from shopstream.adapters.kafka import group_committed as committed_offsets
 from shopstream.adapters.lake import LakeFiles
-from shopstream.adapters.mongo import database, mongo_client
+from shopstream.adapters.mongo import collections, database, mongo_client
 from shopstream.adapters.s3 import s3_client
 from shopstream.settings import Settings
 
@@ -190,8 +190,6 @@ def read_mongo(settings: Settings, acked: Container[str], progress: Progress = _
     """Stored events, dead letters and counts. Read in this order so a running aggregation
     cannot make them disagree: applied batches, then counts (each with the batches merged
     into it), then events (a batch's events are fixed before it is merged)."""
-    from shopstream_batch.store import collections
-
     client = mongo_client(settings.mongo)
     try:
         colls = collections(database(client, settings.mongo), settings.batch)

@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
 
-from shopstream.adapters.mongo import database, mongo_client
+from shopstream.adapters.mongo import collections, database, mongo_client
 from shopstream.contracts import UserEventRecord
 from shopstream.settings import Settings
-
-from .store import collections
 
 
 @dataclass

@@ -38,14 +38,14 @@ from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
 from shopstream.adapters.kafka import record_fingerprints
-from shopstream.adapters.mongo import database, mongo_client
+from shopstream.adapters.mongo import Collections, database, mongo_client
 from shopstream.contracts import UserEventRecord
 from shopstream.marks import Mark, Verdict, check, remember
 from shopstream.rewinds import DRAIN, Rewind, drain_document
 from shopstream.settings import Settings, get_settings
 
 from .budget import Budget
-from .store import Collections, ensure_collections, event_document, insert_new, load_marks, save_marks
+from .store import ensure_collections, event_document, insert_new, load_marks, save_marks
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from shopstream.adapters.mongo import mongo_client
+from shopstream.adapters.mongo import collections, database, mongo_client
 from shopstream.adapters.postgres import pg_engine_unpooled
 from shopstream.adapters.s3 import s3_client
 from shopstream.locations import PURCHASES
@@ -218,7 +218,7 @@ class HealthMonitor(Loop):
         services row shows when it does not)."""
         found = read_lines(streaming_file(self.settings))
         try:
-            found += drain_rewinds(self.mongo[self.settings.mongo.database])
+            found += drain_rewinds(collections(database(self.mongo, self.settings.mongo), self.settings.batch).rewinds)
         except pymongo.errors.PyMongoError:
             pass
         return rewinds_summary(found)
