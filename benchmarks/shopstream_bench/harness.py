@@ -80,12 +80,13 @@ def percentile(values: list[float], p: float) -> float:
 
 def produce(settings: Settings, topic: str, records: Iterable[tuple[bytes, bytes]], label: str = "") -> int:
     """Fill a topic with pre-serialised (key, value) records, acknowledged (acks=all); returns how many."""
-    from kafka import KafkaProducer
     from rich.progress import Progress
 
+    from shopstream.adapters.kafka import kafka_producer
+
     records = list(records)
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, client_id="shopstream-bench-fill",
-                             acks="all", linger_ms=20, batch_size=256 * 1024, compression_type="gzip")
+    producer = kafka_producer(settings.kafka, client_id="shopstream-bench-fill", acks="all", linger_ms=20,
+                              batch_size=256 * 1024, compression_type="gzip")
     try:
         with Progress(transient=True) as progress:
             task = progress.add_task(label or f"filling {topic}", total=len(records))

@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 import httpx
 from rich.console import Console
 
-from shopstream.adapters.kafka import end_offsets
+from shopstream.adapters.kafka import end_offsets, kafka_consumer
 from shopstream.locations import PURCHASES, output_url, s3a_url
 from shopstream.settings import Settings
 
@@ -82,11 +82,11 @@ def _available_now(spark, cfg: Settings) -> float:
 
 def _kafka_python_read(settings: Settings, start: dict[int, int], end: dict[int, int]) -> float:
     """Seconds for one kafka-python consumer to read [start, end) of every partition."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     topic = settings.kafka.purchases_topic
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False,
-                             client_id="shopstream-bench-read", max_poll_records=5000)
+    consumer = kafka_consumer(settings.kafka, enable_auto_commit=False, client_id="shopstream-bench-read",
+                              max_poll_records=5000)
     tps = [TopicPartition(topic, p) for p in start]
     try:
         t0 = time.perf_counter()

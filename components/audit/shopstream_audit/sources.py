@@ -27,7 +27,7 @@ from kafka.errors import OffsetOutOfRangeError
 from minio.error import S3Error
 
 from shopstream import ledger
-from shopstream.adapters.kafka import group_committed as committed_offsets
+from shopstream.adapters.kafka import group_committed as committed_offsets, kafka_consumer
 from shopstream.adapters.lake import LakeFiles
 from shopstream.adapters.mongo import collections, database, mongo_client
 from shopstream.adapters.s3 import s3_client
@@ -91,8 +91,7 @@ def read_ledger(settings: Settings) -> Ledger:
 
 # -- Kafka ------------------------------------------------------------------------------------
 def _consumer(settings: Settings, **kwargs) -> KafkaConsumer:
-    return KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, client_id="shopstream-audit",
-                         enable_auto_commit=False, **kwargs)
+    return kafka_consumer(settings.kafka, client_id="shopstream-audit", enable_auto_commit=False, **kwargs)
 
 
 @dataclass

@@ -37,7 +37,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
-from shopstream.adapters.kafka import record_fingerprints
+from shopstream.adapters.kafka import kafka_consumer, record_fingerprints
 from shopstream.adapters.mongo import Collections, database, mongo_client
 from shopstream.contracts import UserEventRecord
 from shopstream.marks import Mark, Verdict, check, remember
@@ -129,8 +129,8 @@ def store(colls: Collections, messages: list[Message], report: DrainReport) -> N
 
 
 def _consumer(settings: Settings) -> KafkaConsumer:
-    return KafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+    return kafka_consumer(
+        settings.kafka,
         group_id=settings.batch.consumer_group,
         client_id="shopstream-batch",
         enable_auto_commit=False,
@@ -203,8 +203,8 @@ def _waiting(settings: Settings, partitions: list[TopicPartition], ends: dict[To
     beginning where the group committed nothing), or None if the broker did not say. A
     consumer of its own with the group's id reads them: an offset fetch is not a join, so
     this never triggers a rebalance."""
-    probe = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=settings.batch.consumer_group,
-                          client_id="shopstream-batch-lag", enable_auto_commit=False)
+    probe = kafka_consumer(settings.kafka, group_id=settings.batch.consumer_group, client_id="shopstream-batch-lag",
+                           enable_auto_commit=False)
     try:
         lows = probe.beginning_offsets(partitions, timeout_ms=timeout_ms)
         waiting = 0

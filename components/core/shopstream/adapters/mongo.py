@@ -36,7 +36,7 @@ def database(client: MongoClient, cfg: MongoSettings) -> Database:
     return client[cfg.database]
 
 
-def health(client: MongoClient) -> str:
+def mongo_health(client: MongoClient) -> str:
     """The server answers a ping (raises when it does not): `invoke status` and the dashboard."""
     reply = client.admin.command("ping")
     if reply.get("ok") != 1:
