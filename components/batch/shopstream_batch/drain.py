@@ -35,11 +35,10 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
-from pydantic import ValidationError
 
 from shopstream.adapters.kafka import kafka_consumer, record_fingerprints
 from shopstream.adapters.mongo import Collections, database, mongo_client
-from shopstream.contracts import UserEventRecord
+from shopstream.contracts import UserEventRecord, why_invalid
 from shopstream.marks import Mark, Verdict, check, remember
 from shopstream.rewinds import DRAIN, Rewind, drain_document
 from shopstream.settings import Settings, get_settings
@@ -88,16 +87,6 @@ class Message:
     key: bytes | None
     value: bytes | None
     timestamp: int = -1  # Kafka's, in ms: part of the offset mark
-
-
-def why_invalid(e: Exception) -> str:
-    """A dead letter's reason: Pydantic's field paths and messages, or the unexpected error."""
-    if not isinstance(e, ValidationError):
-        return f"unreadable: {type(e).__name__}: {e}"
-    first = e.errors()[0]
-    if first["type"] == "json_invalid":
-        return "invalid JSON: " + first["msg"]
-    return "breaks the contract: " + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
 
 
 def split(messages: list[Message]) -> tuple[list[dict], list[dict]]:

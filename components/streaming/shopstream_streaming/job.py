@@ -20,13 +20,12 @@ from __future__ import annotations
 
 from functools import reduce
 
-from pydantic import ValidationError
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
-from shopstream.contracts import PurchaseRecord
+from shopstream.contracts import PurchaseRecord, why_invalid
 from shopstream.contracts.spark import spark_schema
 from shopstream.locations import PURCHASES, QUARANTINE, checkpoint_url, output_url, quarantine_url
 from shopstream.rewinds import streaming_file
@@ -78,10 +77,8 @@ def check_contract(value: bytes | None) -> tuple[str | None, str | None]:
         return "empty record (no value)", None
     try:
         record = PurchaseRecord.model_validate_json(value)
-    except ValidationError as e:
-        return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'record'}: {err['msg']}" for err in e.errors()), None
     except Exception as e:  # noqa: BLE001 - one record, whatever is wrong with it, never fails the query
-        return f"unreadable: {type(e).__name__}: {e}", None
+        return why_invalid(e), None
     return None, record.model_dump_json()
 
 
