@@ -32,8 +32,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
-
 from shopstream.adapters.airflow import airflow_client, airflow_health
 from shopstream.settings import REPO_ROOT, Settings, StackMode
 
@@ -143,7 +141,8 @@ class AirflowService(Service):
         proc.start()
 
     def _api_answers(self) -> bool:
-        return httpx.get(f"{self.address}/api/v2/version", timeout=5).status_code == 200
+        with airflow_client(self.settings.airflow, timeout_s=5) as client:
+            return client.get("/api/v2/version").status_code == 200
 
     def _migrate(self) -> None:
         """Create or upgrade the metadata database (and write airflow.cfg, the first time)."""
