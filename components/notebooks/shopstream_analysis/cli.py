@@ -19,7 +19,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 
 def say(msg: str) -> None:
-    console.print(f"[bold]shopstream:[/bold] {msg}")
+    console.print(f"[bold]shopstream:[/bold] {msg}", soft_wrap=True)  # a path stays whole
 
 
 def _short(path: Path) -> str:
