@@ -94,7 +94,9 @@ def bench(c, quick=False, only=None):
 @task(help={"as_of": "the analysis' now, ISO 8601 with offset (default: now)"})
 def analyze(c, as_of=None):
     """Run both analysis notebooks headless against the running stack; HTML reports in reports/analysis/."""
-    _run(commands.analyze, as_of=as_of)
+    code = _run(commands.analyze, as_of=as_of)
+    if code:
+        raise Exit(code=code)
 
 
 @task(help={"out": "where to write the PNG (default: docs/dashboard.png)"})

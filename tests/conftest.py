@@ -128,7 +128,7 @@ def api_server(stack, settings) -> Iterator[ServerThread]:
 def spark(settings):
     """One SparkSession for the whole run, built by the job's own factory (s3a jars included):
     a JVM outlives `stop()`, so a second session with other jars could not be made."""
-    from shopstream_streaming.session import spark_session
+    from shopstream.adapters.spark import spark_session
 
     session = spark_session(settings, "shopstream-tests")
     yield session

@@ -22,6 +22,7 @@ from shopstream.adapters.postgres import pg_engine
 from shopstream.contracts import PaymentType
 from shopstream_analysis.lake import NoDataYet
 from shopstream_analysis.report import run_notebooks
+from shopstream_stack import commands
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("stack")]
 
@@ -127,10 +128,12 @@ def normalised(rows, money=(), times=()):
 
 
 # -- the test -------------------------------------------------------------------------------
-def test_both_notebooks_answer_what_the_posted_purchases_say(spark, settings, api_server, tmp_path):
+def test_both_notebooks_answer_what_the_posted_purchases_say(spark, settings, api_server, tmp_path, capfd):
     st = job_settings(settings, "analysis")
     with pytest.raises(NoDataYet, match="no purchases in s3a://.*tests/analysis-.*/purchases yet"):
         run_notebooks(st, tmp_path / "empty")
+    assert commands.analyze(st) == 1  # as `invoke analyze` runs it: `python -m shopstream_analysis`
+    assert re.search(r"no\s+purchases\s+in\s+s3a://\S*tests/analysis-\S*/purchases\s+yet", capfd.readouterr().out)
 
     run = uuid.uuid4().hex[:6]
     orders = shop(run)

@@ -21,6 +21,7 @@ from shopstream_batch import drain as drain_module
 from shopstream_batch.budget import Budget
 from shopstream_batch.drain import DrainReport, Message, drain_user_events, store
 from shopstream_batch.store import ensure_collections
+from shopstream_stack import commands
 from test_batch_properties import record
 from test_faults import wait_for
 
@@ -242,8 +243,10 @@ def test_dag_runs_through_airflow_and_counts_what_the_api_accepted(airflow_db, i
     # and `invoke batch-check`'s independent recount agrees, and notices a count that is off
     result = check_counts(cfg)
     assert result.ok and result.lag == 0 and result.uncounted == 0 and result.distinct_events == 31, result
+    assert commands.batch_check(cfg)  # as `invoke batch-check` runs it: `python -m shopstream_batch check`
     pair = {"UserId": users[0], "EventName": "PageVisited"}
     counts.update_one(pair, {"$inc": {"EventCount": 1}})
     broken = check_counts(cfg)
     assert not broken.ok and broken.mismatches == {f"{users[0]}/PageVisited": (got[(users[0], "PageVisited")],
                                                                               got[(users[0], "PageVisited")] + 1)}
+    assert not commands.batch_check(cfg)

@@ -120,3 +120,36 @@ def test_records_schemas_extend_client_schemas():
         client, record = SCHEMAS[name], SCHEMAS[f"{name}Record"]
         assert set(record["properties"]) == set(client["properties"]) | {"EventId", "IngestedAt"}
         assert client["additionalProperties"] is False
+
+
+def test_the_drain_and_the_streaming_job_give_a_bad_record_the_same_reason():
+    """One rule (shopstream.contracts.why_invalid) for dead letters and quarantine: the same
+    bytes get the same words, saying where the record broke the contract."""
+    from shopstream.contracts import why_invalid
+    from shopstream_batch.drain import Message, split
+    from shopstream_streaming.job import check_contract
+
+    record = {"EventId": "e-1", "IngestedAt": "2026-11-22T10:00:00Z", "UserId": "u", "SessionId": "s",
+              "EventName": "PageVisited", "TimeStamp": "2026-11-22T10:00:00Z",
+              "Attributes": {"ProductId": "p", "Price": 10, "Discount": 20}}
+    purchase = {"EventId": "p-1", "IngestedAt": "2026-11-22T10:00:00Z", "SessionId": "s", "UserId": "u",
+                "TimeStamp": "2026-11-22T10:00:00Z", "TotalPrice": 1.0, "OrderId": "o", "PaymentType": "PayPal",
+                "Products": [{"ProductId": "p", "ItemCount": 2, "ItemPrice": 3.0, "ItemDiscount": 0.0}]}
+    for value, model, want in [
+        (b"{not json", UserEventRecord, "invalid JSON: Invalid JSON: "),
+        (json.dumps(record).encode(), UserEventRecord, "breaks the contract: Attributes.Discount: "),
+        (b'"a bare string"', UserEventRecord, "breaks the contract: record: "),
+        (b"{not json", PurchaseRecord, "invalid JSON: Invalid JSON: "),
+        (json.dumps(purchase).encode(), PurchaseRecord, "breaks the contract: TotalPrice: "),
+        (json.dumps({**purchase, "Coupon": "x"}).encode(), PurchaseRecord, "breaks the contract: "),
+    ]:
+        with pytest.raises(ValidationError) as err:
+            model.model_validate_json(value)
+        reason = why_invalid(err.value)
+        assert reason.startswith(want), reason
+        if model is UserEventRecord:
+            _, (letter,) = split([Message("UserEvents", 0, 7, b"u", value)])
+            assert letter["Reason"] == reason
+        else:
+            assert check_contract(value) == (reason, None)
+    assert why_invalid(KeyError("x")) == "unreadable: KeyError: 'x'"

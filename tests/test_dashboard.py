@@ -393,8 +393,8 @@ def test_page_in_chromium_shows_the_stores_numbers_and_looks_up_a_user(dashboard
 def test_health_and_page_show_the_offset_rewinds(dashboard, shop):
     """Rewinds of both stages, recorded as the drain and the streaming source record them
     (test_offset_rewinds makes real ones), show in /api/health and in one line under the lag."""
-    from shopstream.adapters.mongo import mongo_client
-    from shopstream.rewinds import DRAIN_COLLECTION, Rewind, append_line, drain_document, streaming_file
+    from shopstream.adapters.mongo import collections, database, mongo_client
+    from shopstream.rewinds import Rewind, append_line, drain_document, streaming_file
     from shopstream_stack.browser import chromium_page
 
     cfg = shop["cfg"]
@@ -408,7 +408,7 @@ def test_health_and_page_show_the_offset_rewinds(dashboard, shop):
     streamed = Rewind("streaming", cfg.kafka.purchases_topic, 0, 9, 6, 8, now - timedelta(seconds=30),
                       "position past the end")
     client = mongo_client(cfg.mongo)
-    rewinds = client[cfg.mongo.database][DRAIN_COLLECTION]
+    rewinds = collections(database(client, cfg.mongo), cfg.batch).rewinds
     rewinds.insert_one(drain_document(drained, cfg.batch.consumer_group, "-"))
     append_line(streaming_file(cfg), streamed, query="purchases")
     try:

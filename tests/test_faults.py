@@ -45,8 +45,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from conftest import ServerThread, job_settings, make_settings, read_from
+from shopstream import locations
 from shopstream.adapters.kafka import ensure_topics
-from shopstream.adapters.mongo import mongo_client
+from shopstream.adapters.mongo import collections, mongo_client
 from shopstream.contracts import PurchaseRecord, UserEventRecord
 from shopstream.settings import Settings, get_settings
 from shopstream_api.examples import PURCHASE_EXAMPLE, USER_EVENT_EXAMPLE
@@ -54,7 +55,6 @@ from shopstream_api.main import create_app
 from shopstream_batch.aggregate import LEASE, update_event_counts
 from shopstream_batch.check import check_counts
 from shopstream_batch.drain import drain_user_events
-from shopstream_batch.store import collections
 from shopstream_stack.kafka import KafkaBroker
 from shopstream_stack.mongo import MongoServer
 from test_batch_properties import record
@@ -667,8 +667,6 @@ def run_to_end(spark, st: Settings) -> None:
 
 def test_garbage_in_both_topics_is_set_aside_with_the_reason_and_both_pipelines_keep_going(
         stack, settings, spark):
-    from shopstream_streaming import job
-
     ue = scoped(settings, "both", batch_size=8)
     st = job_settings(settings, "faults-garbage", own_topic=True)
     topic = st.kafka.purchases_topic
@@ -703,10 +701,11 @@ def test_garbage_in_both_topics_is_set_aside_with_the_reason_and_both_pipelines_
         assert result.ok and result.lag == 0 and result.invalid == events_bad, result
         assert result.distinct_events == result.counted_events == len(events_valid), result
 
-        rows = spark.read.parquet(job.output_url(st)).select("EventId", "KafkaPartition", "KafkaOffset").collect()
+        rows = spark.read.parquet(locations.output_url(st)).select("EventId", "KafkaPartition", "KafkaOffset").collect()
         assert sorted(r.EventId for r in rows) == sorted(purchase_ids)  # each valid purchase, once
         assert all(purchases_sent[(r.KafkaPartition, r.KafkaOffset)][1] for r in rows)
-        quarantine = {(r.KafkaPartition, r.KafkaOffset): r for r in spark.read.parquet(job.quarantine_url(st)).collect()}
+        quarantine = {(r.KafkaPartition, r.KafkaOffset): r
+                      for r in spark.read.parquet(locations.quarantine_url(st)).collect()}
         bad = {coords: value for coords, (value, ok) in purchases_sent.items() if not ok}
         assert set(quarantine) == set(bad)
         for coords, value in bad.items():
@@ -748,15 +747,13 @@ def test_a_timestamp_past_the_calendar_is_dead_lettered_not_a_stuck_drain(stack,
 
 
 def test_a_timestamp_past_the_calendar_is_quarantined_not_a_failed_stream(stack, settings, spark):
-    from shopstream_streaming import job
-
     st = job_settings(settings, "faults-edge-ts", own_topic=True)
     ok = valid_purchase(f"edge-{uuid.uuid4().hex[:8]}", "edge-u")
     bad = [json.dumps({**json.loads(ok), "TimeStamp": ts}).encode() for ts in EDGE_TIMESTAMPS]
     produce(settings, st.kafka.purchases_topic, [(b"edge-u", v, 0) for v in [*bad, ok]])
     run_to_end(spark, st)
-    assert len(spark.read.parquet(job.quarantine_url(st)).collect()) == len(bad)
-    assert [r.EventId for r in spark.read.parquet(job.output_url(st)).collect()] == [json.loads(ok)["EventId"]]
+    assert len(spark.read.parquet(locations.quarantine_url(st)).collect()) == len(bad)
+    assert [r.EventId for r in spark.read.parquet(locations.output_url(st)).collect()] == [json.loads(ok)["EventId"]]
 
 
 def test_the_api_answers_422_not_500_for_a_timestamp_past_the_calendar(api_server):

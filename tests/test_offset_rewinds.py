@@ -29,17 +29,17 @@ from hypothesis import given, settings as hsettings, strategies as st
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from conftest import broker_back as restart, job_settings, own_broker, run_until_caught_up
+from shopstream import locations
 from shopstream.adapters.kafka import end_offsets, ensure_topics
-from shopstream.adapters.mongo import mongo_client
+from shopstream.adapters.mongo import collections, mongo_client
 from shopstream.marks import KEEP, PAST_END, REPLACED, UNMARKED, Mark, check, fingerprint, remember
 from shopstream.rewinds import Rewind, read_lines, rewinds, streaming_file
 from shopstream.settings import Settings
+from shopstream.streaming_status import offset_positions
 from shopstream_api.examples import PURCHASE_EXAMPLE
 from shopstream_batch.drain import drain_user_events
-from shopstream_batch.store import collections
 from shopstream_dashboard.health import _offsets_sum
 from shopstream_stack.kafka import KafkaBroker
-from shopstream_streaming.status import offset_positions
 from test_batch_properties import record
 
 
@@ -344,8 +344,6 @@ def purchase_value(event_id: str) -> bytes:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("case", ["replaced", "past-the-end"])
 def test_the_streaming_job_writes_the_records_that_took_lost_offsets(own, spark, case):
-    from shopstream_streaming import job
-
     new_count = {"replaced": 7, "past-the-end": 2}[case]
     cfg = job_settings(own.settings, f"rewind-{case}", own_topic=True)
     topic = cfg.kafka.purchases_topic
@@ -363,7 +361,7 @@ def test_the_streaming_job_writes_the_records_that_took_lost_offsets(own, spark,
     assert not [r for r in read_lines(streaming_file(cfg)) if r.topic == topic]
     rewound = run_until_caught_up(spark, cfg)
 
-    rows = spark.read.parquet(job.output_url(cfg)).select("EventId", "KafkaPartition", "KafkaOffset").collect()
+    rows = spark.read.parquet(locations.output_url(cfg)).select("EventId", "KafkaPartition", "KafkaOffset").collect()
     written = Counter(r.EventId for r in rows)
     assert set(written) == {e for group in ids.values() for e in group} | {f"other-{tag}"}
     assert set(written.values()) == {1}
@@ -374,10 +372,9 @@ def test_the_streaming_job_writes_the_records_that_took_lost_offsets(own, spark,
     found = [numbers(r) for r in rewinds(cfg) if r.topic == topic]
     assert found == [want, want]
     lines = [json.loads(x) for x in streaming_file(cfg).read_text().splitlines()]
-    assert sorted(x["query"] for x in lines if x["topic"] == topic) == [job.PURCHASES, job.QUARANTINE]
-    assert streaming_file(cfg) == Path(job.rewinds_path(cfg))
+    assert sorted(x["query"] for x in lines if x["topic"] == topic) == [locations.PURCHASES, locations.QUARANTINE]
     # the job's status and the dashboard read the positions of the offset, not its marks
-    (batch,) = [p for p in rewound[job.PURCHASES] if p["numInputRows"]]
+    (batch,) = [p for p in rewound[locations.PURCHASES] if p["numInputRows"]]
     assert batch["numInputRows"] == new_count
     end = batch["sources"][0]["endOffset"]
     assert "@marks" in (json.loads(end) if isinstance(end, str) else end)

@@ -21,14 +21,16 @@ from pydantic import BaseModel, Field
 from pyspark.sql import types as T
 
 from conftest import end_offsets, job_settings, read_from, run_until_caught_up
+from shopstream import locations
 from shopstream.contracts import PaymentType, ProductLine, PurchaseRecord
 from shopstream.contracts.spark import spark_schema
 from shopstream.settings import Settings, StackMode
+from shopstream.streaming_status import read_status, status_path
 from shopstream_api.examples import PURCHASE_EXAMPLE
 from shopstream_stack.process import Proc
 from shopstream_stack.streaming import StreamingService
 from shopstream_streaming import job
-from shopstream_streaming.status import read_status, rows_written, status_path
+from shopstream_streaming.status import rows_written
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("stack")]
 
@@ -82,7 +84,7 @@ def test_posted_purchases_come_back_from_parquet_field_for_field(spark, settings
 
     run_until_caught_up(spark, st)
 
-    df = spark.read.parquet(job.output_url(st))
+    df = spark.read.parquet(locations.output_url(st))
     contract = spark_schema(PurchaseRecord)
     assert df.columns == [*contract.fieldNames(), *COORDINATES, "date"]
     # the same types (Parquet itself makes every column nullable)
@@ -129,16 +131,17 @@ def test_malformed_and_contract_breaking_records_land_in_quarantine_with_the_rea
 
     progress = run_until_caught_up(spark, st)
     written = {name: sum(rows_written(p) or 0 for p in reports) for name, reports in progress.items()}
-    assert written == {job.PURCHASES: 1, job.QUARANTINE: len(bad)}  # what the job logs per batch
+    assert written == {locations.PURCHASES: 1, locations.QUARANTINE: len(bad)}  # what the job logs per batch
 
-    quarantine = {(r.KafkaPartition, r.KafkaOffset): r for r in spark.read.parquet(job.quarantine_url(st)).collect()}
+    quarantine = {(r.KafkaPartition, r.KafkaOffset): r
+                  for r in spark.read.parquet(locations.quarantine_url(st)).collect()}
     assert len(quarantine) == len(bad)
     for value, reason in bad.items():
         row = quarantine[(sent[value].partition, sent[value].offset)]
         assert reason in row.Reason, row.Reason
         assert row.Value == value and row.Key == b"user-q" and row.KafkaTopic == topic
         assert row.date == as_utc(row.KafkaTimestamp).date()
-    (kept,) = spark.read.parquet(job.output_url(st)).collect()
+    (kept,) = spark.read.parquet(locations.output_url(st)).collect()
     assert (kept.EventId, kept.KafkaPartition, kept.KafkaOffset) == (good["EventId"], ok.partition, ok.offset)
 
 
@@ -221,7 +224,7 @@ def test_kill_minus_9_mid_batch_and_restart_loses_and_duplicates_nothing(spark, 
     st = job_settings(settings, "kill9", trigger_interval_s=1.0, max_records_per_trigger=1500)
     topic = settings.kafka.purchases_topic
     since = {int(p): o for p, o in json.loads(st.streaming.starting_offsets)[topic].items()}
-    checkpoint = Path(job.checkpoint_url(st, job.PURCHASES))
+    checkpoint = Path(locations.checkpoint_url(st, locations.PURCHASES))
     service = StreamingService(st)
     poster = Poster(api_server.url)
     poster.start()
@@ -268,15 +271,15 @@ def test_kill_minus_9_mid_batch_and_restart_loses_and_duplicates_nothing(spark, 
 
     in_kafka = sum(end[p] - since[p] for p in end)
     assert in_kafka > len(poster.accepted) > 500  # retries put copies into the topic
-    ids = [r.EventId for r in spark.read.parquet(job.output_url(st)).select("EventId").collect()]
+    ids = [r.EventId for r in spark.read.parquet(locations.output_url(st)).select("EventId").collect()]
     assert len(ids) == len(set(ids)), "duplicates in the Parquet dataset"
     assert set(ids) == poster.accepted, (len(set(ids) - poster.accepted), len(poster.accepted - set(ids)))
 
 
 # -- one setting switches the jar source and the Kafka source -----------------------------
 def test_offline_jars_or_packages_and_the_kafka_connector_follow_the_settings(spark, settings):
-    from shopstream_stack.install import spark_jar_paths
-    from shopstream_streaming.session import KAFKA_PACKAGE, jar_options, s3a_conf
+    from shopstream.adapters.spark import KAFKA_PACKAGE, jar_options, s3a_conf
+    from shopstream.spark_jars import spark_jar_paths
 
     assert jar_options(settings) == {"spark.jars": ",".join(map(str, spark_jar_paths(settings)))}
     assert s3a_conf(settings)["fs.s3a.signing-algorithm"] == "S3SignerType"  # what Ceph needs with SDK v1
@@ -389,7 +392,7 @@ def test_lake_reader_without_spark_sees_exactly_the_committed_files_across_compa
             post(api_server.url, bodies, key=None)
             orders += [b["OrderId"] for b in bodies]
             run_until_caught_up(spark, cfg)
-            url = job.output_url(cfg)
+            url = locations.output_url(cfg)
             spark_files = {f.split(f"/{cfg.s3.bucket}/", 1)[1] for f in spark.read.parquet(url).inputFiles()}
             assert reader.committed() == spark_files
     finally:

@@ -25,13 +25,14 @@ import pytest
 from kafka import KafkaProducer
 
 from conftest import broker_back as up, job_settings, make_settings, own_broker
+from shopstream import locations
 from shopstream.adapters.kafka import end_offsets
 from shopstream.settings import Settings
+from shopstream.streaming_status import read_status, status_path, unhealthy_reason
 from shopstream_api.examples import PURCHASE_EXAMPLE
 from shopstream_stack.streaming import StreamingService
 from shopstream_streaming.failures import headline, is_transient
 from shopstream_streaming.restarts import QueryRunner, backoff_s
-from shopstream_streaming.status import read_status, status_path, unhealthy_reason
 from test_faults import kill_9, wait_for
 
 # What Spark reports, as seen on the embedded stack (module paths shortened)
@@ -292,16 +293,12 @@ def failed_since(cfg: Settings, t: float) -> dict[str, dict]:
 
 def lake_ids(spark, cfg: Settings) -> Counter:
     """EventIds in the lake, with their copies."""
-    from shopstream_streaming import job
-
-    return Counter(r.EventId for r in spark.read.parquet(job.output_url(cfg)).select("EventId").collect())
+    return Counter(r.EventId for r in spark.read.parquet(locations.output_url(cfg)).select("EventId").collect())
 
 
 def quarantined_values(spark, cfg: Settings) -> Counter:
     """Raw values in the quarantine, with their copies."""
-    from shopstream_streaming import job
-
-    return Counter(bytes(r.Value) for r in spark.read.parquet(job.quarantine_url(cfg)).select("Value").collect())
+    return Counter(bytes(r.Value) for r in spark.read.parquet(locations.quarantine_url(cfg)).select("Value").collect())
 
 
 @pytest.mark.services

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
+from shopstream.locations import output_url
 from shopstream.settings import Settings
 
 from .harness import Figure, spark_for
@@ -103,7 +104,7 @@ def run(settings: Settings, quick: bool = False, purchases: int | None = None, r
     repeats = repeats or (2 if quick else 3)
     cfg = settings.model_copy(update={"streaming": settings.streaming.model_copy(
         update={"output_path": "bench/analysis/purchases"})})
-    url = lake.purchases_uri(cfg)
+    url = output_url(cfg)
     console.print(f"[bold]analysis[/bold]: notebook 1 on {n:,} purchases in {url}, x {repeats}")
     with spark_for(settings, "shopstream-bench-analysis") as spark:
         t0 = time.perf_counter()

@@ -28,8 +28,8 @@ from rich.progress import Progress
 
 from shopstream.adapters.mongo import mongo_client
 from shopstream.adapters.postgres import pg_engine
+from shopstream.locations import output_url
 from shopstream.settings import Settings
-from shopstream_analysis.lake import purchases_uri
 from shopstream_analysis.warehouse import replace_repeat_buyers
 from shopstream_batch.store import ensure_collections
 
@@ -99,7 +99,7 @@ def run(settings: Settings, quick: bool = False, purchases: int | None = None, e
     console.print(f"[bold]dashboard[/bold]: {n_purchases:,} purchases and {n_events:,} events; {calls} calls each")
     with spark_for(settings, "shopstream-bench-dashboard") as spark:
         console.print(f"  writing {n_purchases:,} purchases to the lake")
-        generate(spark, purchases_uri(settings), n_purchases)
+        generate(spark, output_url(settings), n_purchases)
     _fill_events(settings, n_events)
     _fill_repeat_buyers(settings, 10_000)
 

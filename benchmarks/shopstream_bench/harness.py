@@ -80,12 +80,13 @@ def percentile(values: list[float], p: float) -> float:
 
 def produce(settings: Settings, topic: str, records: Iterable[tuple[bytes, bytes]], label: str = "") -> int:
     """Fill a topic with pre-serialised (key, value) records, acknowledged (acks=all); returns how many."""
-    from kafka import KafkaProducer
     from rich.progress import Progress
 
+    from shopstream.adapters.kafka import kafka_producer
+
     records = list(records)
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, client_id="shopstream-bench-fill",
-                             acks="all", linger_ms=20, batch_size=256 * 1024, compression_type="gzip")
+    producer = kafka_producer(settings.kafka, client_id="shopstream-bench-fill", acks="all", linger_ms=20,
+                              batch_size=256 * 1024, compression_type="gzip")
     try:
         with Progress(transient=True) as progress:
             task = progress.add_task(label or f"filling {topic}", total=len(records))
@@ -105,7 +106,7 @@ def spark_for(settings: Settings, app: str) -> Iterator[object]:
     """The project's SparkSession for these settings; stopped after, with Hadoop's FileSystem
     cache cleared, so a later run in this process (another isolated stack, same bucket name)
     does not get a file system bound to the old S3 endpoint."""
-    from shopstream_streaming.session import spark_session
+    from shopstream.adapters.spark import spark_session
 
     spark = spark_session(settings, app)
     try:

@@ -47,7 +47,8 @@ from datetime import UTC, datetime
 import httpx
 from rich.console import Console
 
-from shopstream.adapters.kafka import end_offsets
+from shopstream.adapters.kafka import end_offsets, kafka_consumer
+from shopstream.locations import PURCHASES, output_url, s3a_url
 from shopstream.settings import Settings
 
 from .api import purchase_records
@@ -81,11 +82,11 @@ def _available_now(spark, cfg: Settings) -> float:
 
 def _kafka_python_read(settings: Settings, start: dict[int, int], end: dict[int, int]) -> float:
     """Seconds for one kafka-python consumer to read [start, end) of every partition."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     topic = settings.kafka.purchases_topic
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False,
-                             client_id="shopstream-bench-read", max_poll_records=5000)
+    consumer = kafka_consumer(settings.kafka, enable_auto_commit=False, client_id="shopstream-bench-read",
+                              max_poll_records=5000)
     tps = [TopicPartition(topic, p) for p in start]
     try:
         t0 = time.perf_counter()
@@ -104,8 +105,6 @@ def _kafka_python_read(settings: Settings, start: dict[int, int], end: dict[int,
 
 
 def throughput(spark, settings: Settings, n: int, repeats: int) -> Figure:
-    from shopstream_streaming import job
-
     topic = settings.kafka.purchases_topic
     warm_start = end_offsets(settings.kafka, topic)
     produce(settings, topic, purchase_records(500, f"warm{uuid.uuid4().hex[:6]}"), "warm-up purchases")
@@ -120,13 +119,13 @@ def throughput(spark, settings: Settings, n: int, repeats: int) -> Figure:
     for i in range(repeats):
         cfg = _job_settings(settings, f"tp-{uuid.uuid4().hex[:8]}", start)
         job_s.append(_available_now(spark, cfg))
-        out = spark.read.parquet(job.output_url(cfg))
+        out = spark.read.parquet(output_url(cfg))
         rows = out.count()
         if rows != n:
             problems.append(f"run {i + 1}: {rows:,} rows for {n:,} purchases")
         read_s.append(_kafka_python_read(settings, start, end))
         t0 = time.perf_counter()
-        out.write.partitionBy("date").mode("overwrite").parquet(job.s3a_url(cfg, f"bench/{uuid.uuid4().hex[:8]}/copy"))
+        out.write.partitionBy("date").mode("overwrite").parquet(s3a_url(cfg, f"bench/{uuid.uuid4().hex[:8]}/copy"))
         write_s.append(time.perf_counter() - t0)
         console.print(f"  run {i + 1}/{repeats}: job {n / job_s[-1]:,.0f} purchases/s ({job_s[-1]:.1f} s), "
                       f"kafka-python {n / read_s[-1]:,.0f}/s, Parquet batch write {n / write_s[-1]:,.0f}/s")
@@ -202,7 +201,7 @@ def freshness(spark, settings: Settings, window_s: float, windows: int, trigger_
     queries, closing = [], []
     try:
         queries = job.start(spark, cfg, available_now=False)
-        url = job.output_url(cfg)
+        url = output_url(cfg)
         poller = _Poller(cfg, f"order-{tag}-")
         client = httpx.Client(base_url=settings.api.base_url, timeout=30)
         closing.append(client)
@@ -249,7 +248,7 @@ def freshness(spark, settings: Settings, window_s: float, windows: int, trigger_
             console.print(f"  window {w + 1}/{windows}: {len(sent)} purchases, freshness p50 "
                           f"{percentile(fresh, 50):.2f} s, p95 {p95s[-1]:.2f} s, max {max(fresh):.2f} s")
         batch_ms = [p["durationMs"].get("triggerExecution", 0) for q in queries for p in q.recentProgress
-                    if q.name == job.PURCHASES and p["numInputRows"]]
+                    if q.name == PURCHASES and p["numInputRows"]]
     finally:
         for c in closing:
             c.close()

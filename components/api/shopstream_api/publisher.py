@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from shopstream.adapters.kafka_async import aio_producer
 from shopstream.settings import ApiSettings, KafkaSettings
 
 from .metrics import ApiMetrics
@@ -119,8 +120,8 @@ class KafkaPublisher:
             return self._producer
         async with self._lock:
             if self._producer is None:
-                producer = _AbortableProducer(
-                    bootstrap_servers=self.kafka.bootstrap_servers,
+                producer = aio_producer(
+                    self.kafka, _AbortableProducer,
                     client_id="shopstream-api",
                     acks="all",
                     enable_idempotence=True,  # broker-side retries never duplicate a record

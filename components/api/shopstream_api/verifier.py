@@ -25,6 +25,7 @@ from itertools import takewhile
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from shopstream.adapters.kafka_async import aio_consumer
 from shopstream.settings import Settings
 
 from .journal import Entry, Journal
@@ -126,10 +127,8 @@ class Verifier:
     # -- reading the broker's copy -----------------------------------------------------------------
     async def _client(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap_servers,
-                                        client_id="shopstream-api-journal", group_id=None,
-                                        enable_auto_commit=False, fetch_max_wait_ms=100,
-                                        request_timeout_ms=10_000)
+            consumer = aio_consumer(self.settings.kafka, client_id="shopstream-api-journal", group_id=None,
+                                    enable_auto_commit=False, fetch_max_wait_ms=100, request_timeout_ms=10_000)
             await consumer.start()
             self._consumer = consumer
         return self._consumer

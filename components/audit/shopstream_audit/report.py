@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from shopstream.locations import PURCHASES, QUARANTINE, checkpoint_url
 from shopstream.settings import Settings
 
 from . import sources
@@ -132,8 +133,6 @@ def collect(settings: Settings, console: Console | None = None, samples: int = S
     consistent while the pipeline runs: the ledger (each record in it is in Kafka by then),
     the stages' committed positions, Kafka's end offsets and records, then the stores (a
     stage writes before it commits, so what lies below a position read earlier is there)."""
-    from shopstream_streaming import job  # where the job keeps its checkpoints
-
     console = console or Console(stderr=True)
     user_events, purchases = settings.kafka.user_events_topic, settings.kafka.purchases_topic
     led = sources.read_ledger(settings)
@@ -141,8 +140,8 @@ def collect(settings: Settings, console: Console | None = None, samples: int = S
         drained = sources.group_committed(settings, user_events)
     except KafkaError as e:
         raise _kafka_failed(settings, e) from e
-    streamed = sources.read_checkpoint(job.checkpoint_url(settings, job.PURCHASES), purchases)
-    quarantined = sources.read_checkpoint(job.checkpoint_url(settings, job.QUARANTINE), purchases)
+    streamed = sources.read_checkpoint(checkpoint_url(settings, PURCHASES), purchases)
+    quarantined = sources.read_checkpoint(checkpoint_url(settings, QUARANTINE), purchases)
     with _progress(console) as progress:
         try:
             bounds = sources.topic_bounds(settings)

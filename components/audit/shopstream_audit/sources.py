@@ -27,9 +27,9 @@ from kafka.errors import OffsetOutOfRangeError
 from minio.error import S3Error
 
 from shopstream import ledger
-from shopstream.adapters.kafka import group_committed as committed_offsets
+from shopstream.adapters.kafka import group_committed as committed_offsets, kafka_consumer
 from shopstream.adapters.lake import LakeFiles
-from shopstream.adapters.mongo import database, mongo_client
+from shopstream.adapters.mongo import collections, database, mongo_client
 from shopstream.adapters.s3 import s3_client
 from shopstream.settings import Settings
 
@@ -91,8 +91,7 @@ def read_ledger(settings: Settings) -> Ledger:
 
 # -- Kafka ------------------------------------------------------------------------------------
 def _consumer(settings: Settings, **kwargs) -> KafkaConsumer:
-    return KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, client_id="shopstream-audit",
-                         enable_auto_commit=False, **kwargs)
+    return kafka_consumer(settings.kafka, client_id="shopstream-audit", enable_auto_commit=False, **kwargs)
 
 
 @dataclass
@@ -190,8 +189,6 @@ def read_mongo(settings: Settings, acked: Container[str], progress: Progress = _
     """Stored events, dead letters and counts. Read in this order so a running aggregation
     cannot make them disagree: applied batches, then counts (each with the batches merged
     into it), then events (a batch's events are fixed before it is merged)."""
-    from shopstream_batch.store import collections
-
     client = mongo_client(settings.mongo)
     try:
         colls = collections(database(client, settings.mongo), settings.batch)

@@ -49,11 +49,11 @@ import pymongo
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from shopstream.adapters.mongo import database, mongo_client
+from shopstream.adapters.mongo import Collections, database, mongo_client
 from shopstream.settings import Settings, get_settings
 
 from .budget import Budget
-from .store import Collections, ensure_collections
+from .store import ensure_collections
 
 log = logging.getLogger(__name__)
 

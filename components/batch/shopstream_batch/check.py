@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
-from shopstream.adapters.mongo import database, mongo_client
+from shopstream.adapters.kafka import kafka_consumer
+from shopstream.adapters.mongo import collections, database, mongo_client
 from shopstream.contracts import UserEventRecord
 from shopstream.settings import Settings
-
-from .store import collections
 
 
 @dataclass
@@ -38,10 +37,8 @@ class CountCheck:
 
 def check_counts(settings: Settings) -> CountCheck:
     topic, group = settings.kafka.user_events_topic, settings.batch.consumer_group
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False,
-                             group_id=None, consumer_timeout_ms=5000)
-    meta = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=group,
-                         enable_auto_commit=False)
+    consumer = kafka_consumer(settings.kafka, enable_auto_commit=False, group_id=None, consumer_timeout_ms=5000)
+    meta = kafka_consumer(settings.kafka, group_id=group, enable_auto_commit=False)
     result = CountCheck()
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]

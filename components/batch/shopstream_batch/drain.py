@@ -35,17 +35,16 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
-from pydantic import ValidationError
 
-from shopstream.adapters.kafka import record_fingerprints
-from shopstream.adapters.mongo import database, mongo_client
-from shopstream.contracts import UserEventRecord
+from shopstream.adapters.kafka import kafka_consumer, record_fingerprints
+from shopstream.adapters.mongo import Collections, database, mongo_client
+from shopstream.contracts import UserEventRecord, why_invalid
 from shopstream.marks import Mark, Verdict, check, remember
 from shopstream.rewinds import DRAIN, Rewind, drain_document
 from shopstream.settings import Settings, get_settings
 
 from .budget import Budget
-from .store import Collections, ensure_collections, event_document, insert_new, load_marks, save_marks
+from .store import ensure_collections, event_document, insert_new, load_marks, save_marks
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +89,6 @@ class Message:
     timestamp: int = -1  # Kafka's, in ms: part of the offset mark
 
 
-def why_invalid(e: Exception) -> str:
-    """A dead letter's reason: Pydantic's field paths and messages, or the unexpected error."""
-    if not isinstance(e, ValidationError):
-        return f"unreadable: {type(e).__name__}: {e}"
-    first = e.errors()[0]
-    if first["type"] == "json_invalid":
-        return "invalid JSON: " + first["msg"]
-    return "breaks the contract: " + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-
-
 def split(messages: list[Message]) -> tuple[list[dict], list[dict]]:
     """Parse and validate: (event documents, dead letters). Pure; no I/O."""
     docs, dead = [], []
@@ -129,8 +118,8 @@ def store(colls: Collections, messages: list[Message], report: DrainReport) -> N
 
 
 def _consumer(settings: Settings) -> KafkaConsumer:
-    return KafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+    return kafka_consumer(
+        settings.kafka,
         group_id=settings.batch.consumer_group,
         client_id="shopstream-batch",
         enable_auto_commit=False,
@@ -203,8 +192,8 @@ def _waiting(settings: Settings, partitions: list[TopicPartition], ends: dict[To
     beginning where the group committed nothing), or None if the broker did not say. A
     consumer of its own with the group's id reads them: an offset fetch is not a join, so
     this never triggers a rebalance."""
-    probe = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=settings.batch.consumer_group,
-                          client_id="shopstream-batch-lag", enable_auto_commit=False)
+    probe = kafka_consumer(settings.kafka, group_id=settings.batch.consumer_group, client_id="shopstream-batch-lag",
+                           enable_auto_commit=False)
     try:
         lows = probe.beginning_offsets(partitions, timeout_ms=timeout_ms)
         waiting = 0

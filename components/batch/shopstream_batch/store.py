@@ -1,14 +1,14 @@
-"""The MongoDB side of the batch: collections, documents, idempotent inserts.
+"""The MongoDB side of the batch: its collections' validators and indexes, documents, idempotent inserts.
 
 A stored event's `_id` is its EventId, so a record seen twice (redelivery, a
 retried run, a client retry with the same Idempotency-Key, a rewind after the broker
 lost records) is stored once. The drain's offset marks and rewinds live here too
-(`shopstream.marks`, `shopstream.rewinds`).
+(`shopstream.marks`, `shopstream.rewinds`). The collections are named in
+`shopstream.adapters.mongo.collections`, where the audit and the dashboard find them too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -18,14 +18,13 @@ from pymongo import ASCENDING
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, CollectionInvalid
 
+from shopstream.adapters.mongo import Collections, collections
 from shopstream.contracts import UserEventRecord
 from shopstream.contracts.mongo import mongo_validator
 from shopstream.marks import Mark
-from shopstream.rewinds import DRAIN_COLLECTION
 from shopstream.settings import BatchSettings
 
 DUPLICATE_KEY = 11000
-MARKS_COLLECTION = "user_events_offset_marks"  # one document per (group, topic, partition): its last marks
 _AGG_BATCH_ALONE = "AggBatch_1"  # the index on AggBatch alone, before (AggBatch, StoredAt) replaced it
 
 STORE_FIELDS = {
@@ -34,29 +33,6 @@ STORE_FIELDS = {
     "StoredAt": {"bsonType": "date"},
     "AggBatch": {"bsonType": ["string", "null"]},  # which aggregation batch counted it
 }
-
-
-@dataclass(frozen=True)
-class Collections:
-    events: Any
-    counts: Any
-    dead_letters: Any
-    agg_batches: Any
-    leases: Any
-    marks: Any
-    rewinds: Any
-
-
-def collections(db: Database, cfg: BatchSettings) -> Collections:
-    return Collections(
-        events=db[cfg.events_collection],
-        counts=db[cfg.counts_collection],
-        dead_letters=db[cfg.dead_letter_collection],
-        agg_batches=db[f"{cfg.counts_collection}_batches"],
-        leases=db["shopstream_leases"],
-        marks=db[MARKS_COLLECTION],
-        rewinds=db[DRAIN_COLLECTION],
-    )
 
 
 def ensure_collections(db: Database, cfg: BatchSettings) -> Collections:

@@ -7,8 +7,9 @@ past the loss would skip those new records without a word; the drain and the str
 source notice it (`shopstream.marks`) and read again from the newest offset still
 intact. Each such rewind is recorded where `invoke audit` and the dashboard read it:
 
-- the drain's in MongoDB, one document each in `DRAIN_COLLECTION` of the batch's
-  database (`_id` names the event, so a run that dies and finds it again records it once);
+- the drain's in MongoDB, one document each in the batch's `rewinds` collection
+  (`shopstream.adapters.mongo.collections`; `_id` names the event, so a run that dies
+  and finds it again records it once);
 - the streaming job's as JSON lines in `<run_dir>/streaming/rewinds.jsonl` (the job folder),
   one per query that rewound (each query keeps its own checkpoint, so each rewinds).
 """
@@ -23,11 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shopstream.locations import job_folder
 from shopstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DRAIN_COLLECTION = "user_events_rewinds"  # the drain's rewinds, in the batch's MongoDB database
 STREAMING_FILE = "rewinds.jsonl"  # the streaming job's rewinds, in its job folder
 DRAIN, STREAMING = "drain", "streaming"
 
@@ -51,8 +52,8 @@ class Rewind:
 
 # -- the streaming job's file -----------------------------------------------------------
 def streaming_file(settings: Settings) -> Path:
-    """`shopstream_streaming.status.job_folder(settings) / STREAMING_FILE`."""
-    return settings.run_dir / "streaming" / STREAMING_FILE
+    """Where the streaming job's source records its rewinds: `STREAMING_FILE` in the job folder."""
+    return job_folder(settings) / STREAMING_FILE
 
 
 def append_line(path: Path, rewind: Rewind, **extra: Any) -> None:
@@ -99,9 +100,9 @@ def from_document(d: dict[str, Any]) -> Rewind:
                   at=at, reason=d["Reason"])
 
 
-def drain_rewinds(db: Any) -> list[Rewind]:
-    """The drain's rewinds in a MongoDB database (pymongo's errors pass through)."""
-    return [from_document(d) for d in db[DRAIN_COLLECTION].find()]
+def drain_rewinds(collection: Any) -> list[Rewind]:
+    """The drain's rewinds in their MongoDB collection (pymongo's errors pass through)."""
+    return [from_document(d) for d in collection.find()]
 
 
 def oldest_first(found: list[Rewind]) -> list[Rewind]:
@@ -113,12 +114,12 @@ def rewinds(settings: Settings) -> list[Rewind]:
     unreachable contributes none)."""
     from pymongo.errors import PyMongoError
 
-    from shopstream.adapters.mongo import database, mongo_client
+    from shopstream.adapters.mongo import collections, database, mongo_client
 
     found = read_lines(streaming_file(settings))
     client = mongo_client(settings.mongo, timeout_ms=2000)
     try:
-        found += drain_rewinds(database(client, settings.mongo))
+        found += drain_rewinds(collections(database(client, settings.mongo), settings.batch).rewinds)
     except PyMongoError as e:
         log.warning("the drain's rewinds are not readable now: %s", e)
     finally:

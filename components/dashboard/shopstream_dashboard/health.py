@@ -2,7 +2,9 @@
 and the offset rewinds (where a stage read records again because the broker had lost some).
 
 Every probe has a short timeout and runs beside the others, so one store that hangs
-shows as down without holding up the rest; the last snapshot is what `/api/health` returns.
+shows as down without holding up the rest (and is not asked again until it has answered);
+the last snapshot is what `/api/health` returns. Each store's state is its adapter's health
+check (`shopstream.adapters`), the one `invoke status` uses too, on the app's own clients (`deps`).
 """
 
 from __future__ import annotations
@@ -10,34 +12,34 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import pymongo
-import urllib3
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
 
-from shopstream.adapters.mongo import mongo_client
-from shopstream.adapters.postgres import pg_engine_unpooled
-from shopstream.adapters.s3 import s3_client
+from shopstream.adapters.airflow import airflow_health
+from shopstream.adapters.kafka import kafka_health
+from shopstream.adapters.mongo import mongo_health
+from shopstream.adapters.postgres import pg_health
+from shopstream.adapters.s3 import s3_health
+from shopstream.locations import PURCHASES
 from shopstream.restarts import by_service, restarts_path
 from shopstream.rewinds import Rewind, drain_rewinds, oldest_first, read_lines, streaming_file
 from shopstream.settings import Settings, StackMode
-from shopstream_streaming.status import offset_positions, read_status, status_path, unhealthy_reason
+from shopstream.streaming_status import offset_positions, read_status, status_path, unhealthy_reason
 
+from .deps import Clients
 from .readmodel import ReadModel
 from .sync import Loop, SourceState, describe
 
 BATCH_DAG_ID = "user_events_batch"  # components/dags/user_events_batch.py
 BATCH_TASKS = {"drain": "stored", "aggregate": "events_counted"}  # task -> the report field shown
 FINAL = {"success", "failed"}
-STREAMING_QUERY = "purchases"
 PROBES = {"/healthz", "/readyz", "/metrics"}
 REWINDS_SHOWN = 5
 STACK_NAMES = {"mongodb": "mongo", "postgresql": "postgres"}  # the page's name -> the stack's
@@ -101,21 +103,13 @@ def _offsets_sum(offsets: Any, topic: str) -> int | None:
 class HealthMonitor(Loop):
     name = "health"
 
-    def __init__(self, model: ReadModel, settings: Settings, interval: float) -> None:
+    def __init__(self, model: ReadModel, settings: Settings, clients: Clients, interval: float) -> None:
         super().__init__(interval)
-        self.model, self.settings = model, settings
-        timeout = max(1.0, min(3.0, interval / 2))
-        self.timeout = timeout
-        self.http = httpx.Client(timeout=timeout)
-        token = settings.airflow.api_token
-        self.airflow_headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
-        self.mongo = mongo_client(settings.mongo, timeout_ms=int(timeout * 1000))
-        self.pg = pg_engine_unpooled(settings.postgres, connect_timeout_s=int(timeout))
-        self.s3 = s3_client(settings.s3, http_client=urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=urllib3.Retry(total=0)))
+        self.model, self.settings, self.clients = model, settings, clients
+        self.timeout = clients.timeout_s
         self.meter = ApiTrafficMeter()
         self.pool = ThreadPoolExecutor(12, thread_name_prefix="dashboard-probe")
-        self._kafka: tuple[KafkaAdminClient, KafkaConsumer] | None = None
+        self._probes: dict[str, Future] = {}  # each store's last probe: a new one only once it has answered
         self._run_reports: dict[tuple[str, str], Any] = {}  # (run, task) -> report, for finished runs
         self._lock = threading.Lock()
         self._status: dict[str, Any] | None = None  # the streaming job's status file, read once per step
@@ -123,42 +117,33 @@ class HealthMonitor(Loop):
                                          "dag_runs": [], "streaming": None, "rewinds": None, "sources": []}
 
     # -- probes: each returns (state, detail) or data, and raises when its store does not answer
-    def _kafka_clients(self) -> tuple[KafkaAdminClient, KafkaConsumer]:
-        if self._kafka is None:
-            ms = int(self.timeout * 1000)
-            kw = dict(bootstrap_servers=self.settings.kafka.bootstrap_servers, request_timeout_ms=max(ms, 1000))
-            self._kafka = (KafkaAdminClient(client_id="shopstream-dashboard", **kw),
-                           KafkaConsumer(client_id="shopstream-dashboard", **kw))
-        return self._kafka
-
-    def _drop_kafka(self) -> None:
-        if self._kafka is not None:
-            for c in self._kafka:
-                try:
-                    c.close()
-                except Exception:  # noqa: BLE001 - it is being thrown away
-                    pass
-        self._kafka = None
+    def _with_kafka(self, use):
+        """`use(admin, consumer)` under the Kafka clients' lock; clients that failed are rebuilt next time."""
+        with self.clients.kafka.lock:
+            try:
+                return use(*self.clients.kafka.get())
+            except Exception:
+                self.clients.kafka.drop()
+                raise
 
     def lag(self) -> list[dict[str, Any]]:
         kafka, out = self.settings.kafka, []
-        try:
-            admin, consumer = self._kafka_clients()
+        group = self.settings.batch.consumer_group
+
+        def read(admin, consumer) -> tuple[dict[str, dict[int, int]], dict]:
             ends: dict[str, dict[int, int]] = {}
             for topic in kafka.topics:
                 parts = consumer.partitions_for_topic(topic) or set()
                 got = consumer.end_offsets([TopicPartition(topic, p) for p in parts]) if parts else {}
                 ends[topic] = {tp.partition: o for tp, o in got.items()}
-            group = self.settings.batch.consumer_group
-            committed = admin.list_group_offsets({group: None}).get(group, {})
-        except Exception:
-            self._drop_kafka()
-            raise
+            return ends, admin.list_group_offsets({group: None}).get(group, {})
+
+        ends, committed = self._with_kafka(read)
         topic = kafka.user_events_topic
         done = sum(max(0, om.offset) for tp, om in committed.items() if tp.topic == topic)
         end = sum(ends[topic].values())
         out.append({"topic": topic, "group": group, "lag": max(0, end - done), "end": end})
-        query = ((self._status or {}).get("queries") or {}).get(STREAMING_QUERY) or {}
+        query = ((self._status or {}).get("queries") or {}).get(PURCHASES) or {}
         done_p = _offsets_sum(query.get("end_offset"), kafka.purchases_topic)
         end_p = sum(ends[kafka.purchases_topic].values())
         if done_p is not None:
@@ -167,9 +152,9 @@ class HealthMonitor(Loop):
         return out
 
     def dag_runs(self, limit: int = 5) -> list[dict[str, Any]]:
-        base = f"{self.settings.airflow.base_url}/api/v2/dags/{BATCH_DAG_ID}/dagRuns"
-        runs = self.http.get(base, params={"order_by": "-run_after", "limit": limit},
-                             headers=self.airflow_headers).raise_for_status().json()
+        base = f"/api/v2/dags/{BATCH_DAG_ID}/dagRuns"
+        runs = self.clients.airflow.get(base, params={"order_by": "-run_after", "limit": limit})
+        runs = runs.raise_for_status().json()
         out = []
         for run in runs.get("dag_runs", []):
             row = {"run_id": run["dag_run_id"], "state": run["state"], "start": run.get("start_date"),
@@ -186,7 +171,7 @@ class HealthMonitor(Loop):
         if key in self._run_reports:
             return self._run_reports[key]
         url = f"{base}/{quote(run['dag_run_id'], safe='')}/taskInstances/{task_id}/xcomEntries/return_value"
-        r = self.http.get(url, headers=self.airflow_headers)
+        r = self.clients.airflow.get(url)
         value = r.json().get("value") if r.status_code == 200 else None
         if isinstance(value, str):
             try:
@@ -199,10 +184,10 @@ class HealthMonitor(Loop):
 
     def api_traffic(self) -> dict[str, Any] | None:
         at = datetime.now(UTC).timestamp()
-        return self.meter.rates(at, self.http.get(f"{self.settings.api.base_url}/metrics").raise_for_status().text)
+        return self.meter.rates(at, self.clients.api.get("/metrics").raise_for_status().text)
 
     def streaming(self) -> dict[str, Any] | None:
-        query = ((self._status or {}).get("queries") or {}).get(STREAMING_QUERY)
+        query = ((self._status or {}).get("queries") or {}).get(PURCHASES)
         newest = self.model.newest_ingested()
         freshness = round((datetime.now(UTC) - newest).total_seconds(), 1) if newest else None
         if query is None:
@@ -218,39 +203,18 @@ class HealthMonitor(Loop):
         services row shows when it does not)."""
         found = read_lines(streaming_file(self.settings))
         try:
-            found += drain_rewinds(self.mongo[self.settings.mongo.database])
+            found += drain_rewinds(self.clients.collections(self.settings).rewinds)
         except pymongo.errors.PyMongoError:
             pass
         return rewinds_summary(found)
 
     def services(self) -> list[dict[str, Any]]:
-        """Every store but Kafka, whose state is the lag probe's (its clients are not thread-safe)."""
-        s = self.settings
+        """Each service's state: the stores' by their adapters' health checks."""
+        s, c = self.settings, self.clients
 
         def api() -> str:
-            self.http.get(f"{s.api.base_url}/readyz").raise_for_status()
+            c.api.get("/readyz").raise_for_status()
             return "ready: reaches Kafka"
-
-        def mongodb() -> str:
-            self.mongo.admin.command("ping")
-            return "ping ok"
-
-        def postgresql() -> str:
-            with self.pg.connect() as c:
-                c.execute(text("SELECT 1"))
-            return "SELECT 1 ok"
-
-        def s3() -> str:
-            if not self.s3.bucket_exists(s.s3.bucket):
-                raise RuntimeError(f"bucket {s.s3.bucket} is missing")
-            return f"bucket {s.s3.bucket}"
-
-        def airflow() -> str:
-            health = self.http.get(f"{s.airflow.base_url}/api/v2/monitor/health").raise_for_status().json()
-            bad = [k for k, v in health.items() if isinstance(v, dict) and v.get("status") not in (None, "healthy")]
-            if bad:
-                raise RuntimeError(f"unhealthy: {', '.join(bad)}")
-            return "all components healthy"
 
         def streaming() -> str:
             why = unhealthy_reason(self._status, s)
@@ -258,9 +222,12 @@ class HealthMonitor(Loop):
                 raise RuntimeError(why)
             return "queries running"
 
-        probes = {"api": api, "mongodb": mongodb, "postgresql": postgresql, "s3": s3,
-                  "airflow": airflow, "streaming": streaming}
-        futures = {name: self.pool.submit(fn) for name, fn in probes.items()}
+        probes = {"api": api, "kafka": lambda: self._with_kafka(lambda admin, _: kafka_health(admin)),
+                  "mongodb": lambda: mongo_health(c.mongo), "postgresql": lambda: pg_health(c.pg),
+                  "s3": lambda: s3_health(c.s3, s.s3.bucket),
+                  "airflow": lambda: airflow_health(c.airflow, runs_all=s.stack == StackMode.embedded),
+                  "streaming": streaming}
+        futures = {name: self._probe(name, fn) for name, fn in probes.items()}
         out = []
         for name, f in futures.items():
             try:
@@ -287,9 +254,6 @@ class HealthMonitor(Loop):
                 snap[key] = [] if key in ("lag", "dag_runs") else None
                 source.failed(e)
             sources.append(source.as_dict())
-        kafka = next(x for x in sources if x["name"] == "kafka")
-        snap["services"].insert(1, {"name": "kafka", "state": kafka["state"],
-                                    "detail": kafka["error"] or f"{len(snap['lag'])} consumers' offsets read"})
         self._add_restarts(snap["services"])
         snap["sources"] = sources
         try:
@@ -315,10 +279,14 @@ class HealthMonitor(Loop):
         with self._lock:
             return dict(self.snapshot)
 
+    def _probe(self, name: str, fn) -> Future:
+        """A new probe of `name`, or the one still waiting for its answer: a store that hangs holds
+        one thread, not one more every step."""
+        running = self._probes.get(name)
+        if running is None or running.done():
+            self._probes[name] = running = self.pool.submit(fn)
+        return running
+
     def stop(self) -> None:
         super().stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self._drop_kafka()
-        self.http.close()
-        self.mongo.close()
-        self.pg.dispose()

@@ -2,7 +2,8 @@
 
 One page (`/`) that refreshes itself from the JSON API (`/api/...`, in the OpenAPI spec at
 `/docs`). Background threads keep the read model and the health snapshot current; the
-stores are reached only through the project's adapters and settings.
+stores are reached only through the clients the app builds at start (`deps.Clients`, from
+the project's adapters and settings), one per store.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from fastapi.staticfiles import StaticFiles
 from pymongo.collection import Collection
 from sqlalchemy import Engine
 
-from shopstream.adapters.mongo import database, mongo_client
-from shopstream.adapters.postgres import pg_engine_unpooled
 from shopstream.settings import Settings, get_settings
 
 from . import routes
+from .deps import Clients
 from .health import HealthMonitor
 from .readmodel import ReadModel
 from .sync import EventsSync, LakeSync
@@ -35,27 +35,32 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 @dataclass
 class Dashboard:
-    """What the routes use: the read model, its sync loops, the health monitor, live clients."""
+    """What the routes use: the read model, its sync loops, the health monitor, the clients."""
 
     settings: Settings
+    clients: Clients
     model: ReadModel
     events_sync: EventsSync
     lake_sync: LakeSync
     monitor: HealthMonitor
-    counts: Collection
-    pg: Engine
 
     @classmethod
-    def build(cls, settings: Settings) -> Dashboard:
+    def build(cls, settings: Settings, clients: Clients) -> Dashboard:
         cfg = settings.dashboard
         model = ReadModel()
-        mongo = mongo_client(settings.mongo, timeout_ms=2000)
-        return cls(settings=settings, model=model,
-                   events_sync=EventsSync(model, settings, cfg.refresh_s, cfg.events_overlap_s),
-                   lake_sync=LakeSync(model, settings, cfg.refresh_s),
-                   monitor=HealthMonitor(model, settings, cfg.refresh_s),
-                   counts=database(mongo, settings.mongo)[settings.batch.counts_collection],
-                   pg=pg_engine_unpooled(settings.postgres, connect_timeout_s=2))
+        colls = clients.collections(settings)
+        return cls(settings=settings, clients=clients, model=model,
+                   events_sync=EventsSync(model, colls.events, cfg.refresh_s, cfg.events_overlap_s),
+                   lake_sync=LakeSync(model, clients.s3, settings, cfg.refresh_s),
+                   monitor=HealthMonitor(model, settings, clients, cfg.refresh_s))
+
+    @property
+    def counts(self) -> Collection:
+        return self.clients.collections(self.settings).counts
+
+    @property
+    def pg(self) -> Engine:
+        return self.clients.pg
 
     @property
     def loops(self):
@@ -68,8 +73,6 @@ class Dashboard:
     def stop(self) -> None:
         for loop in self.loops:
             loop.stop()
-        self.counts.database.client.close()
-        self.pg.dispose()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -79,13 +82,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        dash = Dashboard.build(settings)
+        clients = Clients.build(settings)  # one per store, for everything the app does
+        dash = Dashboard.build(settings, clients)
         app.state.dashboard = dash
         dash.start()
         log.info("dashboard on %s, reading the stores every %.0f s", settings.dashboard.base_url,
                  settings.dashboard.refresh_s)
         yield
         dash.stop()
+        clients.close()
 
     app = FastAPI(title="shopstream dashboard", version="1.0", lifespan=lifespan,
                   description="The shop's funnel and the pipeline's health. The page at `/` refreshes from "

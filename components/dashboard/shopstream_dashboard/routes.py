@@ -11,7 +11,7 @@ from pymongo.errors import PyMongoError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from shopstream_analysis.warehouse import TABLE as REPEAT_TABLE
+from shopstream.contracts.repeat_buyers import COLUMNS as REPEAT_COLUMNS, TABLE as REPEAT_TABLE
 
 from . import schemas
 from .sync import SourceState
@@ -77,7 +77,7 @@ def repeat_buyers(request: Request, n: Annotated[int, Query(ge=1, le=100)] = 10)
                 return {"rows": [], "total": 0,
                         "source": _answered("postgresql", detail="no repeat_buyers table yet: `invoke analyze` writes it")}
             rows = c.execute(text(
-                f"SELECT user_id, product_id, orders, units, first_bought, last_bought, computed_at FROM {REPEAT_TABLE} "
+                f"SELECT {', '.join(REPEAT_COLUMNS)} FROM {REPEAT_TABLE} "
                 "ORDER BY last_bought DESC, user_id, product_id LIMIT :n"), {"n": n}).mappings().all()
             total = c.execute(text(f"SELECT count(*) FROM {REPEAT_TABLE}")).scalar()
     except SQLAlchemyError as e:

@@ -15,11 +15,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
-import urllib3
+from minio import Minio
+from pymongo.collection import Collection
 
 from shopstream.adapters.lake import LakeFiles
-from shopstream.adapters.mongo import database, mongo_client
-from shopstream.adapters.s3 import s3_client
 from shopstream.settings import Settings
 
 from .readmodel import ReadModel
@@ -95,12 +94,11 @@ class EventsSync(Loop):
 
     name = "mongodb"
 
-    def __init__(self, model: ReadModel, settings: Settings, interval: float, overlap_s: float,
+    def __init__(self, model: ReadModel, events: Collection, interval: float, overlap_s: float,
                  chunk: int = 50_000) -> None:
         super().__init__(interval)
         self.model, self.overlap, self.chunk = model, timedelta(seconds=overlap_s), chunk
-        self.client = mongo_client(settings.mongo, timeout_ms=3000)
-        self.events = database(self.client, settings.mongo)[settings.batch.events_collection]
+        self.events = events
         self.watermark: datetime | None = None  # newest StoredAt read
 
     def _copy(self, query: dict[str, Any], total: int | None) -> tuple[int, datetime | None]:
@@ -142,22 +140,17 @@ class EventsSync(Loop):
                 self.watermark = newest
         self.source.ok(f"{self.model.counts()['events']:,} events")
 
-    def stop(self) -> None:
-        super().stop()
-        self.client.close()
-
 
 class LakeSync(Loop):
     """The lake's committed purchases -> the read model's `purchases` and `lines`."""
 
     name = "lake"
 
-    def __init__(self, model: ReadModel, settings: Settings, interval: float, files_per_load: int = 200) -> None:
+    def __init__(self, model: ReadModel, s3: Minio, settings: Settings, interval: float,
+                 files_per_load: int = 200) -> None:
         super().__init__(interval)
         self.model, self.files_per_load = model, files_per_load
-        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=20), maxsize=10,
-                                   retries=urllib3.Retry(total=2, backoff_factor=0.2))
-        self.lake = LakeFiles(s3_client(settings.s3, http_client=http), settings)
+        self.lake = LakeFiles(s3, settings)
         self.loaded: set[str] = set()
         self.warm_ms: float | None = None
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from pyspark.sql import DataFrame, SparkSession
 
+from shopstream.locations import output_url
 from shopstream.settings import Settings
 
 
@@ -13,12 +14,8 @@ class NoDataYet(RuntimeError):
     """The lake has no purchases yet (the streaming job has not committed a batch)."""
 
 
-def purchases_uri(settings: Settings) -> str:
-    return f"s3a://{settings.s3.bucket}/{settings.streaming.output_path}"
-
-
 def spark_session(settings: Settings, app: str = "shopstream-analysis") -> SparkSession:
-    from shopstream_streaming.session import spark_session as make
+    from shopstream.adapters.spark import spark_session as make
 
     return make(settings, app)
 
@@ -32,10 +29,10 @@ def read_purchases(spark: SparkSession, settings: Settings) -> DataFrame:
     from pyspark.errors import AnalysisException
 
     try:
-        return spark.read.parquet(purchases_uri(settings))
+        return spark.read.parquet(output_url(settings))
     except AnalysisException as e:
         if "PATH_NOT_FOUND" in str(e) or "Path does not exist" in str(e) or "UNABLE_TO_INFER_SCHEMA" in str(e):
-            raise NoDataYet(f"no purchases in {purchases_uri(settings)} yet: start the pipeline with "
+            raise NoDataYet(f"no purchases in {output_url(settings)} yet: start the pipeline with "
                             "`invoke up` and wait for the streaming job's first batch") from None
         raise
 

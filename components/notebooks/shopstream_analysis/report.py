@@ -27,13 +27,15 @@ def ensure_data(settings: Settings) -> int:
     """How many committed Parquet files the lake holds; NoDataYet when none (a clear message, no Spark)."""
     from shopstream.adapters.s3 import s3_client
 
-    from .lake import NoDataYet, purchases_uri
+    from shopstream.locations import output_url
+
+    from .lake import NoDataYet
 
     prefix = settings.streaming.output_path.rstrip("/") + "/"
     files = [o for o in s3_client(settings.s3).list_objects(settings.s3.bucket, prefix=prefix, recursive=True)
              if o.object_name.endswith(".parquet")]
     if not files:
-        raise NoDataYet(f"no purchases in {purchases_uri(settings)} yet: start the pipeline with `invoke up` "
+        raise NoDataYet(f"no purchases in {output_url(settings)} yet: start the pipeline with `invoke up` "
                         "and wait for the streaming job's first batch (a few seconds after the first purchase)")
     return len(files)
 

@@ -12,20 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-TABLE = "repeat_buyers"
-
-DDL = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    user_id      text        NOT NULL,
-    product_id   text        NOT NULL,
-    orders       integer     NOT NULL CHECK (orders > 1),
-    units        integer     NOT NULL,
-    first_bought timestamptz NOT NULL,
-    last_bought  timestamptz NOT NULL,
-    computed_at  timestamptz NOT NULL,
-    PRIMARY KEY (user_id, product_id)
-)
-"""
+from shopstream.contracts.repeat_buyers import COLUMNS, DDL, TABLE
 
 
 def replace_repeat_buyers(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> int:
@@ -38,8 +25,8 @@ def replace_repeat_buyers(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> 
         conn.execute(text(DDL))
         conn.execute(text(f"TRUNCATE {TABLE}"))
         if params:
-            conn.execute(text(f"INSERT INTO {TABLE} VALUES (:user_id, :product_id, :orders, :units, "
-                              ":first_bought, :last_bought, :computed_at)"), params)
+            conn.execute(text(f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) "
+                              f"VALUES ({', '.join(':' + c for c in COLUMNS)})"), params)
     return len(params)
 
 

@@ -23,10 +23,12 @@ from typing import Any
 
 import typer
 
+from shopstream.locations import checkpoint_url, job_folder, output_url, quarantine_url
 from shopstream.settings import Settings
+from shopstream.streaming_status import rewinds_recorded, status_path, write_status
 
 from .restarts import QueryRunner
-from .status import job_folder, query_status, rewinds_recorded, rows_written, status_path, write_status
+from .status import query_status, rows_written
 
 log = logging.getLogger("shopstream_streaming")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -133,7 +135,7 @@ def run(
     settings = Settings()
     lock = _lock(settings)
     from . import job
-    from .session import spark_session
+    from shopstream.adapters.spark import spark_session
 
     t0 = time.monotonic()
     spark = spark_session(settings, "shopstream-streaming")
@@ -147,8 +149,8 @@ def run(
         for r in runners:
             r.start()
         log.info("streaming %s -> %s (quarantine %s, checkpoints %s); session after %.1f s; source %s, trigger %s",
-                 settings.kafka.purchases_topic, job.output_url(settings), job.quarantine_url(settings),
-                 job.checkpoint_url(settings, "*"), time.monotonic() - t0, settings.streaming.kafka_source,
+                 settings.kafka.purchases_topic, output_url(settings), quarantine_url(settings),
+                 checkpoint_url(settings, "*"), time.monotonic() - t0, settings.streaming.kafka_source,
                  "available-now" if available_now else f"{settings.streaming.trigger_interval_s:g} s")
         code = supervise(runners, settings, stop, seen)
         for r in runners:

@@ -20,56 +20,26 @@ from __future__ import annotations
 
 from functools import reduce
 
-from pydantic import ValidationError
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
-from shopstream.contracts import PurchaseRecord
+from shopstream.contracts import PurchaseRecord, why_invalid
 from shopstream.contracts.spark import spark_schema
-from shopstream.rewinds import STREAMING_FILE
+from shopstream.locations import PURCHASES, QUARANTINE, checkpoint_url, output_url, quarantine_url
+from shopstream.rewinds import streaming_file
 from shopstream.settings import Settings
 
 from .kafka_source import NAME as PYTHON_SOURCE, QUERY, REWINDS_FILE, KafkaSource
-from .status import job_folder
 
-PURCHASES, QUARANTINE = "purchases", "quarantine"
 COORDINATES = {"topic": "KafkaTopic", "partition": "KafkaPartition", "offset": "KafkaOffset",
                "timestamp": "KafkaTimestamp"}
 RECORD_SCHEMA = spark_schema(PurchaseRecord)
-
-
-# -- where things live --------------------------------------------------------------
-def s3a_url(settings: Settings, path: str) -> str:
-    return f"s3a://{settings.s3.bucket}/{path.strip('/')}"
-
-
-def output_url(settings: Settings) -> str:
-    return s3a_url(settings, settings.streaming.output_path)
-
-
-def quarantine_url(settings: Settings) -> str:
-    return s3a_url(settings, settings.streaming.quarantine_path)
-
-
-QUERIES = {PURCHASES: output_url, QUARANTINE: quarantine_url}  # each query and where it writes
-
-
-def checkpoint_url(settings: Settings, query: str) -> str:
-    """Default: <run dir>/streaming/checkpoints/<output_path>/<query>, on local disk, where
-    renames are atomic (Spark's checkpoint protocol relies on that; s3a's rename is a copy)."""
-    st = settings.streaming
-    root = st.checkpoint_location or str(job_folder(settings) / "checkpoints" / st.output_path.strip("/"))
-    return f"{root.rstrip('/')}/{query}"
+QUERIES = {PURCHASES: output_url, QUARANTINE: quarantine_url}  # each query and where it writes (shopstream.locations)
 
 
 # -- reading --------------------------------------------------------------------------
-def rewinds_path(settings: Settings) -> str:
-    """Where the project's source records its offset rewinds (`shopstream.rewinds` reads them)."""
-    return str(job_folder(settings) / STREAMING_FILE)
-
-
 def read_topic(spark: SparkSession, settings: Settings, query: str | None = None) -> DataFrame:
     """The topic as Spark's Kafka source gives it (key, value, topic, partition, offset, ...).
 
@@ -90,7 +60,7 @@ def read_topic(spark: SparkSession, settings: Settings, query: str | None = None
         .option("kafka.request.timeout.ms", str(int(st.kafka_timeout_s * 1000)))
     )
     if st.kafka_source == "python":
-        reader = reader.option(REWINDS_FILE, rewinds_path(settings))
+        reader = reader.option(REWINDS_FILE, str(streaming_file(settings)))
         if query:
             reader = reader.option(QUERY, query)
     return reader.load()
@@ -107,10 +77,8 @@ def check_contract(value: bytes | None) -> tuple[str | None, str | None]:
         return "empty record (no value)", None
     try:
         record = PurchaseRecord.model_validate_json(value)
-    except ValidationError as e:
-        return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'record'}: {err['msg']}" for err in e.errors()), None
     except Exception as e:  # noqa: BLE001 - one record, whatever is wrong with it, never fails the query
-        return f"unreadable: {type(e).__name__}: {e}", None
+        return why_invalid(e), None
     return None, record.model_dump_json()
 
 

@@ -106,10 +106,10 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     # -- driver side ---------------------------------------------------------------
     def _client(self):
         if self._consumer is None:
-            from kafka import KafkaConsumer
+            from shopstream.adapters.kafka import kafka_consumer
 
-            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                           client_id="shopstream-spark-source", **self.client_timeouts)
+            self._consumer = kafka_consumer(self.bootstrap, enable_auto_commit=False,
+                                            client_id="shopstream-spark-source", **self.client_timeouts)
         return self._consumer
 
     def _fingerprints(self, wanted: dict[tuple[str, str], int]) -> dict[tuple[str, str], Fingerprint | None]:
@@ -298,12 +298,13 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     # -- executor side -------------------------------------------------------------
     def read(self, partition: KafkaRange) -> Iterator[tuple]:
         """Every record of the range, in offset order; fails rather than returning short."""
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
+
+        from shopstream.adapters.kafka import kafka_consumer
 
         tp = TopicPartition(partition.topic, partition.partition)
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                 client_id="shopstream-spark-reader", auto_offset_reset="earliest",
-                                 max_poll_records=5000, **self.client_timeouts)
+        consumer = kafka_consumer(self.bootstrap, enable_auto_commit=False, client_id="shopstream-spark-reader",
+                                  auto_offset_reset="earliest", max_poll_records=5000, **self.client_timeouts)
         try:
             consumer.assign([tp])
             consumer.seek(tp, partition.start)

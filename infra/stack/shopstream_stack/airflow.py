@@ -32,8 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
-
+from shopstream.adapters.airflow import airflow_client, airflow_health
 from shopstream.settings import REPO_ROOT, Settings, StackMode
 
 from .process import Proc, StackError, inherited_env, tail, wait_until
@@ -142,7 +141,8 @@ class AirflowService(Service):
         proc.start()
 
     def _api_answers(self) -> bool:
-        return httpx.get(f"{self.address}/api/v2/version", timeout=5).status_code == 200
+        with airflow_client(self.settings.airflow, timeout_s=5) as client:
+            return client.get("/api/v2/version").status_code == 200
 
     def _migrate(self) -> None:
         """Create or upgrade the metadata database (and write airflow.cfg, the first time)."""
@@ -160,18 +160,12 @@ class AirflowService(Service):
         if done.returncode != 0:
             raise StackError(f"airflow: `airflow db migrate` failed. Last lines of {log}:\n{tail(log, 15)}")
 
-    def health(self) -> dict:
-        return httpx.get(f"{self.address}/api/v2/monitor/health", timeout=10).raise_for_status().json()
-
     def healthy(self) -> bool:
-        """The API server answers and reports the database, scheduler, DAG processor and
-        triggerer healthy (each heartbeats into the database). Someone else's Airflow may
-        run without a DAG processor or triggerer of its own (reported as null)."""
-        h = self.health()
-        optional = () if self.ours else (None,)
-        return (all((h.get(c) or {}).get("status") == "healthy" for c in ("metadatabase", "scheduler"))
-                and all((h.get(c) or {}).get("status") in ("healthy", *optional)
-                        for c in ("dag_processor", "triggerer")))
+        """Airflow's health rule (`shopstream.adapters.airflow`): all four components of ours healthy;
+        someone else's may run without a DAG processor or triggerer of its own."""
+        with airflow_client(self.settings.airflow, timeout_s=10) as client:
+            airflow_health(client, runs_all=self.ours)
+        return True
 
     # -- compose / external: someone else runs it; we only check it answers ---------
     def start(self) -> str:

@@ -33,7 +33,9 @@ from typing import Any
 import psutil
 from shopstream import ledger
 from shopstream.adapters.kafka import end_offsets, group_committed
+from shopstream.locations import PURCHASES
 from shopstream.settings import Settings
+from shopstream.streaming_status import offset_positions, read_status, status_path
 
 from .process import tail, wait_until
 from .service import Service
@@ -106,13 +108,11 @@ class LagProbe:
         self.last: tuple[float, int, int] | None = None
 
     def read(self) -> Lag:
-        from shopstream_streaming.status import offset_positions, read_status, status_path
-
         k = self.settings.kafka
         ends_e = sum(end_offsets(k, k.user_events_topic).values())
         ends_p = sum(end_offsets(k, k.purchases_topic).values())
         done_e = sum(group_committed(k, self.settings.batch.consumer_group, k.user_events_topic).values())
-        query = ((read_status(status_path(self.settings)) or {}).get("queries") or {}).get("purchases") or {}
+        query = ((read_status(status_path(self.settings)) or {}).get("queries") or {}).get(PURCHASES) or {}
         done_p = offset_positions(query.get("end_offset"))
         now = time.monotonic()
         rate = {"batch": 0.0, "streaming": 0.0}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -209,45 +211,20 @@ def _chaos_tables(report) -> None:
         f"caught up {caught} after the load stopped: {verdict}")
 
 
+def run_component(settings: Settings, module: str, *args: str) -> int:
+    """A component's own entry point (`python -m <module> ARGS`) in a process of its own, with
+    these settings: the stack runs components, it never imports them. Its exit code."""
+    return subprocess.run([sys.executable, "-m", module, *args], env={**os.environ, **settings.to_env()}).returncode
+
+
 def batch_check(settings: Settings) -> bool:
     """Print how MongoDB's stored events and counts compare with the UserEvents topic."""
-    from shopstream_batch.check import check_counts
-
-    r = check_counts(settings)
-    table = Table(title="UserEvents in Kafka vs MongoDB")
-    table.add_column("what")
-    table.add_column("number", justify="right")
-    for label, value in [
-        ("records read from Kafka (up to the batch's committed offsets)", r.records_read),
-        ("  of which not valid (dead-lettered)", r.invalid),
-        ("  distinct valid events (by EventId)", r.distinct_events),
-        ("events stored in MongoDB", r.stored_events),
-        ("sum of EventCount over all (UserId, EventName)", r.counted_events),
-        ("(UserId, EventName) pairs", r.pairs),
-        ("stored, not counted yet (next aggregation)", r.uncounted),
-        ("waiting in Kafka (next drain)", r.lag),
-    ]:
-        table.add_row(label, f"{value:,}")
-    console.print(table)
-    if r.uncounted:
-        say("an aggregation is pending; run this again after the next DAG run for a pair-by-pair check")
-    for pair, (want, got) in list(r.mismatches.items())[:20]:
-        say(f"[red]mismatch[/red] {pair}: Kafka has {want}, MongoDB counts {got}")
-    say("[green]counts match[/green]" if r.ok else "[red]counts do not match[/red]")
-    return r.ok
+    return run_component(settings, "shopstream_batch", "check") == 0
 
 
-def analyze(settings: Settings, as_of: str | None = None) -> None:
-    """Execute the notebooks against the stack and write their HTML reports."""
-    from shopstream_analysis.lake import NoDataYet
-    from shopstream_analysis.report import AnalysisFailed, run_notebooks
-
-    out = REPO_ROOT / "reports" / "analysis"
-    try:
-        paths = run_notebooks(settings, out, as_of=as_of, say=say)
-    except (NoDataYet, AnalysisFailed) as e:
-        raise StackError(str(e)) from None
-    say("reports: " + ", ".join(str(p.relative_to(REPO_ROOT)) for p in paths))
+def analyze(settings: Settings, as_of: str | None = None) -> int:
+    """Execute the notebooks against the stack and write their reports; the exit code."""
+    return run_component(settings, "shopstream_analysis", *(["--as-of", as_of] if as_of else []))
 
 
 def screenshot(settings: Settings, out: str = "docs/dashboard.png", timeout_s: float = 120) -> Path:

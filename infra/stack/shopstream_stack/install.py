@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shopstream.settings import Settings, StackMode
+from shopstream.spark_jars import JARS, JARS_SDIST, spark_jar_paths
 
 from .process import StackError
 
@@ -91,26 +92,12 @@ def ensure_system_packages(settings: Settings, for_tests: bool, say: Callable[[s
                    check=True, env=env, stdout=subprocess.DEVNULL)
 
 
-# hadoop-aws + AWS SDK bundle for s3a://. No Maven repository is reachable from our
-# machines; these two jars ship inside this PyPI sdist. Elsewhere, set
-# SHOPSTREAM_SPARK__JARS_SOURCE=packages to resolve hadoop-aws through Maven instead.
-JARS_SDIST = "sagemaker_pyspark==1.4.5"
-JARS = {
-    "hadoop-aws-3.3.1.jar": "6be50ad8a8b445d2802381b085b2a3ede5c29d353450a6a21f16b2fefa962b6e",
-    "aws-java-sdk-bundle-1.11.901.jar": "b87175b32a16544cc1b37cf40390eb375833e62bed67f8ce6cde4b7ad6429ead",
-}
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def spark_jar_paths(settings: Settings) -> list[Path]:
-    return [settings.spark.jars_dir / name for name in JARS]
 
 
 def ensure_spark_jars(settings: Settings, say: Callable[[str], None] = print) -> list[Path]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shopstream.adapters.kafka import admin_client, ensure_topics
+from shopstream.adapters.kafka import admin_client, ensure_topics, kafka_health
 
 from .process import Proc, port_accepts
 from .service import Endpoint, Service, host_port
@@ -51,7 +51,7 @@ class KafkaBroker(Service):
             return False
         admin = admin_client(self.settings.kafka, timeout_ms=2000)
         try:
-            admin.list_topics()
+            kafka_health(admin)
             return True
         finally:
             admin.close()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from shopstream.adapters.mongo import mongo_client
+from shopstream.adapters.mongo import mongo_client, mongo_health
 from shopstream.settings import Settings
 
 from .process import Proc
@@ -63,6 +63,7 @@ class MongoServer(Service):
     def healthy(self) -> bool:
         client = mongo_client(self.settings.mongo, timeout_ms=1000)
         try:
-            return client.admin.command("ping").get("ok") == 1
+            mongo_health(client)
+            return True
         finally:
             client.close()

@@ -15,8 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import psycopg2
-from psycopg2 import sql
+from shopstream.adapters.postgres import MAINTENANCE_DB, ensure_database, pg_engine_unpooled, pg_health
 
 from .process import Proc, StackError
 from .service import Endpoint, Service
@@ -96,30 +95,14 @@ class PostgresServer(Service):
         finally:
             os.unlink(f.name)
 
-    def _connect(self, database: str):
-        c = self.settings.postgres
-        return psycopg2.connect(host=c.host, port=c.port, user=c.user, dbname=database,
-                                password=c.password.get_secret_value(), connect_timeout=2)
-
     def healthy(self) -> bool:
-        conn = self._connect("postgres")
+        engine = pg_engine_unpooled(self.settings.postgres, connect_timeout_s=2, database=MAINTENANCE_DB)
         try:
-            with conn.cursor() as cur:
-                cur.execute("select 1")
-                return cur.fetchone() == (1,)
+            pg_health(engine)
+            return True
         finally:
-            conn.close()
+            engine.dispose()
 
     def prepare(self) -> str:
         db = self.settings.postgres.database
-        conn = self._connect("postgres")
-        try:
-            conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
-            with conn.cursor() as cur:
-                cur.execute("select 1 from pg_database where datname = %s", (db,))
-                if cur.fetchone() is None:
-                    cur.execute(sql.SQL("create database {}").format(sql.Identifier(db)))
-                    return f"database {db} created"
-        finally:
-            conn.close()
-        return f"database {db}"
+        return f"database {db} created" if ensure_database(self.settings.postgres) else f"database {db}"

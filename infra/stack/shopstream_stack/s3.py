@@ -12,10 +12,9 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import urllib3
 from minio.error import S3Error
 
-from shopstream.adapters.s3 import ensure_bucket
+from shopstream.adapters.s3 import ensure_bucket, s3_client, s3_health
 
 from .process import Proc, StackError, wait_until
 from .service import Endpoint, Service, host_port
@@ -144,9 +143,8 @@ rgw dns name = localhost
     # -- health and preparation ----------------------------------------------------
     def healthy(self) -> bool:
         """radosgw answers S3 requests (any S3 reply, even an auth error, means it serves)."""
-        http = urllib3.PoolManager(timeout=2.0, retries=False)
-        resp = http.request("GET", self.settings.s3.endpoint_url)
-        return resp.status < 500
+        s3_health(s3_client(self.settings.s3, timeout_s=2.0), self.settings.s3.bucket)
+        return True
 
     def prepare(self) -> str:
         s3 = self.settings.s3

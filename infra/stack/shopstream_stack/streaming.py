@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import sys
 
+from shopstream.locations import output_url
+from shopstream.streaming_status import read_status, status_path, unhealthy_reason
+
 from .process import Proc
 from .service import Endpoint, Service
 
@@ -25,8 +28,7 @@ class StreamingService(Service):
 
     @property
     def address(self) -> str:
-        st = self.settings.streaming
-        return f"{self.settings.kafka.purchases_topic} -> s3a://{self.settings.s3.bucket}/{st.output_path}"
+        return f"{self.settings.kafka.purchases_topic} -> {output_url(self.settings)}"
 
     def endpoints(self) -> list[Endpoint]:
         return []
@@ -37,8 +39,6 @@ class StreamingService(Service):
 
     def problem(self) -> str | None:
         """Why the job is not healthy (None when it is)."""
-        from shopstream_streaming.status import read_status, status_path, unhealthy_reason
-
         status = read_status(status_path(self.settings))
         if status is not None and status.get("pid") != self.procs()[0].pid():
             return "status file is from another process"

@@ -1,10 +1,16 @@
-"""Kafka clients and idempotent topic creation (kafka-python)."""
+"""Kafka clients (kafka-python), idempotent topic creation, and the broker's health check.
+
+Every kafka-python client of the code base is built here (the API's asyncio clients in
+`kafka_async`). Callers pass what is theirs to choose, a client_id, timeouts, a group,
+as keyword arguments; where the broker is comes from the settings (or, in a Spark Python
+worker, which gets options rather than settings, from the bootstrap string they carry).
+"""
 
 from __future__ import annotations
 
 import time
 
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import OffsetOutOfRangeError, TopicAlreadyExistsError
 
@@ -12,12 +18,30 @@ from shopstream.marks import Fingerprint, fingerprint
 from shopstream.settings import KafkaSettings
 
 
-def admin_client(cfg: KafkaSettings, timeout_ms: int = 5000) -> KafkaAdminClient:
-    return KafkaAdminClient(
-        bootstrap_servers=cfg.bootstrap_servers,
-        client_id="shopstream-admin",
-        request_timeout_ms=timeout_ms,
-    )
+def _servers(where: KafkaSettings | str) -> str:
+    return where.bootstrap_servers if isinstance(where, KafkaSettings) else where
+
+
+def admin_client(cfg: KafkaSettings, timeout_ms: int = 5000, client_id: str = "shopstream-admin",
+                 **options) -> KafkaAdminClient:
+    """`options` go to KafkaAdminClient."""
+    return KafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=client_id,
+                            request_timeout_ms=timeout_ms, **options)
+
+
+def kafka_consumer(where: KafkaSettings | str, *topics: str, **options) -> KafkaConsumer:
+    """A consumer of the settings' broker (or of a bootstrap string); `options` go to KafkaConsumer."""
+    return KafkaConsumer(*topics, bootstrap_servers=_servers(where), **options)
+
+
+def kafka_producer(where: KafkaSettings | str, **options) -> KafkaProducer:
+    """A producer to the settings' broker (or to a bootstrap string); `options` go to KafkaProducer."""
+    return KafkaProducer(bootstrap_servers=_servers(where), **options)
+
+
+def kafka_health(admin: KafkaAdminClient) -> str:
+    """The broker answers a metadata request (raises when it does not): `invoke status` and the dashboard."""
+    return f"{len(admin.list_topics())} topics"
 
 
 def ensure_topics(cfg: KafkaSettings) -> dict[str, int]:
@@ -47,7 +71,7 @@ def ensure_topics(cfg: KafkaSettings) -> dict[str, int]:
 def end_offsets(cfg: KafkaSettings, topic: str) -> dict[int, int]:
     """Each partition's next offset (where a new record would land); their sum is how many
     records the topic has received."""
-    consumer = KafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, client_id="shopstream-offsets")
+    consumer = kafka_consumer(cfg, client_id="shopstream-offsets")
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         ends = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
@@ -58,8 +82,7 @@ def end_offsets(cfg: KafkaSettings, topic: str) -> dict[int, int]:
 
 def group_committed(cfg: KafkaSettings, group: str, topic: str) -> dict[int, int]:
     """A consumer group's next offset committed per partition (0: nothing yet), read without joining it."""
-    consumer = KafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, group_id=group, client_id="shopstream-offsets",
-                             enable_auto_commit=False)
+    consumer = kafka_consumer(cfg, group_id=group, client_id="shopstream-offsets", enable_auto_commit=False)
     try:
         partitions = sorted(consumer.partitions_for_topic(topic) or ())
         return {p: consumer.committed(TopicPartition(topic, p)) or 0 for p in partitions}
@@ -78,8 +101,8 @@ def record_fingerprints(bootstrap_servers: str, wanted: dict[TopicPartition, int
     got: dict[TopicPartition, Fingerprint | None] = {}
     if not wanted:
         return got
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, client_id=client_id, enable_auto_commit=False,
-                             auto_offset_reset="none", max_poll_records=50)
+    consumer = kafka_consumer(bootstrap_servers, client_id=client_id, enable_auto_commit=False,
+                              auto_offset_reset="none", max_poll_records=50)
     try:
         consumer.assign(list(wanted))
         for tp, offset in wanted.items():

@@ -7,14 +7,24 @@ sends that write concern with every write command, `findAndModify` and an aggreg
 `$merge` included (the embedded SecantusDB ignores it for `$merge`'s own writes: see
 `shopstream_batch.aggregate.apply`). Without it, the URI's write concern (or the server's
 default) applies.
+
+The pipeline's collections are named here too (`collections`): the batch writes them, the
+audit, the dashboard and `invoke batch-check` read them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pymongo import MongoClient
+from pymongo.collection import Collection
 from pymongo.database import Database
 
-from shopstream.settings import MongoSettings
+from shopstream.settings import BatchSettings, MongoSettings
+
+MARKS_COLLECTION = "user_events_offset_marks"  # one document per (group, topic, partition): its last marks
+DRAIN_REWINDS_COLLECTION = "user_events_rewinds"  # the drain's offset rewinds (shopstream.rewinds)
+LEASES_COLLECTION = "shopstream_leases"
 
 
 def mongo_client(cfg: MongoSettings, timeout_ms: int = 5000) -> MongoClient:
@@ -24,3 +34,35 @@ def mongo_client(cfg: MongoSettings, timeout_ms: int = 5000) -> MongoClient:
 
 def database(client: MongoClient, cfg: MongoSettings) -> Database:
     return client[cfg.database]
+
+
+def mongo_health(client: MongoClient) -> str:
+    """The server answers a ping (raises when it does not): `invoke status` and the dashboard."""
+    reply = client.admin.command("ping")
+    if reply.get("ok") != 1:
+        raise RuntimeError(f"ping answered {reply}")
+    return "ping ok"
+
+
+@dataclass(frozen=True)
+class Collections:
+    events: Collection
+    counts: Collection
+    dead_letters: Collection
+    agg_batches: Collection
+    leases: Collection
+    marks: Collection
+    rewinds: Collection
+
+
+def collections(db: Database, cfg: BatchSettings) -> Collections:
+    """The batch's collections in the pipeline's database (created by `shopstream_batch.store`)."""
+    return Collections(
+        events=db[cfg.events_collection],
+        counts=db[cfg.counts_collection],
+        dead_letters=db[cfg.dead_letter_collection],
+        agg_batches=db[f"{cfg.counts_collection}_batches"],
+        leases=db[LEASES_COLLECTION],
+        marks=db[MARKS_COLLECTION],
+        rewinds=db[DRAIN_REWINDS_COLLECTION],
+    )

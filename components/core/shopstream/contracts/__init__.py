@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from .events import EventAttributes, EventName, UserEvent
 from .purchases import MAX_LINES, MAX_PURCHASES_PER_REQUEST, PaymentType, ProductLine, Purchase, lines_total
+from .reasons import why_invalid
 from .records import EventId, PurchaseRecord, UserEventRecord
 
 CLIENT_MODELS: tuple[type[BaseModel], ...] = (UserEvent, Purchase)
@@ -26,5 +27,5 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 __all__ = [
     "CLIENT_MODELS", "RECORD_MODELS", "EventAttributes", "EventId", "EventName", "MAX_LINES", "MAX_PURCHASES_PER_REQUEST",
     "PaymentType", "ProductLine", "Purchase", "PurchaseRecord", "UserEvent", "UserEventRecord",
-    "json_schemas", "lines_total",
+    "json_schemas", "lines_total", "why_invalid",
 ]

@@ -14,6 +14,7 @@ import pyspark
 from pyspark.sql import SparkSession
 
 from shopstream.settings import Settings, StackMode
+from shopstream.spark_jars import spark_jar_paths
 
 # Spark's own Kafka connector, used when SHOPSTREAM_STREAMING__KAFKA_SOURCE=kafka.
 KAFKA_PACKAGE = f"org.apache.spark:spark-sql-kafka-0-10_2.13:{pyspark.__version__}"
@@ -59,8 +60,6 @@ def s3a_conf(settings: Settings) -> dict[str, str]:
 
 def jar_options(settings: Settings) -> dict[str, str]:
     """spark.jars (offline, pinned) or spark.jars.packages (Maven) for s3a, plus Kafka's connector."""
-    from shopstream_stack.install import spark_jar_paths
-
     packages = [KAFKA_PACKAGE] if settings.streaming.kafka_source == "kafka" else []
     options: dict[str, str] = {}
     if settings.spark.jars_source == "packages":
