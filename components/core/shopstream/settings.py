@@ -214,7 +214,15 @@ class StreamingSettings(BaseModel):
 class EmbeddedSettings(BaseModel):
     """Only used when the project runs the servers itself."""
 
-    ceph_mon_port: int = 3300
+    # the S3 server's (SeaweedFS) own ports besides its S3 port (`s3.endpoint_url`'s), on the same
+    # host: its master, volume server and filer, each with a gRPC port, and the S3 gateway's gRPC
+    s3_master_port: int = 9333
+    s3_master_grpc_port: int = 19333
+    s3_volume_port: int = 9334
+    s3_volume_grpc_port: int = 19334
+    s3_filer_port: int = 9335
+    s3_filer_grpc_port: int = 19335
+    s3_grpc_port: int = 19000
     start_timeout_s: float = 90.0
     stop_timeout_s: float = 30.0
     # the supervisor retries a process that dies while starting after 1, 2, ... s, this many
