@@ -205,10 +205,6 @@ class StreamingSettings(BaseModel):
     kafka_timeout_s: float = Field(30.0, gt=1)
     dedupe_window_minutes: int = Field(60, ge=1)  # a copy of an EventId published this soon after it is dropped
     state_partitions: int = Field(2, ge=1)  # dedupe state partitions; fixed by a checkpoint's first run
-    # fs.s3a.signing-algorithm. Unset: "S3SignerType" on the embedded stack with the offline jars
-    # (its Ceph RGW rejects the AWS SDK v1's chunked SigV4), else the SDK's default (MinIO, AWS;
-    # hadoop-aws 3.4 from "packages" has no V2 signer). Empty: always the SDK's default.
-    s3a_signer: str | None = None
 
 
 class EmbeddedSettings(BaseModel):
