@@ -24,7 +24,7 @@ def _run(fn, *args, **kwargs):
 
 @task
 def setup(c, tests=False):
-    """Install what is missing: Debian packages (Java, PostgreSQL, Ceph) and Spark's S3 jars."""
+    """Install what is missing: Debian packages (Java, PostgreSQL) and Spark's S3 jars."""
     _run(commands.setup, for_tests=tests)
 
 

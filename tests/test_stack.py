@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import os
+import signal
 import socket
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from minio.error import S3Error
+from pydantic import SecretStr
 
 from shopstream.adapters.kafka import admin_client
 from shopstream.adapters.mongo import database, mongo_client
 from shopstream.adapters.postgres import pg_engine
-from shopstream.adapters.s3 import s3_client
+from shopstream.adapters.s3 import ensure_bucket, s3_client, s3_health
+from shopstream.settings import REPO_ROOT, EmbeddedSettings, Settings
 from shopstream_stack.process import PortInUse, StackError
+from shopstream_stack.s3 import PORT_FLAGS
 from shopstream_stack.stack import SERVICE_TYPES
 from sqlalchemy import text
 
@@ -86,8 +93,6 @@ def test_mongo_insert_find_upsert(stack, settings):
 
 
 def test_s3_put_list_get_with_minio_client(stack, settings):
-    import io
-
     client = s3_client(settings.s3)
     assert client.bucket_exists(settings.s3.bucket)
     key = f"tests/{uuid.uuid4().hex}.txt"
@@ -98,6 +103,85 @@ def test_s3_put_list_get_with_minio_client(stack, settings):
     assert client.get_object(settings.s3.bucket, key).read() == body
 
 
+def test_s3_buckets_are_created_once_and_a_new_bucket_takes_writes(stack, settings):
+    """The start's bucket creation is idempotent; a bucket made later gets volumes of its own."""
+    assert stack["s3"].prepare().startswith(f"bucket {settings.s3.bucket};")  # already there: not created again
+    other = settings.s3.model_copy(update={"bucket": f"t-{uuid.uuid4().hex[:12]}"})
+    assert ensure_bucket(other) is True
+    assert ensure_bucket(other) is False
+    client = s3_client(other)
+    client.put_object(other.bucket, "k", io.BytesIO(b"v"), 1)
+    assert client.get_object(other.bucket, "k").read() == b"v"
+
+
+def test_s3_takes_only_the_settings_keys(stack, settings):
+    assert s3_health(s3_client(settings.s3), settings.s3.bucket) == f"bucket {settings.s3.bucket}"
+    wrong_secret = settings.s3.model_copy(update={"secret_key": SecretStr("not-the-secret")})
+    wrong_key = settings.s3.model_copy(update={"access_key": "nobody"})
+    for wrong, code in ((wrong_secret, "SignatureDoesNotMatch"), (wrong_key, "InvalidAccessKeyId")):
+        with pytest.raises(S3Error):
+            s3_health(s3_client(wrong), wrong.bucket)  # the health check says no
+        with pytest.raises(S3Error) as err:
+            s3_client(wrong).list_buckets()
+        assert err.value.code == code
+
+
+def _lake_objects(n: int) -> dict[str, bytes]:
+    """Small objects and one of several chunks (the gateway splits large ones)."""
+    tag = uuid.uuid4().hex
+    objects = {f"durability/{tag}/{i}": os.urandom(100 + i * 1000) for i in range(n)}
+    objects[f"durability/{tag}/large"] = os.urandom(9 * 1024 * 1024)
+    return objects
+
+
+def _put_all(settings, objects: dict[str, bytes]) -> None:
+    client = s3_client(settings.s3)
+    for key, body in objects.items():
+        client.put_object(settings.s3.bucket, key, io.BytesIO(body), len(body))
+
+
+def _stored(settings, objects: dict[str, bytes]) -> dict[str, bytes]:
+    client = s3_client(settings.s3)
+    prefix = next(iter(objects)).rsplit("/", 1)[0] + "/"
+    listed = {o.object_name for o in client.list_objects(settings.s3.bucket, prefix=prefix, recursive=True)}
+    return {key: client.get_object(settings.s3.bucket, key).read() for key in sorted(listed)}
+
+
+def test_s3_is_one_process_and_a_stop_keeps_every_acknowledged_object(stack, settings):
+    """`invoke down` sends SIGTERM and, after a short grace, SIGKILL (the filer's gRPC drain
+    would wait 15 s): whatever the server had answered is there after the next start."""
+    svc = stack["s3"]
+    assert [p.name for p in svc.procs()] == ["server"]
+    objects = _lake_objects(5)
+    _put_all(settings, objects)
+    log = svc.supervisor.log
+    seen = log.stat().st_size
+    assert svc.stop() is True
+    with log.open() as f:
+        f.seek(seen)
+        stopping = [line for line in f if "s3-server" in line]
+    assert any("stopped: s3-server" in line for line in stopping), stopping
+    assert svc.status().state == "stopped"
+    svc.start()
+    assert _stored(settings, objects) == objects
+
+
+def test_s3_objects_acknowledged_just_before_a_kill_9_are_there_after_the_supervisor_restarts_it(stack, settings):
+    """SIGKILL right after the last PUT was answered: the weed process gets no chance to
+    flush anything, and every object it acknowledged is back, whole, once it is healthy."""
+    from test_faults import wait_for
+    from test_supervision import restarted
+
+    svc = stack["s3"]
+    for _ in range(2):
+        objects = _lake_objects(20)
+        _put_all(settings, objects)
+        pid = svc.procs()[0].pid()
+        os.kill(pid, signal.SIGKILL)
+        wait_for("the S3 server back in a new process", lambda pid=pid: restarted(svc, pid), 120)
+        assert _stored(settings, objects) == objects
+
+
 def test_postgres_sql(stack, settings):
     engine = pg_engine(settings.postgres)
     with engine.begin() as conn:
@@ -106,6 +190,22 @@ def test_postgres_sql(stack, settings):
         total = conn.execute(text("select sum(v) from t_sql")).scalar_one()
     assert total == 3
     engine.dispose()
+
+
+def test_default_and_isolated_ports_are_all_different(tmp_path, monkeypatch):
+    """Every server's ports, the S3 server's internal ones included, never share a number."""
+    for name in [n for n in os.environ if n.startswith("SHOPSTREAM_")]:
+        monkeypatch.delenv(name)  # the defaults
+
+    def ports(s: Settings) -> list[int]:
+        found = [urlsplit(f"//{s.kafka.bootstrap_servers}").port, urlsplit(s.mongo.uri).port,
+                 urlsplit(s.s3.endpoint_url).port, s.postgres.port, s.api.port, s.dashboard.port, s.airflow.port]
+        return found + [getattr(s.embedded, f) for f in type(s.embedded).model_fields if f.endswith("_port")]
+
+    for s in (Settings(_env_file=None), make_settings(tmp_path / "run")):
+        found = ports(s)
+        assert None not in found and len(set(found)) == len(found), found
+    assert set(PORT_FLAGS) == {f for f in EmbeddedSettings.model_fields if f.endswith("_port")}
 
 
 def _write_marker(name, settings, marker):
@@ -120,8 +220,6 @@ def _write_marker(name, settings, marker):
             conn.execute(text("create table if not exists markers (m text)"))
             conn.execute(text("insert into markers values (:m)"), {"m": marker})
     elif name == "s3":
-        import io
-
         s3_client(settings.s3).put_object(settings.s3.bucket, f"markers/{marker}", io.BytesIO(b"x"), 1)
 
 
@@ -209,4 +307,6 @@ def test_invoke_status_reports_every_server_healthy(stack, settings):
     # the four servers answer; the pipeline's components are not running here, so status says so and fails
     assert {states[n]["state"] for n in ("kafka", "mongo", "postgres", "s3")} == {"healthy"}, states
     assert "stopped" in {states[n]["state"] for n in ("api", "airflow", "generator")} and code == 1
-    assert all(states[n]["pids"] and states[n]["restarts"] == 0 for n in ("kafka", "mongo", "postgres", "s3")), states
+    assert all(states[n]["pids"] for n in ("kafka", "mongo", "postgres", "s3")), states
+    # restarts since supervisord started: this module's kill -9 test restarts the S3 server on purpose
+    assert all(states[n]["restarts"] == 0 for n in ("kafka", "mongo", "postgres")), states

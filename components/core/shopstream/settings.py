@@ -205,16 +205,20 @@ class StreamingSettings(BaseModel):
     kafka_timeout_s: float = Field(30.0, gt=1)
     dedupe_window_minutes: int = Field(60, ge=1)  # a copy of an EventId published this soon after it is dropped
     state_partitions: int = Field(2, ge=1)  # dedupe state partitions; fixed by a checkpoint's first run
-    # fs.s3a.signing-algorithm. Unset: "S3SignerType" on the embedded stack with the offline jars
-    # (its Ceph RGW rejects the AWS SDK v1's chunked SigV4), else the SDK's default (MinIO, AWS;
-    # hadoop-aws 3.4 from "packages" has no V2 signer). Empty: always the SDK's default.
-    s3a_signer: str | None = None
 
 
 class EmbeddedSettings(BaseModel):
     """Only used when the project runs the servers itself."""
 
-    ceph_mon_port: int = 3300
+    # the S3 server's (SeaweedFS) own ports besides its S3 port (`s3.endpoint_url`'s), on the same
+    # host: its master, volume server and filer, each with a gRPC port, and the S3 gateway's gRPC
+    s3_master_port: int = 9333
+    s3_master_grpc_port: int = 19333
+    s3_volume_port: int = 9334
+    s3_volume_grpc_port: int = 19334
+    s3_filer_port: int = 9335
+    s3_filer_grpc_port: int = 19335
+    s3_grpc_port: int = 19000
     start_timeout_s: float = 90.0
     stop_timeout_s: float = 30.0
     # the supervisor retries a process that dies while starting after 1, 2, ... s, this many

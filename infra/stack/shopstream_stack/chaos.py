@@ -42,7 +42,7 @@ from .service import Service
 
 # service -> the processes a fault may hit (Airflow: its scheduler, which runs the DAG)
 TARGETS: dict[str, tuple[str, ...]] = {
-    "kafka": ("broker",), "mongo": ("server",), "s3": ("mon.a", "osd.0", "client.rgw.a"),
+    "kafka": ("broker",), "mongo": ("server",), "s3": ("server",),
     "postgres": ("server",), "api": ("uvicorn",), "streaming": ("spark",), "airflow": ("scheduler",),
     "dashboard": ("uvicorn",),
 }

@@ -50,9 +50,6 @@ class SystemNeed:
 SYSTEM_NEEDS = (
     SystemNeed("Java 17+ (Spark)", _java_ok, ("openjdk-17-jre-headless",)),
     SystemNeed("PostgreSQL server", _postgres_ok, ("postgresql",), embedded_only=True),
-    SystemNeed("Ceph RADOS gateway (S3)",
-               lambda: all(shutil.which(b) for b in ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin")),
-               ("ceph-mon", "ceph-osd", "radosgw", "ceph-common"), embedded_only=True),
     SystemNeed("Nix (flake checks in the tests)", lambda: bool(shutil.which("nix-instantiate")),
                ("nix-bin",), tests_only=True),
     SystemNeed("Chromium (the dashboard's browser test)", lambda: bool(shutil.which("chromium")), ("chromium",),

@@ -34,7 +34,7 @@ def isolated_settings(run_dir: Path, **overrides) -> Settings:
         mongo=MongoSettings(uri=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"),
         postgres=PostgresSettings(port=free_port()),
         s3=S3Settings(endpoint_url=f"http://127.0.0.1:{free_port()}"),
-        embedded=EmbeddedSettings(ceph_mon_port=free_port()),
+        embedded=EmbeddedSettings(**{f: free_port() for f in EmbeddedSettings.model_fields if f.endswith("_port")}),
         api=ApiSettings(port=free_port()),
         dashboard=DashboardSettings(port=free_port()),
         airflow=AirflowSettings(port=free_port()),

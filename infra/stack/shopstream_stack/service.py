@@ -160,8 +160,8 @@ class Service(ABC):
 
     def _proc(self, name: str, argv: list[str], **kw) -> Proc:
         kw.setdefault("start_seconds", self.start_seconds)
-        return Proc(name=name, argv=argv, folder=self.folder, group=self.name, supervisor=self.supervisor,
-                    stop_timeout_s=self.settings.embedded.stop_timeout_s, **kw)
+        kw.setdefault("stop_timeout_s", self.settings.embedded.stop_timeout_s)
+        return Proc(name=name, argv=argv, folder=self.folder, group=self.name, supervisor=self.supervisor, **kw)
 
     def _fail(self, what: str, proc: Proc) -> StackError:
         return StackError(f"{self.name}: {what}. Last lines of {proc.log_file}:\n{tail(proc.log_file, 15)}")

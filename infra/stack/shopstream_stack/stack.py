@@ -9,11 +9,11 @@ from .apps import ApiService, DashboardService, GeneratorService
 from .kafka import KafkaBroker
 from .mongo import MongoServer
 from .postgres import PostgresServer
-from .s3 import CephS3
+from .s3 import SeaweedS3
 from .service import Service
 from .streaming import StreamingService
 
-SERVICE_TYPES: tuple[type[Service], ...] = (KafkaBroker, MongoServer, PostgresServer, CephS3)
+SERVICE_TYPES: tuple[type[Service], ...] = (KafkaBroker, MongoServer, PostgresServer, SeaweedS3)
 APP_TYPES: tuple[type[Service], ...] = (ApiService, StreamingService, AirflowService, DashboardService,
                                           GeneratorService)
 

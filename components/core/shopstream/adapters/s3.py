@@ -1,6 +1,8 @@
-"""S3 client factory (MinIO's client speaks to MinIO, Ceph RGW and AWS alike), the lake's bucket, the health check."""
+"""S3 client factory (MinIO's client speaks to MinIO, SeaweedFS and AWS alike), the lake's bucket, the health check."""
 
 from __future__ import annotations
+
+import io
 
 import urllib3
 from minio import Minio
@@ -25,6 +27,36 @@ def s3_client(cfg: S3Settings, timeout_s: float | None = None, **kwargs) -> Mini
     )
 
 
+# An object of the lake bucket that the health check reads back: its answer needs the server's
+# data path, not only its metadata (written by the embedded stack's start).
+PROBE_KEY = "_shopstream/probe"
+
+
+def s3_health(client: Minio, bucket: str) -> str:
+    """The store's one health check, used by `invoke status`, the stack's start and the dashboard.
+
+    Signed requests with our keys, down to the data: HeadBucket on the lake bucket, then a read
+    of the probe object if there is one. SeaweedFS answers the first from its filer while, for
+    a few seconds after a restart, its volume server has not registered and no object can be
+    read. A missing bucket or probe is an answer (a first `invoke up` creates them). A refused
+    key, a server error or no answer raises.
+    """
+    if not client.bucket_exists(bucket):
+        return f"serves S3; bucket {bucket} is missing"
+    try:
+        client.get_object(bucket, PROBE_KEY).read()
+    except S3Error as e:
+        if e.code != "NoSuchKey":
+            raise
+    return f"bucket {bucket}"
+
+
+def put_probe(cfg: S3Settings) -> None:
+    """Write the object `s3_health` reads back."""
+    body = b"shopstream"
+    s3_client(cfg).put_object(cfg.bucket, PROBE_KEY, io.BytesIO(body), len(body))
+
+
 def ensure_bucket(cfg: S3Settings) -> bool:
     """Create the lake bucket if missing; True when it was created now."""
     client = s3_client(cfg)
@@ -32,14 +64,3 @@ def ensure_bucket(cfg: S3Settings) -> bool:
         return False
     client.make_bucket(cfg.bucket)
     return True
-
-
-def s3_health(client: Minio, bucket: str) -> str:
-    """The server answers S3 requests (raises when it does not, or answers 5xx): `invoke status`
-    and the dashboard. Any S3 answer counts, an error such as AccessDenied included: the server
-    serves (before `invoke up` has created the stack's user and bucket, say); the bucket's
-    state is in what it returns, which the dashboard shows."""
-    try:
-        return f"bucket {bucket}" if client.bucket_exists(bucket) else f"serves S3; bucket {bucket} is missing"
-    except S3Error as e:
-        return f"serves S3; the bucket answers {e.code}"

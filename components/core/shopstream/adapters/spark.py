@@ -13,7 +13,7 @@ import sys
 import pyspark
 from pyspark.sql import SparkSession
 
-from shopstream.settings import Settings, StackMode
+from shopstream.settings import Settings
 from shopstream.spark_jars import spark_jar_paths
 
 # Spark's own Kafka connector, used when SHOPSTREAM_STREAMING__KAFKA_SOURCE=kafka.
@@ -38,24 +38,17 @@ S3A_PLAIN_NUMBERS = {
 def s3a_conf(settings: Settings) -> dict[str, str]:
     """Hadoop s3a options (without the `spark.hadoop.` prefix) for the settings' S3 server."""
     s3 = settings.s3
-    conf = {
+    return {
         "fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
         "fs.s3a.endpoint": s3.endpoint_url,
         "fs.s3a.endpoint.region": s3.region,
         "fs.s3a.access.key": s3.access_key,
         "fs.s3a.secret.key": s3.secret_key.get_secret_value(),
-        "fs.s3a.path.style.access": "true",  # MinIO and Ceph: no bucket subdomains
+        "fs.s3a.path.style.access": "true",  # MinIO and SeaweedFS: no bucket subdomains
         "fs.s3a.connection.ssl.enabled": str(s3.secure).lower(),
         "fs.s3a.aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
         **S3A_PLAIN_NUMBERS,
     }
-    signer = settings.streaming.s3a_signer
-    if signer is None:  # the embedded Ceph RGW 16 rejects the SDK v1's chunked SigV4 uploads
-        ceph_with_sdk_v1 = settings.stack == StackMode.embedded and settings.spark.jars_source == "offline"
-        signer = "S3SignerType" if ceph_with_sdk_v1 else ""
-    if signer:
-        conf["fs.s3a.signing-algorithm"] = signer
-    return conf
 
 
 def jar_options(settings: Settings) -> dict[str, str]:
