@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 
 from conftest import ServerThread, end_offsets, make_settings, read_from
+from shopstream.adapters.api import api_health
 from shopstream.contracts import Purchase, UserEvent
 from shopstream_api.examples import PURCHASE_EXAMPLE, USER_EVENT_EXAMPLE
 from shopstream_api.main import create_app
@@ -122,10 +123,14 @@ def test_stopped_broker_gives_503_then_recovers(tmp_path):
             r = httpx.post(f"{api.url}/PurchasedItems", json=[PURCHASE_EXAMPLE], timeout=30)
             assert r.status_code == 503
             assert httpx.get(f"{api.url}/readyz", timeout=30).status_code == 503
+            with httpx.Client(base_url=api.url, timeout=30) as client, pytest.raises(httpx.HTTPStatusError):
+                api_health(client)  # what `invoke status` and the dashboard ask: not ready
             assert 'shopstream_publish_failures_total{topic="UserEvents"} 1.0' in httpx.get(f"{api.url}/metrics").text
             broker.start()
             ok = [httpx.put(f"{api.url}/SendEvent", json=event(), timeout=30).status_code for _ in range(3)]
             assert ok[-1] == 200, ok
+            with httpx.Client(base_url=api.url, timeout=30) as client:
+                assert api_health(client) == "ready: reaches Kafka"
     finally:
         broker.stop()
 

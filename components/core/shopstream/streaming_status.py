@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shopstream.locations import job_folder
+from shopstream.locations import PURCHASES, job_folder
 from shopstream.rewinds import read_lines, streaming_file
 from shopstream.settings import Settings
 
@@ -46,6 +46,17 @@ def offset_positions(offset: Any) -> dict[str, dict[str, int]] | None:
     if not isinstance(offset, dict):
         return None
     return {k: v for k, v in offset.items() if not k.startswith("@") and isinstance(v, dict)}
+
+
+def purchases_read(status: dict[str, Any] | None, topic: str) -> int | None:
+    """How many records of `topic` the purchases query has read: the sum over partitions of its
+    last batch's end offset; None before its first batch. The streaming lag that `invoke chaos`
+    and the dashboard show is the topic's end minus this."""
+    query = ((status or {}).get("queries") or {}).get(PURCHASES) or {}
+    positions = offset_positions(query.get("end_offset"))
+    if not positions or topic not in positions:
+        return None
+    return sum(int(v) for v in positions[topic].values())
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from pymongo import MongoClient
 from sqlalchemy import Engine
 
 from shopstream.adapters.airflow import airflow_client
+from shopstream.adapters.api import api_client
 from shopstream.adapters.kafka import admin_client, kafka_consumer
 from shopstream.adapters.mongo import Collections, collections, database, mongo_client
 from shopstream.adapters.postgres import pg_engine_unpooled
@@ -81,7 +82,7 @@ class Clients:
                    pg=pg_engine_unpooled(settings.postgres, connect_timeout_s=int(timeout)),
                    s3=s3_client(settings.s3, http_client=lake_http),
                    kafka=KafkaClients(settings, timeout),
-                   api=httpx.Client(base_url=settings.api.base_url, timeout=timeout),
+                   api=api_client(settings.api, timeout_s=timeout),
                    airflow=airflow_client(settings.airflow, timeout_s=timeout),
                    timeout_s=timeout)
 

@@ -26,12 +26,13 @@ from shopstream.adapters.airflow import airflow_health
 from shopstream.adapters.kafka import kafka_health
 from shopstream.adapters.mongo import mongo_health
 from shopstream.adapters.postgres import pg_health
+from shopstream.adapters.api import READY_PATH, api_health
 from shopstream.adapters.s3 import s3_health
 from shopstream.locations import PURCHASES
 from shopstream.restarts import by_service, restarts_path
 from shopstream.rewinds import Rewind, drain_rewinds, oldest_first, read_lines, streaming_file
 from shopstream.settings import Settings, StackMode
-from shopstream.streaming_status import offset_positions, read_status, status_path, unhealthy_reason
+from shopstream.streaming_status import purchases_read, read_status, status_path, unhealthy_reason
 
 from .deps import Clients
 from .readmodel import ReadModel
@@ -40,7 +41,7 @@ from .sync import Loop, SourceState, describe
 BATCH_DAG_ID = "user_events_batch"  # components/dags/user_events_batch.py
 BATCH_TASKS = {"drain": "stored", "aggregate": "events_counted"}  # task -> the report field shown
 FINAL = {"success", "failed"}
-PROBES = {"/healthz", "/readyz", "/metrics"}
+PROBES = {"/healthz", READY_PATH, "/metrics"}
 REWINDS_SHOWN = 5
 STACK_NAMES = {"mongodb": "mongo", "postgresql": "postgres"}  # the page's name -> the stack's
 
@@ -91,15 +92,6 @@ class ApiTrafficMeter:
         }
 
 
-def _offsets_sum(offsets: Any, topic: str) -> int | None:
-    """Sum over partitions of a Spark source offset ({"topic": {"0": n}}, maybe as JSON text;
-    keys that are not topics, such as the project's source's "@marks", are ignored)."""
-    offsets = offset_positions(offsets)
-    if not offsets or topic not in offsets:
-        return None
-    return sum(int(v) for v in offsets[topic].values())
-
-
 class HealthMonitor(Loop):
     name = "health"
 
@@ -143,8 +135,7 @@ class HealthMonitor(Loop):
         done = sum(max(0, om.offset) for tp, om in committed.items() if tp.topic == topic)
         end = sum(ends[topic].values())
         out.append({"topic": topic, "group": group, "lag": max(0, end - done), "end": end})
-        query = ((self._status or {}).get("queries") or {}).get(PURCHASES) or {}
-        done_p = _offsets_sum(query.get("end_offset"), kafka.purchases_topic)
+        done_p = purchases_read(self._status, kafka.purchases_topic)
         end_p = sum(ends[kafka.purchases_topic].values())
         if done_p is not None:
             out.append({"topic": kafka.purchases_topic, "group": "streaming job (Spark checkpoint)",
@@ -212,9 +203,6 @@ class HealthMonitor(Loop):
         """Each service's state: the stores' by their adapters' health checks."""
         s, c = self.settings, self.clients
 
-        def api() -> str:
-            c.api.get("/readyz").raise_for_status()
-            return "ready: reaches Kafka"
 
         def streaming() -> str:
             why = unhealthy_reason(self._status, s)
@@ -222,7 +210,7 @@ class HealthMonitor(Loop):
                 raise RuntimeError(why)
             return "queries running"
 
-        probes = {"api": api, "kafka": lambda: self._with_kafka(lambda admin, _: kafka_health(admin)),
+        probes = {"api": lambda: api_health(c.api), "kafka": lambda: self._with_kafka(lambda admin, _: kafka_health(admin)),
                   "mongodb": lambda: mongo_health(c.mongo), "postgresql": lambda: pg_health(c.pg),
                   "s3": lambda: s3_health(c.s3, s.s3.bucket),
                   "airflow": lambda: airflow_health(c.airflow, runs_all=s.stack == StackMode.embedded),

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+from shopstream.adapters.api import api_client, api_health
 
 from .process import Proc
 from .service import Endpoint, Service
@@ -42,7 +43,11 @@ class UvicornApp(Service):
 class ApiService(UvicornApp):
     name = "api"
     factory = "shopstream_api.main:create_app"
-    health_path = "/readyz"  # ready, not just alive: the API reaches the broker
+
+    def healthy(self) -> bool:
+        with api_client(self.settings.api, timeout_s=2) as client:
+            api_health(client)  # raises when not ready
+        return True
 
     @property
     def address(self) -> str:

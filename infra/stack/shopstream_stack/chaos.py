@@ -33,9 +33,8 @@ from typing import Any
 import psutil
 from shopstream import ledger
 from shopstream.adapters.kafka import end_offsets, group_committed
-from shopstream.locations import PURCHASES
 from shopstream.settings import Settings
-from shopstream.streaming_status import offset_positions, read_status, status_path
+from shopstream.streaming_status import purchases_read, read_status, status_path
 
 from .process import tail, wait_until
 from .service import Service
@@ -112,15 +111,14 @@ class LagProbe:
         ends_e = sum(end_offsets(k, k.user_events_topic).values())
         ends_p = sum(end_offsets(k, k.purchases_topic).values())
         done_e = sum(group_committed(k, self.settings.batch.consumer_group, k.user_events_topic).values())
-        query = ((read_status(status_path(self.settings)) or {}).get("queries") or {}).get(PURCHASES) or {}
-        done_p = offset_positions(query.get("end_offset"))
+        done_p = purchases_read(read_status(status_path(self.settings)), k.purchases_topic)
         now = time.monotonic()
         rate = {"batch": 0.0, "streaming": 0.0}
         if self.last:
             t, e, p = self.last
             rate = {"batch": (ends_e - e) / (now - t), "streaming": (ends_p - p) / (now - t)}
         self.last = (now, ends_e, ends_p)
-        streaming = ends_p - sum((done_p or {}).get(k.purchases_topic, {}).values()) if done_p else None
+        streaming = ends_p - done_p if done_p is not None else None
         return Lag(ends_e - done_e, streaming, rate)
 
 
