@@ -25,12 +25,22 @@ USERS = 2000
 
 def _events(n: int, prefix: str) -> list[dict]:
     now = datetime.now(UTC)
-    return [{
-        "_id": f"{prefix}-{i}", "UserId": f"user-{i % USERS}", "SessionId": f"s-{i // 7}",
-        "EventName": NAMES[i % 3], "TimeStamp": now, "IngestedAt": now,
-        "Attributes": {"ProductId": f"sku-{i % 300}", "Price": Decimal128("9.99"), "Discount": Decimal128("0.00")},
-        "KafkaPartition": i % 3, "KafkaOffset": i, "StoredAt": now, "AggBatch": None,
-    } for i in range(n)]
+    return [
+        {
+            "_id": f"{prefix}-{i}",
+            "UserId": f"user-{i % USERS}",
+            "SessionId": f"s-{i // 7}",
+            "EventName": NAMES[i % 3],
+            "TimeStamp": now,
+            "IngestedAt": now,
+            "Attributes": {"ProductId": f"sku-{i % 300}", "Price": Decimal128("9.99"), "Discount": Decimal128("0.00")},
+            "KafkaPartition": i % 3,
+            "KafkaOffset": i,
+            "StoredAt": now,
+            "AggBatch": None,
+        }
+        for i in range(n)
+    ]
 
 
 HISTORY = "history"
@@ -51,18 +61,24 @@ def _fill(colls, n: int, progress: Progress, label: str) -> None:
         progress.advance(task, len(docs))
     now = datetime.now(UTC)
     colls.agg_batches.insert_one({"_id": HISTORY, "state": "applied", "created": now, "events": n})
-    colls.counts.insert_many([{"UserId": u, "EventName": e, "EventCount": c, "Applied": [HISTORY], "UpdatedAt": now}
-                              for (u, e), c in counts.items()])
+    colls.counts.insert_many(
+        [
+            {"UserId": u, "EventName": e, "EventCount": c, "Applied": [HISTORY], "UpdatedAt": now}
+            for (u, e), c in counts.items()
+        ]
+    )
 
 
-def run(settings: Settings, new_events: int = 10_000, histories: tuple[int, ...] = (10_000, 1_000_000),
-        repeats: int = 3) -> list[Figure]:
+def run(
+    settings: Settings, new_events: int = 10_000, histories: tuple[int, ...] = (10_000, 1_000_000), repeats: int = 3
+) -> list[Figure]:
     client = mongo_client(settings.mongo)
     medians = {}
     with Progress() as progress:
         for history in histories:
-            cfg = settings.model_copy(update={"mongo": settings.mongo.model_copy(
-                update={"database": f"bench_agg_{history}"})})
+            cfg = settings.model_copy(
+                update={"mongo": settings.mongo.model_copy(update={"database": f"bench_agg_{history}"})}
+            )
             colls = ensure_collections(client[cfg.mongo.database], cfg.batch)
             _fill(colls, history, progress, f"history of {history:,} events")
 
@@ -76,9 +92,20 @@ def run(settings: Settings, new_events: int = 10_000, histories: tuple[int, ...]
     small, large = histories
     ratio = medians[large] / medians[small]
     return [
-        Figure(f"aggregate {new_events:,} new events, history {small:,}", medians[small], "s",
-               samples=medians[f"{small}-samples"]),
-        Figure(f"aggregate {new_events:,} new events, history {large:,}", medians[large], "s",
-               limit_name=f"same with history {small:,}", limit_value=medians[small],
-               target="< 1.5x apart", met=ratio < 1.5, samples=medians[f"{large}-samples"]),
+        Figure(
+            f"aggregate {new_events:,} new events, history {small:,}",
+            medians[small],
+            "s",
+            samples=medians[f"{small}-samples"],
+        ),
+        Figure(
+            f"aggregate {new_events:,} new events, history {large:,}",
+            medians[large],
+            "s",
+            limit_name=f"same with history {small:,}",
+            limit_value=medians[small],
+            target="< 1.5x apart",
+            met=ratio < 1.5,
+            samples=medians[f"{large}-samples"],
+        ),
     ]

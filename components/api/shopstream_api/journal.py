@@ -91,8 +91,19 @@ class _Write:
 
 
 def _line(topic: str, partition: int, offset: int, record: Outgoing) -> bytes:
-    return b"\t".join((topic.encode(), str(partition).encode(), str(offset).encode(), record.event_id.encode(),
-                       record.key, record.value)) + b"\n"
+    return (
+        b"\t".join(
+            (
+                topic.encode(),
+                str(partition).encode(),
+                str(offset).encode(),
+                record.event_id.encode(),
+                record.key,
+                record.value,
+            )
+        )
+        + b"\n"
+    )
 
 
 def parse_line(raw: bytes) -> tuple[str, int, int, Outgoing] | None:
@@ -162,8 +173,13 @@ class Journal:
         recovered = self._recover(mine) if self.enabled else 0
         self._thread = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
         self._thread.start()
-        log.info("journal %s in %s: %d record(s) recovered, %d bytes", "on" if self.enabled else "off (ledger only)",
-                 mine, recovered, self.bytes)
+        log.info(
+            "journal %s in %s: %d record(s) recovered, %d bytes",
+            "on" if self.enabled else "off (ledger only)",
+            mine,
+            recovered,
+            self.bytes,
+        )
         return recovered
 
     def _adopt(self, slots: Path, mine: Path) -> None:
@@ -349,7 +365,7 @@ def _fail(future: asyncio.Future, error: BaseException) -> None:
 def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _fsync_dir(path: Path) -> None:

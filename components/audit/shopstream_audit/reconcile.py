@@ -106,11 +106,22 @@ def within_end(committed: Mapping[int, int], end: Mapping[int, int]) -> tuple[di
     return {p: 0 if p in past else off for p, off in committed.items()}, past
 
 
-def kafka_stage(topic: str, acked: Mapping[str, Pos], copies: Copies, beginning: Mapping[int, int],
-                end: Mapping[int, int], samples: int = SAMPLES) -> Stage:
+def kafka_stage(
+    topic: str,
+    acked: Mapping[str, Pos],
+    copies: Copies,
+    beginning: Mapping[int, int],
+    end: Mapping[int, int],
+    samples: int = SAMPLES,
+) -> Stage:
     """Every acknowledged EventId must have a copy in its topic."""
-    stage = Stage(f"Kafka {topic}", acknowledged=len(acked), expected=len(acked), doubled=None,
-                  position=f"end {sum(end.values()):,} ({len(end)} partitions)")
+    stage = Stage(
+        f"Kafka {topic}",
+        acknowledged=len(acked),
+        expected=len(acked),
+        doubled=None,
+        position=f"end {sum(end.values()):,} ({len(end)} partitions)",
+    )
     missing, expired = [], 0
     for event_id, (partition, offset) in acked.items():
         if event_id in copies.first:
@@ -134,9 +145,16 @@ def kafka_stage(topic: str, acked: Mapping[str, Pos], copies: Copies, beginning:
     return stage
 
 
-def store_stage(name: str, acked: Iterable[str], copies: Copies, committed: Mapping[int, int] | None,
-                found: Container[str], position: str = "", unchecked: str | None = None,
-                samples: int = SAMPLES) -> Stage:
+def store_stage(
+    name: str,
+    acked: Iterable[str],
+    copies: Copies,
+    committed: Mapping[int, int] | None,
+    found: Container[str],
+    position: str = "",
+    unchecked: str | None = None,
+    samples: int = SAMPLES,
+) -> Stage:
     """Acknowledged records against a store fed from the topic up to `committed` (None: unknown)."""
     stage = Stage(name, position=position, unchecked=unchecked)
     missing = []
@@ -173,9 +191,13 @@ class CountDoc:
     applied: frozenset[str] = frozenset()
 
 
-def count_stage(counts: Mapping[Pair, CountDoc], applied_batches: Container[str],
-                stored: Mapping[Pair, Mapping[str | None, int]], position: str = "",
-                samples: int = SAMPLES) -> Stage:
+def count_stage(
+    counts: Mapping[Pair, CountDoc],
+    applied_batches: Container[str],
+    stored: Mapping[Pair, Mapping[str | None, int]],
+    position: str = "",
+    samples: int = SAMPLES,
+) -> Stage:
     """EventCount per pair against the stored events of the pair in applied batches.
 
     `applied_batches`: batches in state "applied" (read before the counts); a count

@@ -46,8 +46,10 @@ class KafkaClients:
     def get(self) -> tuple[KafkaAdminClient, KafkaConsumer]:
         if self._clients is None:
             cfg, ms = self.settings.kafka, self.timeout_ms
-            self._clients = (admin_client(cfg, ms, client_id=CLIENT_ID, bootstrap_timeout_ms=ms),
-                             kafka_consumer(cfg, client_id=CLIENT_ID, request_timeout_ms=ms, bootstrap_timeout_ms=ms))
+            self._clients = (
+                admin_client(cfg, ms, client_id=CLIENT_ID, bootstrap_timeout_ms=ms),
+                kafka_consumer(cfg, client_id=CLIENT_ID, request_timeout_ms=ms, bootstrap_timeout_ms=ms),
+            )
         return self._clients
 
     def drop(self) -> None:
@@ -75,15 +77,20 @@ class Clients:
     def build(cls, settings: Settings) -> Clients:
         timeout = probe_timeout_s(settings.dashboard.refresh_s)
         # the lake's reads carry whole files: a longer read timeout and two retries
-        lake_http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=timeout, read=20), maxsize=10,
-                                        retries=urllib3.Retry(total=2, backoff_factor=0.2))
-        return cls(mongo=mongo_client(settings.mongo, timeout_ms=int(timeout * 1000)),
-                   pg=pg_engine_unpooled(settings.postgres, connect_timeout_s=int(timeout)),
-                   s3=s3_client(settings.s3, http_client=lake_http),
-                   kafka=KafkaClients(settings, timeout),
-                   api=httpx.Client(base_url=settings.api.base_url, timeout=timeout),
-                   airflow=airflow_client(settings.airflow, timeout_s=timeout),
-                   timeout_s=timeout)
+        lake_http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=timeout, read=20),
+            maxsize=10,
+            retries=urllib3.Retry(total=2, backoff_factor=0.2),
+        )
+        return cls(
+            mongo=mongo_client(settings.mongo, timeout_ms=int(timeout * 1000)),
+            pg=pg_engine_unpooled(settings.postgres, connect_timeout_s=int(timeout)),
+            s3=s3_client(settings.s3, http_client=lake_http),
+            kafka=KafkaClients(settings, timeout),
+            api=httpx.Client(base_url=settings.api.base_url, timeout=timeout),
+            airflow=airflow_client(settings.airflow, timeout_s=timeout),
+            timeout_s=timeout,
+        )
 
     def collections(self, settings: Settings) -> Collections:
         return collections(database(self.mongo, settings.mongo), settings.batch)

@@ -52,8 +52,13 @@ class SourceState:
         self.detail = detail
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "state": self.state, "synced_at": self.synced_at, "error": self.error,
-                "detail": self.detail}
+        return {
+            "name": self.name,
+            "state": self.state,
+            "synced_at": self.synced_at,
+            "error": self.error,
+            "detail": self.detail,
+        }
 
 
 class Loop:
@@ -94,8 +99,9 @@ class EventsSync(Loop):
 
     name = "mongodb"
 
-    def __init__(self, model: ReadModel, events: Collection, interval: float, overlap_s: float,
-                 chunk: int = 50_000) -> None:
+    def __init__(
+        self, model: ReadModel, events: Collection, interval: float, overlap_s: float, chunk: int = 50_000
+    ) -> None:
         super().__init__(interval)
         self.model, self.overlap, self.chunk = model, timedelta(seconds=overlap_s), chunk
         self.events = events
@@ -146,8 +152,9 @@ class LakeSync(Loop):
 
     name = "lake"
 
-    def __init__(self, model: ReadModel, s3: Minio, settings: Settings, interval: float,
-                 files_per_load: int = 200) -> None:
+    def __init__(
+        self, model: ReadModel, s3: Minio, settings: Settings, interval: float, files_per_load: int = 200
+    ) -> None:
         super().__init__(interval)
         self.model, self.files_per_load = model, files_per_load
         self.lake = LakeFiles(s3, settings)
@@ -158,7 +165,7 @@ class LakeSync(Loop):
         new = sorted(self.lake.committed() - self.loaded)
         t0, before = time.monotonic(), self.model.counts()["purchases"]
         for i in range(0, len(new), self.files_per_load):
-            part = new[i:i + self.files_per_load]
+            part = new[i : i + self.files_per_load]
             table = self.lake.read(part)
             if table is not None:
                 self.model.add_purchases(table)
@@ -166,8 +173,12 @@ class LakeSync(Loop):
             if len(new) > self.files_per_load:
                 self.source.loading(f"loading purchases: {min(i + len(part), len(new)):,} of {len(new):,} files")
         if new and time.monotonic() - t0 > 1.0:  # a first load, or a catch-up
-            log.info("read %s purchases from %s lake files in %.1f s", f"{self.model.counts()['purchases'] - before:,}",
-                     f"{len(new):,}", time.monotonic() - t0)
+            log.info(
+                "read %s purchases from %s lake files in %.1f s",
+                f"{self.model.counts()['purchases'] - before:,}",
+                f"{len(new):,}",
+                time.monotonic() - t0,
+            )
         detail = f"{self.model.counts()['purchases']:,} purchases in {len(self.loaded):,} files"
         if new or self.warm_ms is None:  # the sales answer, ready before the page asks for it
             self.warm_ms = self.model.warm()

@@ -44,8 +44,9 @@ async def run(plan: Plan, stop: asyncio.Event, totals: Report | None = None, **s
     fake = seeded_faker(f"cohorts:{plan.seed}")
     loop = asyncio.get_running_loop()
     number = 0
-    async with Sender(plan.api_url, concurrency=plan.concurrency, max_body_bytes=plan.max_body_bytes,
-                      totals=totals, **sender_options) as sender:
+    async with Sender(
+        plan.api_url, concurrency=plan.concurrency, max_body_bytes=plan.max_body_bytes, totals=totals, **sender_options
+    ) as sender:
         began = next_at = loop.time()
         while not stop.is_set():
             if plan.start is None:

@@ -85,6 +85,7 @@ class QueryRunner:
 
     def start(self) -> None:
         """Start the query; `step` sees how that went."""
+
         def attempt() -> None:
             try:
                 self._outcome = (self._start(), None)
@@ -114,8 +115,12 @@ class QueryRunner:
             if now >= self.retry_at and not stopping:
                 self.retry_at = None
                 self.restarts += 1
-                log.warning("query %s: restarting from its checkpoint (restart %d, after %s)",
-                            self.name, self.restarts, self.error)
+                log.warning(
+                    "query %s: restarting from its checkpoint (restart %d, after %s)",
+                    self.name,
+                    self.restarts,
+                    self.error,
+                )
                 self.start()
             return
         if self.query is None:
@@ -138,8 +143,11 @@ class QueryRunner:
         self.error, self.failed_at = headline(text), now
         if not is_transient(text):
             self.fatal = self.error
-            log.error("query %s failed, and not for a broker or S3 that did not answer; "
-                      "not restarted in this process:\n%s", self.name, text)
+            log.error(
+                "query %s failed, and not for a broker or S3 that did not answer; not restarted in this process:\n%s",
+                self.name,
+                text,
+            )
             return
         self.failures += 1
         wait = backoff_s(self.failures)

@@ -15,8 +15,16 @@ from contextlib import contextmanager
 
 from .process import StackError
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def chromium_path() -> str:
@@ -33,8 +41,12 @@ def chromium_page(width: int = 1400, height: int = 1000) -> Iterator[object]:
 
     with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="shopstream-chromium-") as profile:
         context = pw.chromium.launch_persistent_context(
-            profile, executable_path=chromium_path(), headless=True, args=ARGS,
-            viewport={"width": width, "height": height})
+            profile,
+            executable_path=chromium_path(),
+            headless=True,
+            args=ARGS,
+            viewport={"width": width, "height": height},
+        )
         try:
             yield context.pages[0] if context.pages else context.new_page()
         finally:

@@ -115,8 +115,7 @@ class Service(ABC):
 
         def failed() -> bool:
             """Given up on, or died at start again and again (once may be a kill, not a fault)."""
-            return any(p.state() == "FATAL" or self.supervisor.exits(p) - exits[p.name] >= FAILED_STARTS
-                       for p in procs)
+            return any(p.state() == "FATAL" or self.supervisor.exits(p) - exits[p.name] >= FAILED_STARTS for p in procs)
 
         if not wait_until(self.healthy, self.timeout_s, give_up=failed):
             why = "exited" if failed() else f"did not answer within {self.timeout_s:.0f} s"

@@ -22,11 +22,13 @@ def _servers(where: KafkaSettings | str) -> str:
     return where.bootstrap_servers if isinstance(where, KafkaSettings) else where
 
 
-def admin_client(cfg: KafkaSettings, timeout_ms: int = 5000, client_id: str = "shopstream-admin",
-                 **options) -> KafkaAdminClient:
+def admin_client(
+    cfg: KafkaSettings, timeout_ms: int = 5000, client_id: str = "shopstream-admin", **options
+) -> KafkaAdminClient:
     """`options` go to KafkaAdminClient."""
-    return KafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=client_id,
-                            request_timeout_ms=timeout_ms, **options)
+    return KafkaAdminClient(
+        bootstrap_servers=cfg.bootstrap_servers, client_id=client_id, request_timeout_ms=timeout_ms, **options
+    )
 
 
 def kafka_consumer(where: KafkaSettings | str, *topics: str, **options) -> KafkaConsumer:
@@ -90,8 +92,9 @@ def group_committed(cfg: KafkaSettings, group: str, topic: str) -> dict[int, int
         consumer.close(autocommit=False)
 
 
-def record_fingerprints(bootstrap_servers: str, wanted: dict[TopicPartition, int], client_id: str,
-                        timeout_s: float = 15.0) -> dict[TopicPartition, Fingerprint | None]:
+def record_fingerprints(
+    bootstrap_servers: str, wanted: dict[TopicPartition, int], client_id: str, timeout_s: float = 15.0
+) -> dict[TopicPartition, Fingerprint | None]:
     """The fingerprint (shopstream.marks) of the record at the given offset of each partition,
     None where no record is at that offset; one fetch for all of them. Raises TimeoutError
     when the broker does not answer.
@@ -101,8 +104,9 @@ def record_fingerprints(bootstrap_servers: str, wanted: dict[TopicPartition, int
     got: dict[TopicPartition, Fingerprint | None] = {}
     if not wanted:
         return got
-    consumer = kafka_consumer(bootstrap_servers, client_id=client_id, enable_auto_commit=False,
-                              auto_offset_reset="none", max_poll_records=50)
+    consumer = kafka_consumer(
+        bootstrap_servers, client_id=client_id, enable_auto_commit=False, auto_offset_reset="none", max_poll_records=50
+    )
     try:
         consumer.assign(list(wanted))
         for tp, offset in wanted.items():
