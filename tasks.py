@@ -133,7 +133,7 @@ def screenshot(c, out="docs/dashboard.png"):
 
 @task(help={"available_now": "write what PurchasedItem holds now, then exit (a backfill)"})
 def stream(c, available_now=False):
-    """Run the Spark streaming job (PurchasedItem -> raw Parquet on S3) in the foreground; Ctrl-C stops after the current batch."""
+    """Run the Spark streaming job (PurchasedItem -> raw Parquet on S3) in the foreground; Ctrl-C stops after the current batch."""  # noqa: E501 - invoke --list shows a docstring's first line only
     from shopstream_streaming.cli import main as stream_main
 
     _run(commands.setup)  # Spark's S3 jars, once
@@ -153,7 +153,7 @@ def batch_check(c):
 
 @task(help={"samples": "missing and doubled EventIds shown per stage (default: 10)"})
 def audit(c, samples=None):
-    """Find every acknowledged record in Kafka, MongoDB, the counts and the lake; exit 1 if one is missing or doubled."""
+    """Find every acknowledged record in Kafka, MongoDB, the counts and the lake; exit 1 if one is missing or doubled."""  # noqa: E501 - invoke --list shows a docstring's first line only
     from shopstream_audit.cli import main as audit_main
 
     try:
@@ -171,7 +171,7 @@ def audit(c, samples=None):
     }
 )
 def chaos(c, minutes=10.0, seed=None, outage=None):
-    """Kill random components under load; the supervisor restarts them; wait for the catch-up, then audit (exit 1 on any loss)."""
+    """Kill random components under load; the supervisor restarts them; wait for the catch-up, then audit (exit 1 on any loss)."""  # noqa: E501 - invoke --list shows a docstring's first line only
     code = _run(commands.chaos, minutes=float(minutes), seed=int(seed) if seed is not None else None, outage=outage)
     if code:
         raise Exit(code=code)

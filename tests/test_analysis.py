@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from shopstream.adapters.postgres import pg_engine
 from shopstream.contracts import PurchaseRecord
@@ -150,7 +151,7 @@ def test_repeat_buyers_replace_the_table_in_one_transaction(stack, settings):
         top = conn.execute(text(warehouse.TOP_REPEATED_PRODUCTS_SQL)).mappings().all()
     assert [(r["product_id"], r["repeat_buyers"], r["repeat_orders"]) for r in top] == [("p9", 2, 5)]
     # a failed replace leaves the old rows (the transaction rolls back)
-    with pytest.raises(Exception):
+    with pytest.raises(IntegrityError):
         warehouse.replace_repeat_buyers(
             engine,
             [{"UserId": "u4", "ProductId": "p1", "Orders": 1, "Units": 1, "FirstBought": AS_OF, "LastBought": AS_OF}],

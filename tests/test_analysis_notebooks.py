@@ -156,7 +156,7 @@ def normalised(rows, money=(), times=()):
 # -- the test -------------------------------------------------------------------------------
 def test_both_notebooks_answer_what_the_posted_purchases_say(spark, settings, api_server, tmp_path, capfd):
     st = job_settings(settings, "analysis")
-    with pytest.raises(NoDataYet, match="no purchases in s3a://.*tests/analysis-.*/purchases yet"):
+    with pytest.raises(NoDataYet, match=r"no purchases in s3a://.*tests/analysis-.*/purchases yet"):
         run_notebooks(st, tmp_path / "empty")
     assert commands.analyze(st) == 1  # as `invoke analyze` runs it: `python -m shopstream_analysis`
     assert re.search(r"no\s+purchases\s+in\s+s3a://\S*tests/analysis-\S*/purchases\s+yet", capfd.readouterr().out)

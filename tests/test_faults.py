@@ -670,7 +670,7 @@ def test_garbage_in_user_events_is_dead_lettered_with_the_reason_and_the_drain_k
             cfg.kafka.partitions,
         )
         metas = produce(cfg, topic, [(b"gu", value, p) for value, p, _ in plan])
-        sent.update({(m.partition, m.offset): (value, ok) for m, (value, _, ok) in zip(metas, plan)})
+        sent.update({(m.partition, m.offset): (value, ok) for m, (value, _, ok) in zip(metas, plan, strict=True)})
 
     try:
         send_round(1)
@@ -738,7 +738,7 @@ def test_garbage_in_both_topics_is_set_aside_with_the_reason_and_both_pipelines_
                 settings.kafka.partitions,
             )
             metas = produce(settings, topic, [(b"pgu", v, p) for v, p, _ in plan])
-            purchases_sent.update({(m.partition, m.offset): (v, ok) for m, (v, _, ok) in zip(metas, plan)})
+            purchases_sent.update({(m.partition, m.offset): (v, ok) for m, (v, _, ok) in zip(metas, plan, strict=True)})
 
             eids = [f"eg{n}-{i}" for i in range(40)]
             events_valid.update(eids)

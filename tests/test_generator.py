@@ -106,7 +106,7 @@ def test_same_seed_and_now_give_identical_cohorts_and_another_seed_does_not():
     first, again, other = cohorts(7, 3), cohorts(7, 3), cohorts(8, 3)
     assert [dump(c) for c in first] == [dump(c) for c in again]
     assert build_world(7) == build_world(7) and build_world(7) != build_world(8)
-    for a, b in zip(first, other):
+    for a, b in zip(first, other, strict=True):
         assert [(e.UserId, e.Attributes) for e in a.events] != [(e.UserId, e.Attributes) for e in b.events]
     # ids carry the cohort's time: the same seed later on does not reuse SessionIds or OrderIds
     later = cohorts(7, 1, now=NOW + timedelta(hours=1))[0]

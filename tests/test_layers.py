@@ -125,8 +125,8 @@ def test_the_package_graph_has_no_loop():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path + [node, nxt]
-            if nxt not in state and (loop := visit(nxt, path + [node])):
+                return [*path, node, nxt]
+            if nxt not in state and (loop := visit(nxt, [*path, node])):
                 return loop
         state[node] = 2
         return None

@@ -97,7 +97,7 @@ def test_the_walk_back_at_its_edges():
     assert (check(8, (), 2, 10, at).resume, check(8, (), 2, 10, at).reason) == (8, None)
     assert (check(12, (), 2, 10, at).resume, check(12, (), 2, 10, at).reason) == (2, PAST_END)
     # the record behind the newest mark was replaced: back to the newest one still intact
-    other = log[:5] + [b"x5", b"x6", b"x7", b"x8", b"x9"]
+    other = [*log[:5], b"x5", b"x6", b"x7", b"x8", b"x9"]
     v = check(8, marks, 0, 10, lookup(other))
     assert (v.resume, v.reason, [m.offset for m in v.marks]) == (3, REPLACED, [3])
     # no mark intact: from the beginning

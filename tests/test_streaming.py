@@ -4,6 +4,7 @@ purchase lands in quarantine with the reason."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -109,7 +110,7 @@ def test_posted_purchases_come_back_from_parquet_field_for_field(spark, settings
     rows = df.collect()
     by_id = {r.EventId: r for r in rows}
     assert len(rows) == len(by_id) == 12 and set(by_id) == set(ids)
-    for body, event_id in zip(bodies, ids):
+    for body, event_id in zip(bodies, ids, strict=True):
         row = by_id[event_id]
         assert row.SessionId == body["SessionId"] and row.UserId == body["UserId"] and row.OrderId == body["OrderId"]
         assert row.PaymentType == body["PaymentType"]
@@ -244,10 +245,8 @@ def kill_minus_9(pid: int) -> None:
     leader = psutil.Process(pid)
     family = [leader, *Proc.family(leader)]
     for p in family:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(family, timeout=30)
 
 

@@ -47,7 +47,7 @@ kafka.errors.KafkaTimeoutError: KafkaTimeoutError: Unable to bootstrap from 127.
  SQLSTATE: 38000
 === Streaming Query ===
 Identifier: quarantine [id = ed87f5e4-57da-45bb-9075-73f9608efdb1, runId = 689e15ba-8ba0-41be-917d-2b326ec1dc16]
-Current Committed Offsets: {}"""
+Current Committed Offsets: {}"""  # noqa: E501 - verbatim Spark messages
 DRIVER_OFFSETS = """[PYTHON_STREAMING_DATA_SOURCE_RUNTIME_ERROR] Failed when Python streaming data source perform \
 reportLatestOffset: Traceback (most recent call last):
   File "/repo/components/streaming/shopstream_streaming/kafka_source.py", line 256, in reportLatestOffset
@@ -68,10 +68,10 @@ org.apache.spark.SparkException: [TASK_WRITE_FAILED] Task failed while writing r
 Caused by: com.amazonaws.SdkClientException: Unable to execute HTTP request: Connect to 127.0.0.1:9000 [/127.0.0.1] failed: Connection refused
 	at com.amazonaws.http.AmazonHttpClient$RequestExecutor.handleRetryableException(AmazonHttpClient.java:1219)
 Caused by: java.net.ConnectException: Connection refused
-	at java.base/sun.nio.ch.Net.pollConnect(Native Method)"""
+	at java.base/sun.nio.ch.Net.pollConnect(Native Method)"""  # noqa: E501 - verbatim Spark messages
 S3_CHECK = """An error occurred while calling o2187.exists.
 : org.apache.hadoop.fs.s3a.AWSClientIOException: getFileStatus on s3a://shopstream-lake/raw/purchases/_spark_metadata: com.amazonaws.SdkClientException: Unable to execute HTTP request: Connect to 127.0.0.1:9000 [/127.0.0.1] failed: Connection refused
-	at org.apache.hadoop.fs.s3a.S3AUtils.translateException(S3AUtils.java:208)"""
+	at org.apache.hadoop.fs.s3a.S3AUtils.translateException(S3AUtils.java:208)"""  # noqa: E501 - verbatim Spark messages
 DATA_LOSS = """[PYTHON_STREAMING_DATA_SOURCE_RUNTIME_ERROR] Failed when Python streaming data source perform \
 latestOffset: Traceback (most recent call last):
   File "/repo/components/streaming/shopstream_streaming/kafka_source.py", line 241, in _data_loss

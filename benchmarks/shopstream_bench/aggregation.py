@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
+from functools import partial
 
 from bson.decimal128 import Decimal128
 from rich.progress import Progress
@@ -15,7 +16,7 @@ from rich.progress import Progress
 from shopstream.adapters.mongo import mongo_client
 from shopstream.settings import Settings
 from shopstream_batch.aggregate import update_event_counts
-from shopstream_batch.store import ensure_collections
+from shopstream_batch.store import Collections, ensure_collections
 
 from .harness import Figure, median_seconds
 
@@ -46,6 +47,11 @@ def _events(n: int, prefix: str) -> list[dict]:
 HISTORY = "history"
 
 
+def _new_batch(colls: Collections, n: int) -> None:
+    """The new events the aggregation counts, under a new prefix each time."""
+    colls.events.insert_many(_events(n, f"n-{uuid.uuid4().hex[:8]}"), ordered=False)
+
+
 def _fill(colls, n: int, progress: Progress, label: str) -> None:
     """n events already counted: in an applied batch, with their per-pair counts, written
     directly (counting 1M events through the aggregation first would take most of an hour
@@ -73,7 +79,8 @@ def run(
     settings: Settings, new_events: int = 10_000, histories: tuple[int, ...] = (10_000, 1_000_000), repeats: int = 3
 ) -> list[Figure]:
     client = mongo_client(settings.mongo)
-    medians = {}
+    medians: dict[int, float] = {}
+    samples: dict[int, list[float]] = {}
     with Progress() as progress:
         for history in histories:
             cfg = settings.model_copy(
@@ -81,12 +88,9 @@ def run(
             )
             colls = ensure_collections(client[cfg.mongo.database], cfg.batch)
             _fill(colls, history, progress, f"history of {history:,} events")
-
-            def new_batch() -> None:
-                colls.events.insert_many(_events(new_events, f"n-{uuid.uuid4().hex[:8]}"), ordered=False)
-
-            medians[history], samples = median_seconds(lambda: update_event_counts(cfg), repeats, setup=new_batch)
-            medians[f"{history}-samples"] = samples
+            medians[history], samples[history] = median_seconds(
+                partial(update_event_counts, cfg), repeats, setup=partial(_new_batch, colls, new_events)
+            )
             client.drop_database(cfg.mongo.database)
     client.close()
     small, large = histories
@@ -96,7 +100,7 @@ def run(
             f"aggregate {new_events:,} new events, history {small:,}",
             medians[small],
             "s",
-            samples=medians[f"{small}-samples"],
+            samples=samples[small],
         ),
         Figure(
             f"aggregate {new_events:,} new events, history {large:,}",
@@ -106,6 +110,6 @@ def run(
             limit_value=medians[small],
             target="< 1.5x apart",
             met=ratio < 1.5,
-            samples=medians[f"{large}-samples"],
+            samples=samples[large],
         ),
     ]

@@ -188,5 +188,5 @@ def write_report(figures: list[Figure], out_dir: Path, quick: bool = False) -> t
         met = {True: "yes", False: "**no**", None: ""}[f.met]
         lines.append(f"| {f.name} | {f.value:.3g} {f.unit} | {limit} | {ratio} | {f.target} | {met} |")
     notes = [f"- {f.name}: {f.note}" for f in figures if f.note]
-    md_path.write_text("\n".join(lines + ([""] + notes if notes else [])) + "\n")
+    md_path.write_text("\n".join(lines + (["", *notes] if notes else [])) + "\n")
     return json_path, md_path

@@ -28,10 +28,11 @@ when the 2xx came back; a poller follows the output path as `spark.read.parquet`
 (the file sink's log: only committed batches count), reading each new file with pyarrow,
 and notes when each OrderId first appears (the end of that poll: an upper bound). An
 earlier version polled with `spark.read.parquet` in the job's own local[2] Spark: each poll
-took about 2 s and slowed the job it watched, so it measured the reader more than the job. Freshness = seen - 2xx; p95 per window,
-median over windows. Limit, same run: the p95 the trigger and the job's median batch time (its
-own progress reports) imply, 0.95 x max(interval, batch time) + batch time: a record waits
-for the next batch to start, then for it to commit (the reader's lag is not in it).
+took about 2 s and slowed the job it watched, so it measured the reader more than the job.
+Freshness = seen - 2xx; p95 per window, median over windows. Limit, same run: the p95 the
+trigger and the job's median batch time (its own progress reports) imply, 0.95 x
+max(interval, batch time) + batch time: a record waits for the next batch to start, then
+for it to commit (the reader's lag is not in it).
 """
 
 from __future__ import annotations
@@ -251,13 +252,13 @@ def freshness(spark, settings: Settings, window_s: float, windows: int, trigger_
             sent: list[str] = []
             stop = threading.Event()
 
-            def sender() -> None:
+            def sender(sent: list[str], stop: threading.Event) -> None:
                 end = time.monotonic() + window_s
                 while time.monotonic() < end and not stop.is_set():
                     sent.append(post_one())
                     time.sleep(random.uniform(0.3, 0.7))
 
-            t = threading.Thread(target=sender, daemon=True)
+            t = threading.Thread(target=sender, args=(sent, stop), daemon=True)
             t.start()
             while t.is_alive():
                 poller.poll()
@@ -293,7 +294,8 @@ def freshness(spark, settings: Settings, window_s: float, windows: int, trigger_
     note = (
         f"trigger_interval_s = {trigger_s:g} (processing time); {len(samples)} purchases posted one at a time over "
         f"{windows} x {window_s:g} s; p95 per window, median of windows; readable = first seen by "
-        f"a reader of {url} following the sink's log (median poll {statistics.median(poller.poll_s):.2f} s, counted in, "
+        f"a reader of {url} following the sink's log "
+        f"(median poll {statistics.median(poller.poll_s):.2f} s, counted in, "
         f"{POLL_PAUSE_S:g} s between polls); "
         f"median batch {batch_s:.2f} s ({len(batch_ms)} batches with data)"
     )

@@ -265,7 +265,7 @@ class Journal:
                 return
             try:
                 self._write_group(group)
-            except BaseException as e:  # noqa: BLE001 - every waiting request learns, the writer goes on
+            except BaseException as e:  # every waiting request learns, the writer goes on
                 log.exception("journal write failed")
                 for w in group:
                     w.loop.call_soon_threadsafe(_fail, w.future, e)

@@ -91,7 +91,10 @@ class Verifier:
                 held = await self._read_back(
                     TopicPartition(topic, partition), sorted({e.offset for e in first + final})
                 )
-            intact = lambda e: held.get(e.offset) == e.crc  # noqa: E731
+
+            def intact(e: Entry, held: dict[int, int] = held) -> bool:  # this partition's `held`, bound now
+                return held.get(e.offset) == e.crc
+
             with self.journal.lock:
                 p = self.journal.pending[(topic, partition)]
                 for _ in first:

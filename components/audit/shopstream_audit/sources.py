@@ -358,7 +358,7 @@ def read_lake(
     snap = LakeSnapshot(files=len(files), quarantine_files=len(quarantine))
     seen: set[str] = set()
     with ThreadPoolExecutor(threads) as pool:
-        for key, ids in zip(files, pool.map(lambda k: _read_column(client, bucket, k, "EventId"), files)):
+        for key, ids in zip(files, pool.map(lambda k: _read_column(client, bucket, k, "EventId"), files), strict=True):
             if ids is None:
                 snap.gone.append(key)
             else:
@@ -371,7 +371,9 @@ def read_lake(
             progress(1)
         snap.in_lake = {e for e in seen if e in acked}
         del seen
-        for key, values in zip(quarantine, pool.map(lambda k: _read_column(client, bucket, k, "Value"), quarantine)):
+        for key, values in zip(
+            quarantine, pool.map(lambda k: _read_column(client, bucket, k, "Value"), quarantine), strict=True
+        ):
             if values is None:
                 snap.gone.append(key)
             else:

@@ -8,6 +8,7 @@ down instead of holding up the page, except the lake's reads, which carry whole 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -56,10 +57,8 @@ class KafkaClients:
         """After a failure: the next `get` builds new clients."""
         if self._clients is not None:
             for c in self._clients:
-                try:
+                with contextlib.suppress(Exception):  # it is being thrown away
                     c.close()
-                except Exception:  # noqa: BLE001 - it is being thrown away
-                    pass
         self._clients = None
 
 

@@ -9,6 +9,7 @@ check (`shopstream.adapters`), the one `invoke status` uses too, on the app's ow
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import Counter
@@ -197,10 +198,8 @@ class HealthMonitor(Loop):
         r = self.clients.airflow.get(url)
         value = r.json().get("value") if r.status_code == 200 else None
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = json.loads(value)
-            except ValueError:
-                pass
         if run["state"] in FINAL:
             self._run_reports[key] = value
         return value
@@ -240,10 +239,8 @@ class HealthMonitor(Loop):
         """Both stages' recorded rewinds (the drain's only while MongoDB answers; the
         services row shows when it does not)."""
         found = read_lines(streaming_file(self.settings))
-        try:
+        with contextlib.suppress(pymongo.errors.PyMongoError):
             found += drain_rewinds(self.clients.collections(self.settings).rewinds)
-        except pymongo.errors.PyMongoError:
-            pass
         return rewinds_summary(found)
 
     def services(self) -> list[dict[str, Any]]:

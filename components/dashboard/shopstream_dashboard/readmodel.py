@@ -99,7 +99,7 @@ class ReadModel:
     def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         cur = self._con().execute(sql, params or [])
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     # -- loading --------------------------------------------------------------------
     def add_events(self, batch: pa.Table) -> int:
@@ -136,7 +136,8 @@ class ReadModel:
                     SELECT p.EventId, p.OrderId, p.UserId, p.TimeStamp, p.IngestedAt, p.TotalPrice, p.PaymentType,
                            coalesce(s.Items, 0), coalesce(s.Amount, 0)
                     FROM new_purchases p LEFT JOIN (
-                        SELECT EventId, sum(ItemCount) AS Items, sum(LineAmount) AS Amount FROM new_lines GROUP BY EventId
+                        SELECT EventId, sum(ItemCount) AS Items, sum(LineAmount) AS Amount
+                        FROM new_lines GROUP BY EventId
                     ) s USING (EventId)
                 """,
                 )
@@ -219,7 +220,7 @@ class ReadModel:
             .fetchall()[0]
         )
         steps, first = [], row[0]
-        for i, (name, users) in enumerate(zip(("PageVisited", "AddedBasket", "Purchased"), row)):
+        for i, (name, users) in enumerate(zip(("PageVisited", "AddedBasket", "Purchased"), row, strict=True)):
             prev = row[i - 1] if i else None
             steps.append(
                 {

@@ -84,7 +84,7 @@ class Loop:
             t0 = time.monotonic()
             try:
                 self.step()
-            except Exception as e:  # the store is down or answered nonsense: say so, try again later
+            except Exception as e:  # noqa: BLE001 - the store is down or answered nonsense: say so, try again later
                 if self.source.state != "down":
                     log.warning("%s: %s", self.name, e)
                 self.source.failed(e)
@@ -109,7 +109,7 @@ class EventsSync(Loop):
 
     def _copy(self, query: dict[str, Any], total: int | None) -> tuple[int, datetime | None]:
         cols: dict[str, list] = {"EventId": [], "UserId": [], "EventName": [], "TimeStamp": []}
-        read, added, newest = 0, 0, None
+        added, newest = 0, None
 
         def flush() -> None:
             nonlocal added
@@ -117,12 +117,11 @@ class EventsSync(Loop):
             for v in cols.values():
                 v.clear()
 
-        for doc in self.events.find(query, EVENT_FIELDS, batch_size=10_000):
+        for read, doc in enumerate(self.events.find(query, EVENT_FIELDS, batch_size=10_000), start=1):
             cols["EventId"].append(str(doc["_id"]))
             for k in ("UserId", "EventName", "TimeStamp"):
                 cols[k].append(doc[k])
             newest = doc["StoredAt"] if newest is None or doc["StoredAt"] > newest else newest
-            read += 1
             if read % self.chunk == 0:
                 flush()
                 if total:

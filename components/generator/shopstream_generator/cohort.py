@@ -118,7 +118,7 @@ def _session(world: World, fake: Faker, user: User, session_id: str, order_id: s
             TimeStamp=start + timedelta(milliseconds=offset),
             Attributes=_attributes(product),
         )
-        for (name, product), offset in zip(steps, offsets)
+        for (name, product), offset in zip(steps, offsets, strict=False)  # offsets is [0] with no steps
     )
     purchase = _purchase(fake, user, session_id, order_id, ordered, end) if buys else None
     return Session(session_id, user.user_id, events, purchase)

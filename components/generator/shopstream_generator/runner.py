@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -61,8 +62,6 @@ async def run(plan: Plan, stop: asyncio.Event, totals: Report | None = None, **s
                 break
             if plan.seconds is not None and next_at - began >= plan.seconds:
                 break
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), next_at - loop.time())
-            except TimeoutError:
-                pass
         return Outcome(number, loop.time() - began, sender.totals)

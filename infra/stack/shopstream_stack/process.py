@@ -7,6 +7,7 @@ folder of the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -95,7 +96,7 @@ def wait_until(
     def attempt() -> bool:
         try:
             return bool(check())
-        except Exception:
+        except Exception:  # noqa: BLE001 - "not yet", as the docstring says
             return False
 
     retrying = Retrying(
@@ -190,10 +191,8 @@ class Proc:
         pid = leader if isinstance(leader, int) else leader.pid
         found: dict[int, psutil.Process] = {}
         if isinstance(leader, psutil.Process):
-            try:
+            with contextlib.suppress(psutil.Error):
                 found.update((c.pid, c) for c in leader.children(recursive=True))
-            except psutil.Error:
-                pass
         for proc in psutil.process_iter():
             try:
                 if proc.pid != pid and os.getpgid(proc.pid) == pid:
@@ -215,8 +214,6 @@ class Proc:
                 continue
         _, alive = psutil.wait_procs(alive, timeout=min(timeout_s, 10))
         for proc in alive:
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.kill()
-            except psutil.Error:
-                pass
         psutil.wait_procs(alive, timeout=5)

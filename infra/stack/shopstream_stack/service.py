@@ -154,7 +154,7 @@ class Service(ABC):
     def _safe_healthy(self) -> bool:
         try:
             return self.healthy()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a check that fails in any way means not healthy
             return False
 
     def _proc(self, name: str, argv: list[str], **kw) -> Proc:

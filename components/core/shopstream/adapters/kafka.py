@@ -8,6 +8,7 @@ worker, which gets options rather than settings, from the bootstrap string they 
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -57,13 +58,11 @@ def ensure_topics(cfg: KafkaSettings) -> dict[str, int]:
         existing = set(admin.list_topics())
         missing = [t for t in cfg.topics if t not in existing]
         for topic in missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently by another caller
                 admin.create_topics(
                     [NewTopic(topic, cfg.partitions, cfg.replication_factor)],
                     validate_only=False,
                 )
-            except TopicAlreadyExistsError:  # created concurrently by another caller
-                pass
         described = admin.describe_topics(cfg.topics)
         return {d["name"]: len(d["partitions"]) for d in described}
     finally:
