@@ -14,12 +14,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from shopstream.settings import Settings
 from shopstream_stack.isolated import isolated_settings
 from shopstream_stack.stack import services
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 @contextmanager
@@ -110,7 +114,7 @@ def produce(settings: Settings, topic: str, records: Iterable[tuple[bytes, bytes
 
 
 @contextmanager
-def spark_for(settings: Settings, app: str) -> Iterator[object]:
+def spark_for(settings: Settings, app: str) -> Iterator[SparkSession]:
     """The project's SparkSession for these settings; stopped after, with Hadoop's FileSystem
     cache cleared, so a later run in this process (another isolated stack, same bucket name)
     does not get a file system bound to the old S3 endpoint."""
@@ -123,12 +127,13 @@ def spark_for(settings: Settings, app: str) -> Iterator[object]:
         try:
             for q in spark.streams.active:
                 q.stop()
+            assert spark._jvm is not None  # a classic (not Spark Connect) session has its JVM
             spark._jvm.org.apache.hadoop.fs.FileSystem.closeAll()
         finally:
             spark.stop()
 
 
-def machine() -> dict[str, object]:
+def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -154,15 +159,15 @@ def _wrk_version() -> str | None:
 def write_report(figures: list[Figure], out_dir: Path, quick: bool = False) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    m = machine()
     data = {
         "when": stamp,
         "quick": quick,
-        "machine": machine(),
+        "machine": m,
         "figures": [asdict(f) | {"ratio": f.ratio} for f in figures],
     }
     json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
     json_path.write_text(json.dumps(data, indent=2))
-    m = data["machine"]
     lines = [
         f"# shopstream benchmarks ({stamp}{', --quick sizes' if quick else ''})",
         "",

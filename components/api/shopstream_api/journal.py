@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from shopstream import ledger
 from shopstream.settings import Settings
@@ -138,7 +139,7 @@ class Journal:
         self.lock = threading.Lock()  # entries, segments and byte counts (writer thread vs event loop)
         self.slot = ""
         self._slot_dir = self.root
-        self._slot_lock = None
+        self._slot_lock: TextIO | None = None
         self._segments: list[Segment] = []
         self._current: Segment | None = None
         self._current_fd: int | None = None

@@ -10,7 +10,7 @@ import urllib3
 from kafka.errors import KafkaError
 from minio.error import S3Error
 from pymongo.errors import PyMongoError
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -274,7 +274,7 @@ def _ledger_line(report: Report, settings: Settings) -> str:
 
 def table(audit: Audit) -> Table:
     t = Table(title="Every acknowledged record, stage by stage", title_justify="left")
-    for name, justify in [
+    columns: list[tuple[str, JustifyMethod]] = [
         ("stage", "left"),
         ("committed", "left"),
         ("acknowledged", "right"),
@@ -284,7 +284,8 @@ def table(audit: Audit) -> Table:
         ("doubled", "right"),
         ("pending", "right"),
         ("notes", "left"),
-    ]:
+    ]
+    for name, justify in columns:
         t.add_column(name, justify=justify, overflow="fold")
     for s in audit.stages:
         expected = "?" if s.expected is None else f"{s.expected:,}"

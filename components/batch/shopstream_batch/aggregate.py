@@ -138,6 +138,7 @@ class Lease:
                 if time.monotonic() > deadline:
                     raise LeaseTimeout("another aggregation holds the lease") from None
                 time.sleep(0.5)
+        assert doc is not None  # an upsert returning the document AFTER it always has one
         self.token, self._valid_until = doc["token"], sent + self.seconds - self.margin
         self._thread = threading.Thread(target=self._heartbeat, name="aggregate-lease", daemon=True)
         self._thread.start()
@@ -390,7 +391,9 @@ def update_event_counts(
                 t0 = budget.clock()
                 batch_id = claim(colls, lease, size, upto)
                 finish(colls, {"_id": batch_id, "state": "claimed", "token": lease.token}, report, lease)
-                claimed = colls.agg_batches.find_one({"_id": batch_id}, {"claimed": 1})["claimed"]
+                claimed_doc = colls.agg_batches.find_one({"_id": batch_id}, {"claimed": 1})
+                assert claimed_doc is not None  # `claim` has just written it
+                claimed = claimed_doc["claimed"]
                 budget.took(claimed, budget.clock() - t0)
                 if upto is not None:
                     times = times[bisect.bisect_right(times, upto) :]

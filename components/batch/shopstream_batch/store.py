@@ -27,7 +27,7 @@ from shopstream.settings import BatchSettings
 DUPLICATE_KEY = 11000
 _AGG_BATCH_ALONE = "AggBatch_1"  # the index on AggBatch alone, before (AggBatch, StoredAt) replaced it
 
-STORE_FIELDS = {
+STORE_FIELDS: dict[str, dict[str, Any]] = {
     "KafkaPartition": {"bsonType": ["int", "long"]},
     "KafkaOffset": {"bsonType": ["int", "long"]},
     "StoredAt": {"bsonType": "date"},

@@ -38,7 +38,10 @@ class SourceState:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.state, self.synced_at, self.error, self.detail = "loading", None, None, None
+        self.state = "loading"
+        self.synced_at: datetime | None = None
+        self.error: str | None = None
+        self.detail: str | None = None
 
     def ok(self, detail: str | None = None) -> None:
         self.state, self.synced_at, self.error, self.detail = "up", datetime.now(UTC), None, detail

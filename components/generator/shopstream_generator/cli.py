@@ -64,6 +64,7 @@ def _parse_start(value: str | None) -> datetime | None:
 async def _run_with_progress(plan: Plan, console: Console) -> Outcome:
     """Run `plan` showing live progress; the first Ctrl-C stops after the current cohort, a second aborts."""
     loop, task, stop = asyncio.get_running_loop(), asyncio.current_task(), asyncio.Event()
+    assert task is not None  # a coroutine runs this
     totals, began = Report(), time.monotonic()
 
     def on_signal() -> None:

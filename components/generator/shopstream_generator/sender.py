@@ -69,6 +69,12 @@ class Report:
         return self.total.rejected == 0 and self.total.failed == 0
 
 
+def _last_outcome(state: RetryCallState) -> httpx.Response:
+    """Tenacity gave up: the last answer, or its exception raised again."""
+    assert state.outcome is not None  # set by every attempt, so by the last one
+    return state.outcome.result()
+
+
 def purchase_batches(cohort: Cohort, max_records: int, max_bytes: int) -> Iterator[tuple[str, int, bytes]]:
     """(Idempotency-Key, record count, JSON array body) per POST, within both limits."""
     encoded = [json.dumps(p.model_dump(mode="json"), separators=(",", ":")).encode() for p in cohort.purchases]
@@ -193,12 +199,12 @@ class Sender:
             stop=stop_after_attempt(self.attempts),
             wait=self._wait,
             before_sleep=lambda _: self._count(report, kind, "retried", 1),
-            retry_error_callback=lambda state: state.outcome.result(),  # the last answer, or its exception
+            retry_error_callback=_last_outcome,  # the last answer, or its exception
         )
         client = await self._lanes.get()  # held during backoff too: a struggling API gets fewer requests
         self._count(report, kind, "sent", count)
         try:
-            response = await retrying(client.request, method, path, content=body, headers=headers)
+            response: httpx.Response = await retrying(client.request, method, path, content=body, headers=headers)
         except httpx.TransportError as e:
             self._count(report, kind, "failed", count)
             self._error(report, f"{method} {path} [{key}]: {type(e).__name__}: {e}")
@@ -208,7 +214,7 @@ class Sender:
         if response.is_success:
             self._count(report, kind, "accepted", count)
             return response
-        verdict = "rejected" if response.is_client_error else "failed"
+        verdict: Literal["rejected", "failed"] = "rejected" if response.is_client_error else "failed"
         self._count(report, kind, verdict, count)
         self._error(report, f"{method} {path} [{key}]: {response.status_code} {response.text[:300]}")
         return verdict

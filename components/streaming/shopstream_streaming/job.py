@@ -222,6 +222,7 @@ class CheckpointMismatch(RuntimeError):
 
 def _has_entries(spark: SparkSession, url: str) -> bool:
     jvm = spark._jvm  # Hadoop's FileSystem: the same view of s3a:// and local paths as the sinks
+    assert jvm is not None  # a classic (not Spark Connect) session has its JVM
     path = jvm.org.apache.hadoop.fs.Path(url)
     fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
     return bool(fs.exists(path) and len(fs.listStatus(path)) > 0)

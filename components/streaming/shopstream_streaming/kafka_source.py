@@ -24,10 +24,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
@@ -87,7 +87,7 @@ class KafkaSource(DataSource):
 
 
 class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
-    def __init__(self, options: dict[str, str]) -> None:
+    def __init__(self, options: Mapping[str, str]) -> None:
         self.bootstrap = options["kafka.bootstrap.servers"]
         self.topics = [t.strip() for t in options["subscribe"].split(",") if t.strip()]
         self.starting = options.get("startingOffsets", "latest")  # Spark's default for streams
@@ -160,8 +160,8 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         for t, parts in ends.items():
             for p, e in parts.items():
                 have = kept.get(t, {}).get(p, ())
-                if found.get((t, p)) is not None:
-                    have = remember(have, Mark(e, *found[(t, p)]))
+                if (fp := found.get((t, p))) is not None:
+                    have = remember(have, Mark(e, *fp))
                 if have:
                     marks.setdefault(t, {})[p] = [m.as_list() for m in have]
         return {**ends, MARKS: marks} if marks else dict(ends)
@@ -170,7 +170,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         bounds = self._bounds()
         if self.starting in ("earliest", "latest"):
             pick = 0 if self.starting == "earliest" else 1
-            out = {t: {p: b[pick] for p, b in parts.items()} for t, parts in bounds.items()}
+            out: Offsets = {t: {p: b[pick] for p, b in parts.items()} for t, parts in bounds.items()}
         else:
             given = json.loads(self.starting)  # {"topic": {"0": 23, "1": -2}}, -2 earliest, -1 latest
             out = {}
@@ -205,11 +205,11 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if isinstance(limit, ReadMaxRows):
             backlog = sum(e - begin[t][p] for t, parts in end.items() for p, e in parts.items())
             if backlog > limit.max_rows:
-                for t, parts in end.items():
-                    for p, e in parts.items():
+                for t, ends in end.items():
+                    for p, e in ends.items():
                         share = limit.max_rows * (e - begin[t][p]) / backlog
                         take = math.ceil(share) if share < 1 else math.floor(share)
-                        parts[p] = min(e, begin[t][p] + take)
+                        ends[p] = min(e, begin[t][p] + take)
         out = self._with_marks(end, kept, bounds)
         return {**out, FROM: rewound} if rewound else out
 
@@ -315,8 +315,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._consumer = None
 
     # -- executor side -------------------------------------------------------------
-    def read(self, partition: KafkaRange) -> Iterator[tuple]:
+    def read(self, partition: InputPartition) -> Iterator[tuple]:
         """Every record of the range, in offset order; fails rather than returning short."""
+        partition = cast(KafkaRange, partition)  # Spark hands back the ranges `partitions` made
         from kafka import TopicPartition
 
         from shopstream.adapters.kafka import kafka_consumer

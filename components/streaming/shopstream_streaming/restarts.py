@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tenacity import RetryCallState, wait_exponential
+from tenacity import RetryCallState, Retrying, wait_exponential
 
 from .failures import headline, is_transient
 
@@ -35,7 +35,7 @@ BACKOFF = wait_exponential(multiplier=1, min=1, max=30)  # seconds: 1, 2, 4, 8, 
 
 def backoff_s(failures: int) -> float:
     """The wait before the start that follows `failures` failures in a row (tenacity's policy)."""
-    state = RetryCallState(None, None, (), {})  # the policy reads the attempt number only
+    state = RetryCallState(Retrying(), None, (), {})  # the policy reads the attempt number only
     state.attempt_number = max(1, failures)
     return float(BACKOFF(state))
 

@@ -12,8 +12,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from .process import StackError
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 ARGS = [
     "--no-sandbox",
@@ -35,7 +39,7 @@ def chromium_path() -> str:
 
 
 @contextmanager
-def chromium_page(width: int = 1400, height: int = 1000) -> Iterator[object]:
+def chromium_page(width: int = 1400, height: int = 1000) -> Iterator[Page]:
     """A Playwright page in a fresh headless Chromium profile (closed afterwards)."""
     from playwright.sync_api import sync_playwright
 

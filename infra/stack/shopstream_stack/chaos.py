@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -254,7 +255,7 @@ def run(
         report.faults.append(fault)
         hit = time.monotonic()
         escalate(fault, settings.embedded.stop_timeout_s)
-        if wait_until(lambda svc=svc, fault=fault: recovered(svc, fault), RECOVER_TIMEOUT_S, 0.5):
+        if wait_until(partial(recovered, svc, fault), RECOVER_TIMEOUT_S, 0.5):
             fault.recovered_s = round(time.monotonic() - hit, 1)
         killed = f" (SIGKILL after {fault.killed_after_s:.0f} s)" if fault.killed_after_s else ""
         say(

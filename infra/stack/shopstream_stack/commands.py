@@ -279,7 +279,9 @@ def screenshot(settings: Settings, out: str = "docs/dashboard.png", timeout_s: f
         page.wait_for_selector("#services .badge", timeout=timeout_s * 1000)
         repeat_buyer = page.locator("#repeat-buyers tbody tr[data-user]")
         if repeat_buyer.count():  # look one up (before `invoke analyze` there are none to show)
-            page.fill("#user-id", repeat_buyer.first.get_attribute("data-user"))
+            user = repeat_buyer.first.get_attribute("data-user")
+            assert user is not None  # the selector picks rows that have it
+            page.fill("#user-id", user)
             page.click("#user-form [type=submit]")
         page.wait_for_timeout(11_000)  # two more refreshes: the API chart has points to draw
         page.screenshot(path=str(path), full_page=True)

@@ -30,7 +30,7 @@ def _java_ok() -> bool:
         return False
     out = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
     m = re.search(r'version "(\d+)', out)
-    return bool(m) and int(m.group(1)) >= 17
+    return m is not None and int(m.group(1)) >= 17
 
 
 def _postgres_ok() -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
-from tenacity import Retrying, retry_if_result, stop_after_delay, stop_any, wait_fixed
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 if TYPE_CHECKING:
     from .supervision import Supervisor
@@ -99,8 +99,9 @@ def wait_until(
         except Exception:  # noqa: BLE001 - "not yet", as the docstring says
             return False
 
+    deadline = stop_after_delay(timeout_s)
     retrying = Retrying(
-        stop=stop_any(stop_after_delay(timeout_s), lambda _state: give_up()),
+        stop=lambda state: deadline(state) or give_up(),
         wait=wait_fixed(interval_s),
         retry=retry_if_result(lambda ok: not ok),
         retry_error_callback=lambda _state: False,

@@ -148,8 +148,13 @@ class SeaweedS3(Service):
             created = ensure_bucket(s3)
         except S3Error as e:
             raise StackError(f"s3: cannot create bucket {s3.bucket}: {e}") from e
+
         # the gateway answers before the volume server has registered (a few seconds at a first start)
-        if not wait_until(lambda: put_probe(s3) is None, self.timeout_s, 0.5):
+        def probe_written() -> bool:
+            put_probe(s3)  # raises until then: `wait_until` takes that as "not yet"
+            return True
+
+        if not wait_until(probe_written, self.timeout_s, 0.5):
             raise StackError(
                 f"s3: no write to bucket {s3.bucket} succeeded within {self.timeout_s:.0f} s; see `invoke logs s3`"
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -103,7 +104,7 @@ class Service(ABC):
         for ep in self.endpoints():
             # a server that was just killed leaves its port unbindable for a moment (connections
             # it accepted are still closing): wait a little before calling the port taken
-            if ep.proc not in alive and not wait_until(lambda ep=ep: port_is_free(ep.host, ep.port), PORT_GRACE_S, 0.1):
+            if ep.proc not in alive and not wait_until(partial(port_is_free, ep.host, ep.port), PORT_GRACE_S, 0.1):
                 raise PortInUse(self.name, ep.port, port_owner(ep.port), ep.setting)
         self.folder.mkdir(parents=True, exist_ok=True)
         if procs:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException
 from pydantic import BaseModel, Field
@@ -39,7 +39,7 @@ IdempotencyKey = Annotated[
     ),
 ]
 
-UNAVAILABLE = {
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {
         "description": "Kafka did not acknowledge in time, or the acknowledgement journal is full or "
         "could not be written. The records may or may not have been stored: retry "

@@ -60,7 +60,7 @@ class LakeFiles:
 
     def committed(self) -> set[str]:
         """Every committed file's key, reading only the log entries not read before."""
-        logs = {}
+        logs: dict[int, str] = {}
         for obj in self.client.list_objects(self.bucket, prefix=self.prefix + "_spark_metadata/"):
             batch = _log_id(obj.object_name)
             if batch is not None and batch > self._log_seen:
