@@ -177,9 +177,40 @@ def chaos(c, minutes=10.0, seed=None, outage=None):
         raise Exit(code=code)
 
 
+# (name, command after `python -m`): what `invoke lint` runs, configured in pyproject.toml
+LINTERS = [
+    ("ruff check", ["ruff", "check", "."]),
+    ("ruff format", ["ruff", "format", "--check", "."]),
+    ("mypy", ["mypy"]),  # the packages and files of [tool.mypy]
+]
+
+
+@task
+def lint(c):
+    """Check the code with ruff (lint and format) and mypy; exit 1 on any finding."""
+    from shopstream.settings import REPO_ROOT
+
+    failed = []
+    with c.cd(str(REPO_ROOT)):
+        for name, tool in LINTERS:
+            result = c.run(shlex.join([sys.executable, "-m", *tool]), warn=True, hide=True, pty=False)
+            output = (result.stdout + result.stderr).strip()
+            if result.ok:
+                commands.say(f"{name}: {output.splitlines()[-1] if output else 'ok'}")
+            else:
+                print(output)
+                commands.say(f"{name}: [red]failed[/red]")
+                failed.append(name)
+    if failed:
+        raise Exit(
+            f"shopstream: lint failed: {', '.join(failed)} (`ruff format .` and `ruff check --fix .` fix some)", code=1
+        )
+
+
 @task(help={"k": "only tests matching this expression", "x": "stop at the first failure"})
 def test(c, k="", x=False):
-    """Set up what the tests need and run the whole test suite."""
+    """Lint (as `invoke lint`), set up what the tests need and run the whole test suite."""
+    lint(c)
     _run(commands.setup, for_tests=True)
     args = ["-k", k] if k else []
     args += ["-x"] if x else []
