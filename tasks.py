@@ -53,25 +53,45 @@ def logs(c, service, lines=50, follow=False):
     _run(commands.logs, service, lines=lines, follow=follow)
 
 
-@task(help={
-    "sessions_per_second": "cohort size: sessions built and sent each second (default: settings)",
-    "seconds": "stop after this many seconds (default: until Ctrl-C)",
-    "cohorts": "stop after this many cohorts (default: until Ctrl-C)",
-    "seed": "same seed, same data (default: settings, else random and printed)",
-    "users": "size of the user pool (default: 500)",
-    "products": "size of the product catalogue (default: 200)",
-    "start": "time of the first cohort, ISO 8601 with offset (default: the clock)",
-    "api_url": "ingestion API base URL (default: settings)",
-    "concurrency": "requests in flight at most (default: 16)",
-})
-def generate(c, sessions_per_second=None, seconds=None, cohorts=None, seed=None, users=None, products=None,
-             start=None, api_url=None, concurrency=None):
+@task(
+    help={
+        "sessions_per_second": "cohort size: sessions built and sent each second (default: settings)",
+        "seconds": "stop after this many seconds (default: until Ctrl-C)",
+        "cohorts": "stop after this many cohorts (default: until Ctrl-C)",
+        "seed": "same seed, same data (default: settings, else random and printed)",
+        "users": "size of the user pool (default: 500)",
+        "products": "size of the product catalogue (default: 200)",
+        "start": "time of the first cohort, ISO 8601 with offset (default: the clock)",
+        "api_url": "ingestion API base URL (default: settings)",
+        "concurrency": "requests in flight at most (default: 16)",
+    }
+)
+def generate(
+    c,
+    sessions_per_second=None,
+    seconds=None,
+    cohorts=None,
+    seed=None,
+    users=None,
+    products=None,
+    start=None,
+    api_url=None,
+    concurrency=None,
+):
     """Send Faker-made shop traffic (events and purchases) to the ingestion API every second; Ctrl-C stops."""
     from shopstream_generator.cli import main as generate_main
 
-    options = {"--sessions-per-second": sessions_per_second, "--seconds": seconds, "--cohorts": cohorts,
-               "--seed": seed, "--users": users, "--products": products, "--start": start,
-               "--api-url": api_url, "--concurrency": concurrency}
+    options = {
+        "--sessions-per-second": sessions_per_second,
+        "--seconds": seconds,
+        "--cohorts": cohorts,
+        "--seed": seed,
+        "--users": users,
+        "--products": products,
+        "--start": start,
+        "--api-url": api_url,
+        "--concurrency": concurrency,
+    }
     argv = [str(arg) for name, value in options.items() if value is not None for arg in (name, value)]
     try:
         generate_main(argv)
@@ -80,8 +100,13 @@ def generate(c, sessions_per_second=None, seconds=None, cohorts=None, seed=None,
             raise Exit(code=e.code if isinstance(e.code, int) else 1) from None
 
 
-@task(iterable=["only"], help={"quick": "smaller data sets (a smoke run, not the reference figures)",
-                               "only": "run just the benchmarks whose title has this word: API, batch, streaming, analysis, dashboard"})
+@task(
+    iterable=["only"],
+    help={
+        "quick": "smaller data sets (a smoke run, not the reference figures)",
+        "only": "run just the benchmarks whose title has this word: API, batch, streaming, analysis, dashboard",
+    },
+)
 def bench(c, quick=False, only=None):
     """Run the benchmarks, each on an isolated embedded stack; reports go to reports/bench/."""
     from shopstream.settings import REPO_ROOT
@@ -108,7 +133,7 @@ def screenshot(c, out="docs/dashboard.png"):
 
 @task(help={"available_now": "write what PurchasedItem holds now, then exit (a backfill)"})
 def stream(c, available_now=False):
-    """Run the Spark streaming job (PurchasedItem -> raw Parquet on S3) in the foreground; Ctrl-C stops after the current batch."""
+    """Run the Spark streaming job (PurchasedItem -> raw Parquet on S3) in the foreground; Ctrl-C stops after the current batch."""  # noqa: E501 - invoke --list shows a docstring's first line only
     from shopstream_streaming.cli import main as stream_main
 
     _run(commands.setup)  # Spark's S3 jars, once
@@ -128,7 +153,7 @@ def batch_check(c):
 
 @task(help={"samples": "missing and doubled EventIds shown per stage (default: 10)"})
 def audit(c, samples=None):
-    """Find every acknowledged record in Kafka, MongoDB, the counts and the lake; exit 1 if one is missing or doubled."""
+    """Find every acknowledged record in Kafka, MongoDB, the counts and the lake; exit 1 if one is missing or doubled."""  # noqa: E501 - invoke --list shows a docstring's first line only
     from shopstream_audit.cli import main as audit_main
 
     try:
@@ -138,19 +163,54 @@ def audit(c, samples=None):
             raise Exit(code=e.code if isinstance(e.code, int) else 1) from None
 
 
-@task(help={"minutes": "how long faults are injected, or the outage lasts (default: 10)",
-            "seed": "same seed, same faults (default: random, printed)",
-            "outage": "instead of random faults, stop this one service (kafka, mongo, s3, postgres, ...) for the minutes"})
+@task(
+    help={
+        "minutes": "how long faults are injected, or the outage lasts (default: 10)",
+        "seed": "same seed, same faults (default: random, printed)",
+        "outage": "instead of random faults, stop this one service (kafka, mongo, s3, postgres, ...) for the minutes",
+    }
+)
 def chaos(c, minutes=10.0, seed=None, outage=None):
-    """Kill random components under load; the supervisor restarts them; wait for the catch-up, then audit (exit 1 on any loss)."""
+    """Kill random components under load; the supervisor restarts them; wait for the catch-up, then audit (exit 1 on any loss)."""  # noqa: E501 - invoke --list shows a docstring's first line only
     code = _run(commands.chaos, minutes=float(minutes), seed=int(seed) if seed is not None else None, outage=outage)
     if code:
         raise Exit(code=code)
 
 
+# (name, command after `python -m`): what `invoke lint` runs, configured in pyproject.toml
+LINTERS = [
+    ("ruff check", ["ruff", "check", "."]),
+    ("ruff format", ["ruff", "format", "--check", "."]),
+    ("mypy", ["mypy"]),  # the packages and files of [tool.mypy]
+]
+
+
+@task
+def lint(c):
+    """Check the code with ruff (lint and format) and mypy; exit 1 on any finding."""
+    from shopstream.settings import REPO_ROOT
+
+    failed = []
+    with c.cd(str(REPO_ROOT)):
+        for name, tool in LINTERS:
+            result = c.run(shlex.join([sys.executable, "-m", *tool]), warn=True, hide=True, pty=False)
+            output = (result.stdout + result.stderr).strip()
+            if result.ok:
+                commands.say(f"{name}: {output.splitlines()[-1] if output else 'ok'}")
+            else:
+                print(output)
+                commands.say(f"{name}: [red]failed[/red]")
+                failed.append(name)
+    if failed:
+        raise Exit(
+            f"shopstream: lint failed: {', '.join(failed)} (`ruff format .` and `ruff check --fix .` fix some)", code=1
+        )
+
+
 @task(help={"k": "only tests matching this expression", "x": "stop at the first failure"})
 def test(c, k="", x=False):
-    """Set up what the tests need and run the whole test suite."""
+    """Lint (as `invoke lint`), set up what the tests need and run the whole test suite."""
+    lint(c)
     _run(commands.setup, for_tests=True)
     args = ["-k", k] if k else []
     args += ["-x"] if x else []
@@ -160,6 +220,8 @@ def test(c, k="", x=False):
 @task
 def lock(c):
     """Re-resolve requirements.lock from pyproject.toml (after changing a dependency)."""
-    c.run(f"{sys.executable} -m uv pip compile pyproject.toml --group embedded --group dev --universal "
-          "--python-version 3.11 --generate-hashes --custom-compile-command 'invoke lock' "
-          "-o requirements.lock")
+    c.run(
+        f"{sys.executable} -m uv pip compile pyproject.toml --group embedded --group dev --universal "
+        "--python-version 3.11 --generate-hashes --custom-compile-command 'invoke lock' "
+        "-o requirements.lock"
+    )

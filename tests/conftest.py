@@ -35,7 +35,6 @@ from shopstream_stack.kafka import KafkaBroker
 from shopstream_stack.service import Service
 from shopstream_stack.stack import services
 
-
 make_settings = isolated_settings  # the tests' name for it
 
 
@@ -99,7 +98,7 @@ class ServerThread:
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         import time
 
         self.thread.start()
@@ -193,9 +192,14 @@ def job_settings(settings: Settings, name: str, own_topic: bool = False, **strea
         settings = settings.model_copy(update={"kafka": kafka})
     topic = settings.kafka.purchases_topic
     start = {topic: {str(p): o for p, o in end_offsets(settings, topic).items()}}
-    st = settings.streaming.model_copy(update={
-        "output_path": f"tests/{run}/purchases", "quarantine_path": f"tests/{run}/quarantine",
-        "starting_offsets": json.dumps(start), **streaming})
+    st = settings.streaming.model_copy(
+        update={
+            "output_path": f"tests/{run}/purchases",
+            "quarantine_path": f"tests/{run}/quarantine",
+            "starting_offsets": json.dumps(start),
+            **streaming,
+        }
+    )
     return settings.model_copy(update={"streaming": st})
 
 
@@ -224,8 +228,9 @@ def run_until_caught_up(spark, settings: Settings) -> dict[str, list[dict]]:
 def invoke(settings: Settings, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run an invoke task of this repository as a user would, against the settings' stack."""
     env = {**os.environ, **settings.to_env()}
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def invoke_status(settings: Settings, timeout: float = 120) -> tuple[int, dict[str, dict]]:

@@ -23,8 +23,10 @@ money = cents.map(lambda c: Decimal(c).scaleb(-2))
 offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
 timestamps = st.builds(
     lambda dt, tz: dt.replace(tzinfo=UTC).astimezone(tz),
-    st.datetimes(min_value=EARLIEST.replace(tzinfo=None) + timedelta(days=1),
-                 max_value=LATEST.replace(tzinfo=None) - timedelta(days=1)),
+    st.datetimes(
+        min_value=EARLIEST.replace(tzinfo=None) + timedelta(days=1),
+        max_value=LATEST.replace(tzinfo=None) - timedelta(days=1),
+    ),
     offsets,
 )
 
@@ -57,15 +59,21 @@ def product_lines(draw) -> dict:
     # keep line totals below the money maximum: count x unit price <= 1,000,000
     count = draw(st.integers(1, 50))
     price, discount = draw(price_and_discount(max_price_cents=100_000 // count * 100))
-    return {"ProductId": draw(identifiers), "ItemCount": count, "ItemPrice": float(price),
-            "ItemDiscount": float(discount)}
+    return {
+        "ProductId": draw(identifiers),
+        "ItemCount": count,
+        "ItemPrice": float(price),
+        "ItemDiscount": float(discount),
+    }
 
 
 @st.composite
 def purchases(draw, max_lines: int = 5) -> dict:
     lines = draw(st.lists(product_lines(), min_size=1, max_size=max_lines))
-    total = sum(Decimal(str(line["ItemCount"])) * (Decimal(str(line["ItemPrice"])) - Decimal(str(line["ItemDiscount"])))
-                for line in lines)
+    total = sum(
+        Decimal(str(line["ItemCount"])) * (Decimal(str(line["ItemPrice"])) - Decimal(str(line["ItemDiscount"])))
+        for line in lines
+    )
     return {
         "SessionId": draw(identifiers),
         "TimeStamp": iso(draw(timestamps)),

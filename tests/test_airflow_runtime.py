@@ -42,8 +42,11 @@ def airflow_processes(svc: AirflowService) -> list[str]:
         if info["status"] == psutil.STATUS_ZOMBIE:
             continue
         env = info["environ"] or {}
-        if (env.get("AIRFLOW_HOME") == home or home in " ".join(info["cmdline"] or [])
-                or (info["cwd"] or "").startswith(home)):
+        if (
+            env.get("AIRFLOW_HOME") == home
+            or home in " ".join(info["cmdline"] or [])
+            or (info["cwd"] or "").startswith(home)
+        ):
             found.append(f"{info['pid']} {' '.join(info['cmdline'] or [])[:120]}")
     return found
 
@@ -137,12 +140,24 @@ def test_triggered_run_finishes_and_task_logs_are_readable(airflow, api):
     for ti in tis:
         if not ti["try_number"]:
             continue  # never ran (upstream failed)
-        logs = api.get(f"{run_path}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}",
-                       headers={"Accept": "application/json"}).raise_for_status().json()
+        logs = (
+            api.get(
+                f"{run_path}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}",
+                headers={"Accept": "application/json"},
+            )
+            .raise_for_status()
+            .json()
+        )
         events = [e.get("event", "") for e in logs["content"] if isinstance(e, dict)]
         assert any("::group::" in e for e in events), logs
-        on_disk = (airflow.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}"
-                   / f"task_id={ti['task_id']}" / f"attempt={ti['try_number']}.log")
+        on_disk = (
+            airflow.home
+            / "logs"
+            / f"dag_id={DAG_ID}"
+            / f"run_id={run_id}"
+            / f"task_id={ti['task_id']}"
+            / f"attempt={ti['try_number']}.log"
+        )
         assert on_disk.stat().st_size > 0
 
 

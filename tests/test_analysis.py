@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import threading
-
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from shopstream.adapters.postgres import pg_engine
 from shopstream.contracts import PurchaseRecord
@@ -24,16 +24,25 @@ def purchase(order, user, lines, minutes_ago=5, payment="CreditCard"):
     total = sum(D(c) * (D(p) - D(d)) for _, c, p, d in lines)
     ts = AS_OF - timedelta(minutes=minutes_ago)
     return {
-        "SessionId": f"s-{order}", "TimeStamp": ts, "UserId": user, "TotalPrice": total, "OrderId": order,
-        "Products": [{"ProductId": pid, "ItemCount": c, "ItemPrice": D(p), "ItemDiscount": D(d)}
-                     for pid, c, p, d in lines],
-        "PaymentType": payment, "EventId": f"e-{order}", "IngestedAt": ts,
+        "SessionId": f"s-{order}",
+        "TimeStamp": ts,
+        "UserId": user,
+        "TotalPrice": total,
+        "OrderId": order,
+        "Products": [
+            {"ProductId": pid, "ItemCount": c, "ItemPrice": D(p), "ItemDiscount": D(d)} for pid, c, p, d in lines
+        ],
+        "PaymentType": payment,
+        "EventId": f"e-{order}",
+        "IngestedAt": ts,
     }
 
 
 def frame(spark, rows):
-    return spark.createDataFrame([PurchaseRecord.model_validate(r).model_dump() | {"PaymentType": r["PaymentType"]}
-                                  for r in rows], spark_schema(PurchaseRecord))
+    return spark.createDataFrame(
+        [PurchaseRecord.model_validate(r).model_dump() | {"PaymentType": r["PaymentType"]} for r in rows],
+        spark_schema(PurchaseRecord),
+    )
 
 
 DATA = [
@@ -59,7 +68,11 @@ def test_best_sellers_by_units_and_revenue_with_discounts_and_ties(spark):
     revenue = rows(sales.best_sellers(df, by="revenue"))
     # p2: 50 + 40 + 100 = 190; p4: 200; p1: 2*9 + 10 = 28; p3: 15 + 10 = 25
     assert [(r["ProductId"], r["Revenue"]) for r in revenue] == [
-        ("p4", D("200.00")), ("p2", D("190.00")), ("p1", D("28.00")), ("p3", D("25.00"))]
+        ("p4", D("200.00")),
+        ("p2", D("190.00")),
+        ("p1", D("28.00")),
+        ("p3", D("25.00")),
+    ]
     tie = frame(spark, [purchase("t1", "x", [("b", 1, "1.00", "0")]), purchase("t2", "y", [("a", 1, "1.00", "0")])])
     assert [r["ProductId"] for r in rows(sales.best_sellers(tie))] == ["a", "b"]
 
@@ -74,20 +87,30 @@ def test_top_customers_in_the_last_hour_respects_the_boundary(spark):
     got = rows(sales.top_customers_last_hour(frame(spark, DATA), AS_OF))
     # alice: o1 (68) + o3 (10) = 78; dave: 200 at as_of; bob: o2 (40) only; carol's is exactly 1 h old
     assert [(r["UserId"], r["OrderAmount"]) for r in got] == [
-        ("dave", D("200.00")), ("alice", D("78.00")), ("bob", D("40.00")), ("erin", D("10.00"))]
+        ("dave", D("200.00")),
+        ("alice", D("78.00")),
+        ("bob", D("40.00")),
+        ("erin", D("10.00")),
+    ]
     assert rows(sales.top_customers_last_hour(frame(spark, DATA), AS_OF, n=2))[1]["UserId"] == "alice"
 
 
 def test_repeat_buyers_need_two_orders(spark):
     got = rows(sales.repeat_buyers(frame(spark, DATA)))
     assert [(r["UserId"], r["ProductId"], r["Orders"], r["Units"]) for r in got] == [
-        ("alice", "p1", 2, 3), ("bob", "p2", 2, 3)]
+        ("alice", "p1", 2, 3),
+        ("bob", "p2", 2, 3),
+    ]
 
 
 def test_empty_input_gives_empty_answers(spark):
     empty = frame(spark, [])
-    for df in (sales.best_sellers(empty), sales.payment_type_shares(empty),
-               sales.top_customers_last_hour(empty, AS_OF), sales.repeat_buyers(empty)):
+    for df in (
+        sales.best_sellers(empty),
+        sales.payment_type_shares(empty),
+        sales.top_customers_last_hour(empty, AS_OF),
+        sales.repeat_buyers(empty),
+    ):
         assert df.count() == 0
 
 
@@ -102,8 +125,10 @@ def test_repeat_buyers_replace_the_table_in_one_transaction(stack, settings):
     engine = pg_engine(settings.postgres)
     first = [{"UserId": "u1", "ProductId": "p1", "Orders": 2, "Units": 2, "FirstBought": AS_OF, "LastBought": AS_OF}]
     assert warehouse.replace_repeat_buyers(engine, first) == 1
-    second = [{"UserId": "u2", "ProductId": "p9", "Orders": 3, "Units": 4, "FirstBought": AS_OF, "LastBought": AS_OF},
-              {"UserId": "u3", "ProductId": "p9", "Orders": 2, "Units": 2, "FirstBought": AS_OF, "LastBought": AS_OF}]
+    second = [
+        {"UserId": "u2", "ProductId": "p9", "Orders": 3, "Units": 4, "FirstBought": AS_OF, "LastBought": AS_OF},
+        {"UserId": "u3", "ProductId": "p9", "Orders": 2, "Units": 2, "FirstBought": AS_OF, "LastBought": AS_OF},
+    ]
     # while it is being replaced, readers see the old rows or all the new ones, nothing in between
     many = [{**second[0], "UserId": f"r{i}"} for i in range(2000)] + second
     seen: set[int] = set()
@@ -126,9 +151,11 @@ def test_repeat_buyers_replace_the_table_in_one_transaction(stack, settings):
         top = conn.execute(text(warehouse.TOP_REPEATED_PRODUCTS_SQL)).mappings().all()
     assert [(r["product_id"], r["repeat_buyers"], r["repeat_orders"]) for r in top] == [("p9", 2, 5)]
     # a failed replace leaves the old rows (the transaction rolls back)
-    with pytest.raises(Exception):
-        warehouse.replace_repeat_buyers(engine, [{"UserId": "u4", "ProductId": "p1", "Orders": 1, "Units": 1,
-                                                  "FirstBought": AS_OF, "LastBought": AS_OF}])  # orders > 1 check
+    with pytest.raises(IntegrityError):
+        warehouse.replace_repeat_buyers(
+            engine,
+            [{"UserId": "u4", "ProductId": "p1", "Orders": 1, "Units": 1, "FirstBought": AS_OF, "LastBought": AS_OF}],
+        )  # orders > 1 check
     with engine.connect() as conn:
         assert conn.execute(text("select count(*) from repeat_buyers")).scalar_one() == 2
     engine.dispose()

@@ -44,13 +44,26 @@ def shop(run: str) -> list[dict]:
         for product in rnd.sample(range(14), rnd.randint(1, 3)):
             price = Decimal(rnd.randint(100, 90_000)) * CENT
             discount = min(price, Decimal(rnd.choice([0, 0, 50, 125, 999])) * CENT)
-            lines.append({"ProductId": f"p{product:02d}", "ItemCount": rnd.randint(1, 4),
-                          "ItemPrice": price, "ItemDiscount": discount})
+            lines.append(
+                {
+                    "ProductId": f"p{product:02d}",
+                    "ItemCount": rnd.randint(1, 4),
+                    "ItemPrice": price,
+                    "ItemDiscount": discount,
+                }
+            )
         when = {60: AS_OF - timedelta(hours=1), 61: AS_OF}.get(i, AS_OF - timedelta(seconds=rnd.randint(1, 9000)))
-        orders.append({"SessionId": f"s-{run}-{i}", "UserId": f"u{rnd.randint(0, 12):02d}-{run}",
-                       "OrderId": f"o-{run}-{i:02d}", "TimeStamp": when.isoformat(),
-                       "TotalPrice": sum(x["ItemCount"] * (x["ItemPrice"] - x["ItemDiscount"]) for x in lines),
-                       "Products": lines, "PaymentType": rnd.choice(payments).value})
+        orders.append(
+            {
+                "SessionId": f"s-{run}-{i}",
+                "UserId": f"u{rnd.randint(0, 12):02d}-{run}",
+                "OrderId": f"o-{run}-{i:02d}",
+                "TimeStamp": when.isoformat(),
+                "TotalPrice": sum(x["ItemCount"] * (x["ItemPrice"] - x["ItemDiscount"]) for x in lines),
+                "Products": lines,
+                "PaymentType": rnd.choice(payments).value,
+            }
+        )
     return orders
 
 
@@ -73,8 +86,10 @@ def best_sellers(orders, by):
         a["Units"] += x["ItemCount"]
         a["Revenue"] += amount
         a["Orders"].add(o["OrderId"])
-    rows = [{"ProductId": p, "Units": a["Units"], "Revenue": a["Revenue"], "Orders": len(a["Orders"])}
-            for p, a in agg.items()]
+    rows = [
+        {"ProductId": p, "Units": a["Units"], "Revenue": a["Revenue"], "Orders": len(a["Orders"])}
+        for p, a in agg.items()
+    ]
     return sorted(rows, key=lambda r: (-r[by], r["ProductId"]))[:10]
 
 
@@ -104,9 +119,18 @@ def repeat_buyers(orders):
         a["Orders"].add(o["OrderId"])
         a["Units"] += x["ItemCount"]
         a["Times"].append(datetime.fromisoformat(o["TimeStamp"]))
-    rows = [{"UserId": u, "ProductId": p, "Orders": len(a["Orders"]), "Units": a["Units"],
-             "FirstBought": min(a["Times"]), "LastBought": max(a["Times"])}
-            for (u, p), a in agg.items() if len(a["Orders"]) > 1]
+    rows = [
+        {
+            "UserId": u,
+            "ProductId": p,
+            "Orders": len(a["Orders"]),
+            "Units": a["Units"],
+            "FirstBought": min(a["Times"]),
+            "LastBought": max(a["Times"]),
+        }
+        for (u, p), a in agg.items()
+        if len(a["Orders"]) > 1
+    ]
     return sorted(rows, key=lambda r: (-r["Orders"], r["UserId"], r["ProductId"]))
 
 
@@ -121,16 +145,18 @@ def top_repeated_products(repeats):
 
 def normalised(rows, money=(), times=()):
     """The notebook's JSON rows with money back as Decimal and times as UTC instants."""
+
     def utc(v):
         t = datetime.fromisoformat(v)
         return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)  # Spark's toPandas: naive UTC
+
     return [{k: Decimal(v) if k in money else utc(v) if k in times else v for k, v in r.items()} for r in rows]
 
 
 # -- the test -------------------------------------------------------------------------------
 def test_both_notebooks_answer_what_the_posted_purchases_say(spark, settings, api_server, tmp_path, capfd):
     st = job_settings(settings, "analysis")
-    with pytest.raises(NoDataYet, match="no purchases in s3a://.*tests/analysis-.*/purchases yet"):
+    with pytest.raises(NoDataYet, match=r"no purchases in s3a://.*tests/analysis-.*/purchases yet"):
         run_notebooks(st, tmp_path / "empty")
     assert commands.analyze(st) == 1  # as `invoke analyze` runs it: `python -m shopstream_analysis`
     assert re.search(r"no\s+purchases\s+in\s+s3a://\S*tests/analysis-\S*/purchases\s+yet", capfd.readouterr().out)
@@ -138,10 +164,14 @@ def test_both_notebooks_answer_what_the_posted_purchases_say(spark, settings, ap
     run = uuid.uuid4().hex[:6]
     orders = shop(run)
     for start in range(0, len(orders), 25):
-        chunk = [as_json(o) for o in orders[start:start + 25]]
+        chunk = [as_json(o) for o in orders[start : start + 25]]
         for _ in range(2):  # a client retry with the same key: the lake must still hold each order once
-            r = httpx.post(f"{api_server.url}/PurchasedItems", json=chunk,
-                           headers={"Idempotency-Key": f"{run}-{start}"}, timeout=30)
+            r = httpx.post(
+                f"{api_server.url}/PurchasedItems",
+                json=chunk,
+                headers={"Idempotency-Key": f"{run}-{start}"},
+                timeout=30,
+            )
             assert r.status_code == 200, r.text
     run_until_caught_up(spark, st)
 
@@ -163,10 +193,12 @@ def test_both_notebooks_answer_what_the_posted_purchases_say(spark, settings, ap
     assert second["top_repeated_products"] == top_repeated_products(repeats)
 
     with pg_engine(settings.postgres).connect() as conn:
-        table = conn.execute(text("SELECT user_id, product_id, orders, units, first_bought, last_bought "
-                                  "FROM repeat_buyers")).all()
-    assert sorted(table) == sorted((r["UserId"], r["ProductId"], r["Orders"], r["Units"], r["FirstBought"],
-                                    r["LastBought"]) for r in repeats)
+        table = conn.execute(
+            text("SELECT user_id, product_id, orders, units, first_bought, last_bought FROM repeat_buyers")
+        ).all()
+    assert sorted(table) == sorted(
+        (r["UserId"], r["ProductId"], r["Orders"], r["Units"], r["FirstBought"], r["LastBought"]) for r in repeats
+    )
 
     for page in html:  # Spark's log lines (NativeCodeLoader, WindowExec, ...) are in the kernel log only
         assert not SPARK_LOG_LINE.search(page.read_text()), SPARK_LOG_LINE.search(page.read_text()).group(0)

@@ -8,9 +8,9 @@ import uuid
 import httpx
 import pytest
 import schemathesis
-from schemathesis.generation import GenerationMode
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
+from schemathesis.generation import GenerationMode
 
 from conftest import ServerThread, end_offsets, make_settings, read_from
 from shopstream.adapters.api import api_health
@@ -65,13 +65,21 @@ def test_purchases_are_published_with_idempotency_key_ids(api_server, settings):
     ("method", "path", "body", "where"),
     [
         ("PUT", "/SendEvent", event(EventName="Bought"), ["body", "EventName"]),
-        ("PUT", "/SendEvent", event(Attributes={"ProductId": "p", "Price": 1, "Discount": 2}),
-         ["body", "Attributes", "Discount"]),
+        (
+            "PUT",
+            "/SendEvent",
+            event(Attributes={"ProductId": "p", "Price": 1, "Discount": 2}),
+            ["body", "Attributes", "Discount"],
+        ),
         ("PUT", "/SendEvent", [event()], ["body"]),
         ("POST", "/PurchasedItems", [], ["body"]),
         ("POST", "/PurchasedItems", [PURCHASE_EXAMPLE] * 1001, ["body"]),
-        ("POST", "/PurchasedItems", [PURCHASE_EXAMPLE, {**PURCHASE_EXAMPLE, "TotalPrice": 1.0}],
-         ["body", 1, "TotalPrice"]),
+        (
+            "POST",
+            "/PurchasedItems",
+            [PURCHASE_EXAMPLE, {**PURCHASE_EXAMPLE, "TotalPrice": 1.0}],
+            ["body", 1, "TotalPrice"],
+        ),
     ],
     ids=["bad-enum", "discount-above-price", "array-for-one", "empty-array", "too-many", "one-bad-total"],
 )
@@ -90,8 +98,11 @@ def test_oversized_body_gets_413_and_publishes_nothing(api_server, settings):
     r = httpx.post(f"{api_server.url}/PurchasedItems", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413
     # without a Content-Length (chunked upload) the limit holds too
-    r = httpx.post(f"{api_server.url}/PurchasedItems", content=iter([big[i:i + 65536] for i in range(0, len(big), 65536)]),
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{api_server.url}/PurchasedItems",
+        content=iter([big[i : i + 65536] for i in range(0, len(big), 65536)]),
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413
     assert end_offsets(settings, settings.kafka.purchases_topic) == before
 

@@ -69,10 +69,12 @@ def with_string(raw: bytes) -> Callable[[str], bytes]:
 
 def with_duplicate(nested: bool) -> Callable[[str], bytes]:
     """The body with a key given twice, at the top or in a nested object."""
+
     def make(endpoint: str) -> bytes:
         text = encoded(valid(endpoint))
         key = b'"ProductId": ' if nested else b'"UserId": '
         return text.replace(key, key + b'"someone-else", ' + key, 1)
+
     return make
 
 
@@ -108,15 +110,22 @@ MALFORMED = {
 }
 
 # bare JSON values: well-formed, but not what the contract takes
-NOT_THE_CONTRACT = {"string": b'"x"', "number": b"1", "null": b"null", "true": b"true", "depth at the limit":
-                    b"[" * MAX_DEPTH + b"]" * MAX_DEPTH}
+NOT_THE_CONTRACT = {
+    "string": b'"x"',
+    "number": b"1",
+    "null": b"null",
+    "true": b"true",
+    "depth at the limit": b"[" * MAX_DEPTH + b"]" * MAX_DEPTH,
+}
 
 NOT_JSON = {
     "text/plain": ("text/plain", None),
     "text/plain, not UTF-8": ("text/plain; charset=latin-1", b"\xff\xfe\x00"),
     "form": ("application/x-www-form-urlencoded", b"UserId=user-1&Price=1"),
-    "multipart": ("multipart/form-data; boundary=xyz",
-                  b'--xyz\r\nContent-Disposition: form-data; name="body"\r\n\r\n{}\r\n--xyz--\r\n'),
+    "multipart": (
+        "multipart/form-data; boundary=xyz",
+        b'--xyz\r\nContent-Disposition: form-data; name="body"\r\n\r\n{}\r\n--xyz--\r\n',
+    ),
     "xml": ("application/xml", b"<event/>"),
     "two slashes": ("application/x/+json", b"\xff"),  # FastAPI would not read it as JSON either
 }
@@ -132,14 +141,15 @@ ACCEPTED = {
 
 def strict_json(response: httpx.Response):
     """The answer's JSON, refusing what no JSON parser should have to take (NaN, Infinity)."""
+
     def refuse(name):
         raise AssertionError(f"{name} in the answer: {response.text[:200]}")
+
     return json.loads(response.content, parse_constant=refuse)
 
 
 def send(api_server, endpoint: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
-    return httpx.request(ENDPOINTS[endpoint], f"{api_server.url}/{endpoint}", content=body, headers=headers,
-                         timeout=30)
+    return httpx.request(ENDPOINTS[endpoint], f"{api_server.url}/{endpoint}", content=body, headers=headers, timeout=30)
 
 
 @pytest.fixture

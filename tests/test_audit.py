@@ -24,8 +24,17 @@ from rich.console import Console
 from shopstream import ledger
 from shopstream.settings import Settings
 from shopstream_audit import sources
-from shopstream_audit.reconcile import Audit, CountDoc, Copies, Stage, count_stage, doubled_stage, kafka_stage, \
-    store_stage, within_end
+from shopstream_audit.reconcile import (
+    Audit,
+    Copies,
+    CountDoc,
+    Stage,
+    count_stage,
+    doubled_stage,
+    kafka_stage,
+    store_stage,
+    within_end,
+)
 
 # -- the logic, on plain inputs ---------------------------------------------------------------
 
@@ -45,8 +54,12 @@ def test_kafka_needs_one_copy_of_each_acknowledged_record_and_only_counts_the_re
     s = kafka_stage("UserEvents", acked, seen, beginning={0: 1, 1: 0}, end={0: 9, 1: 4})
     assert (s.acknowledged, s.expected, s.found, s.missing, s.missing_sample) == (4, 3, 2, 1, ["c"])
     assert s.doubled is None and s.differs  # copies are not an error, a missing record is
-    assert s.notes == ["1 with 2+ copies (1 extra: retries, published again)", "1 past the topic's retention "
-                       "(not checked)", "3 records not in the ledger", "1 unreadable records (no JSON or no EventId)"]
+    assert s.notes == [
+        "1 with 2+ copies (1 extra: retries, published again)",
+        "1 past the topic's retention (not checked)",
+        "3 records not in the ledger",
+        "1 unreadable records (no JSON or no EventId)",
+    ]
     assert not kafka_stage("T", {"a": (0, 1)}, copies(a=[(0, 1), (0, 2), (0, 3)]), {}, {0: 4}).differs
 
 
@@ -85,8 +98,10 @@ def test_event_count_against_the_stored_events_of_applied_batches():
     s = count_stage(counts, {"b1"}, stored)
     assert (s.expected, s.found, s.missing, s.doubled, s.pending) == (10, 9, 1, 2, 6)
     assert s.missing_sample == ["u4/AddedBasket: EventCount 5, counted events stored 6"]
-    assert s.doubled_sample == ["u2/PageVisited: EventCount 2, counted events stored 1",
-                                "u5/AddedBasket: EventCount 1, counted events stored 0"]
+    assert s.doubled_sample == [
+        "u2/PageVisited: EventCount 2, counted events stored 1",
+        "u5/AddedBasket: EventCount 1, counted events stored 0",
+    ]
     assert not count_stage({("u", "e"): CountDoc(2)}, {"b"}, {("u", "e"): {"b": 2, None: 1}}).differs
 
 
@@ -109,14 +124,26 @@ def test_the_printed_report_names_rewinds_an_api_that_does_not_answer_and_what_w
 
     cfg = Settings(_env_file=None, run_dir=tmp_path)
     at = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
-    rewound = [Rewind("drain", "UserEvents", p, 40 + p, 30 + p, 35 + p, at.replace(minute=p), "position past the end")
-               for p in range(6)]
+    rewound = [
+        Rewind("drain", "UserEvents", p, 40 + p, 30 + p, 35 + p, at.replace(minute=p), "position past the end")
+        for p in range(6)
+    ]
     rewound.append(Rewind("streaming", "PurchasedItem", 1, 9, 7, 8, at.replace(hour=11), "records replaced"))
-    lake = store_stage("Lake (Parquet)", ["p1", "p2"], copies(p1=[(0, 1)], p2=[(0, 2)]), None, {"p1"},
-                       unchecked="the checkpoint s3a://b/c is not on local disk")
+    lake = store_stage(
+        "Lake (Parquet)",
+        ["p1", "p2"],
+        copies(p1=[(0, 1)], p2=[(0, 2)]),
+        None,
+        {"p1"},
+        unchecked="the checkpoint s3a://b/c is not on local disk",
+    )
     mongo = store_stage("MongoDB events", ["e1"], copies(e1=[(0, 0)]), {0: 1}, set())
-    led = sources.Ledger({"UserEvents": {"e1": (0, 0)}, "PurchasedItem": {"p1": (0, 1), "p2": (0, 2)}}, lines=4,
-                         again={"UserEvents": 1}, oldest_hour=at)
+    led = sources.Ledger(
+        {"UserEvents": {"e1": (0, 0)}, "PurchasedItem": {"p1": (0, 1), "p2": (0, 2)}},
+        lines=4,
+        again={"UserEvents": 1},
+        oldest_hour=at,
+    )
     api = sources.ApiMetrics("http://127.0.0.1:1/metrics", error="ConnectError: refused")
     report = Report(Audit([mongo, lake]), led, api, rewinds=rewound, gone_files=["raw/purchases/x.parquet"])
     out = io.StringIO()
@@ -132,8 +159,11 @@ def test_the_printed_report_names_rewinds_an_api_that_does_not_answer_and_what_w
     assert "gone: committed lake file raw/purchases/x.parquet" in text
     assert "differences: 1 missing, 0 doubled (exit 1)" in text and report.exit_code == 1
 
-    empty = Report(Audit([]), sources.Ledger({"UserEvents": {}, "PurchasedItem": {}}, folder=tmp_path / "ledger"),
-                   sources.ApiMetrics("u", values={"shopstream_broker_losses_total": {"UserEvents": 2.0}}))
+    empty = Report(
+        Audit([]),
+        sources.Ledger({"UserEvents": {}, "PurchasedItem": {}}, folder=tmp_path / "ledger"),
+        sources.ApiMetrics("u", values={"shopstream_broker_losses_total": {"UserEvents": 2.0}}),
+    )
     out = io.StringIO()
     render(empty, cfg, Console(file=out, width=200, color_system=None))
     text = out.getvalue()
@@ -155,19 +185,24 @@ def write_checkpoint(folder: Path, batches: dict[int, str], commits: list[int]) 
     (folder / "offsets").mkdir(parents=True)
     (folder / "commits").mkdir()
     for n, source in batches.items():
-        (folder / "offsets" / str(n)).write_text(f'v1\n{{"batchWatermarkMs":0,"batchTimestampMs":1,"conf":{{}}}}\n'
-                                                 f"{source}\n")
+        (folder / "offsets" / str(n)).write_text(
+            f'v1\n{{"batchWatermarkMs":0,"batchTimestampMs":1,"conf":{{}}}}\n{source}\n'
+        )
         (folder / "offsets" / f".{n}.crc").write_bytes(b"crc")
     for n in commits:
         (folder / "commits" / str(n)).write_text('v1\n{"nextBatchWatermarkMs":0}\n')
 
 
 def test_checkpoint_offsets_of_the_latest_committed_batch(tmp_path):
-    write_checkpoint(tmp_path / "cp", {
-        0: '{"PurchasedItem":{"0":2,"1":0}}',
-        1: '{"PurchasedItem":{"0":5,"1":3,"@marks":{"0":[5,"ab"]}},"@epoch":7}',
-        2: '{"PurchasedItem":{"0":9,"1":9}}',  # planned, not committed: not the job's position yet
-    }, commits=[0, 1])
+    write_checkpoint(
+        tmp_path / "cp",
+        {
+            0: '{"PurchasedItem":{"0":2,"1":0}}',
+            1: '{"PurchasedItem":{"0":5,"1":3,"@marks":{"0":[5,"ab"]}},"@epoch":7}',
+            2: '{"PurchasedItem":{"0":9,"1":9}}',  # planned, not committed: not the job's position yet
+        },
+        commits=[0, 1],
+    )
     cp = sources.read_checkpoint(str(tmp_path / "cp"), "PurchasedItem")
     assert (cp.batch, cp.offsets, cp.problem) == (1, {0: 5, 1: 3}, None)
     assert sources.read_checkpoint(f"file://{tmp_path / 'cp'}", "PurchasedItem").offsets == {0: 5, 1: 3}
@@ -179,20 +214,27 @@ def test_checkpoint_offsets_of_the_latest_committed_batch(tmp_path):
     remote = sources.read_checkpoint("s3a://bucket/checkpoints/purchases", "PurchasedItem")
     assert remote.problem and "not on local disk" in remote.problem
     write_checkpoint(tmp_path / "other", {0: '{"Elsewhere":{"0":1}}'}, commits=[0])
-    assert "has no offsets of PurchasedItem" in sources.read_checkpoint(str(tmp_path / "other"),
-                                                                        "PurchasedItem").problem
+    assert (
+        "has no offsets of PurchasedItem" in sources.read_checkpoint(str(tmp_path / "other"), "PurchasedItem").problem
+    )
 
 
 def test_ledger_once_per_topic_and_event_id(tmp_path):
     cfg = Settings(_env_file=None, run_dir=tmp_path)
     path = ledger.ledger_file(cfg, "test")
     path.parent.mkdir(parents=True)
-    path.write_bytes(b"".join([
-        ledger.line("UserEvents", 0, 4, "a"), ledger.line("UserEvents", 1, 0, "b"),
-        ledger.line("UserEvents", 0, 9, "a"),  # a retry, or published again after a broker loss
-        ledger.line("PurchasedItem", 2, 1, "a"),  # the same EventId on the other topic is another record
-        ledger.line("Elsewhere", 0, 0, "z"),
-    ]) + b"UserEvents\t0\t10\tcut-by-a-crash")
+    path.write_bytes(
+        b"".join(
+            [
+                ledger.line("UserEvents", 0, 4, "a"),
+                ledger.line("UserEvents", 1, 0, "b"),
+                ledger.line("UserEvents", 0, 9, "a"),  # a retry, or published again after a broker loss
+                ledger.line("PurchasedItem", 2, 1, "a"),  # the same EventId on the other topic is another record
+                ledger.line("Elsewhere", 0, 0, "z"),
+            ]
+        )
+        + b"UserEvents\t0\t10\tcut-by-a-crash"
+    )
     led = sources.read_ledger(cfg)
     assert led.acked == {"UserEvents": {"a": (0, 4), "b": (1, 0)}, "PurchasedItem": {"a": (2, 1)}}
     assert (led.lines, led.again, led.other_topics) == (5, {"UserEvents": 1}, {"Elsewhere": 1})
@@ -212,17 +254,24 @@ def pipeline(stack, settings, tmp_path):
     from shopstream_api.main import create_app
 
     tag = uuid.uuid4().hex[:8]
-    kafka = settings.kafka.model_copy(update={"user_events_topic": f"UserEvents-audit-{tag}",
-                                              "purchases_topic": f"PurchasedItem-audit-{tag}"})
+    kafka = settings.kafka.model_copy(
+        update={"user_events_topic": f"UserEvents-audit-{tag}", "purchases_topic": f"PurchasedItem-audit-{tag}"}
+    )
     ensure_topics(kafka)
-    cfg = settings.model_copy(update={
-        "kafka": kafka,
-        "mongo": settings.mongo.model_copy(update={"database": f"audit_{tag}"}),
-        "batch": settings.batch.model_copy(update={"consumer_group": f"audit-{tag}"}),
-        "streaming": settings.streaming.model_copy(update={"output_path": f"tests/audit-{tag}/purchases",
-                                                           "quarantine_path": f"tests/audit-{tag}/quarantine"}),
-        "api": settings.api.model_copy(update={"journal_dir": tmp_path / "journal"}),
-    })
+    cfg = settings.model_copy(
+        update={
+            "kafka": kafka,
+            "mongo": settings.mongo.model_copy(update={"database": f"audit_{tag}"}),
+            "batch": settings.batch.model_copy(update={"consumer_group": f"audit-{tag}"}),
+            "streaming": settings.streaming.model_copy(
+                update={
+                    "output_path": f"tests/audit-{tag}/purchases",
+                    "quarantine_path": f"tests/audit-{tag}/quarantine",
+                }
+            ),
+            "api": settings.api.model_copy(update={"journal_dir": tmp_path / "journal"}),
+        }
+    )
     with ServerThread(create_app(cfg)) as server:
         yield cfg.model_copy(update={"api": cfg.api.model_copy(update={"port": server.port})})
     client = mongo_client(cfg.mongo)
@@ -245,12 +294,17 @@ def send_events(cfg: Settings, run: str, first: int, n: int) -> list[dict]:
     names = ["PageVisited", "AddedBasket", "CheckedProductReviews"]
     answers = []
     for i in range(first, first + n):
-        body = {"UserId": f"u{i % 4}-{run}", "SessionId": f"s-{run}-{i}", "EventName": names[i % 3],
-                "TimeStamp": "2026-11-22T10:15:00Z",
-                "Attributes": {"ProductId": f"sku-{i}", "Price": 10.5, "Discount": 0.5}}
+        body = {
+            "UserId": f"u{i % 4}-{run}",
+            "SessionId": f"s-{run}-{i}",
+            "EventName": names[i % 3],
+            "TimeStamp": "2026-11-22T10:15:00Z",
+            "Attributes": {"ProductId": f"sku-{i}", "Price": 10.5, "Discount": 0.5},
+        }
         for _ in range(2 if i % 4 == 0 else 1):
-            r = httpx.put(f"{cfg.api.base_url}/SendEvent", json=body, headers={"Idempotency-Key": f"{run}-e{i}"},
-                          timeout=30)
+            r = httpx.put(
+                f"{cfg.api.base_url}/SendEvent", json=body, headers={"Idempotency-Key": f"{run}-e{i}"}, timeout=30
+            )
             assert r.status_code == 200, r.text
             answers.append(r.json())
     acknowledge(cfg, cfg.kafka.user_events_topic, [(a["EventId"], a["Partition"], a["Offset"]) for a in answers])
@@ -263,8 +317,7 @@ def post_purchases(cfg: Settings, run: str, key: str, which: range, times: int =
 
     bodies = [purchase(run, i) for i in which]
     for _ in range(times):  # more than once: a client retry with the same key
-        r = httpx.post(f"{cfg.api.base_url}/PurchasedItems", json=bodies, headers={"Idempotency-Key": key},
-                       timeout=30)
+        r = httpx.post(f"{cfg.api.base_url}/PurchasedItems", json=bodies, headers={"Idempotency-Key": key}, timeout=30)
         assert r.status_code == 200, r.text
     event_ids = r.json()["EventIds"]
     topic = cfg.kafka.purchases_topic
@@ -299,8 +352,9 @@ def audit(cfg: Settings) -> tuple[sources.Ledger, dict[str, Stage], int, str, ob
 def audit_cli(cfg: Settings, cwd: Path) -> subprocess.CompletedProcess:
     """`python -m shopstream_audit` in a process of its own, configured by environment only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPSTREAM_")} | cfg.to_env() | {"COLUMNS": "250"}
-    return subprocess.run([sys.executable, "-m", "shopstream_audit"], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "shopstream_audit"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def numbers(s: Stage) -> tuple:
@@ -334,16 +388,25 @@ def double_one_row(cfg: Settings, key: str) -> str:
     copy = key.rsplit("/", 1)[0] + f"/part-audit-copy-{uuid.uuid4().hex[:6]}.parquet"
     client.put_object(bucket, copy, io.BytesIO(data), len(data))
     prefix = cfg.streaming.output_path.strip("/") + "/_spark_metadata/"
-    logs = [o.object_name for o in client.list_objects(bucket, prefix=prefix)
-            if o.object_name.rsplit("/", 1)[-1].removesuffix(".compact").isdigit()]
+    logs = [
+        o.object_name
+        for o in client.list_objects(bucket, prefix=prefix)
+        if o.object_name.rsplit("/", 1)[-1].removesuffix(".compact").isdigit()
+    ]
     latest = max(logs, key=lambda k: int(k.rsplit("/", 1)[-1].removesuffix(".compact")))
     resp = client.get_object(bucket, latest)
     log = resp.read().decode()
     resp.close()
     resp.release_conn()
-    entry = {"path": f"s3a://{bucket}/{copy}", "size": len(data), "isDir": False,
-             "modificationTime": int(time.time() * 1000), "blockReplication": 1, "blockSize": 33554432,
-             "action": "add"}
+    entry = {
+        "path": f"s3a://{bucket}/{copy}",
+        "size": len(data),
+        "isDir": False,
+        "modificationTime": int(time.time() * 1000),
+        "blockReplication": 1,
+        "blockSize": 33554432,
+        "action": "add",
+    }
     log = log.rstrip("\n") + "\n" + json.dumps(entry) + "\n"
     client.put_object(bucket, latest, io.BytesIO(log.encode()), len(log.encode()))
     return row.column("EventId")[0].as_py()
@@ -378,8 +441,10 @@ def test_audit_finds_every_acknowledged_record_then_exactly_the_damage(pipeline,
     led, stages, code, text, report = audit(cfg)
     assert {t: len(ids) for t, ids in led.acked.items()} == {ue: 16, pi: 9}
     assert numbers(stages[f"Kafka {ue}"]) == (16, 16, 16, 0, None, 0)
-    assert stages[f"Kafka {ue}"].notes == ["4 with 2+ copies (4 extra: retries, published again)",  # events 0, 4, 8, 12
-                                           "1 unreadable records (no JSON or no EventId)"]
+    assert stages[f"Kafka {ue}"].notes == [
+        "4 with 2+ copies (4 extra: retries, published again)",  # events 0, 4, 8, 12
+        "1 unreadable records (no JSON or no EventId)",
+    ]
     assert numbers(stages[f"Kafka {pi}"]) == (9, 9, 9, 0, None, 0)
     assert "4 with 2+ copies" in stages[f"Kafka {pi}"].notes[0]
     assert numbers(stages["MongoDB events"]) == (16, 13, 13, 0, 0, 3)
@@ -397,9 +462,12 @@ def test_audit_finds_every_acknowledged_record_then_exactly_the_damage(pipeline,
     # MongoDB and S3 unreachable: those stages are not checked, and the audit does not pass
     from shopstream_stack.isolated import free_port
 
-    down = cfg.model_copy(update={
-        "mongo": cfg.mongo.model_copy(update={"uri": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"}),
-        "s3": cfg.s3.model_copy(update={"endpoint_url": f"http://127.0.0.1:{free_port()}"})})
+    down = cfg.model_copy(
+        update={
+            "mongo": cfg.mongo.model_copy(update={"uri": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"}),
+            "s3": cfg.s3.model_copy(update={"endpoint_url": f"http://127.0.0.1:{free_port()}"}),
+        }
+    )
     _, stages, code, text, _ = audit(down)
     assert code == 2 and "could not be checked" in text, text
     for name in ["MongoDB events", "EventCount", "Lake (Parquet)"]:
@@ -411,7 +479,8 @@ def test_audit_finds_every_acknowledged_record_then_exactly_the_damage(pipeline,
     deleted = sorted(events)[0]
     gone_doc = db[cfg.batch.events_collection].find_one_and_delete({"_id": deleted})
     bumped = db[cfg.batch.counts_collection].find_one_and_update(
-        {"UserId": {"$ne": gone_doc["UserId"]}}, {"$inc": {"EventCount": 1}})
+        {"UserId": {"$ne": gone_doc["UserId"]}}, {"$inc": {"EventCount": 1}}
+    )
     files = lake_file_ids(cfg)
     assert sorted(map(sorted, files.values())) == sorted([sorted(first), sorted(second)])  # one file per run
     (first_key,) = [k for k, ids in files.items() if set(ids) == set(first)]
@@ -477,9 +546,11 @@ def test_audit_beside_a_running_pipeline_finds_nothing_missing(pipeline, spark):
         send_events(cfg, run, i, 2)
         post_purchases(cfg, run, f"{run}-p{i}", range(i, i + 1))
 
-    workers = [threading.Thread(target=loop, args=(feed,)),
-               threading.Thread(target=loop, args=(lambda: (drain_user_events(cfg), update_event_counts(cfg)),)),
-               threading.Thread(target=loop, args=(lambda: run_until_caught_up(spark, cfg), True))]
+    workers = [
+        threading.Thread(target=loop, args=(feed,)),
+        threading.Thread(target=loop, args=(lambda: (drain_user_events(cfg), update_event_counts(cfg)),)),
+        threading.Thread(target=loop, args=(lambda: run_until_caught_up(spark, cfg), True)),
+    ]
     for w in workers:
         w.start()
     audits = []

@@ -45,7 +45,7 @@ class Work:
         self.late.append(self.now > self.budget.deadline)
 
 
-def test_a_backlog_left_by_a_mongodb_outage_is_worked_off_run_by_run_within_budgets(own, monkeypatch):
+def test_a_backlog_left_by_a_mongodb_outage_is_worked_off_run_by_run_within_budgets(own, monkeypatch):  # noqa: F811 - `own`: the fixture imported above
     cfg = scoped(own.settings, "catchup")
     stored, counted = Work(), Work()
 

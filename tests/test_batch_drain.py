@@ -15,10 +15,10 @@ from shopstream.adapters.kafka import ensure_topics
 from shopstream.adapters.mongo import mongo_client
 from shopstream.settings import get_settings
 from shopstream_api.examples import USER_EVENT_EXAMPLE
-from shopstream_batch.aggregate import update_event_counts
-from shopstream_batch.check import check_counts
 from shopstream_batch import drain as drain_module
+from shopstream_batch.aggregate import update_event_counts
 from shopstream_batch.budget import Budget
+from shopstream_batch.check import check_counts
 from shopstream_batch.drain import DrainReport, Message, drain_user_events, store
 from shopstream_batch.store import ensure_collections
 from shopstream_stack import commands
@@ -32,11 +32,13 @@ pytestmark = pytest.mark.services
 def isolated(stack, settings):
     """Settings with a topic, consumer group and database of this test's own."""
     tag = uuid.uuid4().hex[:8]
-    cfg = settings.model_copy(update={
-        "kafka": settings.kafka.model_copy(update={"user_events_topic": f"UserEvents-{tag}"}),
-        "mongo": settings.mongo.model_copy(update={"database": f"drain_{tag}"}),
-        "batch": settings.batch.model_copy(update={"consumer_group": f"batch-{tag}", "batch_size": 7}),
-    })
+    cfg = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(update={"user_events_topic": f"UserEvents-{tag}"}),
+            "mongo": settings.mongo.model_copy(update={"database": f"drain_{tag}"}),
+            "batch": settings.batch.model_copy(update={"consumer_group": f"batch-{tag}", "batch_size": 7}),
+        }
+    )
     ensure_topics(cfg.kafka)
     yield cfg
     client = mongo_client(cfg.mongo)
@@ -54,8 +56,9 @@ def produce(cfg, values: list[bytes]) -> None:
 
 def committed_total(cfg) -> int:
     consumer = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap_servers, group_id=cfg.batch.consumer_group)
-    total = sum(consumer.committed(TopicPartition(cfg.kafka.user_events_topic, p)) or 0
-                for p in range(cfg.kafka.partitions))
+    total = sum(
+        consumer.committed(TopicPartition(cfg.kafka.user_events_topic, p)) or 0 for p in range(cfg.kafka.partitions)
+    )
     consumer.close()
     return total
 
@@ -88,9 +91,18 @@ def read_all(cfg, n: int) -> list[Message]:
     consumer.seek_to_beginning(*tps)
     seen: list[Message] = []
     try:
-        wait_for(f"{n} records", lambda: seen.extend(
-            Message(m.topic, m.partition, m.offset, m.key, m.value)
-            for records in consumer.poll(timeout_ms=500).values() for m in records) or len(seen) >= n, 120)
+        wait_for(
+            f"{n} records",
+            lambda: (
+                seen.extend(
+                    Message(m.topic, m.partition, m.offset, m.key, m.value)
+                    for records in consumer.poll(timeout_ms=500).values()
+                    for m in records
+                )
+                or len(seen) >= n
+            ),
+            120,
+        )
     finally:
         consumer.close()
     return seen
@@ -182,8 +194,13 @@ def test_partitions_another_member_holds_are_counted_as_remaining(isolated):
     stop = threading.Event()
 
     def member() -> None:  # joins the group and polls, but never commits
-        rival = KafkaConsumer(topic, bootstrap_servers=cfg.kafka.bootstrap_servers, group_id=cfg.batch.consumer_group,
-                              enable_auto_commit=False, auto_offset_reset="earliest")
+        rival = KafkaConsumer(
+            topic,
+            bootstrap_servers=cfg.kafka.bootstrap_servers,
+            group_id=cfg.batch.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
         try:
             while not stop.is_set():
                 rival.poll(timeout_ms=200)
@@ -196,7 +213,9 @@ def test_partitions_another_member_holds_are_counted_as_remaining(isolated):
     thread.start()
     try:
         wait_for("the other member to hold every partition", lambda: len(held) == parts, 120)
-        report = drain_user_events(cfg.model_copy(update={"batch": cfg.batch.model_copy(update={"max_seconds": 120.0})}))
+        report = drain_user_events(
+            cfg.model_copy(update={"batch": cfg.batch.model_copy(update={"max_seconds": 120.0})})
+        )
     finally:
         stop.set()
         thread.join(60)
@@ -221,8 +240,14 @@ def test_dag_runs_through_airflow_and_counts_what_the_api_accepted(airflow_db, i
             assert httpx.put(f"{api.url}/SendEvent", json=body).status_code == 200
         # a retry with the same Idempotency-Key is stored and counted once
         for _ in range(2):
-            assert httpx.put(f"{api.url}/SendEvent", json={**USER_EVENT_EXAMPLE, "UserId": users[0]},
-                             headers={"Idempotency-Key": f"retry-{users[0]}"}).status_code == 200
+            assert (
+                httpx.put(
+                    f"{api.url}/SendEvent",
+                    json={**USER_EVENT_EXAMPLE, "UserId": users[0]},
+                    headers={"Idempotency-Key": f"retry-{users[0]}"},
+                ).status_code
+                == 200
+            )
     for key, value in cfg.to_env().items():  # what the scheduler hands its task processes
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
@@ -247,6 +272,7 @@ def test_dag_runs_through_airflow_and_counts_what_the_api_accepted(airflow_db, i
     pair = {"UserId": users[0], "EventName": "PageVisited"}
     counts.update_one(pair, {"$inc": {"EventCount": 1}})
     broken = check_counts(cfg)
-    assert not broken.ok and broken.mismatches == {f"{users[0]}/PageVisited": (got[(users[0], "PageVisited")],
-                                                                              got[(users[0], "PageVisited")] + 1)}
+    assert not broken.ok and broken.mismatches == {
+        f"{users[0]}/PageVisited": (got[(users[0], "PageVisited")], got[(users[0], "PageVisited")] + 1)
+    }
     assert not commands.batch_check(cfg)

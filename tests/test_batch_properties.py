@@ -18,7 +18,8 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from shopstream.adapters.mongo import mongo_client
@@ -34,11 +35,17 @@ NAMES = ["PageVisited", "AddedBasket", "CheckedProductReviews"]
 
 
 def record(event_id: str, user: str, name: str) -> bytes:
-    return json.dumps({
-        "EventId": event_id, "UserId": user, "SessionId": "s1", "EventName": name,
-        "TimeStamp": "2026-11-22T10:00:00Z", "IngestedAt": "2026-11-22T10:00:01Z",
-        "Attributes": {"ProductId": "p1", "Price": 10.0, "Discount": 1.0},
-    }).encode()
+    return json.dumps(
+        {
+            "EventId": event_id,
+            "UserId": user,
+            "SessionId": "s1",
+            "EventName": name,
+            "TimeStamp": "2026-11-22T10:00:00Z",
+            "IngestedAt": "2026-11-22T10:00:01Z",
+            "Attributes": {"ProductId": "p1", "Price": 10.0, "Discount": 1.0},
+        }
+    ).encode()
 
 
 # a small pool, so the same EventId is drawn again and again (client retries, redeliveries)
@@ -47,7 +54,8 @@ BAD = [b"{not json", b"", json.dumps({"EventId": "x", "UserId": "u1"}).encode()]
 
 messages = st.lists(
     st.one_of(st.sampled_from(POOL).map(lambda e: ("ok", e)), st.sampled_from(BAD).map(lambda b: ("bad", b))),
-    min_size=1, max_size=12,
+    min_size=1,
+    max_size=12,
 )
 operations = st.lists(
     st.one_of(
@@ -60,7 +68,8 @@ operations = st.lists(
         st.just(("crash_while_claiming",)),
         st.just(("overlap",)),
     ),
-    min_size=1, max_size=14,
+    min_size=1,
+    max_size=14,
 )
 
 
@@ -87,8 +96,9 @@ def crash_while_claiming(colls, size: int) -> None:
     if "upto" not in args:
         return
     batch_id = f"crashed-{uuid.uuid4().hex[:8]}"
-    colls.agg_batches.insert_one({"_id": batch_id, "state": "claiming", "created": datetime.now(UTC),
-                                  "token": None, **args})
+    colls.agg_batches.insert_one(
+        {"_id": batch_id, "state": "claiming", "created": datetime.now(UTC), "token": None, **args}
+    )
     some = [d["_id"] for d in colls.events.find({"AggBatch": None, "StoredAt": {"$lte": args["upto"]}}).limit(2)]
     colls.events.update_many({"_id": {"$in": some}}, {"$set": {"AggBatch": batch_id}})
 
@@ -103,9 +113,12 @@ def ticking():
 @hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(ops=operations)
 def test_counts_equal_distinct_stored_events_after_any_sequence(mongo, settings, ops):
-    cfg = settings.model_copy(update={  # batches of 5 events: a run counts a backlog batch after batch
-        "mongo": settings.mongo.model_copy(update={"database": f"prop_{uuid.uuid4().hex[:10]}"}),
-        "batch": settings.batch.model_copy(update={"aggregate_batch_events": 5})})
+    cfg = settings.model_copy(
+        update={  # batches of 5 events: a run counts a backlog batch after batch
+            "mongo": settings.mongo.model_copy(update={"database": f"prop_{uuid.uuid4().hex[:10]}"}),
+            "batch": settings.batch.model_copy(update={"aggregate_batch_events": 5}),
+        }
+    )
     colls = ensure_collections(mongo[cfg.mongo.database], cfg.batch)
     stored: set[tuple[str, str, str]] = set()  # the model: distinct valid events stored
     offset, last_batch = 0, None
@@ -158,8 +171,11 @@ def test_counts_equal_distinct_stored_events_after_any_sequence(mongo, settings,
 def test_a_batch_applied_twice_is_counted_once(mongo, settings):
     cfg = settings.model_copy(update={"mongo": settings.mongo.model_copy(update={"database": "twice"})})
     colls = ensure_collections(mongo[cfg.mongo.database], cfg.batch)
-    store(colls, [Message("UserEvents", 0, i, b"k", record(f"t{i}", "u1", "PageVisited")) for i in range(5)],
-          DrainReport())
+    store(
+        colls,
+        [Message("UserEvents", 0, i, b"k", record(f"t{i}", "u1", "PageVisited")) for i in range(5)],
+        DrainReport(),
+    )
     batch_id = claim(colls)
     apply(colls, batch_id)
     report = AggregateReport()

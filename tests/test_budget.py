@@ -18,9 +18,14 @@ class Clock:
         return self.now
 
 
-@given(seconds=st.floats(0.5, 60), fixed=st.floats(0.01, 2), per_item=st.floats(1e-5, 1e-2),
-       cap=st.sampled_from([100, 1000, 5000]), first=st.sampled_from([1, 10, 500, 2000]),
-       returned=st.lists(st.floats(0.01, 1), min_size=1, max_size=60))
+@given(
+    seconds=st.floats(0.5, 60),
+    fixed=st.floats(0.01, 2),
+    per_item=st.floats(1e-5, 1e-2),
+    cap=st.sampled_from([100, 1000, 5000]),
+    first=st.sampled_from([1, 10, 500, 2000]),
+    returned=st.lists(st.floats(0.01, 1), min_size=1, max_size=60),
+)
 def test_no_step_after_the_first_ends_past_the_deadline(seconds, fixed, per_item, cap, first, returned):
     clock = Clock()
     budget = Budget(seconds, clock)
@@ -33,7 +38,9 @@ def test_no_step_after_the_first_ends_past_the_deadline(seconds, fixed, per_item
         clock.now += cost
         steps += 1
         if steps > 1:
-            assert clock.now <= budget.deadline, f"step {steps} of {items} items ended {clock.now - budget.deadline} s late"
+            assert clock.now <= budget.deadline, (
+                f"step {steps} of {items} items ended {clock.now - budget.deadline} s late"
+            )
         elif clock.now > budget.deadline:
             break  # the first step is a guess that times the servers
         budget.took(items, cost)

@@ -25,9 +25,12 @@ def test_a_short_chaos_run_loses_and_doubles_nothing():
     settings = make_settings(run_dir / "run")
     # the DAG every 30 s: the catch-up waits for one drain, not for a 2-minute period; and a
     # quarter of the generator's default load, which leaves CPU to the rest of a CI run
-    settings = settings.model_copy(update={
-        "batch": settings.batch.model_copy(update={"period_seconds": 30.0}),
-        "generator": settings.generator.model_copy(update={"sessions_per_second": 5})})
+    settings = settings.model_copy(
+        update={
+            "batch": settings.batch.model_copy(update={"period_seconds": 30.0}),
+            "generator": settings.generator.model_copy(update={"sessions_per_second": 5}),
+        }
+    )
     try:
         done = invoke(settings, "chaos", "--minutes", str(MINUTES), "--seed", "14", timeout=1500)
     finally:

@@ -109,11 +109,7 @@ def _resolve(node: Any, env: dict[str, str]) -> Any:
 
 def _variables(text: str) -> list[tuple[str, str | None, str | None]]:
     """(name, operator, default) of every `${...}` reference in the raw file."""
-    return [
-        (m.group("name"), m.group("op"), m.group("arg"))
-        for m in _INTERPOLATION.finditer(text)
-        if m.group("name")
-    ]
+    return [(m.group("name"), m.group("op"), m.group("arg")) for m in _INTERPOLATION.finditer(text) if m.group("name")]
 
 
 def _clean_settings(env: dict[str, str] | None = None) -> Settings:
@@ -262,7 +258,7 @@ def scenario(request: pytest.FixtureRequest, raw_text: str) -> tuple[dict[str, d
 
 
 def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict]) -> None:
-    assert INIT_SERVICES <= services.keys(), f"init services missing: {INIT_SERVICES - services.keys()}"
+    assert services.keys() >= INIT_SERVICES, f"init services missing: {INIT_SERVICES - services.keys()}"
     for name, service in services.items():
         one_shot = str(service.get("restart", "no")) == "no"
         assert one_shot == (name in INIT_SERVICES), (
@@ -327,9 +323,9 @@ def test_named_volumes_are_declared_and_used(compose: dict, services: dict[str, 
                 used.add(source)
     assert declared == used, f"declared but unused volumes: {declared - used}"
     for name in ("kafka", "mongo", "minio", "postgres"):
-        assert any(
-            not str(m).startswith((".", "/")) for m in services[name].get("volumes") or []
-        ), f"{name} keeps its data in no named volume"
+        assert any(not str(m).startswith((".", "/")) for m in services[name].get("volumes") or []), (
+            f"{name} keeps its data in no named volume"
+        )
 
 
 # --------------------------------------------------------------------------- ports == settings
@@ -355,7 +351,9 @@ def test_kafka_port_and_listener_match_bootstrap_servers(scenario: tuple[dict[st
         names = [n for n, hp in advertised.items() if hp == (host, port)]
         assert names, f"no advertised listener is {server}: {advertised}"
         target = _target_of(kafka, port)
-        assert bound[names[0]][1] == target, f"host port {port} -> {target}, listener {names[0]} binds {bound[names[0]]}"
+        assert bound[names[0]][1] == target, (
+            f"host port {port} -> {target}, listener {names[0]} binds {bound[names[0]]}"
+        )
         _assert_host_side(services, "kafka", port, host)
 
 
@@ -479,7 +477,10 @@ def test_server_credentials_match_settings(scenario: tuple[dict[str, dict], Sett
     minio, minio_init, postgres = (_environment(services[n]) for n in ("minio", "minio-init", "postgres"))
     s3, pg = settings.s3, settings.postgres
     assert (minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"]) == (s3.access_key, s3.secret_key.get_secret_value())
-    assert (minio_init["S3_ACCESS_KEY"], minio_init["S3_SECRET_KEY"]) == (s3.access_key, s3.secret_key.get_secret_value())
+    assert (minio_init["S3_ACCESS_KEY"], minio_init["S3_SECRET_KEY"]) == (
+        s3.access_key,
+        s3.secret_key.get_secret_value(),
+    )
     assert minio["MINIO_SITE_REGION"] == s3.region
     assert (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], postgres["POSTGRES_DB"]) == (
         pg.user,

@@ -98,9 +98,14 @@ def test_a_purchase_broken_in_one_field_is_rejected_naming_it(raw, path):
 
 
 def test_total_price_is_tolerant_within_a_cent_only():
-    raw = {"SessionId": "s", "TimeStamp": "2026-11-22T05:00:00Z", "UserId": "u", "OrderId": "o",
-           "Products": [{"ProductId": "p", "ItemCount": 3, "ItemPrice": 9.99, "ItemDiscount": 1.0}],
-           "PaymentType": "PayPal"}
+    raw = {
+        "SessionId": "s",
+        "TimeStamp": "2026-11-22T05:00:00Z",
+        "UserId": "u",
+        "OrderId": "o",
+        "Products": [{"ProductId": "p", "ItemCount": 3, "ItemPrice": 9.99, "ItemDiscount": 1.0}],
+        "PaymentType": "PayPal",
+    }
     for total, ok in [(26.97, True), (26.98, True), (26.96, True), (26.99, False), (26.95, False)]:
         if ok:
             Purchase.model_validate({**raw, "TotalPrice": total})
@@ -110,8 +115,13 @@ def test_total_price_is_tolerant_within_a_cent_only():
 
 
 def test_timestamps_are_normalised_to_utc():
-    raw = {"UserId": "u", "SessionId": "s", "EventName": "PageVisited", "TimeStamp": "2026-11-22T06:30:00+01:30",
-           "Attributes": {"ProductId": "p", "Price": 1, "Discount": 0}}
+    raw = {
+        "UserId": "u",
+        "SessionId": "s",
+        "EventName": "PageVisited",
+        "TimeStamp": "2026-11-22T06:30:00+01:30",
+        "Attributes": {"ProductId": "p", "Price": 1, "Discount": 0},
+    }
     assert UserEvent.model_validate(raw).model_dump(mode="json")["TimeStamp"] == "2026-11-22T05:00:00Z"
 
 
@@ -129,12 +139,26 @@ def test_the_drain_and_the_streaming_job_give_a_bad_record_the_same_reason():
     from shopstream_batch.drain import Message, split
     from shopstream_streaming.job import check_contract
 
-    record = {"EventId": "e-1", "IngestedAt": "2026-11-22T10:00:00Z", "UserId": "u", "SessionId": "s",
-              "EventName": "PageVisited", "TimeStamp": "2026-11-22T10:00:00Z",
-              "Attributes": {"ProductId": "p", "Price": 10, "Discount": 20}}
-    purchase = {"EventId": "p-1", "IngestedAt": "2026-11-22T10:00:00Z", "SessionId": "s", "UserId": "u",
-                "TimeStamp": "2026-11-22T10:00:00Z", "TotalPrice": 1.0, "OrderId": "o", "PaymentType": "PayPal",
-                "Products": [{"ProductId": "p", "ItemCount": 2, "ItemPrice": 3.0, "ItemDiscount": 0.0}]}
+    record = {
+        "EventId": "e-1",
+        "IngestedAt": "2026-11-22T10:00:00Z",
+        "UserId": "u",
+        "SessionId": "s",
+        "EventName": "PageVisited",
+        "TimeStamp": "2026-11-22T10:00:00Z",
+        "Attributes": {"ProductId": "p", "Price": 10, "Discount": 20},
+    }
+    purchase = {
+        "EventId": "p-1",
+        "IngestedAt": "2026-11-22T10:00:00Z",
+        "SessionId": "s",
+        "UserId": "u",
+        "TimeStamp": "2026-11-22T10:00:00Z",
+        "TotalPrice": 1.0,
+        "OrderId": "o",
+        "PaymentType": "PayPal",
+        "Products": [{"ProductId": "p", "ItemCount": 2, "ItemPrice": 3.0, "ItemDiscount": 0.0}],
+    }
     for value, model, want in [
         (b"{not json", UserEventRecord, "invalid JSON: Invalid JSON: "),
         (json.dumps(record).encode(), UserEventRecord, "breaks the contract: Attributes.Discount: "),

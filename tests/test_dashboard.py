@@ -43,22 +43,44 @@ def make_shop(run: str, now: datetime) -> tuple[list[dict], list[dict]]:
     for u in range(USERS):
         for _ in range(rnd.randint(2, 12)):
             name = rnd.choices(NAMES, weights=[5, 2, 1])[0]
-            events.append({"UserId": f"u{u:02d}-{run}", "SessionId": f"s{u}-{run}", "EventName": name,
-                           "TimeStamp": ago().isoformat(),
-                           "Attributes": {"ProductId": f"p{rnd.randint(0, 20):02d}", "Price": 10.5, "Discount": 0.5}})
+            events.append(
+                {
+                    "UserId": f"u{u:02d}-{run}",
+                    "SessionId": f"s{u}-{run}",
+                    "EventName": name,
+                    "TimeStamp": ago().isoformat(),
+                    "Attributes": {"ProductId": f"p{rnd.randint(0, 20):02d}", "Price": 10.5, "Discount": 0.5},
+                }
+            )
     orders = []
     for i in range(40):
         lines = []
         for product in rnd.sample(range(14), rnd.randint(1, 3)):
             price = Decimal(rnd.randint(100, 20_000)) * CENT
             discount = min(price, Decimal(rnd.choice([0, 0, 50, 199])) * CENT)
-            lines.append({"ProductId": f"p{product:02d}", "ItemCount": rnd.randint(1, 4),
-                          "ItemPrice": float(price), "ItemDiscount": float(discount)})
-        total = sum(Decimal(str(x["ItemCount"])) * (Decimal(str(x["ItemPrice"])) - Decimal(str(x["ItemDiscount"])))
-                    for x in lines)
-        orders.append({"SessionId": f"s-{run}-{i}", "UserId": f"u{rnd.randint(0, USERS - 1):02d}-{run}",
-                       "OrderId": f"o-{run}-{i:02d}", "TimeStamp": ago().isoformat(), "TotalPrice": float(total),
-                       "Products": lines, "PaymentType": rnd.choice(PAYMENTS)})
+            lines.append(
+                {
+                    "ProductId": f"p{product:02d}",
+                    "ItemCount": rnd.randint(1, 4),
+                    "ItemPrice": float(price),
+                    "ItemDiscount": float(discount),
+                }
+            )
+        total = sum(
+            Decimal(str(x["ItemCount"])) * (Decimal(str(x["ItemPrice"])) - Decimal(str(x["ItemDiscount"])))
+            for x in lines
+        )
+        orders.append(
+            {
+                "SessionId": f"s-{run}-{i}",
+                "UserId": f"u{rnd.randint(0, USERS - 1):02d}-{run}",
+                "OrderId": f"o-{run}-{i:02d}",
+                "TimeStamp": ago().isoformat(),
+                "TotalPrice": float(total),
+                "Products": lines,
+                "PaymentType": rnd.choice(PAYMENTS),
+            }
+        )
     return events, orders
 
 
@@ -81,25 +103,35 @@ def expected_sales(orders: list[dict], n: int) -> dict:
             units[line["ProductId"]] += line["ItemCount"]
             revenue[line["ProductId"]] += amount(line)
             in_orders[line["ProductId"]].add(o["OrderId"])
-    rows = [{"ProductId": p, "Units": units[p], "Revenue": money(revenue[p]), "Orders": len(in_orders[p])}
-            for p in units]
+    rows = [
+        {"ProductId": p, "Units": units[p], "Revenue": money(revenue[p]), "Orders": len(in_orders[p])} for p in units
+    ]
     pay_orders, pay_revenue = Counter(), defaultdict(Decimal)
     for o in orders:
         pay_orders[o["PaymentType"]] += 1
         pay_revenue[o["PaymentType"]] += Decimal(str(o["TotalPrice"]))
-    payments = sorted(({"PaymentType": p, "Orders": c, "Revenue": money(pay_revenue[p]),
-                        "Share": round(c / len(orders), 4)} for p, c in pay_orders.items()),
-                      key=lambda r: (-r["Orders"], r["PaymentType"]))
-    return {"purchases": len(orders), "orders": len(orders),
-            "revenue": money(sum((amount(x) for o in orders for x in o["Products"]), Decimal(0))),
-            "by_revenue": sorted(rows, key=lambda r: (-r["Revenue"], r["ProductId"]))[:n],
-            "by_units": sorted(rows, key=lambda r: (-r["Units"], r["ProductId"]))[:n],
-            "payment_types": payments}
+    payments = sorted(
+        (
+            {"PaymentType": p, "Orders": c, "Revenue": money(pay_revenue[p]), "Share": round(c / len(orders), 4)}
+            for p, c in pay_orders.items()
+        ),
+        key=lambda r: (-r["Orders"], r["PaymentType"]),
+    )
+    return {
+        "purchases": len(orders),
+        "orders": len(orders),
+        "revenue": money(sum((amount(x) for o in orders for x in o["Products"]), Decimal(0))),
+        "by_revenue": sorted(rows, key=lambda r: (-r["Revenue"], r["ProductId"]))[:n],
+        "by_units": sorted(rows, key=lambda r: (-r["Units"], r["ProductId"]))[:n],
+        "payment_types": payments,
+    }
 
 
 def expected_funnel(events: list[dict], orders: list[dict], since: datetime | None) -> list[int]:
     def users(rows, name=None):
-        return {r["UserId"] for r in rows if (since is None or ts(r) > since) and (name is None or r["EventName"] == name)}
+        return {
+            r["UserId"] for r in rows if (since is None or ts(r) > since) and (name is None or r["EventName"] == name)
+        }
 
     visited = users(events, "PageVisited")
     basket = users(events, "AddedBasket") & visited
@@ -112,9 +144,18 @@ def expected_repeat_buyers(orders: list[dict]) -> list[dict]:
     for o in orders:
         for line in o["Products"]:
             seen[(o["UserId"], line["ProductId"])].append((o["OrderId"], line["ItemCount"], ts(o)))
-    return [{"UserId": u, "ProductId": p, "Orders": len({x[0] for x in v}), "Units": sum(x[1] for x in v),
-             "FirstBought": min(x[2] for x in v), "LastBought": max(x[2] for x in v)}
-            for (u, p), v in seen.items() if len({x[0] for x in v}) > 1]
+    return [
+        {
+            "UserId": u,
+            "ProductId": p,
+            "Orders": len({x[0] for x in v}),
+            "Units": sum(x[1] for x in v),
+            "FirstBought": min(x[2] for x in v),
+            "LastBought": max(x[2] for x in v),
+        }
+        for (u, p), v in seen.items()
+        if len({x[0] for x in v}) > 1
+    ]
 
 
 # -- the shop, through the real pipeline --------------------------------------------------
@@ -122,18 +163,25 @@ def expected_repeat_buyers(orders: list[dict]) -> list[dict]:
 def shop(settings, spark):
     run = uuid.uuid4().hex[:8]
     now = datetime.now(UTC)
-    kafka = settings.kafka.model_copy(update={"user_events_topic": f"UserEvents-{run}",
-                                              "purchases_topic": f"PurchasedItem-{run}"})
+    kafka = settings.kafka.model_copy(
+        update={"user_events_topic": f"UserEvents-{run}", "purchases_topic": f"PurchasedItem-{run}"}
+    )
     ensure_topics(kafka)
-    cfg = settings.model_copy(update={
-        "run_dir": Path(tempfile.mkdtemp(prefix="shopstream-dash-")),  # no streaming job's status here
-        "kafka": kafka,
-        "mongo": settings.mongo.model_copy(update={"database": f"dash_{run}"}),
-        "batch": settings.batch.model_copy(update={"consumer_group": f"dash-{run}"}),
-        "streaming": settings.streaming.model_copy(update={
-            "output_path": f"tests/dash-{run}/purchases", "quarantine_path": f"tests/dash-{run}/quarantine",
-            "starting_offsets": "earliest"}),
-    })
+    cfg = settings.model_copy(
+        update={
+            "run_dir": Path(tempfile.mkdtemp(prefix="shopstream-dash-")),  # no streaming job's status here
+            "kafka": kafka,
+            "mongo": settings.mongo.model_copy(update={"database": f"dash_{run}"}),
+            "batch": settings.batch.model_copy(update={"consumer_group": f"dash-{run}"}),
+            "streaming": settings.streaming.model_copy(
+                update={
+                    "output_path": f"tests/dash-{run}/purchases",
+                    "quarantine_path": f"tests/dash-{run}/quarantine",
+                    "starting_offsets": "earliest",
+                }
+            ),
+        }
+    )
     events, orders = make_shop(run, now)
     from shopstream_api.main import create_app as api_app
 
@@ -143,7 +191,7 @@ def shop(settings, spark):
         for e in events:
             client.put("/SendEvent", json=e).raise_for_status()
         for i in range(0, len(orders), 8):
-            client.post("/PurchasedItems", json=orders[i:i + 8]).raise_for_status()
+            client.post("/PurchasedItems", json=orders[i : i + 8]).raise_for_status()
     assert drain_user_events(cfg).stored == len(events)
     assert update_event_counts(cfg).events_counted == len(events)
     run_until_caught_up(spark, cfg)
@@ -155,8 +203,9 @@ def shop(settings, spark):
 
 
 def dashboard_settings(cfg: Settings, **over) -> Settings:
-    return cfg.model_copy(update={"dashboard": cfg.dashboard.model_copy(update={"port": free_port(), "refresh_s": 1.0}),
-                                  **over})
+    return cfg.model_copy(
+        update={"dashboard": cfg.dashboard.model_copy(update={"port": free_port(), "refresh_s": 1.0}), **over}
+    )
 
 
 def wait_synced(url: str, purchases: int, events_users: int, timeout_s: float = 90) -> None:
@@ -198,8 +247,12 @@ def test_sales_agree_with_the_posted_purchases(dashboard, shop):
 @pytest.mark.parametrize("window", ["15m", "1h", "24h", "all"])
 def test_funnel_counts_users_step_by_step_in_each_window(dashboard, shop, window):
     got = get(dashboard, "/api/funnel", window=window)
-    since = None if window == "all" else datetime.fromisoformat(got["as_of"]) - {
-        "15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedelta(hours=24)}[window]
+    since = (
+        None
+        if window == "all"
+        else datetime.fromisoformat(got["as_of"])
+        - {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedelta(hours=24)}[window]
+    )
     want = expected_funnel(shop["events"], shop["orders"], since)
     assert [s["users"] for s in got["steps"]] == want
     assert [s["step"] for s in got["steps"]] == ["PageVisited", "AddedBasket", "Purchased"]
@@ -223,7 +276,8 @@ def test_activity_has_the_last_15_minutes_of_events_and_purchases(dashboard, sho
     orders = [o for o in shop["orders"] if ts(o) >= since]
     assert sum(m["purchases"] for m in got["purchases"]) == len(orders) > 0
     assert round(sum(m["revenue"] for m in got["purchases"]), 2) == money(
-        sum((amount(x) for o in orders for x in o["Products"]), Decimal(0)))
+        sum((amount(x) for o in orders for x in o["Products"]), Decimal(0))
+    )
 
 
 def test_user_lookup_shows_event_counts_and_purchases(dashboard, shop):
@@ -231,10 +285,13 @@ def test_user_lookup_shows_event_counts_and_purchases(dashboard, shop):
     got = get(dashboard, f"/api/users/{user}")
     assert got["event_counts"] == dict(Counter(e["EventName"] for e in shop["events"] if e["UserId"] == user))
     mine = sorted((o for o in shop["orders"] if o["UserId"] == user), key=lambda o: (ts(o), o["OrderId"]))
-    assert [p["OrderId"] for p in got["purchases"]] == [o["OrderId"] for o in sorted(
-        mine, key=lambda o: (-ts(o).timestamp(), o["OrderId"]))]
-    assert [p["Items"] for p in got["purchases"]] == [sum(x["ItemCount"] for x in o["Products"]) for o in sorted(
-        mine, key=lambda o: (-ts(o).timestamp(), o["OrderId"]))]
+    assert [p["OrderId"] for p in got["purchases"]] == [
+        o["OrderId"] for o in sorted(mine, key=lambda o: (-ts(o).timestamp(), o["OrderId"]))
+    ]
+    assert [p["Items"] for p in got["purchases"]] == [
+        sum(x["ItemCount"] for x in o["Products"])
+        for o in sorted(mine, key=lambda o: (-ts(o).timestamp(), o["OrderId"]))
+    ]
     missing = httpx.get(f"{dashboard.url}/api/users/nobody-{uuid.uuid4().hex[:6]}", timeout=10)
     assert missing.status_code == 404 and "no events and no purchases" in missing.json()["detail"]
 
@@ -244,7 +301,8 @@ def test_repeat_buyers_are_postgresqls_latest_rows(dashboard, shop):
     want = sorted(shop["repeats"], key=lambda r: (-r["LastBought"].timestamp(), r["UserId"], r["ProductId"]))[:5]
     assert got["total"] == len(shop["repeats"])
     assert [(r["user_id"], r["product_id"], r["orders"], r["units"]) for r in got["rows"]] == [
-        (r["UserId"], r["ProductId"], r["Orders"], r["Units"]) for r in want]
+        (r["UserId"], r["ProductId"], r["Orders"], r["Units"]) for r in want
+    ]
 
 
 def test_health_reports_each_store_lag_and_api_traffic(dashboard, shop):
@@ -297,15 +355,19 @@ def test_stores_that_are_down_show_as_down_and_the_rest_keeps_working(shop):
     from shopstream_dashboard.main import create_app
 
     cfg = shop["cfg"]
-    dead = dashboard_settings(cfg, mongo=cfg.mongo.model_copy(update={
-        "uri": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"}),
-        postgres=cfg.postgres.model_copy(update={"port": free_port()}))
+    dead = dashboard_settings(
+        cfg,
+        mongo=cfg.mongo.model_copy(update={"uri": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"}),
+        postgres=cfg.postgres.model_copy(update={"port": free_port()}),
+    )
     with ServerThread(create_app(dead)) as server:
         deadline = time.monotonic() + 60
         while True:  # the lake loaded, and MongoDB's first look has ended
             activity = get(server, "/api/activity")
-            if (get(server, "/api/sales")["purchases"] == len(shop["orders"])
-                    and activity["sources"][0]["state"] != "loading"):
+            if (
+                get(server, "/api/sales")["purchases"] == len(shop["orders"])
+                and activity["sources"][0]["state"] != "loading"
+            ):
                 break
             assert time.monotonic() < deadline, activity["sources"]
             time.sleep(0.5)
@@ -324,8 +386,15 @@ def test_stores_that_are_down_show_as_down_and_the_rest_keeps_working(shop):
 
 def test_openapi_documents_every_data_call(dashboard):
     spec = get(dashboard, "/openapi.json")
-    for path in ("/api/config", "/api/activity", "/api/funnel", "/api/sales", "/api/repeat-buyers", "/api/users/{user_id}",
-                 "/api/health"):
+    for path in (
+        "/api/config",
+        "/api/activity",
+        "/api/funnel",
+        "/api/sales",
+        "/api/repeat-buyers",
+        "/api/users/{user_id}",
+        "/api/health",
+    ):
         ok = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
         assert ok.get("$ref"), path
 
@@ -343,26 +412,37 @@ def test_page_in_chromium_shows_the_stores_numbers_and_looks_up_a_user(dashboard
     with chromium_page() as page:
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(dashboard.url + "/")
-        page.wait_for_function(f"document.querySelector('#kpi-purchases')?.textContent.trim() === '{sales['purchases']:,}'",
-                               timeout=30_000)
+        page.wait_for_function(
+            f"document.querySelector('#kpi-purchases')?.textContent.trim() === '{sales['purchases']:,}'", timeout=30_000
+        )
         assert page.text_content("#kpi-orders").strip() == f"{sales['orders']:,}"
         # the page asks as often as the dashboard reads the stores (refresh_s = 1 here), from /api/config
         page.wait_for_function("document.querySelector('#refresh-s').textContent.trim() === '1'", timeout=10_000)
         assert page.text_content("#kpi-revenue").strip().endswith(f"{sales['revenue']:,.2f}")
-        for chart in ("chart-events", "chart-purchases", "chart-funnel", "chart-top-revenue", "chart-top-units",
-                      "chart-payments"):
+        for chart in (
+            "chart-events",
+            "chart-purchases",
+            "chart-funnel",
+            "chart-top-revenue",
+            "chart-top-units",
+            "chart-payments",
+        ):
             page.wait_for_selector(f"#{chart} .main-svg", timeout=15_000)
         bars = page.locator("#chart-top-revenue .bars .point").count()
         assert bars == len(sales["by_revenue"])
         users = lambda step: page.text_content(f"#funnel-table tr[data-step={step}] .users").strip()  # noqa: E731
         page.wait_for_function(
             f"document.querySelector('#funnel-table tr[data-step=PageVisited] .users')?.textContent.trim() === "
-            f"'{funnel_1h[0]:,}'", timeout=15_000)
+            f"'{funnel_1h[0]:,}'",
+            timeout=15_000,
+        )
         assert [users(s) for s in ("PageVisited", "AddedBasket", "Purchased")] == [f"{n:,}" for n in funnel_1h]
         page.select_option("#funnel-window", "all")
         page.wait_for_function(
             f"document.querySelector('#funnel-table tr[data-step=PageVisited] .users')?.textContent.trim() === "
-            f"'{funnel_all[0]:,}'", timeout=15_000)
+            f"'{funnel_all[0]:,}'",
+            timeout=15_000,
+        )
         assert [users(s) for s in ("PageVisited", "AddedBasket", "Purchased")] == [f"{n:,}" for n in funnel_all]
         page.wait_for_selector("#repeat-buyers tbody tr", timeout=15_000)
         assert page.text_content("#repeat-total").strip() == f"{len(shop['repeats']):,}"
@@ -372,17 +452,18 @@ def test_page_in_chromium_shows_the_stores_numbers_and_looks_up_a_user(dashboard
         page.fill("#user-id", user)
         page.click("#user-form [type=submit]")
         page.wait_for_selector("#user-counts tr[data-event]", timeout=15_000)
-        shown = {name: page.text_content(f"#user-counts tr[data-event={name}] .count").strip()
-                 for name in counts}
+        shown = {name: page.text_content(f"#user-counts tr[data-event={name}] .count").strip() for name in counts}
         assert shown == {name: f"{n:,}" for name, n in counts.items()}
         assert page.locator("#user-purchases tbody tr").count() == sum(o["UserId"] == user for o in shop["orders"])
 
         # every store behind these panels answers (airflow and streaming, in the health card, do not run here)
         for panel in ("activity", "funnel", "sales", "repeat", "user"):
             assert page.locator(f".card.down[data-panel={panel}]").count() == 0, page.text_content(
-                f".card[data-panel={panel}] .panel-error")
-        ticks = page.eval_on_selector_all("#chart-funnel .ytick text",
-                                          "els => els.map(e => [e.getBoundingClientRect().top, e.textContent])")
+                f".card[data-panel={panel}] .panel-error"
+            )
+        ticks = page.eval_on_selector_all(
+            "#chart-funnel .ytick text", "els => els.map(e => [e.getBoundingClientRect().top, e.textContent])"
+        )
         assert [name for _, name in sorted(ticks)] == ["PageVisited", "AddedBasket", "Purchased"]  # top to bottom
         out = REPO_ROOT / "reports" / "dashboard"
         out.mkdir(parents=True, exist_ok=True)
@@ -405,8 +486,9 @@ def test_health_and_page_show_the_offset_rewinds(dashboard, shop):
         time.sleep(0.5)
     now = datetime.now(UTC).replace(microsecond=0)
     drained = Rewind("drain", cfg.kafka.user_events_topic, 1, 11, 6, 14, now - timedelta(minutes=2), "records replaced")
-    streamed = Rewind("streaming", cfg.kafka.purchases_topic, 0, 9, 6, 8, now - timedelta(seconds=30),
-                      "position past the end")
+    streamed = Rewind(
+        "streaming", cfg.kafka.purchases_topic, 0, 9, 6, 8, now - timedelta(seconds=30), "position past the end"
+    )
     client = mongo_client(cfg.mongo)
     rewinds = collections(database(client, cfg.mongo), cfg.batch).rewinds
     rewinds.insert_one(drain_document(drained, cfg.batch.consumer_group, "-"))
@@ -418,18 +500,24 @@ def test_health_and_page_show_the_offset_rewinds(dashboard, shop):
             time.sleep(0.5)
         got = health["rewinds"]
         assert got["by_stage"] == {"drain": 1, "streaming": 1}
-        assert [(r["stage"], r["topic"], r["partition"], r["committed"], r["resumed_from"], r["end"], r["reason"])
-                for r in got["latest"]] == [
+        assert [
+            (r["stage"], r["topic"], r["partition"], r["committed"], r["resumed_from"], r["end"], r["reason"])
+            for r in got["latest"]
+        ] == [
             ("streaming", streamed.topic, 0, 9, 6, 8, "position past the end"),
-            ("drain", drained.topic, 1, 11, 6, 14, "records replaced")]
+            ("drain", drained.topic, 1, 11, 6, 14, "records replaced"),
+        ]
         assert datetime.fromisoformat(got["latest"][0]["at"]) == streamed.at
         with chromium_page() as page:
             page.goto(dashboard.url + "/")
-            page.wait_for_function("document.querySelector('#rewinds').textContent.startsWith('offset rewinds: 2')",
-                                   timeout=30_000)
+            page.wait_for_function(
+                "document.querySelector('#rewinds').textContent.startsWith('offset rewinds: 2')", timeout=30_000
+            )
             line = page.text_content("#rewinds")
-            assert line.startswith(f"offset rewinds: 2 (drain 1, streaming 1); last: streaming {streamed.topic}-0 "
-                                   "read again from 6 (committed 9, end 8: position past the end), "), line
+            assert line.startswith(
+                f"offset rewinds: 2 (drain 1, streaming 1); last: streaming {streamed.topic}-0 "
+                "read again from 6 (committed 9, end 8: position past the end), "
+            ), line
             assert page.locator("#rewinds.warn").count() == 1
     finally:
         rewinds.delete_many({})

@@ -30,8 +30,17 @@ JUPYTER_PORT = 8888  # Jupyter's own default; not a field of Settings
 
 # Stub names of what the dev shell must provide (see tests/nix/stubs/nixpkgs).
 DEV_SHELL_PACKAGES = {
-    "python311", "jdk17", "spark", "postgresql_15", "apacheKafka", "minio",
-    "minio-client", "uv", "invoke", "git", "curl",
+    "python311",
+    "jdk17",
+    "spark",
+    "postgresql_15",
+    "apacheKafka",
+    "minio",
+    "minio-client",
+    "uv",
+    "invoke",
+    "git",
+    "curl",
 }
 
 
@@ -42,8 +51,10 @@ def nix_tool(name: str) -> str:
     # Never skip: a missing tool must fail so CI cannot go green without the check.
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"`{name}` not found: install the Debian package {NIX_APT_PACKAGE} "
-                    f"(apt-get install -y {NIX_APT_PACKAGE}); `./shopstream setup` should do it")
+        pytest.fail(
+            f"`{name}` not found: install the Debian package {NIX_APT_PACKAGE} "
+            f"(apt-get install -y {NIX_APT_PACKAGE}); `./shopstream setup` should do it"
+        )
     return path
 
 
@@ -65,18 +76,26 @@ def run_flake(flake: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "XDG_CACHE_HOME": str(work / "cache"),
     }
     cmd = [
-        nix_tool("nix"), *args,
-        "--offline", "--no-write-lock-file",
-        "--store", str(work / "store"),  # no /nix, no daemon, no root needed
-        "--override-input", "nixpkgs", f"path:{STUBS / 'nixpkgs'}",
-        "--override-input", "flake-utils", f"path:{STUBS / 'flake-utils'}",
+        nix_tool("nix"),
+        *args,
+        "--offline",
+        "--no-write-lock-file",
+        "--store",
+        str(work / "store"),  # no /nix, no daemon, no root needed
+        "--override-input",
+        "nixpkgs",
+        f"path:{STUBS / 'nixpkgs'}",
+        "--override-input",
+        "flake-utils",
+        f"path:{STUBS / 'flake-utils'}",
     ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_flake_parses() -> None:
-    proc = subprocess.run([nix_tool("nix-instantiate"), "--parse", str(REPO / "flake.nix")],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [nix_tool("nix-instantiate"), "--parse", str(REPO / "flake.nix")], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -88,11 +107,10 @@ def test_flake_check_against_stubs(flake_dir: Path) -> None:
 @pytest.mark.parametrize("system", ["x86_64-linux", "aarch64-darwin"])
 def test_dev_shell_contents(flake_dir: Path, system: str) -> None:
     show = "sh: { names = map (p: p.name) sh.packages; hook = sh.shellHook; }"
-    proc = run_flake(flake_dir, "eval", "--json", "--apply", show,
-                     f"path:{flake_dir}#devShells.{system}.default")
+    proc = run_flake(flake_dir, "eval", "--json", "--apply", show, f"path:{flake_dir}#devShells.{system}.default")
     assert proc.returncode == 0, proc.stderr
     shell = json.loads(proc.stdout)
-    assert DEV_SHELL_PACKAGES <= set(shell["names"]), DEV_SHELL_PACKAGES - set(shell["names"])
+    assert set(shell["names"]) >= DEV_SHELL_PACKAGES, DEV_SHELL_PACKAGES - set(shell["names"])
     assert "export JAVA_HOME=/" in shell["hook"] and "-jdk17/" in shell["hook"]
     assert "./shopstream setup" in shell["hook"]
 
@@ -137,7 +155,8 @@ def test_devcontainer_matches_schema(devcontainer: dict, validator) -> None:
         lambda d: d["portsAttributes"]["8000"].update(onAutoForward="open"),
         lambda d: d["customizations"]["vscode"].update(extension=[]),
         lambda d: d["customizations"]["vscode"]["settings"].update(
-            {"python.defaultInterpreterPath": "/usr/bin/python3"}),
+            {"python.defaultInterpreterPath": "/usr/bin/python3"}
+        ),
     ],
 )
 def test_schema_rejects_mistakes(devcontainer: dict, validator, mistake) -> None:

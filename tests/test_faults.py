@@ -26,8 +26,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -90,21 +90,25 @@ def back_up(service) -> None:
 def scoped(cfg: Settings, name: str, **batch) -> Settings:
     """A UserEvents topic, consumer group and database of this test's own."""
     tag = f"{name}-{uuid.uuid4().hex[:6]}"
-    scoped_cfg = cfg.model_copy(update={
-        "kafka": cfg.kafka.model_copy(update={"user_events_topic": f"UserEvents-{tag}"}),
-        "mongo": cfg.mongo.model_copy(update={"database": f"faults_{tag}".replace("-", "_")}),
-        "batch": cfg.batch.model_copy(update={"consumer_group": f"batch-{tag}", **batch}),
-    })
+    scoped_cfg = cfg.model_copy(
+        update={
+            "kafka": cfg.kafka.model_copy(update={"user_events_topic": f"UserEvents-{tag}"}),
+            "mongo": cfg.mongo.model_copy(update={"database": f"faults_{tag}".replace("-", "_")}),
+            "batch": cfg.batch.model_copy(update={"consumer_group": f"batch-{tag}", **batch}),
+        }
+    )
     ensure_topics(scoped_cfg.kafka)
     return scoped_cfg
 
 
 def committed_total(cfg: Settings) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap_servers, group_id=cfg.batch.consumer_group,
-                             enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=cfg.kafka.bootstrap_servers, group_id=cfg.batch.consumer_group, enable_auto_commit=False
+    )
     try:
-        return sum(consumer.committed(TopicPartition(cfg.kafka.user_events_topic, p)) or 0
-                   for p in range(cfg.kafka.partitions))
+        return sum(
+            consumer.committed(TopicPartition(cfg.kafka.user_events_topic, p)) or 0 for p in range(cfg.kafka.partitions)
+        )
     finally:
         consumer.close()
 
@@ -153,8 +157,11 @@ class Client(threading.Thread):
         user = f"{self.name_}-u{i % 5}"
         if i % 2 == 0:
             return "PUT", "/SendEvent", {**USER_EVENT_EXAMPLE, "UserId": user, "SessionId": f"s-{self.name_}-{i}"}
-        return "POST", "/PurchasedItems", [{**PURCHASE_EXAMPLE, "UserId": user, "OrderId": f"o-{self.name_}-{i}-{n}"}
-                                           for n in range(1 + i % 3)]
+        return (
+            "POST",
+            "/PurchasedItems",
+            [{**PURCHASE_EXAMPLE, "UserId": user, "OrderId": f"o-{self.name_}-{i}-{n}"} for n in range(1 + i % 3)],
+        )
 
     def run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=30) as http:
@@ -171,8 +178,11 @@ class Client(threading.Thread):
                         self.unexpected.append(f"{request_id}: {e!r}")
                         return
                     t1 = time.monotonic()
-                    ids = ([r.json()["EventId"]] if path == "/SendEvent" else r.json()["EventIds"]) \
-                        if r.status_code == 200 else []
+                    ids = (
+                        ([r.json()["EventId"]] if path == "/SendEvent" else r.json()["EventIds"])
+                        if r.status_code == 200
+                        else []
+                    )
                     self.attempts.append(Attempt(request_id, t0, t1, r.status_code, r.headers.get("Retry-After"), ids))
                     if r.status_code == 200:
                         self.acked[request_id] = ids
@@ -209,14 +219,18 @@ def test_broker_stopped_under_load_gives_503_then_every_acknowledged_record_is_i
             broker.stop()  # SIGTERM, as an orchestrator stops it; the API is mid-load
             down = time.monotonic()
             # long enough for requests to start and end while the broker is surely away
-            wait_for("503s while the broker is down",
-                     lambda: sum(a.status == 503 and a.t0 > down for a in all_attempts()) >= 8, 60)
+            wait_for(
+                "503s while the broker is down",
+                lambda: sum(a.status == 503 and a.t0 > down for a in all_attempts()) >= 8,
+                60,
+            )
             time.sleep(1)
             restarting = time.monotonic()
             broker.start()
             up = time.monotonic()
-            recovered = wait_for("a 2xx after the broker is back",
-                                 lambda: any(a.status == 200 and a.t0 > up for a in all_attempts()), 60)
+            recovered = wait_for(
+                "a 2xx after the broker is back", lambda: any(a.status == 200 and a.t0 > up for a in all_attempts()), 60
+            )
             time.sleep(2)  # the load goes on a little after the recovery
         finally:
             for c in clients:
@@ -249,8 +263,10 @@ def test_broker_stopped_under_load_gives_503_then_every_acknowledged_record_is_i
 
     def all_in_kafka() -> bool:
         stored.clear()
-        for topic, model in ((cfg.kafka.user_events_topic, UserEventRecord),
-                             (cfg.kafka.purchases_topic, PurchaseRecord)):
+        for topic, model in (
+            (cfg.kafka.user_events_topic, UserEventRecord),
+            (cfg.kafka.purchases_topic, PurchaseRecord),
+        ):
             for m in read_from(cfg, topic):
                 rec = model.model_validate_json(m.value)
                 assert m.key == rec.UserId.encode()
@@ -268,13 +284,18 @@ def test_broker_stopped_under_load_gives_503_then_every_acknowledged_record_is_i
     # nothing doubled: a record is in Kafka more than once only when its client sent it again
     # under the same Idempotency-Key (a retry after a 503; the stores keep one copy of an EventId)
     # (or when the broker forgot it and the API published it again)
-    doubled = {eid: n for eid, n in stored.items() if n > 1 and not (eid in acked and acked[eid][1] in retried
-                                                                      and acked[eid][0]) and eid not in during_stop}
+    doubled = {
+        eid: n
+        for eid, n in stored.items()
+        if n > 1 and not (eid in acked and acked[eid][1] in retried and acked[eid][0]) and eid not in during_stop
+    }
     assert not doubled, f"records in Kafka more than once though sent once: {list(doubled.items())[:5]}"
-    print(f"broker down {restarting - down:.1f} s, recovered {recovered - up:.1f} s after its restart; "
-          f"{Counter(a.status for a in attempts)}, {len(acked)} acknowledged, {len(stored)} EventIds in Kafka, "
-          f"{sum(n > 1 for n in stored.values())} of them twice (client retries, records published again); "
-          f"{len(during_stop)} acknowledged while the broker was being stopped")
+    print(
+        f"broker down {restarting - down:.1f} s, recovered {recovered - up:.1f} s after its restart; "
+        f"{Counter(a.status for a in attempts)}, {len(acked)} acknowledged, {len(stored)} EventIds in Kafka, "
+        f"{sum(n > 1 for n in stored.values())} of them twice (client retries, records published again); "
+        f"{len(during_stop)} acknowledged while the broker was being stopped"
+    )
     # the outage really was under load, and mid-request for some
     assert len(retried) >= 4 and len(outage) >= 8
 
@@ -285,22 +306,21 @@ def test_a_request_answered_503_while_the_broker_is_away_is_not_published_later(
     broker is back (a retry without a key would otherwise be a second event)."""
     cfg, broker = own.settings, own.kafka
     run = uuid.uuid4().hex[:8]
-    with ServerThread(create_app(cfg)) as api:
-        with httpx.Client(base_url=api.url, timeout=30) as http:
-            assert http.put("/SendEvent", json={**USER_EVENT_EXAMPLE, "SessionId": f"before-{run}"}).status_code == 200
-            broker.stop()
-            try:
-                refused = http.put("/SendEvent", json={**USER_EVENT_EXAMPLE, "SessionId": f"refused-{run}"})
-                assert refused.status_code == 503, refused.text
-                refused_p = http.post("/PurchasedItems", json=[{**PURCHASE_EXAMPLE, "OrderId": f"refused-{run}"}])
-                assert refused_p.status_code == 503, refused_p.text
-            finally:
-                back_up(broker)
-            deadline = time.monotonic() + 30
-            while http.put("/SendEvent", json={**USER_EVENT_EXAMPLE, "SessionId": f"after-{run}"}).status_code != 200:
-                assert time.monotonic() < deadline, "the API did not recover"
-                time.sleep(0.5)
-            time.sleep(3)  # time for anything the producer still held to arrive
+    with ServerThread(create_app(cfg)) as api, httpx.Client(base_url=api.url, timeout=30) as http:
+        assert http.put("/SendEvent", json={**USER_EVENT_EXAMPLE, "SessionId": f"before-{run}"}).status_code == 200
+        broker.stop()
+        try:
+            refused = http.put("/SendEvent", json={**USER_EVENT_EXAMPLE, "SessionId": f"refused-{run}"})
+            assert refused.status_code == 503, refused.text
+            refused_p = http.post("/PurchasedItems", json=[{**PURCHASE_EXAMPLE, "OrderId": f"refused-{run}"}])
+            assert refused_p.status_code == 503, refused_p.text
+        finally:
+            back_up(broker)
+        deadline = time.monotonic() + 30
+        while http.put("/SendEvent", json={**USER_EVENT_EXAMPLE, "SessionId": f"after-{run}"}).status_code != 200:
+            assert time.monotonic() < deadline, "the API did not recover"
+            time.sleep(0.5)
+        time.sleep(3)  # time for anything the producer still held to arrive
     sessions = {json.loads(m.value)["SessionId"] for m in read_from(cfg, cfg.kafka.user_events_topic)}
     orders = {json.loads(m.value)["OrderId"] for m in read_from(cfg, cfg.kafka.purchases_topic)}
     assert {f"before-{run}", f"after-{run}"} <= sessions
@@ -394,8 +414,9 @@ def assert_counts_exact(cfg: Settings, evs: list[tuple[str, str, str]]) -> None:
     finally:
         client.close()
     assert stored == len(distinct)
-    assert got == dict(expected), {k: (expected.get(k), got.get(k)) for k in set(got) | set(expected)
-                                   if expected.get(k) != got.get(k)}
+    assert got == dict(expected), {
+        k: (expected.get(k), got.get(k)) for k in set(got) | set(expected) if expected.get(k) != got.get(k)
+    }
     result = check_counts(cfg)
     assert result.ok and result.lag == 0 and result.uncounted == 0, result
     assert result.distinct_events == result.stored_events == result.counted_events == len(distinct), result
@@ -413,8 +434,9 @@ def test_mongo_stopped_mid_drain_fails_the_run_and_the_next_run_counts_exactly(o
     cfg = scoped(own.settings, "drain", batch_size=100)
     first = events("d", 5000)
     send_events(cfg, first + first[:300])  # 300 copies: clients retrying with the same Idempotency-Key
-    state, tasks = run_dag_stopping_mongo(own, cfg, monkeypatch, lambda db: db[cfg.batch.events_collection]
-                                          .count_documents({}) >= 1000)
+    state, tasks = run_dag_stopping_mongo(
+        own, cfg, monkeypatch, lambda db: db[cfg.batch.events_collection].count_documents({}) >= 1000
+    )
     assert state == "failed", tasks
     assert tasks["drain"] == ("failed", 3), tasks  # the DAG's 2 retries, all while MongoDB was down
     assert tasks["aggregate"][0] == "upstream_failed", tasks
@@ -433,15 +455,21 @@ def test_mongo_stopped_mid_drain_fails_the_run_and_the_next_run_counts_exactly(o
     assert_counts_exact(cfg, first + later)
 
 
-def test_mongo_stopped_mid_aggregation_fails_the_run_and_the_next_run_counts_exactly(own, airflow_db,
-                                                                                      monkeypatch):
+def test_mongo_stopped_mid_aggregation_fails_the_run_and_the_next_run_counts_exactly(own, airflow_db, monkeypatch):
     # the lease the cut-off run cannot release expires within the default 30 s (see
     # test_a_lease_left_by_a_dead_aggregation_does_not_block_the_next_run)
     cfg = scoped(own.settings, "agg")
     first = events("a", 6000)
     send_events(cfg, first)
-    state, tasks = run_dag_stopping_mongo(own, cfg, monkeypatch, lambda db: db[
-        f"{cfg.batch.counts_collection}_batches"].find_one({"state": {"$in": ["claiming", "claimed"]}}) is not None)
+    state, tasks = run_dag_stopping_mongo(
+        own,
+        cfg,
+        monkeypatch,
+        lambda db: (
+            db[f"{cfg.batch.counts_collection}_batches"].find_one({"state": {"$in": ["claiming", "claimed"]}})
+            is not None
+        ),
+    )
     assert state == "failed", tasks
     assert tasks["drain"] == ("success", 1), tasks
     assert tasks["aggregate"] == ("failed", 3), tasks
@@ -504,8 +532,10 @@ def stored_coordinates(cfg: Settings) -> set[tuple[int, int]]:
     client = mongo_client(cfg.mongo)
     try:
         colls = collections(client[cfg.mongo.database], cfg.batch)
-        events = {(d["KafkaPartition"], d["KafkaOffset"])
-                  for d in colls.events.find({}, {"KafkaPartition": 1, "KafkaOffset": 1})}
+        events = {
+            (d["KafkaPartition"], d["KafkaOffset"])
+            for d in colls.events.find({}, {"KafkaPartition": 1, "KafkaOffset": 1})
+        }
         letters = {(d["Partition"], d["Offset"]) for d in colls.dead_letters.find({}, {"Partition": 1, "Offset": 1})}
     finally:
         client.close()
@@ -526,10 +556,10 @@ def test_every_record_of_a_committed_batch_survives_kill_9_of_mongodb(own, monke
     so MongoDB killed -9 right after a commit, and restarted, still holds every record of every
     committed batch, events and dead letters: Kafka will not deliver those again."""
     cfg = scoped(own.settings, "kill9", batch_size=100, max_seconds=600.0)
-    values = [b"{not json" if i % 10 == 9 else record(f"k9-{i}", f"k9-u{i % 7}", "PageVisited")
-              for i in range(2000)]
-    metas = produce(cfg, cfg.kafka.user_events_topic,
-                    [(b"k9", v, i % cfg.kafka.partitions) for i, v in enumerate(values)])
+    values = [b"{not json" if i % 10 == 9 else record(f"k9-{i}", f"k9-u{i % 7}", "PageVisited") for i in range(2000)]
+    metas = produce(
+        cfg, cfg.kafka.user_events_topic, [(b"k9", v, i % cfg.kafka.partitions) for i, v in enumerate(values)]
+    )
     sent = {(m.partition, m.offset) for m in metas}
     committed: dict[int, int] = {}  # partition -> next offset, as committed so far
     rounds: list[tuple[int, int, list[tuple[int, int]]]] = []  # (records committed, how many lost, some)
@@ -556,8 +586,10 @@ def test_every_record_of_a_committed_batch_survives_kill_9_of_mongodb(own, monke
         assert report.remaining == 0 and committed_total(cfg) == len(values), report
         assert stored_coordinates(cfg) == sent  # every record, stored or dead-lettered
         assert (report.stored, report.dead_lettered) == (1800, 200), report
-        print(f"{KILLS} kill -9 rounds, after {[r[0] for r in rounds]} committed records: none lost; "
-              f"drain {report.as_dict()}")
+        print(
+            f"{KILLS} kill -9 rounds, after {[r[0] for r in rounds]} committed records: none lost; "
+            f"drain {report.as_dict()}"
+        )
     finally:
         client = mongo_client(cfg.mongo)
         client.drop_database(cfg.mongo.database)
@@ -570,8 +602,15 @@ def valid_event(eid: str, user: str) -> bytes:
 
 
 def valid_purchase(eid: str, user: str) -> bytes:
-    return json.dumps({**PURCHASE_EXAMPLE, "UserId": user, "OrderId": f"o-{eid}", "EventId": eid,
-                       "IngestedAt": "2026-11-22T10:21:31.5Z"}).encode()
+    return json.dumps(
+        {
+            **PURCHASE_EXAMPLE,
+            "UserId": user,
+            "OrderId": f"o-{eid}",
+            "EventId": eid,
+            "IngestedAt": "2026-11-22T10:21:31.5Z",
+        }
+    ).encode()
 
 
 def garbage(other_topic_record: bytes, valid: bytes, seed: int) -> list[bytes | None]:
@@ -581,9 +620,22 @@ def garbage(other_topic_record: bytes, valid: bytes, seed: int) -> list[bytes | 
     rnd = random.Random(seed)
     parsed = json.loads(valid)
     return [
-        b"{not json", b"\xff\xfe\x00 not UTF-8", b"", None, b"null", b"42", b'"a string"', b"[]", b"{}",
-        b"[" * 5000, b"\x00" * 64, valid[: len(valid) // 2], valid + b"xyz", valid + valid,
-        other_topic_record, json.dumps({**parsed, "Coupon": "FREE"}).encode(),
+        b"{not json",
+        b"\xff\xfe\x00 not UTF-8",
+        b"",
+        None,
+        b"null",
+        b"42",
+        b'"a string"',
+        b"[]",
+        b"{}",
+        b"[" * 5000,
+        b"\x00" * 64,
+        valid[: len(valid) // 2],
+        valid + b"xyz",
+        valid + valid,
+        other_topic_record,
+        json.dumps({**parsed, "Coupon": "FREE"}).encode(),
         json.dumps({**parsed, "EventId": "has spaces"}).encode(),
         json.dumps(parsed).replace('"UserId": "', '"UserId": NaN, "X": "').encode(),
         rnd.randbytes(300),
@@ -612,10 +664,13 @@ def test_garbage_in_user_events_is_dead_lettered_with_the_reason_and_the_drain_k
     def send_round(n: int) -> None:
         ids = [f"g{n}-{i}" for i in range(50)]
         valid_ids.update(ids)
-        plan = interleave([valid_event(e, f"gu{i % 3}") for i, e in enumerate(ids)],
-                          garbage(valid_purchase("x", "gu0"), valid_event("z", "gu0"), n), cfg.kafka.partitions)
+        plan = interleave(
+            [valid_event(e, f"gu{i % 3}") for i, e in enumerate(ids)],
+            garbage(valid_purchase("x", "gu0"), valid_event("z", "gu0"), n),
+            cfg.kafka.partitions,
+        )
         metas = produce(cfg, topic, [(b"gu", value, p) for value, p, _ in plan])
-        sent.update({(m.partition, m.offset): (value, ok) for m, (value, _, ok) in zip(metas, plan)})
+        sent.update({(m.partition, m.offset): (value, ok) for m, (value, _, ok) in zip(metas, plan, strict=True)})
 
     try:
         send_round(1)
@@ -665,8 +720,7 @@ def run_to_end(spark, st: Settings) -> None:
                 q.stop()
 
 
-def test_garbage_in_both_topics_is_set_aside_with_the_reason_and_both_pipelines_keep_going(
-        stack, settings, spark):
+def test_garbage_in_both_topics_is_set_aside_with_the_reason_and_both_pipelines_keep_going(stack, settings, spark):
     ue = scoped(settings, "both", batch_size=8)
     st = job_settings(settings, "faults-garbage", own_topic=True)
     topic = st.kafka.purchases_topic
@@ -678,17 +732,21 @@ def test_garbage_in_both_topics_is_set_aside_with_the_reason_and_both_pipelines_
         for n in (1, 2):  # a second round after the first was taken: both go on from where they were
             ids = [f"pg{n}-{uuid.uuid4().hex[:6]}-{i}" for i in range(40)]
             purchase_ids.update(ids)
-            plan = interleave([valid_purchase(e, f"pgu{i % 4}") for i, e in enumerate(ids)],
-                              garbage(valid_event("x", "pgu0"), valid_purchase("z", "pgu0"), n),
-                              settings.kafka.partitions)
+            plan = interleave(
+                [valid_purchase(e, f"pgu{i % 4}") for i, e in enumerate(ids)],
+                garbage(valid_event("x", "pgu0"), valid_purchase("z", "pgu0"), n),
+                settings.kafka.partitions,
+            )
             metas = produce(settings, topic, [(b"pgu", v, p) for v, p, _ in plan])
-            purchases_sent.update({(m.partition, m.offset): (v, ok) for m, (v, _, ok) in zip(metas, plan)})
+            purchases_sent.update({(m.partition, m.offset): (v, ok) for m, (v, _, ok) in zip(metas, plan, strict=True)})
 
             eids = [f"eg{n}-{i}" for i in range(40)]
             events_valid.update(eids)
-            eplan = interleave([valid_event(e, f"egu{i % 4}") for i, e in enumerate(eids)],
-                               garbage(valid_purchase("x", "egu0"), valid_event("z", "egu0"), n),
-                               ue.kafka.partitions)
+            eplan = interleave(
+                [valid_event(e, f"egu{i % 4}") for i, e in enumerate(eids)],
+                garbage(valid_purchase("x", "egu0"), valid_event("z", "egu0"), n),
+                ue.kafka.partitions,
+            )
             produce(ue, ue.kafka.user_events_topic, [(b"egu", v, p) for v, p, _ in eplan])
             events_bad += sum(not ok for *_, ok in eplan)
 
@@ -704,8 +762,9 @@ def test_garbage_in_both_topics_is_set_aside_with_the_reason_and_both_pipelines_
         rows = spark.read.parquet(locations.output_url(st)).select("EventId", "KafkaPartition", "KafkaOffset").collect()
         assert sorted(r.EventId for r in rows) == sorted(purchase_ids)  # each valid purchase, once
         assert all(purchases_sent[(r.KafkaPartition, r.KafkaOffset)][1] for r in rows)
-        quarantine = {(r.KafkaPartition, r.KafkaOffset): r
-                      for r in spark.read.parquet(locations.quarantine_url(st)).collect()}
+        quarantine = {
+            (r.KafkaPartition, r.KafkaOffset): r for r in spark.read.parquet(locations.quarantine_url(st)).collect()
+        }
         bad = {coords: value for coords, (value, ok) in purchases_sent.items() if not ok}
         assert set(quarantine) == set(bad)
         for coords, value in bad.items():
@@ -733,8 +792,10 @@ def test_a_timestamp_past_the_calendar_breaks_the_contract_and_does_not_crash_it
 def test_a_timestamp_past_the_calendar_is_dead_lettered_not_a_stuck_drain(stack, settings):
     cfg = scoped(settings, "edge-ts")
     values = [record("edge-ok-1", "u1", "PageVisited")]
-    values += [json.dumps({**json.loads(record(f"edge-{i}", "u1", "PageVisited")), "TimeStamp": ts}).encode()
-               for i, ts in enumerate(EDGE_TIMESTAMPS)]
+    values += [
+        json.dumps({**json.loads(record(f"edge-{i}", "u1", "PageVisited")), "TimeStamp": ts}).encode()
+        for i, ts in enumerate(EDGE_TIMESTAMPS)
+    ]
     values += [record("edge-ok-2", "u1", "PageVisited")]
     produce(cfg, cfg.kafka.user_events_topic, [(b"u1", v, 0) for v in values])
     try:

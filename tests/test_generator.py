@@ -24,6 +24,7 @@ from kafka import KafkaConsumer
 from pydantic import TypeAdapter
 from typer.testing import CliRunner
 
+from conftest import ServerThread, end_offsets, free_port
 from shopstream.contracts import (
     MAX_PURCHASES_PER_REQUEST,
     EventName,
@@ -39,14 +40,13 @@ from shopstream_generator.cohort import Cohort, Session, build_cohort
 from shopstream_generator.runner import Plan, run
 from shopstream_generator.sender import Sender, purchase_batches
 
-from conftest import ServerThread, end_offsets, free_port
-
 NOW = datetime(2026, 11, 22, 10, 15, 30, 123456, tzinfo=UTC)
 PURCHASES = TypeAdapter(list[Purchase])
 
 
-def cohorts(seed: int, count: int, sessions: int = 50, users: int = 500, products: int = 200,
-            now: datetime = NOW) -> list[Cohort]:
+def cohorts(
+    seed: int, count: int, sessions: int = 50, users: int = 500, products: int = 200, now: datetime = NOW
+) -> list[Cohort]:
     world, fake = build_world(seed, users, products), seeded_faker(f"cohorts:{seed}")
     return [build_cohort(world, fake, now + timedelta(seconds=i), sessions) for i in range(count)]
 
@@ -106,7 +106,7 @@ def test_same_seed_and_now_give_identical_cohorts_and_another_seed_does_not():
     first, again, other = cohorts(7, 3), cohorts(7, 3), cohorts(8, 3)
     assert [dump(c) for c in first] == [dump(c) for c in again]
     assert build_world(7) == build_world(7) and build_world(7) != build_world(8)
-    for a, b in zip(first, other):
+    for a, b in zip(first, other, strict=True):
         assert [(e.UserId, e.Attributes) for e in a.events] != [(e.UserId, e.Attributes) for e in b.events]
     # ids carry the cohort's time: the same seed later on does not reuse SessionIds or OrderIds
     later = cohorts(7, 1, now=NOW + timedelta(hours=1))[0]
@@ -213,9 +213,12 @@ def test_purchase_batches_split_within_the_api_limits_and_keep_every_order():
 def consume(settings, wanted: set[str], timeout_s: float = 60) -> dict[str, list[dict]]:
     """Records on both topics whose EventId is in `wanted`, every copy, read until all are seen."""
     consumer = KafkaConsumer(
-        settings.kafka.user_events_topic, settings.kafka.purchases_topic,
-        bootstrap_servers=settings.kafka.bootstrap_servers, group_id=f"gen-test-{uuid.uuid4().hex}",
-        auto_offset_reset="earliest", enable_auto_commit=False,
+        settings.kafka.user_events_topic,
+        settings.kafka.purchases_topic,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=f"gen-test-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     found: dict[str, list[dict]] = defaultdict(list)
     deadline = time.monotonic() + timeout_s
@@ -250,7 +253,6 @@ def expected_ids(cohort: Cohort, per_request: int = MAX_PURCHASES_PER_REQUEST) -
     ids = {f"{s.session_id}.{n}" for s in cohort.sessions for n in range(len(s.events))}
     ids |= {f"{cohort.tag}.p{i // per_request}:{i % per_request}" for i in range(len(cohort.purchases))}
     return ids
-
 
 
 @pytest.mark.services
@@ -305,14 +307,23 @@ class FlakyProxy:
         key = headers.get("idempotency-key", "")
         self.seen.append((scope["method"], scope["path"], key, body))
         async with httpx.AsyncClient(base_url=self.upstream) as client:
-            upstream = await client.request(scope["method"], scope["path"], content=body,
-                                            headers={"Idempotency-Key": key, "Content-Type": "application/json"})
+            upstream = await client.request(
+                scope["method"],
+                scope["path"],
+                content=body,
+                headers={"Idempotency-Key": key, "Content-Type": "application/json"},
+            )
         tries = sum(1 for s in self.seen if s[2] == key)
         status, content = upstream.status_code, upstream.content
         if tries <= self.failures:
             status, content = 503, b'{"detail":"event broker unavailable"}'
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"0")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"retry-after", b"0")],
+            }
+        )
         await send({"type": "http.response.body", "body": content})
 
 
@@ -331,15 +342,20 @@ def test_503_is_retried_with_the_same_idempotency_key_so_copies_share_one_event_
     for method, path, key, body in proxy.seen:
         tries[key].append((method, path, body))
     assert set(tries) == {f"{s.session_id}.{n}" for s in batch[0].sessions for n in range(len(s.events))} | {
-        f"{batch[0].tag}.p0"}
+        f"{batch[0].tag}.p0"
+    }
     for key, attempts in tries.items():
         assert len(attempts) == 3 and len(set(attempts)) == 1, f"{key}: three identical requests"
     # a session's events went out in order, each only after the previous one was accepted
     for s in batch[0].sessions:
-        first_try = [next(i for i, seen in enumerate(proxy.seen) if seen[2] == f"{s.session_id}.{n}")
-                     for n in range(len(s.events))]
-        last_try = [max(i for i, seen in enumerate(proxy.seen) if seen[2] == f"{s.session_id}.{n}")
-                    for n in range(len(s.events))]
+        first_try = [
+            next(i for i, seen in enumerate(proxy.seen) if seen[2] == f"{s.session_id}.{n}")
+            for n in range(len(s.events))
+        ]
+        last_try = [
+            max(i for i, seen in enumerate(proxy.seen) if seen[2] == f"{s.session_id}.{n}")
+            for n in range(len(s.events))
+        ]
         assert all(last_try[n] < first_try[n + 1] for n in range(len(s.events) - 1))
 
     # Kafka holds three copies of each record (each try was published) under ONE EventId, identical
@@ -348,8 +364,7 @@ def test_503_is_retried_with_the_same_idempotency_key_so_copies_share_one_event_
     assert found.keys() == set(report.event_ids) == expected_ids(batch[0])
     for copies in found.values():
         assert len(copies) == 3
-        assert len({json.dumps({k: v for k, v in c.items() if k != "IngestedAt"}, sort_keys=True)
-                    for c in copies}) == 1
+        assert len({json.dumps({k: v for k, v in c.items() if k != "IngestedAt"}, sort_keys=True) for c in copies}) == 1
 
 
 @pytest.mark.services
@@ -404,7 +419,10 @@ def test_ctrl_c_stops_cleanly_after_the_current_cohort(api_server, settings):
     before = sum(end_offsets(settings, topic).values())
     proc = subprocess.Popen(
         [sys.executable, "-m", "shopstream_generator", "--api-url", api_server.url, "-n", "10", "--seed", "9"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
     )
     try:
         first_line = proc.stderr.readline()  # printed once started

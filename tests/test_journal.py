@@ -90,10 +90,24 @@ def post_some(http: httpx.Client, run: str, n: int) -> set[str]:
     """n events and n purchases, acknowledged; their EventIds."""
     acked: set[str] = set()
     for i in range(n):
-        acked.update(send(http, "PUT", "/SendEvent",
-                          {**USER_EVENT_EXAMPLE, "UserId": f"u{i % 7}", "SessionId": f"{run}-{i}"}, f"{run}-e{i}"))
-        acked.update(send(http, "POST", "/PurchasedItems",
-                          [{**PURCHASE_EXAMPLE, "UserId": f"u{i % 7}", "OrderId": f"{run}-{i}"}], f"{run}-p{i}"))
+        acked.update(
+            send(
+                http,
+                "PUT",
+                "/SendEvent",
+                {**USER_EVENT_EXAMPLE, "UserId": f"u{i % 7}", "SessionId": f"{run}-{i}"},
+                f"{run}-e{i}",
+            )
+        )
+        acked.update(
+            send(
+                http,
+                "POST",
+                "/PurchasedItems",
+                [{**PURCHASE_EXAMPLE, "UserId": f"u{i % 7}", "OrderId": f"{run}-{i}"}],
+                f"{run}-p{i}",
+            )
+        )
     return acked
 
 
@@ -123,9 +137,14 @@ def test_records_the_broker_forgets_are_published_again_and_new_ones_at_their_of
         forget_since_snapshot(broker, tmp_path / "kafka.json")
         # new records now take the offsets the forgotten ones had
         after = post_some(http, f"{run}-after", 10)
-        wait_for("every acknowledged record back in Kafka", lambda: before | forgotten | after <= set(in_kafka(cfg)), 90)
-        wait_for("the journal to empty (every record checked twice)",
-                 lambda: metric(api.url, "shopstream_journal_records ") == 0, 60)
+        wait_for(
+            "every acknowledged record back in Kafka", lambda: before | forgotten | after <= set(in_kafka(cfg)), 90
+        )
+        wait_for(
+            "the journal to empty (every record checked twice)",
+            lambda: metric(api.url, "shopstream_journal_records ") == 0,
+            60,
+        )
         republished = metric(api.url, "shopstream_journal_republished_records_total")
         losses = metric(api.url, "shopstream_broker_losses_total")
     copies = in_kafka(cfg)
@@ -197,8 +216,10 @@ def test_kill_9_of_the_broker_under_load_three_times_loses_no_acknowledged_recor
         assert not errors, errors[:5]
         wait_for("every acknowledged record in Kafka", lambda: acked <= set(in_kafka(cfg)), 120)
         wait_for("the journal to empty", lambda: metric(api.url, "shopstream_journal_records ") == 0, 60)
-        print(f"{len(acked)} acknowledged; the broker lost and the API published again "
-              f"{metric(api.url, 'shopstream_journal_republished_records_total'):.0f}")
+        print(
+            f"{len(acked)} acknowledged; the broker lost and the API published again "
+            f"{metric(api.url, 'shopstream_journal_republished_records_total'):.0f}"
+        )
 
 
 def test_a_full_journal_answers_503_and_publishes_nothing_until_it_has_room(own):
@@ -236,7 +257,7 @@ def test_with_the_journal_off_only_the_ledger_is_written(own):
 
 
 def test_a_journal_line_cut_short_by_a_crash_is_ignored():
-    line = b"UserEvents\t1\t42\tev-1\tuser-1\t{\"a\":1}\n"
+    line = b'UserEvents\t1\t42\tev-1\tuser-1\t{"a":1}\n'
     parsed = parse_line(line)
     assert parsed is not None and parsed[:3] == ("UserEvents", 1, 42) and parsed[3].event_id == "ev-1"
     assert parse_line(line[:-1]) is None

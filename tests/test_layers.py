@@ -28,14 +28,20 @@ CORE, STACK, BENCH, DAGS, TASKS = "shopstream", "shopstream_stack", "shopstream_
 
 def packages() -> dict[str, list[Path]]:
     """Each package of ours and its source files (the notebooks' code cells count as theirs)."""
-    found = {CORE: [REPO / "components" / "core" / CORE], STACK: [REPO / "infra" / "stack" / STACK],
-             BENCH: [REPO / "benchmarks" / BENCH], DAGS: [REPO / "components" / "dags"], TASKS: [REPO / TASKS]}
+    found = {
+        CORE: [REPO / "components" / "core" / CORE],
+        STACK: [REPO / "infra" / "stack" / STACK],
+        BENCH: [REPO / "benchmarks" / BENCH],
+        DAGS: [REPO / "components" / "dags"],
+        TASKS: [REPO / TASKS],
+    }
     for folder in sorted((REPO / "components").glob("*/shopstream_*")):
         found[folder.name] = [folder] + ([folder.parent] if folder.parent.name == "notebooks" else [])
     files: dict[str, list[Path]] = {}
     for name, roots in found.items():
-        files[name] = sorted({f for root in roots for f in ([root] if root.is_file() else
-                                                              [*root.rglob("*.py"), *root.glob("*.ipynb")])})
+        files[name] = sorted(
+            {f for root in roots for f in ([root] if root.is_file() else [*root.rglob("*.py"), *root.glob("*.ipynb")])}
+        )
     return files
 
 
@@ -59,9 +65,13 @@ def imported(text: str) -> list[tuple[int, str]]:
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             out.append((node.lineno, node.module))
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+        ):
             out.append((node.lineno, node.args[0].value))
     return out
 
@@ -96,8 +106,12 @@ def allowed(importer: str, module: str) -> bool:
 
 
 def test_every_arrow_between_packages_points_down():
-    wrong = [where for (importer, _), places in sorted(edges().items()) for where in places
-             if not allowed(importer, where.rsplit(" ", 1)[1])]
+    wrong = [
+        where
+        for (importer, _), places in sorted(edges().items())
+        for where in places
+        if not allowed(importer, where.rsplit(" ", 1)[1])
+    ]
     assert not wrong, "imports against the layers:\n" + "\n".join(wrong)
 
 
@@ -111,8 +125,8 @@ def test_the_package_graph_has_no_loop():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path + [node, nxt]
-            if nxt not in state and (loop := visit(nxt, path + [node])):
+                return [*path, node, nxt]
+            if nxt not in state and (loop := visit(nxt, [*path, node])):
                 return loop
         state[node] = 2
         return None
@@ -120,7 +134,7 @@ def test_the_package_graph_has_no_loop():
     for start in sorted(graph):
         if start not in state:
             loop = visit(start, [])
-            assert loop is None, "a loop: " + " -> ".join(loop[loop.index(loop[-1]):])
+            assert loop is None, "a loop: " + " -> ".join(loop[loop.index(loop[-1]) :])
 
 
 def test_the_check_sees_the_imports_it_rules_on():
@@ -130,16 +144,27 @@ def test_the_check_sees_the_imports_it_rules_on():
     assert ("shopstream_batch", CORE) in found and (STACK, CORE) in found and (DAGS, "shopstream_batch") in found
     assert (TASKS, STACK) in found and ("shopstream_analysis", CORE) in found  # a notebook's code cell
     assert imported("def f():\n    from shopstream_stack.install import spark_jar_paths\n") == [
-        (2, "shopstream_stack.install")]
-    for importer, module in [("shopstream_streaming", "shopstream_stack.install"), (STACK, "shopstream_streaming"),
-                             (STACK, "shopstream_batch.check"), ("shopstream_dashboard", "shopstream_analysis"),
-                             ("shopstream_audit", "shopstream_batch.store"), (CORE, "shopstream_streaming"),
-                             (TASKS, "shopstream_batch.check"), (DAGS, "shopstream_streaming")]:
+        (2, "shopstream_stack.install")
+    ]
+    for importer, module in [
+        ("shopstream_streaming", "shopstream_stack.install"),
+        (STACK, "shopstream_streaming"),
+        (STACK, "shopstream_batch.check"),
+        ("shopstream_dashboard", "shopstream_analysis"),
+        ("shopstream_audit", "shopstream_batch.store"),
+        (CORE, "shopstream_streaming"),
+        (TASKS, "shopstream_batch.check"),
+        (DAGS, "shopstream_streaming"),
+    ]:
         assert not allowed(importer, module), (importer, module)
 
 
 @pytest.mark.parametrize("name", sorted(OURS - {BENCH}))
 def test_nothing_of_ours_imports_the_tests(name):
-    wrong = [f"{f.relative_to(REPO)}:{line}" for f in packages()[name] for line, module in imported(source(f))
-             if module.split(".")[0] in ("conftest", "tests") or module.startswith("test_")]
+    wrong = [
+        f"{f.relative_to(REPO)}:{line}"
+        for f in packages()[name]
+        for line, module in imported(source(f))
+        if module.split(".")[0] in ("conftest", "tests") or module.startswith("test_")
+    ]
     assert not wrong, wrong

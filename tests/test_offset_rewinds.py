@@ -25,10 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from conftest import broker_back as restart, job_settings, own_broker, run_until_caught_up
+from conftest import broker_back as restart
+from conftest import job_settings, own_broker, run_until_caught_up
 from shopstream import locations
 from shopstream.adapters.kafka import end_offsets, ensure_topics
 from shopstream.adapters.mongo import collections, mongo_client
@@ -93,7 +96,7 @@ def test_the_walk_back_at_its_edges():
     assert (check(8, (), 2, 10, at).resume, check(8, (), 2, 10, at).reason) == (8, None)
     assert (check(12, (), 2, 10, at).resume, check(12, (), 2, 10, at).reason) == (2, PAST_END)
     # the record behind the newest mark was replaced: back to the newest one still intact
-    other = log[:5] + [b"x5", b"x6", b"x7", b"x8", b"x9"]
+    other = [*log[:5], b"x5", b"x6", b"x7", b"x8", b"x9"]
     v = check(8, marks, 0, 10, lookup(other))
     assert (v.resume, v.reason, [m.offset for m in v.marks]) == (3, REPLACED, [3])
     # no mark intact: from the beginning
@@ -128,16 +131,24 @@ class FakeTopic:
         return {"T": {"0": (self.lo, len(self.log))} if self.listed else {}}
 
     def fingerprints(self, wanted):
-        return {k: fingerprint(self.log[o], 1000 + o) if self.lo <= o < len(self.log) else None
-                for k, o in wanted.items()}
+        return {
+            k: fingerprint(self.log[o], 1000 + o) if self.lo <= o < len(self.log) else None for k, o in wanted.items()
+        }
 
 
 def fake_reader(topic: FakeTopic, tmp_path: Path, **options):
     from shopstream_streaming.kafka_source import KafkaStreamReader
 
-    reader = KafkaStreamReader({"kafka.bootstrap.servers": "127.0.0.1:1", "subscribe": "T",
-                                "startingOffsets": "earliest", "shopstream.rewindsFile": str(tmp_path / "r.jsonl"),
-                                "shopstream.query": "purchases", **options})
+    reader = KafkaStreamReader(
+        {
+            "kafka.bootstrap.servers": "127.0.0.1:1",
+            "subscribe": "T",
+            "startingOffsets": "earliest",
+            "shopstream.rewindsFile": str(tmp_path / "r.jsonl"),
+            "shopstream.query": "purchases",
+            **options,
+        }
+    )
     reader._bounds, reader._fingerprints = topic.bounds, topic.fingerprints
     return reader
 
@@ -189,7 +200,14 @@ def test_the_streaming_source_carries_marks_and_the_resume_point_in_its_offsets(
     assert [m[0] for m in third[MARKS]["T"]["0"]] == [3, 3 + new]
     (line,) = read_lines(tmp_path / "r.jsonl")
     assert (line.stage, line.topic, line.partition, line.committed, line.resumed_from, line.end, line.reason) == (
-        "streaming", "T", 0, 5, 3, 3 + new, REPLACED if new >= 2 else PAST_END)
+        "streaming",
+        "T",
+        0,
+        5,
+        3,
+        3 + new,
+        REPLACED if new >= 2 else PAST_END,
+    )
     assert json.loads((tmp_path / "r.jsonl").read_text())["query"] == "purchases"
     # the next batch starts where the rewound one ended, and finds nothing wrong
     fourth = reader.latestOffset(third, ReadAllAvailable())
@@ -264,8 +282,9 @@ def produce(cfg: Settings, topic: str, values: list[bytes], partition: int = 0) 
 
 
 def committed(cfg: Settings, partition: int) -> int | None:
-    consumer = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap_servers, group_id=cfg.batch.consumer_group,
-                             enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=cfg.kafka.bootstrap_servers, group_id=cfg.batch.consumer_group, enable_auto_commit=False
+    )
     try:
         return consumer.committed(TopicPartition(cfg.kafka.user_events_topic, partition))
     finally:
@@ -285,11 +304,13 @@ K, N = 6, 5  # records before the loss (drained or streamed, then the snapshot),
 def test_the_drain_reads_the_records_that_took_lost_offsets(own, case):
     new_count = {"replaced": 8, "past-the-end": 2, "commits-rolled-back": 8}[case]
     tag = f"{case}-{uuid.uuid4().hex[:6]}"
-    cfg = own.settings.model_copy(update={
-        "kafka": own.settings.kafka.model_copy(update={"user_events_topic": f"UserEvents-{tag}"}),
-        "mongo": own.settings.mongo.model_copy(update={"database": f"rewinds_{tag}".replace("-", "_")}),
-        "batch": own.settings.batch.model_copy(update={"consumer_group": f"batch-{tag}", "batch_size": 4}),
-    })
+    cfg = own.settings.model_copy(
+        update={
+            "kafka": own.settings.kafka.model_copy(update={"user_events_topic": f"UserEvents-{tag}"}),
+            "mongo": own.settings.mongo.model_copy(update={"database": f"rewinds_{tag}".replace("-", "_")}),
+            "batch": own.settings.batch.model_copy(update={"consumer_group": f"batch-{tag}", "batch_size": 4}),
+        }
+    )
     ensure_topics(cfg.kafka)
     topic = cfg.kafka.user_events_topic
     before = [record(f"before-{tag}-{i}", "u1", "PageVisited") for i in range(K)]
@@ -347,8 +368,9 @@ def test_the_streaming_job_writes_the_records_that_took_lost_offsets(own, spark,
     cfg = job_settings(own.settings, f"rewind-{case}", own_topic=True)
     topic = cfg.kafka.purchases_topic
     tag = uuid.uuid4().hex[:6]
-    ids = {name: [f"{name}-{tag}-{i}" for i in range(n)]
-           for name, n in (("before", K), ("lost", N), ("new", new_count))}
+    ids = {
+        name: [f"{name}-{tag}-{i}" for i in range(n)] for name, n in (("before", K), ("lost", N), ("new", new_count))
+    }
     assert produce(cfg, topic, [purchase_value(e) for e in ids["before"]]) == list(range(K))
     produce(cfg, topic, [purchase_value(f"other-{tag}")], partition=1)
     run_until_caught_up(spark, cfg)
@@ -365,7 +387,8 @@ def test_the_streaming_job_writes_the_records_that_took_lost_offsets(own, spark,
     assert set(written) == {e for group in ids.values() for e in group} | {f"other-{tag}"}
     assert set(written.values()) == {1}
     assert {(r.KafkaPartition, r.KafkaOffset) for r in rows if r.EventId.startswith("new-")} == {
-        (0, o) for o in range(K, K + new_count)}
+        (0, o) for o in range(K, K + new_count)
+    }
     # each query keeps its own checkpoint, so each rewound; one line each in the job folder
     want = ("streaming", topic, 0, K + N, K, K + new_count, REPLACED if case == "replaced" else PAST_END)
     found = [numbers(r) for r in rewinds(cfg) if r.topic == topic]

@@ -10,7 +10,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pyarrow.parquet as pq
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from shopstream.contracts import PaymentType, PurchaseRecord
@@ -37,11 +38,22 @@ def lake(draw) -> list[dict]:
         products = draw(st.lists(lines, min_size=1, max_size=4))
         total = sum(p["ItemCount"] * (p["ItemPrice"] - p["ItemDiscount"]) for p in products)
         payment = draw(st.sampled_from(list(PaymentType))).value
-        rows.append(PurchaseRecord.model_validate({
-            "SessionId": f"s{i}", "TimeStamp": "2026-12-01T10:00:00Z", "UserId": f"u{i % 4}",
-            "TotalPrice": total, "OrderId": draw(st.sampled_from([f"o{j}" for j in range(20)])), "Products": products,
-            "PaymentType": payment, "EventId": f"e{i}", "IngestedAt": "2026-12-01T10:00:01Z",
-        }).model_dump() | {"PaymentType": payment})
+        rows.append(
+            PurchaseRecord.model_validate(
+                {
+                    "SessionId": f"s{i}",
+                    "TimeStamp": "2026-12-01T10:00:00Z",
+                    "UserId": f"u{i % 4}",
+                    "TotalPrice": total,
+                    "OrderId": draw(st.sampled_from([f"o{j}" for j in range(20)])),
+                    "Products": products,
+                    "PaymentType": payment,
+                    "EventId": f"e{i}",
+                    "IngestedAt": "2026-12-01T10:00:01Z",
+                }
+            ).model_dump()
+            | {"PaymentType": payment}
+        )
     return rows
 
 
@@ -66,4 +78,7 @@ def test_duckdb_sales_figures_equal_sparks_on_the_same_parquet(spark, tmp_path_f
     assert got["payment_types"] == want_payments
     lines_total = sum(r["LineAmount"] for r in sales.purchase_lines(df).select("LineAmount").collect())
     assert (got["purchases"], got["orders"], got["revenue"]) == (
-        df.count(), df.select("OrderId").distinct().count(), money(lines_total))
+        df.count(),
+        df.select("OrderId").distinct().count(),
+        money(lines_total),
+    )

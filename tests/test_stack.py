@@ -13,18 +13,17 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from minio.error import S3Error
 from pydantic import SecretStr
+from sqlalchemy import text
 
+from conftest import invoke_status, make_settings
 from shopstream.adapters.kafka import admin_client
 from shopstream.adapters.mongo import database, mongo_client
 from shopstream.adapters.postgres import pg_engine
 from shopstream.adapters.s3 import ensure_bucket, s3_client, s3_health
-from shopstream.settings import REPO_ROOT, EmbeddedSettings, Settings
+from shopstream.settings import EmbeddedSettings, Settings
 from shopstream_stack.process import PortInUse, StackError
 from shopstream_stack.s3 import PORT_FLAGS
 from shopstream_stack.stack import SERVICE_TYPES
-from sqlalchemy import text
-
-from conftest import invoke_status, make_settings
 
 pytestmark = pytest.mark.services
 
@@ -56,8 +55,12 @@ def _produce(settings, topic: str, n: int, tag: str) -> None:
 
 def _consume(settings, topic: str, group: str, expect: int) -> list[bytes]:
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=settings.kafka.bootstrap_servers, group_id=group,
-        auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=8000,
+        topic,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=8000,
     )
     values = []
     for msg in consumer:
@@ -198,8 +201,15 @@ def test_default_and_isolated_ports_are_all_different(tmp_path, monkeypatch):
         monkeypatch.delenv(name)  # the defaults
 
     def ports(s: Settings) -> list[int]:
-        found = [urlsplit(f"//{s.kafka.bootstrap_servers}").port, urlsplit(s.mongo.uri).port,
-                 urlsplit(s.s3.endpoint_url).port, s.postgres.port, s.api.port, s.dashboard.port, s.airflow.port]
+        found = [
+            urlsplit(f"//{s.kafka.bootstrap_servers}").port,
+            urlsplit(s.mongo.uri).port,
+            urlsplit(s.s3.endpoint_url).port,
+            s.postgres.port,
+            s.api.port,
+            s.dashboard.port,
+            s.airflow.port,
+        ]
         return found + [getattr(s.embedded, f) for f in type(s.embedded).model_fields if f.endswith("_port")]
 
     for s in (Settings(_env_file=None), make_settings(tmp_path / "run")):
@@ -225,8 +235,9 @@ def _write_marker(name, settings, marker):
 
 def _read_marker(name, settings, marker) -> bool:
     if name == "kafka":
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers,
-                                 auto_offset_reset="earliest", consumer_timeout_ms=5000)
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka.bootstrap_servers, auto_offset_reset="earliest", consumer_timeout_ms=5000
+        )
         tps = [TopicPartition("UserEvents", p) for p in range(settings.kafka.partitions)]
         consumer.assign(tps)
         consumer.seek_to_beginning()

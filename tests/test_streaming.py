@@ -4,6 +4,7 @@ purchase lands in quarantine with the reason."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -40,18 +41,30 @@ COORDINATES = ["KafkaTopic", "KafkaPartition", "KafkaOffset", "KafkaTimestamp"]
 
 def purchase(run: str, i: int) -> dict:
     """A valid purchase with 1-3 lines, cents, an offset timestamp, and a total that adds up."""
-    lines = [{"ProductId": f"sku-{i}-{n}", "ItemCount": 1 + (i + n) % 4,
-              "ItemPrice": float(Decimal(f"{(i * 37 + n * 11) % 900 + 1}.{(i + n) % 100:02d}")),
-              "ItemDiscount": float(Decimal(f"0.{(i * 7 + n) % 100:02d}"))}
-             for n in range(1 + i % 3)]
-    total = sum(Decimal(str(x["ItemCount"])) * (Decimal(str(x["ItemPrice"])) - Decimal(str(x["ItemDiscount"])))
-                for x in lines)
+    lines = [
+        {
+            "ProductId": f"sku-{i}-{n}",
+            "ItemCount": 1 + (i + n) % 4,
+            "ItemPrice": float(Decimal(f"{(i * 37 + n * 11) % 900 + 1}.{(i + n) % 100:02d}")),
+            "ItemDiscount": float(Decimal(f"0.{(i * 7 + n) % 100:02d}")),
+        }
+        for n in range(1 + i % 3)
+    ]
+    total = sum(
+        Decimal(str(x["ItemCount"])) * (Decimal(str(x["ItemPrice"])) - Decimal(str(x["ItemDiscount"]))) for x in lines
+    )
     stamp = datetime(2026, 11, 22, 10, 0, tzinfo=UTC) + timedelta(seconds=i, microseconds=i * 1001)
     if i % 2:  # the contract keeps instants, whatever offset the client wrote them in
         stamp = stamp.astimezone(timezone(timedelta(hours=2)))
-    return {"SessionId": f"sess-{run}-{i}", "UserId": f"user-{run}-{i % 7}", "OrderId": f"order-{run}-{i}",
-            "TimeStamp": stamp.isoformat(),
-            "TotalPrice": float(total), "Products": lines, "PaymentType": list(PaymentType)[i % len(PaymentType)].value}
+    return {
+        "SessionId": f"sess-{run}-{i}",
+        "UserId": f"user-{run}-{i % 7}",
+        "OrderId": f"order-{run}-{i}",
+        "TimeStamp": stamp.isoformat(),
+        "TotalPrice": float(total),
+        "Products": lines,
+        "PaymentType": list(PaymentType)[i % len(PaymentType)].value,
+    }
 
 
 def post(api_url: str, bodies: list[dict], key: str | None) -> list[str]:
@@ -70,9 +83,14 @@ def test_posted_purchases_come_back_from_parquet_field_for_field(spark, settings
     st = job_settings(settings, "roundtrip")
     since = {int(p): o for p, o in json.loads(st.streaming.starting_offsets)[settings.kafka.purchases_topic].items()}
     run = uuid.uuid4().hex[:6]
-    extremes = {**purchase(run, 99), "TotalPrice": 1_000_000.0, "Products": [  # money at both ends of its range
-        {"ProductId": "sku-max", "ItemCount": 1, "ItemPrice": 1_000_000.0, "ItemDiscount": 0.01},
-        {"ProductId": "sku-min", "ItemCount": 1, "ItemPrice": 0.01, "ItemDiscount": 0.0}]}
+    extremes = {
+        **purchase(run, 99),
+        "TotalPrice": 1_000_000.0,
+        "Products": [  # money at both ends of its range
+            {"ProductId": "sku-max", "ItemCount": 1, "ItemPrice": 1_000_000.0, "ItemDiscount": 0.01},
+            {"ProductId": "sku-min", "ItemCount": 1, "ItemPrice": 0.01, "ItemDiscount": 0.0},
+        ],
+    }
     bodies = [purchase(run, i) for i in range(11)] + [extremes]
     key = f"checkout-{run}"
     ids = post(api_server.url, bodies[:8], key) + post(api_server.url, bodies[8:], None)
@@ -92,16 +110,21 @@ def test_posted_purchases_come_back_from_parquet_field_for_field(spark, settings
     rows = df.collect()
     by_id = {r.EventId: r for r in rows}
     assert len(rows) == len(by_id) == 12 and set(by_id) == set(ids)
-    for body, event_id in zip(bodies, ids):
+    for body, event_id in zip(bodies, ids, strict=True):
         row = by_id[event_id]
         assert row.SessionId == body["SessionId"] and row.UserId == body["UserId"] and row.OrderId == body["OrderId"]
         assert row.PaymentType == body["PaymentType"]
         assert row.TotalPrice == Decimal(str(body["TotalPrice"])).quantize(Decimal("0.01"))
         assert as_utc(row.TimeStamp) == datetime.fromisoformat(body["TimeStamp"]).astimezone(UTC)
         assert [p.asDict() for p in row.Products] == [
-            {"ProductId": p["ProductId"], "ItemCount": p["ItemCount"],
-             "ItemPrice": Decimal(str(p["ItemPrice"])).quantize(Decimal("0.01")),
-             "ItemDiscount": Decimal(str(p["ItemDiscount"])).quantize(Decimal("0.01"))} for p in body["Products"]]
+            {
+                "ProductId": p["ProductId"],
+                "ItemCount": p["ItemCount"],
+                "ItemPrice": Decimal(str(p["ItemPrice"])).quantize(Decimal("0.01")),
+                "ItemDiscount": Decimal(str(p["ItemDiscount"])).quantize(Decimal("0.01")),
+            }
+            for p in body["Products"]
+        ]
         # the Kafka copy it came from: coordinates and the server's IngestedAt agree
         (m,) = [m for m in copies[event_id] if (m.partition, m.offset) == (row.KafkaPartition, row.KafkaOffset)]
         assert row.KafkaTopic == m.topic == settings.kafka.purchases_topic
@@ -120,8 +143,9 @@ def test_malformed_and_contract_breaking_records_land_in_quarantine_with_the_rea
         json.dumps({**good, "TotalPrice": 1.0}).encode(): "TotalPrice must equal the lines' total",
         json.dumps({**good, "Coupon": "FREE"}).encode(): "Coupon: Extra inputs are not permitted",
         json.dumps(PURCHASE_EXAMPLE).encode(): "EventId: Field required",
-        json.dumps({**good, "Products": [{**PURCHASE_EXAMPLE["Products"][0], "ItemCount": 0}]}).encode():
-            "Products.0.ItemCount",
+        json.dumps(
+            {**good, "Products": [{**PURCHASE_EXAMPLE["Products"][0], "ItemCount": 0}]}
+        ).encode(): "Products.0.ItemCount",
         None: "empty record",
     }
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
@@ -133,8 +157,9 @@ def test_malformed_and_contract_breaking_records_land_in_quarantine_with_the_rea
     written = {name: sum(rows_written(p) or 0 for p in reports) for name, reports in progress.items()}
     assert written == {locations.PURCHASES: 1, locations.QUARANTINE: len(bad)}  # what the job logs per batch
 
-    quarantine = {(r.KafkaPartition, r.KafkaOffset): r
-                  for r in spark.read.parquet(locations.quarantine_url(st)).collect()}
+    quarantine = {
+        (r.KafkaPartition, r.KafkaOffset): r for r in spark.read.parquet(locations.quarantine_url(st)).collect()
+    }
     assert len(quarantine) == len(bad)
     for value, reason in bad.items():
         row = quarantine[(sent[value].partition, sent[value].offset)]
@@ -152,8 +177,13 @@ def test_a_new_checkpoint_over_old_output_is_refused(spark, settings):
     producer.send(st.kafka.purchases_topic, value=b"x").get(10)
     producer.close()
     run_until_caught_up(spark, st)
-    moved = st.model_copy(update={"streaming": st.streaming.model_copy(
-        update={"checkpoint_location": str(settings.run_dir / f"elsewhere-{uuid.uuid4().hex}")})})
+    moved = st.model_copy(
+        update={
+            "streaming": st.streaming.model_copy(
+                update={"checkpoint_location": str(settings.run_dir / f"elsewhere-{uuid.uuid4().hex}")}
+            )
+        }
+    )
     with pytest.raises(job.CheckpointMismatch, match="delete the output and the checkpoint together"):
         job.start(spark, moved)
     assert not spark.streams.active
@@ -199,7 +229,9 @@ def unlisted_files(settings: Settings) -> set[str]:
     from shopstream.adapters.s3 import s3_client
 
     s3, bucket = s3_client(settings.s3), settings.s3.bucket
-    names = [o.object_name for o in s3.list_objects(bucket, prefix=f"{settings.streaming.output_path}/", recursive=True)]
+    names = [
+        o.object_name for o in s3.list_objects(bucket, prefix=f"{settings.streaming.output_path}/", recursive=True)
+    ]
     listed = set()
     for name in (n for n in names if "/_spark_metadata/" in n):
         response = s3.get_object(bucket, name)
@@ -213,10 +245,8 @@ def kill_minus_9(pid: int) -> None:
     leader = psutil.Process(pid)
     family = [leader, *Proc.family(leader)]
     for p in family:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(family, timeout=30)
 
 
@@ -236,9 +266,12 @@ def test_kill_minus_9_mid_batch_and_restart_loses_and_duplicates_nothing(spark, 
         while True:
             assert time.monotonic() < deadline, "never caught a batch between writing and committing"
             planned, committed = batches(checkpoint / "offsets"), batches(checkpoint / "commits")
-            if (len(committed) >= 2 and planned[-1] not in committed
-                    and batch_offsets(checkpoint, planned[-1], topic) != batch_offsets(checkpoint, planned[-2], topic)
-                    and unlisted_files(st)):
+            if (
+                len(committed) >= 2
+                and planned[-1] not in committed
+                and batch_offsets(checkpoint, planned[-1], topic) != batch_offsets(checkpoint, planned[-2], topic)
+                and unlisted_files(st)
+            ):
                 break
             time.sleep(0.01)
         in_flight = planned[-1]
@@ -283,9 +316,12 @@ def test_offline_jars_or_packages_and_the_kafka_connector_follow_the_settings(sp
 
     assert jar_options(settings) == {"spark.jars": ",".join(map(str, spark_jar_paths(settings)))}
     assert "fs.s3a.signing-algorithm" not in s3a_conf(settings)  # SeaweedFS takes the SDK v1's SigV4
-    online = settings.model_copy(update={
-        "spark": settings.spark.model_copy(update={"jars_source": "packages"}),
-        "streaming": settings.streaming.model_copy(update={"kafka_source": "kafka"})})
+    online = settings.model_copy(
+        update={
+            "spark": settings.spark.model_copy(update={"jars_source": "packages"}),
+            "streaming": settings.streaming.model_copy(update={"kafka_source": "kafka"}),
+        }
+    )
     assert jar_options(online) == {"spark.jars.packages": f"{settings.spark.s3a_packages},{KAFKA_PACKAGE}"}
     # here Spark's connector is not on the classpath: asking for it fails at once, by its name
     with pytest.raises(Exception, match="kafka"):
@@ -316,14 +352,24 @@ def test_spark_schema_is_derived_from_the_contract():
     schema = spark_schema(PurchaseRecord)
     assert schema.fieldNames() == list(PurchaseRecord.model_fields)
     types = {f.name: f.dataType for f in schema.fields}
-    line = T.StructType([T.StructField("ProductId", T.StringType(), False),
-                         T.StructField("ItemCount", T.IntegerType(), False),
-                         T.StructField("ItemPrice", MONEY, False),
-                         T.StructField("ItemDiscount", MONEY, False)])
+    line = T.StructType(
+        [
+            T.StructField("ProductId", T.StringType(), False),
+            T.StructField("ItemCount", T.IntegerType(), False),
+            T.StructField("ItemPrice", MONEY, False),
+            T.StructField("ItemDiscount", MONEY, False),
+        ]
+    )
     assert types == {
-        "SessionId": T.StringType(), "TimeStamp": T.TimestampType(), "UserId": T.StringType(),
-        "TotalPrice": MONEY, "OrderId": T.StringType(), "Products": T.ArrayType(line, containsNull=False),
-        "PaymentType": T.StringType(), "EventId": T.StringType(), "IngestedAt": T.TimestampType(),
+        "SessionId": T.StringType(),
+        "TimeStamp": T.TimestampType(),
+        "UserId": T.StringType(),
+        "TotalPrice": MONEY,
+        "OrderId": T.StringType(),
+        "Products": T.ArrayType(line, containsNull=False),
+        "PaymentType": T.StringType(),
+        "EventId": T.StringType(),
+        "IngestedAt": T.TimestampType(),
     }
     assert line.fieldNames() == list(ProductLine.model_fields)
     assert not any(f.nullable for f in schema.fields)  # every field of the contract is required
@@ -347,8 +393,11 @@ def test_schema_derivation_covers_optional_and_other_types():
 
     schema = spark_schema(Sample)
     assert [(f.name, f.dataType, f.nullable) for f in schema.fields] == [
-        ("Big", T.LongType(), False), ("Ratio", T.DoubleType(), False), ("Day", T.DateType(), False),
-        ("Tags", T.ArrayType(T.StringType(), False), False), ("Colour", T.StringType(), False),
+        ("Big", T.LongType(), False),
+        ("Ratio", T.DoubleType(), False),
+        ("Day", T.DateType(), False),
+        ("Tags", T.ArrayType(T.StringType(), False), False),
+        ("Colour", T.StringType(), False),
         ("Maybe", T.StructType([T.StructField("Flag", T.BooleanType(), False)]), True),
         ("Amount", T.DecimalType(12, 4), False),
     ]

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from conftest import broker_back as up, job_settings, make_settings, own_broker
+from conftest import broker_back as up
+from conftest import job_settings, make_settings, own_broker
 from shopstream import locations
 from shopstream.adapters.kafka import end_offsets
 from shopstream.settings import Settings
@@ -46,7 +47,7 @@ kafka.errors.KafkaTimeoutError: KafkaTimeoutError: Unable to bootstrap from 127.
  SQLSTATE: 38000
 === Streaming Query ===
 Identifier: quarantine [id = ed87f5e4-57da-45bb-9075-73f9608efdb1, runId = 689e15ba-8ba0-41be-917d-2b326ec1dc16]
-Current Committed Offsets: {}"""
+Current Committed Offsets: {}"""  # noqa: E501 - verbatim Spark messages
 DRIVER_OFFSETS = """[PYTHON_STREAMING_DATA_SOURCE_RUNTIME_ERROR] Failed when Python streaming data source perform \
 reportLatestOffset: Traceback (most recent call last):
   File "/repo/components/streaming/shopstream_streaming/kafka_source.py", line 256, in reportLatestOffset
@@ -67,10 +68,10 @@ org.apache.spark.SparkException: [TASK_WRITE_FAILED] Task failed while writing r
 Caused by: com.amazonaws.SdkClientException: Unable to execute HTTP request: Connect to 127.0.0.1:9000 [/127.0.0.1] failed: Connection refused
 	at com.amazonaws.http.AmazonHttpClient$RequestExecutor.handleRetryableException(AmazonHttpClient.java:1219)
 Caused by: java.net.ConnectException: Connection refused
-	at java.base/sun.nio.ch.Net.pollConnect(Native Method)"""
+	at java.base/sun.nio.ch.Net.pollConnect(Native Method)"""  # noqa: E501 - verbatim Spark messages
 S3_CHECK = """An error occurred while calling o2187.exists.
 : org.apache.hadoop.fs.s3a.AWSClientIOException: getFileStatus on s3a://shopstream-lake/raw/purchases/_spark_metadata: com.amazonaws.SdkClientException: Unable to execute HTTP request: Connect to 127.0.0.1:9000 [/127.0.0.1] failed: Connection refused
-	at org.apache.hadoop.fs.s3a.S3AUtils.translateException(S3AUtils.java:208)"""
+	at org.apache.hadoop.fs.s3a.S3AUtils.translateException(S3AUtils.java:208)"""  # noqa: E501 - verbatim Spark messages
 DATA_LOSS = """[PYTHON_STREAMING_DATA_SOURCE_RUNTIME_ERROR] Failed when Python streaming data source perform \
 latestOffset: Traceback (most recent call last):
   File "/repo/components/streaming/shopstream_streaming/kafka_source.py", line 241, in _data_loss
@@ -78,11 +79,15 @@ latestOffset: Traceback (most recent call last):
 RuntimeError: PurchasedItem-0: the checkpoint is at offset 5, the broker has [10, 20); records were deleted or \
 the topic was recreated. Set failOnDataLoss=false to skip to what is there.
  SQLSTATE: 38000"""
-MISMATCH = ("CheckpointMismatch: s3a://shopstream-lake/raw/purchases was written with a checkpoint that is not at "
-            "/run/streaming/checkpoints/raw/purchases/purchases. Restore that checkpoint, or delete the output and "
-            "the checkpoint together and start again.")
-JVM_GONE = ("Py4JNetworkError: An error occurred while trying to connect to the Java server (127.0.0.1:41231)\n"
-            "ConnectionRefusedError: [Errno 111] Connection refused")
+MISMATCH = (
+    "CheckpointMismatch: s3a://shopstream-lake/raw/purchases was written with a checkpoint that is not at "
+    "/run/streaming/checkpoints/raw/purchases/purchases. Restore that checkpoint, or delete the output and "
+    "the checkpoint together and start again."
+)
+JVM_GONE = (
+    "Py4JNetworkError: An error occurred while trying to connect to the Java server (127.0.0.1:41231)\n"
+    "ConnectionRefusedError: [Errno 111] Connection refused"
+)
 
 
 # == pure ==================================================================================
@@ -90,25 +95,56 @@ def test_the_backoff_doubles_from_1_s_and_stays_at_30_s():
     assert [backoff_s(n) for n in range(1, 10)] == [1, 2, 4, 8, 16, 30, 30, 30, 30]
 
 
-@pytest.mark.parametrize(("text", "transient", "first_line"), [
-    (TASK_BOOTSTRAP, True, "KafkaTimeoutError: Unable to bootstrap from 127.0.0.1:9092"),
-    (DRIVER_OFFSETS, True, "KafkaTimeoutError: Failed to get offsets by timestamps in 30000 ms"),
-    (READ_TIMEOUT, True, "TimeoutError: KafkaRange(PurchasedItem-0 [5, 10)): no records from 127.0.0.1:9092 "
-                         "for 120 s at offset 7"),
-    (S3_DOWN, True, "[TASK_WRITE_FAILED] Task failed while writing rows to s3a://shopstream-lake/raw/purchases. "
-                    "(caused by java.net.ConnectException: Connection refused)"),
-    (S3_CHECK, True, "AWSClientIOException: getFileStatus on s3a://shopstream-lake/raw/purchases/_spark_metadata: "
-                     "com.amazonaws.SdkClientException: Unable to execute HTTP request: Connect to 127.0.0.1:9000 "
-                     "[/127.0.0.1] failed: Connection refused"),
-    (DATA_LOSS, False, "RuntimeError: PurchasedItem-0: the checkpoint is at offset 5, the broker has [10, 20); "
-                       "records were deleted or the topic was recreated. Set failOnDataLoss=false to skip to "
-                       "what is there."),
-    (MISMATCH, False, MISMATCH),
-    (JVM_GONE, False, "Py4JNetworkError: An error occurred while trying to connect to the Java server "
-                      "(127.0.0.1:41231)"),
-    ("ZeroDivisionError: division by zero", False, "ZeroDivisionError: division by zero"),
-], ids=["task-bootstrap", "driver-offsets", "read-timeout", "s3-write", "s3-check", "data-loss", "checkpoint-mismatch",
-        "jvm-gone", "a-bug"])
+@pytest.mark.parametrize(
+    ("text", "transient", "first_line"),
+    [
+        (TASK_BOOTSTRAP, True, "KafkaTimeoutError: Unable to bootstrap from 127.0.0.1:9092"),
+        (DRIVER_OFFSETS, True, "KafkaTimeoutError: Failed to get offsets by timestamps in 30000 ms"),
+        (
+            READ_TIMEOUT,
+            True,
+            "TimeoutError: KafkaRange(PurchasedItem-0 [5, 10)): no records from 127.0.0.1:9092 for 120 s at offset 7",
+        ),
+        (
+            S3_DOWN,
+            True,
+            "[TASK_WRITE_FAILED] Task failed while writing rows to s3a://shopstream-lake/raw/purchases. "
+            "(caused by java.net.ConnectException: Connection refused)",
+        ),
+        (
+            S3_CHECK,
+            True,
+            "AWSClientIOException: getFileStatus on s3a://shopstream-lake/raw/purchases/_spark_metadata: "
+            "com.amazonaws.SdkClientException: Unable to execute HTTP request: Connect to 127.0.0.1:9000 "
+            "[/127.0.0.1] failed: Connection refused",
+        ),
+        (
+            DATA_LOSS,
+            False,
+            "RuntimeError: PurchasedItem-0: the checkpoint is at offset 5, the broker has [10, 20); "
+            "records were deleted or the topic was recreated. Set failOnDataLoss=false to skip to "
+            "what is there.",
+        ),
+        (MISMATCH, False, MISMATCH),
+        (
+            JVM_GONE,
+            False,
+            "Py4JNetworkError: An error occurred while trying to connect to the Java server (127.0.0.1:41231)",
+        ),
+        ("ZeroDivisionError: division by zero", False, "ZeroDivisionError: division by zero"),
+    ],
+    ids=[
+        "task-bootstrap",
+        "driver-offsets",
+        "read-timeout",
+        "s3-write",
+        "s3-check",
+        "data-loss",
+        "checkpoint-mismatch",
+        "jvm-gone",
+        "a-bug",
+    ],
+)
 def test_which_failures_waiting_cures_and_the_line_they_are_known_by(text, transient, first_line):
     assert is_transient(text) is transient
     assert headline(text) == first_line
@@ -177,9 +213,14 @@ def test_a_runner_restarts_a_query_after_transient_failures_with_backoff_and_giv
     started[-1].error = RuntimeError(TASK_BOOTSTRAP)
     runner.step()
     assert (runner.state, runner.retry_at, runner.error) == (
-        "restarting", 1001.0, "KafkaTimeoutError: Unable to bootstrap from 127.0.0.1:9092")
-    assert ("query purchases failed: KafkaTimeoutError: Unable to bootstrap from 127.0.0.1:9092; "
-            "restarting it from its checkpoint in 1 s") in warnings_logged
+        "restarting",
+        1001.0,
+        "KafkaTimeoutError: Unable to bootstrap from 127.0.0.1:9092",
+    )
+    assert (
+        "query purchases failed: KafkaTimeoutError: Unable to bootstrap from 127.0.0.1:9092; "
+        "restarting it from its checkpoint in 1 s"
+    ) in warnings_logged
     runner.step()  # not due yet
     assert len(started) == 1
     clock.now = 1001.0
@@ -221,26 +262,38 @@ def test_the_status_says_a_query_is_down_while_it_restarts_and_old_status_files_
     running = {"active": True, "trigger_active": False, "progress_at": now - 2}
     old = {"pid": 1, "updated_at": now - 1, "queries": {"purchases": running, "quarantine": running}}
     assert unhealthy_reason(old, settings, now) is None  # written before restarts existed
-    new = {**running, "state": "running", "started_at": now - 50, "restarts": 0, "error": None,
-           "failed_at": None, "next_restart_at": None}
+    new = {
+        **running,
+        "state": "running",
+        "started_at": now - 50,
+        "restarts": 0,
+        "error": None,
+        "failed_at": None,
+        "next_restart_at": None,
+    }
     status = {**old, "restarts": 0, "queries": {"purchases": new, "quarantine": new}}
     assert unhealthy_reason(status, settings, now) is None
 
     def reason(**purchases) -> str | None:
-        return unhealthy_reason({**status, "queries": {"purchases": {**new, **purchases}, "quarantine": new}},
-                                settings, now)
+        return unhealthy_reason(
+            {**status, "queries": {"purchases": {**new, **purchases}, "quarantine": new}}, settings, now
+        )
 
     error = "KafkaTimeoutError: Unable to bootstrap from 127.0.0.1:9092"
     assert reason(state="restarting", active=False, restarts=2, error=error, next_restart_at=now + 4) == (
-        f"query purchases is restarting after 2 restart(s) (next start in 4 s): {error}")
+        f"query purchases is restarting after 2 restart(s) (next start in 4 s): {error}"
+    )
     assert reason(state="restarting", active=False, restarts=3, error=error) == (
-        f"query purchases is restarting after 3 restart(s) (starting again): {error}")
+        f"query purchases is restarting after 3 restart(s) (starting again): {error}"
+    )
     # started again, but healthy only once it has finished a batch
     assert reason(restarts=3, error=error, progress_at=None, trigger_active=True) == (
-        f"query purchases was restarted after a failure and has not finished a batch since: {error}")
+        f"query purchases was restarted after a failure and has not finished a batch since: {error}"
+    )
     assert reason(restarts=3, error=error) is None  # the last failure is kept, for the record
     assert reason(state="failed", active=False, error="RuntimeError: records were deleted").startswith(
-        "query purchases failed and is not restarted in this process")
+        "query purchases failed and is not restarted in this process"
+    )
     # in a batch for minutes: a store that does not answer, not a busy job
     assert reason(trigger_active=True, progress_at=now - 200) == "query purchases has been in one batch for 200 s"
     assert reason(trigger_active=True, progress_at=now - 30) is None
@@ -283,7 +336,10 @@ def caught_up(cfg: Settings) -> bool:
     ends = end_offsets(cfg.kafka, topic)
     queries = job_status(cfg)["queries"]
     return len(queries) == 2 and all(
-        (q.get("end_offset") or {}).get(topic, {}).get(str(p), -1) >= e for q in queries.values() for p, e in ends.items())
+        (q.get("end_offset") or {}).get(topic, {}).get(str(p), -1) >= e
+        for q in queries.values()
+        for p, e in ends.items()
+    )
 
 
 def failed_since(cfg: Settings, t: float) -> dict[str, dict]:
@@ -310,8 +366,10 @@ def test_a_job_waits_for_a_broker_down_at_its_start_then_rides_out_its_kill_9_an
     tag = uuid.uuid4().hex[:6]
     waited = [f"waited-{tag}-{i}" for i in range(20)]
     after = [f"after-{tag}-{i}" for i in range(30)]
-    garbage = {"waited": [b"{garbage waited " + tag.encode()],
-               "after": [b"{garbage after %d " % i + tag.encode() for i in range(3)]}
+    garbage = {
+        "waited": [b"{garbage waited " + tag.encode()],
+        "after": [b"{garbage after %d " % i + tag.encode() for i in range(3)],
+    }
     publish(cfg, [purchase_value(e) for e in waited] + garbage["waited"])
     own.broker.stop()  # graceful: the topic and its records are kept (the kill below loses nothing of them)
     service = StreamingService(cfg)
@@ -363,6 +421,8 @@ def test_a_job_waits_for_a_broker_down_at_its_start_then_rides_out_its_kill_9_an
     lake, quarantine = lake_ids(spark, cfg), quarantined_values(spark, cfg)
     assert set(lake) == set(waited) | set(after) and set(lake.values()) == {1}, lake.most_common(3)
     assert set(quarantine) == set(garbage["waited"] + garbage["after"]) and set(quarantine.values()) == {1}
-    print(f"healthy {waited_s:.0f} s after a broker down at start came up; killed, down {down:.0f} s until a query "
-          f"failed; healthy and caught up {recovered:.0f} s after its restart; restarts {status['restarts']} "
-          f"({errors})")
+    print(
+        f"healthy {waited_s:.0f} s after a broker down at start came up; killed, down {down:.0f} s until a query "
+        f"failed; healthy and caught up {recovered:.0f} s after its restart; restarts {status['restarts']} "
+        f"({errors})"
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
+from functools import partial
 
 from bson.decimal128 import Decimal128
 from rich.progress import Progress
@@ -15,7 +16,7 @@ from rich.progress import Progress
 from shopstream.adapters.mongo import mongo_client
 from shopstream.settings import Settings
 from shopstream_batch.aggregate import update_event_counts
-from shopstream_batch.store import ensure_collections
+from shopstream_batch.store import Collections, ensure_collections
 
 from .harness import Figure, median_seconds
 
@@ -25,15 +26,30 @@ USERS = 2000
 
 def _events(n: int, prefix: str) -> list[dict]:
     now = datetime.now(UTC)
-    return [{
-        "_id": f"{prefix}-{i}", "UserId": f"user-{i % USERS}", "SessionId": f"s-{i // 7}",
-        "EventName": NAMES[i % 3], "TimeStamp": now, "IngestedAt": now,
-        "Attributes": {"ProductId": f"sku-{i % 300}", "Price": Decimal128("9.99"), "Discount": Decimal128("0.00")},
-        "KafkaPartition": i % 3, "KafkaOffset": i, "StoredAt": now, "AggBatch": None,
-    } for i in range(n)]
+    return [
+        {
+            "_id": f"{prefix}-{i}",
+            "UserId": f"user-{i % USERS}",
+            "SessionId": f"s-{i // 7}",
+            "EventName": NAMES[i % 3],
+            "TimeStamp": now,
+            "IngestedAt": now,
+            "Attributes": {"ProductId": f"sku-{i % 300}", "Price": Decimal128("9.99"), "Discount": Decimal128("0.00")},
+            "KafkaPartition": i % 3,
+            "KafkaOffset": i,
+            "StoredAt": now,
+            "AggBatch": None,
+        }
+        for i in range(n)
+    ]
 
 
 HISTORY = "history"
+
+
+def _new_batch(colls: Collections, n: int) -> None:
+    """The new events the aggregation counts, under a new prefix each time."""
+    colls.events.insert_many(_events(n, f"n-{uuid.uuid4().hex[:8]}"), ordered=False)
 
 
 def _fill(colls, n: int, progress: Progress, label: str) -> None:
@@ -51,34 +67,49 @@ def _fill(colls, n: int, progress: Progress, label: str) -> None:
         progress.advance(task, len(docs))
     now = datetime.now(UTC)
     colls.agg_batches.insert_one({"_id": HISTORY, "state": "applied", "created": now, "events": n})
-    colls.counts.insert_many([{"UserId": u, "EventName": e, "EventCount": c, "Applied": [HISTORY], "UpdatedAt": now}
-                              for (u, e), c in counts.items()])
+    colls.counts.insert_many(
+        [
+            {"UserId": u, "EventName": e, "EventCount": c, "Applied": [HISTORY], "UpdatedAt": now}
+            for (u, e), c in counts.items()
+        ]
+    )
 
 
-def run(settings: Settings, new_events: int = 10_000, histories: tuple[int, ...] = (10_000, 1_000_000),
-        repeats: int = 3) -> list[Figure]:
+def run(
+    settings: Settings, new_events: int = 10_000, histories: tuple[int, ...] = (10_000, 1_000_000), repeats: int = 3
+) -> list[Figure]:
     client = mongo_client(settings.mongo)
-    medians = {}
+    medians: dict[int, float] = {}
+    samples: dict[int, list[float]] = {}
     with Progress() as progress:
         for history in histories:
-            cfg = settings.model_copy(update={"mongo": settings.mongo.model_copy(
-                update={"database": f"bench_agg_{history}"})})
+            cfg = settings.model_copy(
+                update={"mongo": settings.mongo.model_copy(update={"database": f"bench_agg_{history}"})}
+            )
             colls = ensure_collections(client[cfg.mongo.database], cfg.batch)
             _fill(colls, history, progress, f"history of {history:,} events")
-
-            def new_batch() -> None:
-                colls.events.insert_many(_events(new_events, f"n-{uuid.uuid4().hex[:8]}"), ordered=False)
-
-            medians[history], samples = median_seconds(lambda: update_event_counts(cfg), repeats, setup=new_batch)
-            medians[f"{history}-samples"] = samples
+            medians[history], samples[history] = median_seconds(
+                partial(update_event_counts, cfg), repeats, setup=partial(_new_batch, colls, new_events)
+            )
             client.drop_database(cfg.mongo.database)
     client.close()
     small, large = histories
     ratio = medians[large] / medians[small]
     return [
-        Figure(f"aggregate {new_events:,} new events, history {small:,}", medians[small], "s",
-               samples=medians[f"{small}-samples"]),
-        Figure(f"aggregate {new_events:,} new events, history {large:,}", medians[large], "s",
-               limit_name=f"same with history {small:,}", limit_value=medians[small],
-               target="< 1.5x apart", met=ratio < 1.5, samples=medians[f"{large}-samples"]),
+        Figure(
+            f"aggregate {new_events:,} new events, history {small:,}",
+            medians[small],
+            "s",
+            samples=samples[small],
+        ),
+        Figure(
+            f"aggregate {new_events:,} new events, history {large:,}",
+            medians[large],
+            "s",
+            limit_name=f"same with history {small:,}",
+            limit_value=medians[small],
+            target="< 1.5x apart",
+            met=ratio < 1.5,
+            samples=samples[large],
+        ),
     ]

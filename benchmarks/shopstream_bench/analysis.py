@@ -41,35 +41,55 @@ PAYMENTS = ["CreditCard", "DebitCard", "PayPal", "ApplePay", "GooglePay", "BankT
 def generate(spark, url: str, n: int) -> None:
     """n purchases shaped as the streaming job writes them, to `url` (partitioned by date)."""
     from pyspark.sql import functions as F
+
     from shopstream_streaming.job import RECORD_SCHEMA
 
     as_of = int(AS_OF.timestamp())
     payments = ", ".join(f"'{p}'" for p in PAYMENTS)
-    df = spark.range(0, n, numPartitions=max(2, n // 250_000)).selectExpr(
-        "id",
-        f"concat('sess-', id div 3) AS SessionId",
-        f"timestamp_seconds({as_of} - pmod(id * 7919, 86400)) AS TimeStamp",
-        f"concat('user-', pmod(hash(id), {CUSTOMERS})) AS UserId",
-        "concat('order-', id) AS OrderId",
-        f"""transform(sequence(0, cast(pmod(id, 3) AS int)), k -> named_struct(
+    df = (
+        spark.range(0, n, numPartitions=max(2, n // 250_000))
+        .selectExpr(
+            "id",
+            "concat('sess-', id div 3) AS SessionId",
+            f"timestamp_seconds({as_of} - pmod(id * 7919, 86400)) AS TimeStamp",
+            f"concat('user-', pmod(hash(id), {CUSTOMERS})) AS UserId",
+            "concat('order-', id) AS OrderId",
+            f"""transform(sequence(0, cast(pmod(id, 3) AS int)), k -> named_struct(
               'ProductId', concat('sku-', lpad(cast(pmod(hash(id, k), {PRODUCTS}) AS string), 5, '0')),
               'ItemCount', cast(1 + pmod(id + k, 4) AS int),
               'ItemPrice', cast(1 + pmod(id * 37 + k * 11, 900) + 0.99 AS decimal(9,2)),
               'ItemDiscount', cast(pmod(id + k, 100) / 100 AS decimal(9,2)))) AS Products""",
-        f"element_at(array({payments}), cast(pmod(id, 8) + 1 AS int)) AS PaymentType",
-        "concat('evt-', id) AS EventId",
-    ).withColumn("TotalPrice", F.expr(
-        "aggregate(Products, cast(0 AS decimal(9,2)), "
-        "(acc, x) -> cast(acc + x.ItemCount * (x.ItemPrice - x.ItemDiscount) AS decimal(9,2)))"))
+            f"element_at(array({payments}), cast(pmod(id, 8) + 1 AS int)) AS PaymentType",
+            "concat('evt-', id) AS EventId",
+        )
+        .withColumn(
+            "TotalPrice",
+            F.expr(
+                "aggregate(Products, cast(0 AS decimal(9,2)), "
+                "(acc, x) -> cast(acc + x.ItemCount * (x.ItemPrice - x.ItemDiscount) AS decimal(9,2)))"
+            ),
+        )
+    )
     df = df.withColumn("IngestedAt", F.col("TimeStamp") + F.expr("INTERVAL 1 SECOND"))
-    coords = [F.lit("PurchasedItem").alias("KafkaTopic"), F.expr("cast(pmod(id, 3) AS int)").alias("KafkaPartition"),
-              F.col("id").alias("KafkaOffset"), F.col("IngestedAt").alias("KafkaTimestamp")]
+    coords = [
+        F.lit("PurchasedItem").alias("KafkaTopic"),
+        F.expr("cast(pmod(id, 3) AS int)").alias("KafkaPartition"),
+        F.col("id").alias("KafkaOffset"),
+        F.col("IngestedAt").alias("KafkaTimestamp"),
+    ]
     # the contract's column order and types (the nested Products is built with its types above:
     # a cast to the schema's non-nullable struct is refused; Parquet makes every column nullable anyway)
-    cols = [F.col(f.name) if f.name == "Products" else F.col(f.name).cast(f.dataType).alias(f.name)
-            for f in RECORD_SCHEMA.fields]
-    (df.select(*cols, *coords).withColumn("date", F.to_date("IngestedAt"))
-     .write.mode("overwrite").partitionBy("date").parquet(url))
+    cols = [
+        F.col(f.name) if f.name == "Products" else F.col(f.name).cast(f.dataType).alias(f.name)
+        for f in RECORD_SCHEMA.fields
+    ]
+    (
+        df.select(*cols, *coords)
+        .withColumn("date", F.to_date("IngestedAt"))
+        .write.mode("overwrite")
+        .partitionBy("date")
+        .parquet(url)
+    )
 
 
 def notebook_one(spark, settings: Settings) -> dict[str, float]:
@@ -97,13 +117,16 @@ def notebook_one(spark, settings: Settings) -> dict[str, float]:
     return steps
 
 
-def run(settings: Settings, quick: bool = False, purchases: int | None = None, repeats: int | None = None) -> list[Figure]:
+def run(
+    settings: Settings, quick: bool = False, purchases: int | None = None, repeats: int | None = None
+) -> list[Figure]:
     from shopstream_analysis import lake
 
     n = purchases or (200_000 if quick else 1_000_000)
     repeats = repeats or (2 if quick else 3)
-    cfg = settings.model_copy(update={"streaming": settings.streaming.model_copy(
-        update={"output_path": "bench/analysis/purchases"})})
+    cfg = settings.model_copy(
+        update={"streaming": settings.streaming.model_copy(update={"output_path": "bench/analysis/purchases"})}
+    )
     url = output_url(cfg)
     console.print(f"[bold]analysis[/bold]: notebook 1 on {n:,} purchases in {url}, x {repeats}")
     with spark_for(settings, "shopstream-bench-analysis") as spark:
@@ -123,14 +146,28 @@ def run(settings: Settings, quick: bool = False, purchases: int | None = None, r
             step = notebook_one(spark, cfg)
             steps.append(step)
             totals.append(sum(step.values()))
-            console.print(f"  run {i + 1}/{repeats}: notebook 1 {totals[-1]:.1f} s "
-                          f"({', '.join(f'{k} {v:.1f}' for k, v in step.items())}); full scan {scans[-1]:.1f} s, "
-                          f"count() {counts[-1]:.1f} s")
+            console.print(
+                f"  run {i + 1}/{repeats}: notebook 1 {totals[-1]:.1f} s "
+                f"({', '.join(f'{k} {v:.1f}' for k, v in step.items())}); full scan {scans[-1]:.1f} s, "
+                f"count() {counts[-1]:.1f} s"
+            )
     per_step = {k: statistics.median(s[k] for s in steps) for k in steps[0]}
     total = statistics.median(totals)
-    note = (f"{n:,} purchases on s3a, master {settings.spark.master}, driver memory {settings.spark.driver_memory}; "
-            "median seconds per step: " + ", ".join(f"{k} {v:.2f}" for k, v in per_step.items()))
-    return [Figure(f"notebook 1 computations ({n:,} purchases)", total, "s",
-                   limit_name="one full scan (sum(hash(*)))", limit_value=statistics.median(scans),
-                   other_limits={"count()": statistics.median(counts)},
-                   target="< 60 s", met=total < 60, samples=totals, note=note)]
+    note = (
+        f"{n:,} purchases on s3a, master {settings.spark.master}, driver memory {settings.spark.driver_memory}; "
+        "median seconds per step: " + ", ".join(f"{k} {v:.2f}" for k, v in per_step.items())
+    )
+    return [
+        Figure(
+            f"notebook 1 computations ({n:,} purchases)",
+            total,
+            "s",
+            limit_name="one full scan (sum(hash(*)))",
+            limit_value=statistics.median(scans),
+            other_limits={"count()": statistics.median(counts)},
+            target="< 60 s",
+            met=total < 60,
+            samples=totals,
+            note=note,
+        )
+    ]

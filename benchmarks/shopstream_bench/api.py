@@ -145,16 +145,33 @@ def wrk_binary() -> str:
 
 
 def run_wrk(url: str, script: str, seconds: float, connections: int, args: list[str]) -> WrkRun:
-    argv = [wrk_binary(), "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
-            "-s", str(WRK_DIR / script), url, "--", *args]
+    argv = [
+        wrk_binary(),
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(WRK_DIR / script),
+        url,
+        "--",
+        *args,
+    ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("WRK_JSON ")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")
     data = json.loads(lines[-1].removeprefix("WRK_JSON "))
-    return WrkRun(requests=data["requests"], seconds=data["duration_us"] / 1e6, ok=data["ok"],
-                  not_ok=data["not_ok"], errors=data["errors"],
-                  p50_ms=data["latency_us"]["p50"] / 1000, p99_ms=data["latency_us"]["p99"] / 1000)
+    return WrkRun(
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        ok=data["ok"],
+        not_ok=data["not_ok"],
+        errors=data["errors"],
+        p50_ms=data["latency_us"]["p50"] / 1000,
+        p99_ms=data["latency_us"]["p99"] / 1000,
+    )
 
 
 def _settled_end(settings: Settings, topic: str, timeout_s: float) -> int:
@@ -179,11 +196,19 @@ def event_records(n: int, tag: str) -> list[tuple[bytes, bytes]]:
     names = ["PageVisited", "AddedBasket", "CheckedProductReviews"]
     out = []
     for i in range(n):
-        r = UserEventRecord(UserId=f"user-{(i * 7919) % 20000}", SessionId=f"sess-{tag}-{i}", EventName=names[i % 3],
-                            TimeStamp=t0 + timedelta(milliseconds=i),
-                            Attributes={"ProductId": f"sku-{i % 5000:05d}", "Price": Decimal(f"{5 + i % 500}.{i % 100:02d}"),
-                                        "Discount": Decimal(f"{i % 5}.{(i * 3) % 100:02d}")},
-                            EventId=str(uuid.uuid4()), IngestedAt=now)
+        r = UserEventRecord(
+            UserId=f"user-{(i * 7919) % 20000}",
+            SessionId=f"sess-{tag}-{i}",
+            EventName=names[i % 3],
+            TimeStamp=t0 + timedelta(milliseconds=i),
+            Attributes={
+                "ProductId": f"sku-{i % 5000:05d}",
+                "Price": Decimal(f"{5 + i % 500}.{i % 100:02d}"),
+                "Discount": Decimal(f"{i % 5}.{(i * 3) % 100:02d}"),
+            },
+            EventId=str(uuid.uuid4()),
+            IngestedAt=now,
+        )
         out.append((r.UserId.encode(), r.model_dump_json().encode()))
     return out
 
@@ -199,22 +224,40 @@ def purchase_records(n: int, tag: str) -> list[tuple[bytes, bytes]]:
     for k in range(n):
         a, b = 1 + k % 300, 1 + (k * 7) % 200
         r = PurchaseRecord(
-            SessionId=f"sess-{tag}-{k}", TimeStamp=t0 + timedelta(seconds=k % 3600), UserId=f"user-{(k * 7919) % 20000}",
-            TotalPrice=Decimal(2 * a + b), OrderId=f"order-{tag}-{k}", PaymentType=kinds[k % 8],
-            Products=[{"ProductId": f"sku-{k % 5000:05d}", "ItemCount": 2, "ItemPrice": Decimal(f"{a}.50"),
-                       "ItemDiscount": Decimal("0.50")},
-                      {"ProductId": f"sku-{(k * 31) % 5000:05d}", "ItemCount": 1, "ItemPrice": Decimal(f"{b}.25"),
-                       "ItemDiscount": Decimal("0.25")}],
-            EventId=str(uuid.uuid4()), IngestedAt=now)
+            SessionId=f"sess-{tag}-{k}",
+            TimeStamp=t0 + timedelta(seconds=k % 3600),
+            UserId=f"user-{(k * 7919) % 20000}",
+            TotalPrice=Decimal(2 * a + b),
+            OrderId=f"order-{tag}-{k}",
+            PaymentType=kinds[k % 8],
+            Products=[
+                {
+                    "ProductId": f"sku-{k % 5000:05d}",
+                    "ItemCount": 2,
+                    "ItemPrice": Decimal(f"{a}.50"),
+                    "ItemDiscount": Decimal("0.50"),
+                },
+                {
+                    "ProductId": f"sku-{(k * 31) % 5000:05d}",
+                    "ItemCount": 1,
+                    "ItemPrice": Decimal(f"{b}.25"),
+                    "ItemDiscount": Decimal("0.25"),
+                },
+            ],
+            EventId=str(uuid.uuid4()),
+            IngestedAt=now,
+        )
         out.append((r.UserId.encode(), r.model_dump_json().encode()))
     return out
 
 
-async def _client_load(settings: Settings, topic: str, batches: list[list[tuple[bytes, bytes]]],
-                       concurrency: int) -> tuple[float, list[float]]:
+async def _client_load(
+    settings: Settings, topic: str, batches: list[list[tuple[bytes, bytes]]], concurrency: int
+) -> tuple[float, list[float]]:
     """Publish every batch through the API's own KafkaPublisher from `concurrency` senders,
     each awaiting its acknowledgement; returns (records/s, per-batch latencies in seconds)."""
     from prometheus_client import CollectorRegistry
+
     from shopstream_api.metrics import ApiMetrics
     from shopstream_api.publisher import KafkaPublisher
 
@@ -250,16 +293,19 @@ def client_load(settings: Settings, topic: str, batches, concurrency: int) -> tu
 
 
 # -- the benchmark -----------------------------------------------------------------------------
-def _measure(svc, topic: str, script: str, seconds: float, connections: int, per_request: int,
-             label: str) -> tuple[WrkRun, list[str]]:
+def _measure(
+    svc, topic: str, script: str, seconds: float, connections: int, per_request: int, label: str
+) -> tuple[WrkRun, list[str]]:
     """One wrk run against a running API; its 2xx count checked against the topic's end-offset
     growth (none at all for the ceiling, which must not publish). Returns (run, problems)."""
     settings, problems = svc.settings, []
     publishes = svc.name != "api-ceiling"
     before = _settled_end(settings, topic, 10)
     r = run_wrk(settings.api.base_url, script, seconds, connections, [uuid.uuid4().hex[:8], str(per_request)])
-    msg = (f"  {label} {svc.name}: {r.ok:,} x 2xx in {r.seconds:.1f} s = {r.ok_per_s * per_request:,.0f}"
-           f"{' purchases' if per_request > 1 else ' requests'}/s, p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms")
+    msg = (
+        f"  {label} {svc.name}: {r.ok:,} x 2xx in {r.seconds:.1f} s = {r.ok_per_s * per_request:,.0f}"
+        f"{' purchases' if per_request > 1 else ' requests'}/s, p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms"
+    )
     if r.not_ok or any(r.errors.values()):
         problems.append(f"{label}: {r.not_ok} non-2xx, socket errors {r.errors}")
         msg += f", non-2xx {r.not_ok}, errors {r.errors}"
@@ -274,22 +320,31 @@ def _measure(svc, topic: str, script: str, seconds: float, connections: int, per
         if grown < acked:
             problems.append(f"{label}: {r.ok:,} 2xx carried {acked:,} records but the topic grew by {grown:,} only")
         elif grown > acked + slack:
-            problems.append(f"{label}: the topic grew by {grown:,}, more than the {acked:,} acknowledged "
-                            f"plus {slack} in flight")
+            problems.append(
+                f"{label}: the topic grew by {grown:,}, more than the {acked:,} acknowledged plus {slack} in flight"
+            )
     console.print(msg)
     return r, problems
 
 
-def run(settings: Settings, quick: bool = False, seconds: float | None = None, repeats: int | None = None,
-        event_connections: int = EVENT_CONNECTIONS, purchase_connections: int = PURCHASE_CONNECTIONS) -> list[Figure]:
+def run(
+    settings: Settings,
+    quick: bool = False,
+    seconds: float | None = None,
+    repeats: int | None = None,
+    event_connections: int = EVENT_CONNECTIONS,
+    purchase_connections: int = PURCHASE_CONNECTIONS,
+) -> list[Figure]:
     from shopstream_stack.isolated import free_port
 
     seconds = seconds or (5 if quick else 20)
     repeats = repeats or (2 if quick else 3)
     kafka = settings.kafka
     med = statistics.median
-    console.print(f"[bold]api[/bold]: wrk -t1, {seconds:g} s x {repeats} per case, {event_connections} connections "
-                  f"for events, {purchase_connections} for purchases; the cases take turns within each repeat")
+    console.print(
+        f"[bold]api[/bold]: wrk -t1, {seconds:g} s x {repeats} per case, {event_connections} connections "
+        f"for events, {purchase_connections} for purchases; the cases take turns within each repeat"
+    )
 
     # the API processes up at once, on their own ports, idle while another is measured: as the
     # stack runs it, without its acknowledgement journal (what the journal costs), the ceiling
@@ -304,9 +359,11 @@ def run(settings: Settings, quick: bool = False, seconds: float | None = None, r
     n_purchases = 20_000 if quick else 200_000
     events = [[r] for r in event_records(n_events, "client")]
     purchases = purchase_records(n_purchases, "client")
-    batches = [purchases[j:j + PURCHASES_PER_REQUEST] for j in range(0, len(purchases), PURCHASES_PER_REQUEST)]
-    cases = {"events": ("send_event.lua", event_connections, 1, kafka.user_events_topic),
-             "purchases": ("purchased_items.lua", purchase_connections, PURCHASES_PER_REQUEST, kafka.purchases_topic)}
+    batches = [purchases[j : j + PURCHASES_PER_REQUEST] for j in range(0, len(purchases), PURCHASES_PER_REQUEST)]
+    cases = {
+        "events": ("send_event.lua", event_connections, 1, kafka.user_events_topic),
+        "purchases": ("purchased_items.lua", purchase_connections, PURCHASES_PER_REQUEST, kafka.purchases_topic),
+    }
     runs: dict[tuple[str, str], list[WrkRun]] = {}
     problems: dict[str, list[str]] = {"events": [], "purchases": []}
     ev_client, pu_client = [], []
@@ -326,9 +383,11 @@ def run(settings: Settings, quick: bool = False, seconds: float | None = None, r
             ev_client.append((rate, percentile(lat, 50) * 1000, percentile(lat, 99) * 1000))
             prate, _ = client_load(settings, kafka.purchases_topic, batches, purchase_connections)
             pu_client.append(prate)
-            console.print(f"  run {i + 1}/{repeats} Kafka client alone: {rate:,.0f} events/s (p50 "
-                          f"{ev_client[-1][1]:.1f} ms, p99 {ev_client[-1][2]:.1f} ms), {prate:,.0f} purchases/s "
-                          f"in batches of {PURCHASES_PER_REQUEST}")
+            console.print(
+                f"  run {i + 1}/{repeats} Kafka client alone: {rate:,.0f} events/s (p50 "
+                f"{ev_client[-1][1]:.1f} ms, p99 {ev_client[-1][2]:.1f} ms), {prate:,.0f} purchases/s "
+                f"in batches of {PURCHASES_PER_REQUEST}"
+            )
     finally:
         for svc in reversed(apis):
             svc.stop()
@@ -348,48 +407,100 @@ def run(settings: Settings, quick: bool = False, seconds: float | None = None, r
     bare_rate, bare_p99 = med(r.ok_per_s for r in ev_bare), med(r.p99_ms for r in ev_bare)
     pu_bare_rate = med(r.ok_per_s * PURCHASES_PER_REQUEST for r in pu_bare)
 
-    shape = (f"wrk -t1 -c{event_connections}, {seconds:g} s x {repeats}, one uvicorn worker; 2 CPU cores shared "
-             "by wrk, uvicorn and the broker")
+    shape = (
+        f"wrk -t1 -c{event_connections}, {seconds:g} s x {repeats}, one uvicorn worker; 2 CPU cores shared "
+        "by wrk, uvicorn and the broker"
+    )
     checked = "every 2xx was on the topic (end-offset growth >= acknowledged records)"
     ev_note = f"{shape}. " + ("; ".join(ev_problems) if ev_problems else checked)
     ratio = ev_rate / ceil_rate if ceil_rate else 0.0
-    pu_note = (f"wrk -t1 -c{purchase_connections}, {PURCHASES_PER_REQUEST} purchases per request, {seconds:g} s x "
-               f"{repeats}. " + ("; ".join(pu_problems) if pu_problems else checked))
+    pu_note = (
+        f"wrk -t1 -c{purchase_connections}, {PURCHASES_PER_REQUEST} purchases per request, {seconds:g} s x "
+        f"{repeats}. " + ("; ".join(pu_problems) if pu_problems else checked)
+    )
     return [
-        Figure("PUT /SendEvent sustained", ev_rate, "requests/s",
-               limit_name="HTTP ceiling (publishing off)", limit_value=ceil_rate,
-               other_limits={f"Kafka client alone ({event_connections} senders)": client_rate},
-               target=">= 5,000/s and >= 60% of the HTTP ceiling",
-               met=ev_rate >= 5000 and ratio >= 0.6 and not ev_problems,
-               samples=[r.ok_per_s for r in ev_api], note=ev_note),
-        Figure("PUT /SendEvent p50 latency", p50, "ms",
-               limit_name="HTTP ceiling (publishing off)", limit_value=ceil_p50,
-               other_limits={"Kafka client alone (send to ack)": client_p50},
-               target="< 50 ms (below the p99 target)", met=p50 < 50,
-               samples=[r.p50_ms for r in ev_api], note=f"at {ev_rate:,.0f} requests/s, {event_connections} connections"),
-        Figure("PUT /SendEvent p99 latency", p99, "ms",
-               limit_name="HTTP ceiling (publishing off)", limit_value=ceil_p99,
-               other_limits={"Kafka client alone (send to ack)": client_p99},
-               target="< 50 ms", met=p99 < 50,
-               samples=[r.p99_ms for r in ev_api], note=f"at {ev_rate:,.0f} requests/s, {event_connections} connections"),
-        Figure(f"POST /PurchasedItems ({PURCHASES_PER_REQUEST} per request)", pu_rate, "purchases/s",
-               limit_name="HTTP ceiling (publishing off)", limit_value=pu_ceil_rate,
-               other_limits={f"Kafka client alone ({purchase_connections} senders x {PURCHASES_PER_REQUEST})":
-                             pu_client_rate},
-               target=">= 30,000/s", met=pu_rate >= 30_000 and not pu_problems,
-               samples=[r.ok_per_s * PURCHASES_PER_REQUEST for r in pu_api], note=pu_note),
-        Figure("PUT /SendEvent with the acknowledgement journal", ev_rate, "requests/s",
-               limit_name="the same API, journal off", limit_value=bare_rate,
-               target="costs <= 20% of the requests/s", met=bare_rate > 0 and ev_rate >= 0.8 * bare_rate,
-               samples=[r.ok_per_s for r in ev_api],
-               note="journal: one fdatasync per group of requests, then every record read back from the broker "
-                    "twice (SHOPSTREAM_API__JOURNAL)"),
-        Figure("PUT /SendEvent p99 latency with the acknowledgement journal", p99, "ms",
-               limit_name="the same API, journal off", limit_value=bare_p99,
-               target="adds <= 10 ms", met=p99 <= bare_p99 + 10,
-               samples=[r.p99_ms for r in ev_api], note=f"{event_connections} connections"),
-        Figure(f"POST /PurchasedItems with the acknowledgement journal ({PURCHASES_PER_REQUEST} per request)",
-               pu_rate, "purchases/s", limit_name="the same API, journal off", limit_value=pu_bare_rate,
-               target="costs <= 20% of the purchases/s", met=pu_bare_rate > 0 and pu_rate >= 0.8 * pu_bare_rate,
-               samples=[r.ok_per_s * PURCHASES_PER_REQUEST for r in pu_api], note=pu_note),
+        Figure(
+            "PUT /SendEvent sustained",
+            ev_rate,
+            "requests/s",
+            limit_name="HTTP ceiling (publishing off)",
+            limit_value=ceil_rate,
+            other_limits={f"Kafka client alone ({event_connections} senders)": client_rate},
+            target=">= 5,000/s and >= 60% of the HTTP ceiling",
+            met=ev_rate >= 5000 and ratio >= 0.6 and not ev_problems,
+            samples=[r.ok_per_s for r in ev_api],
+            note=ev_note,
+        ),
+        Figure(
+            "PUT /SendEvent p50 latency",
+            p50,
+            "ms",
+            limit_name="HTTP ceiling (publishing off)",
+            limit_value=ceil_p50,
+            other_limits={"Kafka client alone (send to ack)": client_p50},
+            target="< 50 ms (below the p99 target)",
+            met=p50 < 50,
+            samples=[r.p50_ms for r in ev_api],
+            note=f"at {ev_rate:,.0f} requests/s, {event_connections} connections",
+        ),
+        Figure(
+            "PUT /SendEvent p99 latency",
+            p99,
+            "ms",
+            limit_name="HTTP ceiling (publishing off)",
+            limit_value=ceil_p99,
+            other_limits={"Kafka client alone (send to ack)": client_p99},
+            target="< 50 ms",
+            met=p99 < 50,
+            samples=[r.p99_ms for r in ev_api],
+            note=f"at {ev_rate:,.0f} requests/s, {event_connections} connections",
+        ),
+        Figure(
+            f"POST /PurchasedItems ({PURCHASES_PER_REQUEST} per request)",
+            pu_rate,
+            "purchases/s",
+            limit_name="HTTP ceiling (publishing off)",
+            limit_value=pu_ceil_rate,
+            other_limits={
+                f"Kafka client alone ({purchase_connections} senders x {PURCHASES_PER_REQUEST})": pu_client_rate
+            },
+            target=">= 30,000/s",
+            met=pu_rate >= 30_000 and not pu_problems,
+            samples=[r.ok_per_s * PURCHASES_PER_REQUEST for r in pu_api],
+            note=pu_note,
+        ),
+        Figure(
+            "PUT /SendEvent with the acknowledgement journal",
+            ev_rate,
+            "requests/s",
+            limit_name="the same API, journal off",
+            limit_value=bare_rate,
+            target="costs <= 20% of the requests/s",
+            met=bare_rate > 0 and ev_rate >= 0.8 * bare_rate,
+            samples=[r.ok_per_s for r in ev_api],
+            note="journal: one fdatasync per group of requests, then every record read back from the broker "
+            "twice (SHOPSTREAM_API__JOURNAL)",
+        ),
+        Figure(
+            "PUT /SendEvent p99 latency with the acknowledgement journal",
+            p99,
+            "ms",
+            limit_name="the same API, journal off",
+            limit_value=bare_p99,
+            target="adds <= 10 ms",
+            met=p99 <= bare_p99 + 10,
+            samples=[r.p99_ms for r in ev_api],
+            note=f"{event_connections} connections",
+        ),
+        Figure(
+            f"POST /PurchasedItems with the acknowledgement journal ({PURCHASES_PER_REQUEST} per request)",
+            pu_rate,
+            "purchases/s",
+            limit_name="the same API, journal off",
+            limit_value=pu_bare_rate,
+            target="costs <= 20% of the purchases/s",
+            met=pu_bare_rate > 0 and pu_rate >= 0.8 * pu_bare_rate,
+            samples=[r.ok_per_s * PURCHASES_PER_REQUEST for r in pu_api],
+            note=pu_note,
+        ),
     ]

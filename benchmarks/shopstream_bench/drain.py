@@ -52,8 +52,12 @@ console = Console()
 DURABILITY_RECORDS, DURABILITY_BATCH = 20_000, 100  # what the durability variants insert, and by how many
 BASELINE = "default write concern"
 # raw insert_many variants: (label, on the server with --sync-on-commit, j: true)
-INSERTS = [(BASELINE, False, False), ("j: true", False, True),
-           ("--sync-on-commit", True, False), ("j: true and --sync-on-commit", True, True)]
+INSERTS = [
+    (BASELINE, False, False),
+    ("j: true", False, True),
+    ("--sync-on-commit", True, False),
+    ("j: true and --sync-on-commit", True, True),
+]
 
 
 def _with_journal(settings: Settings, journal: bool, **mongo) -> Settings:
@@ -62,15 +66,20 @@ def _with_journal(settings: Settings, journal: bool, **mongo) -> Settings:
 
 def _own_server(settings: Settings, sync_on_commit: bool) -> MongoServer:
     """A MongoDB of this stage's own, in a folder of the stack's, with or without --sync-on-commit."""
-    st = settings.model_copy(update={
-        "run_dir": settings.run_dir / f"durability-{'sync-on-commit' if sync_on_commit else 'default'}",
-        "mongo": settings.mongo.model_copy(update={"uri": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"}),
-    })
+    st = settings.model_copy(
+        update={
+            "run_dir": settings.run_dir / f"durability-{'sync-on-commit' if sync_on_commit else 'default'}",
+            "mongo": settings.mongo.model_copy(
+                update={"uri": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"}
+            ),
+        }
+    )
     return MongoServer(st, sync_on_commit=sync_on_commit)
 
 
-def _insert_seconds(variants: dict[str, Settings], docs: list[dict], batch: int,
-                    slice_: int = 5_000) -> dict[str, tuple[float, int]]:
+def _insert_seconds(
+    variants: dict[str, Settings], docs: list[dict], batch: int, slice_: int = 5_000
+) -> dict[str, tuple[float, int]]:
     """Raw insert_many of `docs`, in batches of `batch`, into a fresh database per variant:
     {variant: (seconds of the inserts, documents stored)}. With several variants, a slice of
     the documents at a time, round-robin, so a change in the machine's load falls on all alike."""
@@ -83,7 +92,7 @@ def _insert_seconds(variants: dict[str, Settings], docs: list[dict], batch: int,
             for name, coll in events.items():
                 t0 = time.perf_counter()
                 for start in range(part, min(part + slice_, len(docs)), batch):
-                    coll.insert_many([dict(d) for d in docs[start:min(start + batch, part + slice_)]], ordered=False)
+                    coll.insert_many([dict(d) for d in docs[start : min(start + batch, part + slice_)]], ordered=False)
                 seconds[name] += time.perf_counter() - t0
         return {name: (seconds[name], coll.estimated_document_count()) for name, coll in events.items()}
     finally:
@@ -92,7 +101,9 @@ def _insert_seconds(variants: dict[str, Settings], docs: list[dict], batch: int,
             client.close()
 
 
-def run(settings: Settings, quick: bool = False, records: int | None = None, repeats: int | None = None) -> list[Figure]:
+def run(
+    settings: Settings, quick: bool = False, records: int | None = None, repeats: int | None = None
+) -> list[Figure]:
     n = records or (10_000 if quick else 100_000)
     repeats = repeats or (2 if quick else 3)
     topic = settings.kafka.user_events_topic
@@ -116,14 +127,21 @@ def run(settings: Settings, quick: bool = False, records: int | None = None, rep
             for journal in (True, False) if i % 2 == 0 else (False, True):  # neither always first
                 tag = uuid.uuid4().hex[:8]
                 cfg = _with_journal(settings, journal, database=f"bench_drain_{tag}")
-                cfg = cfg.model_copy(update={"batch": settings.batch.model_copy(update={
-                    "consumer_group": f"bench-drain-{tag}", "max_seconds": 3600.0})})
+                cfg = cfg.model_copy(
+                    update={
+                        "batch": settings.batch.model_copy(
+                            update={"consumer_group": f"bench-drain-{tag}", "max_seconds": 3600.0}
+                        )
+                    }
+                )
                 t0 = time.perf_counter()
                 report = drain_user_events(cfg)
                 drain_s[journal].append(time.perf_counter() - t0)
                 if report.stored != n or report.remaining or report.dead_lettered:
-                    problems.append(f"run {i + 1} (j: {journal}): stored {report.stored:,} of {n:,} "
-                                    f"(remaining {report.remaining}, dead-lettered {report.dead_lettered})")
+                    problems.append(
+                        f"run {i + 1} (j: {journal}): stored {report.stored:,} of {n:,} "
+                        f"(remaining {report.remaining}, dead-lettered {report.dead_lettered})"
+                    )
                 client = mongo_client(cfg.mongo)
                 client.drop_database(cfg.mongo.database)
                 client.close()
@@ -136,10 +154,12 @@ def run(settings: Settings, quick: bool = False, records: int | None = None, rep
                 insert_s[label].append(seconds)
                 if stored != len(small):
                     problems.append(f"run {i + 1}: insert_many ({label}) stored {stored:,} of {len(small):,}")
-            console.print(f"  run {i + 1}/{repeats}: drain {n / drain_s[True][-1]:,.0f} records/s with j: true, "
-                          f"{n / drain_s[False][-1]:,.0f} without; insert_many {n / limit_s[-1]:,.0f}; "
-                          f"by {DURABILITY_BATCH}: "
-                          + ", ".join(f"{label} {len(small) / s[-1]:,.0f}" for label, s in insert_s.items()))
+            console.print(
+                f"  run {i + 1}/{repeats}: drain {n / drain_s[True][-1]:,.0f} records/s with j: true, "
+                f"{n / drain_s[False][-1]:,.0f} without; insert_many {n / limit_s[-1]:,.0f}; "
+                f"by {DURABILITY_BATCH}: "
+                + ", ".join(f"{label} {len(small) / s[-1]:,.0f}" for label, s in insert_s.items())
+            )
     finally:
         for server in servers.values():
             server.stop()
@@ -147,20 +167,36 @@ def run(settings: Settings, quick: bool = False, records: int | None = None, rep
     limit = n / statistics.median(limit_s)
     inserts = {label: len(small) / statistics.median(s) for label, s in insert_s.items()}
     ok = "Every record stored once."
-    note = (f"{n:,} records, batches of {batch:,}; wall time of drain_user_events including the consumer "
-            "group join, with the settings' journaled write concern (j: true). "
-            + ("; ".join(problems) if problems else ok))
-    figures = [Figure(f"drain UserEvents -> MongoDB ({n:,} records)", rate[True], "records/s",
-                      limit_name="raw insert_many of the same documents (j: true)", limit_value=limit,
-                      target="every record stored once (no speed target)", met=not problems,
-                      samples=[n / s for s in drain_s[True]], note=note,
-                      other_limits={"the same drain without j (SHOPSTREAM_MONGO__JOURNAL=false)": rate[False]})]
+    note = (
+        f"{n:,} records, batches of {batch:,}; wall time of drain_user_events including the consumer "
+        "group join, with the settings' journaled write concern (j: true). " + ("; ".join(problems) if problems else ok)
+    )
+    figures = [
+        Figure(
+            f"drain UserEvents -> MongoDB ({n:,} records)",
+            rate[True],
+            "records/s",
+            limit_name="raw insert_many of the same documents (j: true)",
+            limit_value=limit,
+            target="every record stored once (no speed target)",
+            met=not problems,
+            samples=[n / s for s in drain_s[True]],
+            note=note,
+            other_limits={"the same drain without j (SHOPSTREAM_MONGO__JOURNAL=false)": rate[False]},
+        )
+    ]
     for label, *_ in INSERTS[1:]:
-        figures.append(Figure(
-            f"insert_many with {label} ({len(small):,} records, batches of {DURABILITY_BATCH})", inserts[label],
-            "records/s", limit_name=f"insert_many with the {BASELINE} (w: 1), same run", limit_value=inserts[BASELINE],
-            target="what durability costs (no target)", samples=[len(small) / s for s in insert_s[label]],
-            note="ratio to the same run's insert_many without j, on a server without --sync-on-commit started "
-                 "with the one that has it, for these inserts only. "
-                 + ("; ".join(problems) if problems else ok)))
+        figures.append(
+            Figure(
+                f"insert_many with {label} ({len(small):,} records, batches of {DURABILITY_BATCH})",
+                inserts[label],
+                "records/s",
+                limit_name=f"insert_many with the {BASELINE} (w: 1), same run",
+                limit_value=inserts[BASELINE],
+                target="what durability costs (no target)",
+                samples=[len(small) / s for s in insert_s[label]],
+                note="ratio to the same run's insert_many without j, on a server without --sync-on-commit started "
+                "with the one that has it, for these inserts only. " + ("; ".join(problems) if problems else ok),
+            )
+        )
     return figures

@@ -14,12 +14,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from shopstream.settings import Settings
 from shopstream_stack.isolated import isolated_settings
 from shopstream_stack.stack import services
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 @contextmanager
@@ -39,7 +43,9 @@ def isolated_stack(names: list[str]) -> Iterator[Settings]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, setup: Callable[[], object] = lambda: None) -> tuple[float, list[float]]:
+def median_seconds(
+    fn: Callable[[], object], repeats: int, setup: Callable[[], object] = lambda: None
+) -> tuple[float, list[float]]:
     times = []
     for _ in range(repeats):
         setup()
@@ -85,13 +91,19 @@ def produce(settings: Settings, topic: str, records: Iterable[tuple[bytes, bytes
     from shopstream.adapters.kafka import kafka_producer
 
     records = list(records)
-    producer = kafka_producer(settings.kafka, client_id="shopstream-bench-fill", acks="all", linger_ms=20,
-                              batch_size=256 * 1024, compression_type="gzip")
+    producer = kafka_producer(
+        settings.kafka,
+        client_id="shopstream-bench-fill",
+        acks="all",
+        linger_ms=20,
+        batch_size=256 * 1024,
+        compression_type="gzip",
+    )
     try:
         with Progress(transient=True) as progress:
             task = progress.add_task(label or f"filling {topic}", total=len(records))
             for start in range(0, len(records), 10_000):
-                futures = [producer.send(topic, key=k, value=v) for k, v in records[start:start + 10_000]]
+                futures = [producer.send(topic, key=k, value=v) for k, v in records[start : start + 10_000]]
                 producer.flush()
                 for f in futures:
                     f.get(timeout=60)
@@ -102,7 +114,7 @@ def produce(settings: Settings, topic: str, records: Iterable[tuple[bytes, bytes
 
 
 @contextmanager
-def spark_for(settings: Settings, app: str) -> Iterator[object]:
+def spark_for(settings: Settings, app: str) -> Iterator[SparkSession]:
     """The project's SparkSession for these settings; stopped after, with Hadoop's FileSystem
     cache cleared, so a later run in this process (another isolated stack, same bucket name)
     does not get a file system bound to the old S3 endpoint."""
@@ -115,17 +127,22 @@ def spark_for(settings: Settings, app: str) -> Iterator[object]:
         try:
             for q in spark.streams.active:
                 q.stop()
+            assert spark._jvm is not None  # a classic (not Spark Connect) session has its JVM
             spark._jvm.org.apache.hadoop.fs.FileSystem.closeAll()
         finally:
             spark.stop()
 
 
-def machine() -> dict[str, object]:
+def machine() -> dict[str, Any]:
     return {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "versions": {p: version(p) for p in ("fastapi", "uvicorn", "aiokafka", "kafka-python", "pymongo",
-                                             "pyspark", "secantusdb", "noida-db")},
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": psutil.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "versions": {
+            p: version(p)
+            for p in ("fastapi", "uvicorn", "aiokafka", "kafka-python", "pymongo", "pyspark", "secantusdb", "noida-db")
+        },
         "wrk": _wrk_version(),
     }
 
@@ -142,23 +159,39 @@ def _wrk_version() -> str | None:
 def write_report(figures: list[Figure], out_dir: Path, quick: bool = False) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    data = {"when": stamp, "quick": quick, "machine": machine(),
-            "figures": [asdict(f) | {"ratio": f.ratio} for f in figures]}
+    m = machine()
+    data = {
+        "when": stamp,
+        "quick": quick,
+        "machine": m,
+        "figures": [asdict(f) | {"ratio": f.ratio} for f in figures],
+    }
     json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
     json_path.write_text(json.dumps(data, indent=2))
-    m = data["machine"]
-    lines = [f"# shopstream benchmarks ({stamp}{', --quick sizes' if quick else ''})", "",
-             f"Machine: {m['cpus']} CPUs, {m['memory_gib']} GiB, Python {m['python']}, {m['wrk'] or 'no wrk'}; "
-             + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".", "",
-             "| figure | median | limit (same run) | ratio | target | met |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# shopstream benchmarks ({stamp}{', --quick sizes' if quick else ''})",
+        "",
+        f"Machine: {m['cpus']} CPUs, {m['memory_gib']} GiB, Python {m['python']}, {m['wrk'] or 'no wrk'}; "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        + ".",
+        "",
+        "| figure | median | limit (same run) | ratio | target | met |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for f in figures:
         limit = f"{f.limit_name}: {f.limit_value:.3g} {f.unit}" if f.limit_value is not None else ""
-        limit = "; ".join([limit] * bool(limit) + [
-            f"{name}: {value:.3g} {f.unit} (ratio {f.value / value:.2f})" if value else f"{name}: {value:.3g} {f.unit}"
-            for name, value in f.other_limits.items()])
+        limit = "; ".join(
+            [limit] * bool(limit)
+            + [
+                f"{name}: {value:.3g} {f.unit} (ratio {f.value / value:.2f})"
+                if value
+                else f"{name}: {value:.3g} {f.unit}"
+                for name, value in f.other_limits.items()
+            ]
+        )
         ratio = f"{f.ratio:.2f}" if f.ratio is not None else ""
         met = {True: "yes", False: "**no**", None: ""}[f.met]
         lines.append(f"| {f.name} | {f.value:.3g} {f.unit} | {limit} | {ratio} | {f.target} | {met} |")
     notes = [f"- {f.name}: {f.note}" for f in figures if f.note]
-    md_path.write_text("\n".join(lines + ([""] + notes if notes else [])) + "\n")
+    md_path.write_text("\n".join(lines + (["", *notes] if notes else [])) + "\n")
     return json_path, md_path

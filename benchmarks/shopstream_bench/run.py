@@ -7,9 +7,12 @@ so one benchmark's data and load never reach the next.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
+
+from shopstream.settings import Settings
 
 from . import aggregation, analysis, api, dashboard, drain, streaming
 from .harness import Figure, isolated_stack, write_report
@@ -17,13 +20,13 @@ from .harness import Figure, isolated_stack, write_report
 console = Console()
 
 
-def _aggregation(settings, quick: bool) -> list[Figure]:
+def _aggregation(settings: Settings, quick: bool) -> list[Figure]:
     histories = (10_000, 100_000) if quick else (10_000, 1_000_000)
     return aggregation.run(settings, histories=histories, repeats=2 if quick else 3)
 
 
 # (title, servers, run(settings, quick))
-BENCHMARKS = [
+BENCHMARKS: list[tuple[str, list[str], Callable[[Settings, bool], list[Figure]]]] = [
     ("API: PUT /SendEvent and POST /PurchasedItems under wrk", api.SERVERS, api.run),
     ("batch: drain UserEvents into MongoDB", drain.SERVERS, drain.run),
     ("batch: aggregation on a small and a large history", ["mongo"], _aggregation),

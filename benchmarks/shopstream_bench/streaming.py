@@ -28,10 +28,11 @@ when the 2xx came back; a poller follows the output path as `spark.read.parquet`
 (the file sink's log: only committed batches count), reading each new file with pyarrow,
 and notes when each OrderId first appears (the end of that poll: an upper bound). An
 earlier version polled with `spark.read.parquet` in the job's own local[2] Spark: each poll
-took about 2 s and slowed the job it watched, so it measured the reader more than the job. Freshness = seen - 2xx; p95 per window,
-median over windows. Limit, same run: the p95 the trigger and the job's median batch time (its
-own progress reports) imply, 0.95 x max(interval, batch time) + batch time: a record waits
-for the next batch to start, then for it to commit (the reader's lag is not in it).
+took about 2 s and slowed the job it watched, so it measured the reader more than the job.
+Freshness = seen - 2xx; p95 per window, median over windows. Limit, same run: the p95 the
+trigger and the job's median batch time (its own progress reports) imply, 0.95 x
+max(interval, batch time) + batch time: a record waits for the next batch to start, then
+for it to commit (the reader's lag is not in it).
 """
 
 from __future__ import annotations
@@ -61,9 +62,14 @@ console = Console()
 
 def _job_settings(settings: Settings, tag: str, start: dict[int, int], **streaming) -> Settings:
     topic = settings.kafka.purchases_topic
-    st = settings.streaming.model_copy(update={
-        "output_path": f"bench/{tag}/purchases", "quarantine_path": f"bench/{tag}/quarantine",
-        "starting_offsets": json.dumps({topic: {str(p): o for p, o in start.items()}}), **streaming})
+    st = settings.streaming.model_copy(
+        update={
+            "output_path": f"bench/{tag}/purchases",
+            "quarantine_path": f"bench/{tag}/quarantine",
+            "starting_offsets": json.dumps({topic: {str(p): o for p, o in start.items()}}),
+            **streaming,
+        }
+    )
     return settings.model_copy(update={"streaming": st})
 
 
@@ -85,8 +91,9 @@ def _kafka_python_read(settings: Settings, start: dict[int, int], end: dict[int,
     from kafka import TopicPartition
 
     topic = settings.kafka.purchases_topic
-    consumer = kafka_consumer(settings.kafka, enable_auto_commit=False, client_id="shopstream-bench-read",
-                              max_poll_records=5000)
+    consumer = kafka_consumer(
+        settings.kafka, enable_auto_commit=False, client_id="shopstream-bench-read", max_poll_records=5000
+    )
     tps = [TopicPartition(topic, p) for p in start]
     try:
         t0 = time.perf_counter()
@@ -127,28 +134,46 @@ def throughput(spark, settings: Settings, n: int, repeats: int) -> Figure:
         t0 = time.perf_counter()
         out.write.partitionBy("date").mode("overwrite").parquet(s3a_url(cfg, f"bench/{uuid.uuid4().hex[:8]}/copy"))
         write_s.append(time.perf_counter() - t0)
-        console.print(f"  run {i + 1}/{repeats}: job {n / job_s[-1]:,.0f} purchases/s ({job_s[-1]:.1f} s), "
-                      f"kafka-python {n / read_s[-1]:,.0f}/s, Parquet batch write {n / write_s[-1]:,.0f}/s")
+        console.print(
+            f"  run {i + 1}/{repeats}: job {n / job_s[-1]:,.0f} purchases/s ({job_s[-1]:.1f} s), "
+            f"kafka-python {n / read_s[-1]:,.0f}/s, Parquet batch write {n / write_s[-1]:,.0f}/s"
+        )
     rate = n / statistics.median(job_s)
     read_rate, write_rate = n / statistics.median(read_s), n / statistics.median(write_s)
-    note = (f"{n:,} purchases, Trigger.AvailableNow, master {settings.spark.master}, source "
-            f"{settings.streaming.kafka_source}, max {settings.streaming.max_records_per_trigger:,} per batch; "
-            "wall time from job.start to both queries done. "
-            + ("; ".join(problems) if problems else "Every purchase written once."))
-    return Figure(f"streaming Kafka -> Parquet ({n:,} purchases)", rate, "purchases/s",
-                  limit_name="kafka-python alone reading them", limit_value=read_rate,
-                  other_limits={"Spark batch writing the same rows as Parquet": write_rate},
-                  target="every purchase written once (no speed target)", met=not problems,
-                  samples=[n / s for s in job_s], note=note)
+    note = (
+        f"{n:,} purchases, Trigger.AvailableNow, master {settings.spark.master}, source "
+        f"{settings.streaming.kafka_source}, max {settings.streaming.max_records_per_trigger:,} per batch; "
+        "wall time from job.start to both queries done. "
+        + ("; ".join(problems) if problems else "Every purchase written once.")
+    )
+    return Figure(
+        f"streaming Kafka -> Parquet ({n:,} purchases)",
+        rate,
+        "purchases/s",
+        limit_name="kafka-python alone reading them",
+        limit_value=read_rate,
+        other_limits={"Spark batch writing the same rows as Parquet": write_rate},
+        target="every purchase written once (no speed target)",
+        met=not problems,
+        samples=[n / s for s in job_s],
+        note=note,
+    )
 
 
 def _purchase(tag: str, i: int) -> dict:
     a, b = 1 + i % 300, 1 + (i * 7) % 200
-    return {"SessionId": f"sess-{tag}-{i}", "TimeStamp": datetime.now(UTC).isoformat(), "UserId": f"user-{i % 997}",
-            "TotalPrice": 2 * a + b, "OrderId": f"order-{tag}-{i}", "PaymentType": "CreditCard",
-            "Products": [{"ProductId": f"sku-{i % 5000:05d}", "ItemCount": 2, "ItemPrice": a + 0.5, "ItemDiscount": 0.5},
-                         {"ProductId": f"sku-{(i * 31) % 5000:05d}", "ItemCount": 1, "ItemPrice": b + 0.25,
-                          "ItemDiscount": 0.25}]}
+    return {
+        "SessionId": f"sess-{tag}-{i}",
+        "TimeStamp": datetime.now(UTC).isoformat(),
+        "UserId": f"user-{i % 997}",
+        "TotalPrice": 2 * a + b,
+        "OrderId": f"order-{tag}-{i}",
+        "PaymentType": "CreditCard",
+        "Products": [
+            {"ProductId": f"sku-{i % 5000:05d}", "ItemCount": 2, "ItemPrice": a + 0.5, "ItemDiscount": 0.5},
+            {"ProductId": f"sku-{(i * 31) % 5000:05d}", "ItemCount": 1, "ItemPrice": b + 0.25, "ItemDiscount": 0.25},
+        ],
+    }
 
 
 class _Poller:
@@ -160,8 +185,8 @@ class _Poller:
     own seconds to what is measured."""
 
     def __init__(self, settings: Settings, prefix: str) -> None:
-        from shopstream.adapters.s3 import s3_client
         from shopstream.adapters.lake import LakeFiles
+        from shopstream.adapters.s3 import s3_client
 
         self.lake, self.prefix = LakeFiles(s3_client(settings.s3), settings), prefix
         self.read: set[str] = set()
@@ -175,7 +200,7 @@ class _Poller:
         t1 = time.time()
         self.poll_s.append(t1 - t0)
         self.read |= new
-        for order in (table.column("OrderId").to_pylist() if table is not None else []):
+        for order in table.column("OrderId").to_pylist() if table is not None else []:
             if order.startswith(self.prefix):
                 self.seen.setdefault(order, t1)
 
@@ -227,13 +252,13 @@ def freshness(spark, settings: Settings, window_s: float, windows: int, trigger_
             sent: list[str] = []
             stop = threading.Event()
 
-            def sender() -> None:
+            def sender(sent: list[str], stop: threading.Event) -> None:
                 end = time.monotonic() + window_s
                 while time.monotonic() < end and not stop.is_set():
                     sent.append(post_one())
                     time.sleep(random.uniform(0.3, 0.7))
 
-            t = threading.Thread(target=sender, daemon=True)
+            t = threading.Thread(target=sender, args=(sent, stop), daemon=True)
             t.start()
             while t.is_alive():
                 poller.poll()
@@ -245,10 +270,16 @@ def freshness(spark, settings: Settings, window_s: float, windows: int, trigger_
             fresh = [poller.seen[i] - acked[i] for i in sent]
             samples += fresh
             p95s.append(percentile(fresh, 95))
-            console.print(f"  window {w + 1}/{windows}: {len(sent)} purchases, freshness p50 "
-                          f"{percentile(fresh, 50):.2f} s, p95 {p95s[-1]:.2f} s, max {max(fresh):.2f} s")
-        batch_ms = [p["durationMs"].get("triggerExecution", 0) for q in queries for p in q.recentProgress
-                    if q.name == PURCHASES and p["numInputRows"]]
+            console.print(
+                f"  window {w + 1}/{windows}: {len(sent)} purchases, freshness p50 "
+                f"{percentile(fresh, 50):.2f} s, p95 {p95s[-1]:.2f} s, max {max(fresh):.2f} s"
+            )
+        batch_ms = [
+            p["durationMs"].get("triggerExecution", 0)
+            for q in queries
+            for p in q.recentProgress
+            if q.name == PURCHASES and p["numInputRows"]
+        ]
     finally:
         for c in closing:
             c.close()
@@ -260,26 +291,45 @@ def freshness(spark, settings: Settings, window_s: float, windows: int, trigger_
     # longer than the interval starts the next one at once), then for that batch to commit
     floor = 0.95 * max(trigger_s, batch_s) + batch_s
     p95 = statistics.median(p95s)
-    note = (f"trigger_interval_s = {trigger_s:g} (processing time); {len(samples)} purchases posted one at a time over "
-            f"{windows} x {window_s:g} s; p95 per window, median of windows; readable = first seen by "
-            f"a reader of {url} following the sink's log (median poll {statistics.median(poller.poll_s):.2f} s, counted in, "
-            f"{POLL_PAUSE_S:g} s between polls); "
-            f"median batch {batch_s:.2f} s ({len(batch_ms)} batches with data)")
-    return Figure("streaming freshness p95 (API 2xx -> readable in Parquet)", p95, "s",
-                  limit_name=f"p95 the trigger ({trigger_s:g} s) and batch time imply", limit_value=floor,
-                  target="<= 10 s", met=p95 <= 10, samples=p95s, note=note)
+    note = (
+        f"trigger_interval_s = {trigger_s:g} (processing time); {len(samples)} purchases posted one at a time over "
+        f"{windows} x {window_s:g} s; p95 per window, median of windows; readable = first seen by "
+        f"a reader of {url} following the sink's log "
+        f"(median poll {statistics.median(poller.poll_s):.2f} s, counted in, "
+        f"{POLL_PAUSE_S:g} s between polls); "
+        f"median batch {batch_s:.2f} s ({len(batch_ms)} batches with data)"
+    )
+    return Figure(
+        "streaming freshness p95 (API 2xx -> readable in Parquet)",
+        p95,
+        "s",
+        limit_name=f"p95 the trigger ({trigger_s:g} s) and batch time imply",
+        limit_value=floor,
+        target="<= 10 s",
+        met=p95 <= 10,
+        samples=p95s,
+        note=note,
+    )
 
 
-def run(settings: Settings, quick: bool = False, purchases: int | None = None, repeats: int | None = None,
-        freshness_window_s: float | None = None, freshness_windows: int | None = None,
-        trigger_s: float | None = None) -> list[Figure]:
+def run(
+    settings: Settings,
+    quick: bool = False,
+    purchases: int | None = None,
+    repeats: int | None = None,
+    freshness_window_s: float | None = None,
+    freshness_windows: int | None = None,
+    trigger_s: float | None = None,
+) -> list[Figure]:
     trigger_s = trigger_s or settings.streaming.trigger_interval_s
     n = purchases or (10_000 if quick else 100_000)
     repeats = repeats or (2 if quick else 3)
     window_s = freshness_window_s or (15 if quick else 40)
     windows = freshness_windows or (1 if quick else 3)
-    console.print(f"[bold]streaming[/bold]: {n:,} purchases Kafka -> Parquet x {repeats}; freshness "
-                  f"{windows} x {window_s:g} s with a {trigger_s:g} s trigger")
+    console.print(
+        f"[bold]streaming[/bold]: {n:,} purchases Kafka -> Parquet x {repeats}; freshness "
+        f"{windows} x {window_s:g} s with a {trigger_s:g} s trigger"
+    )
     with spark_for(settings, "shopstream-bench-streaming") as spark:
         figures = [throughput(spark, settings, n, repeats)]
         figures.append(freshness(spark, settings, window_s, windows, trigger_s))

@@ -24,8 +24,10 @@ class Ingestor:
         (acknowledged by the broker but not journaled: in doubt, like a 503)."""
         journal = self.journal
         if journal is not None and journal.full():
-            raise JournalFull(f"the acknowledgement journal holds {journal.bytes:,} bytes, its budget is "
-                              f"{journal.max_bytes:,}: the broker has not yet been seen holding older records")
+            raise JournalFull(
+                f"the acknowledgement journal holds {journal.bytes:,} bytes, its budget is "
+                f"{journal.max_bytes:,}: the broker has not yet been seen holding older records"
+            )
         acks = await self.publisher.publish(topic, [(r.key, r.value) for r in records])
         if journal is not None:
             await journal.append(topic, records, [(a.partition, a.offset) for a in acks])

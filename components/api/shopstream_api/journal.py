@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from shopstream import ledger
 from shopstream.settings import Settings
@@ -91,8 +92,19 @@ class _Write:
 
 
 def _line(topic: str, partition: int, offset: int, record: Outgoing) -> bytes:
-    return b"\t".join((topic.encode(), str(partition).encode(), str(offset).encode(), record.event_id.encode(),
-                       record.key, record.value)) + b"\n"
+    return (
+        b"\t".join(
+            (
+                topic.encode(),
+                str(partition).encode(),
+                str(offset).encode(),
+                record.event_id.encode(),
+                record.key,
+                record.value,
+            )
+        )
+        + b"\n"
+    )
 
 
 def parse_line(raw: bytes) -> tuple[str, int, int, Outgoing] | None:
@@ -127,7 +139,7 @@ class Journal:
         self.lock = threading.Lock()  # entries, segments and byte counts (writer thread vs event loop)
         self.slot = ""
         self._slot_dir = self.root
-        self._slot_lock = None
+        self._slot_lock: TextIO | None = None
         self._segments: list[Segment] = []
         self._current: Segment | None = None
         self._current_fd: int | None = None
@@ -162,8 +174,13 @@ class Journal:
         recovered = self._recover(mine) if self.enabled else 0
         self._thread = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
         self._thread.start()
-        log.info("journal %s in %s: %d record(s) recovered, %d bytes", "on" if self.enabled else "off (ledger only)",
-                 mine, recovered, self.bytes)
+        log.info(
+            "journal %s in %s: %d record(s) recovered, %d bytes",
+            "on" if self.enabled else "off (ledger only)",
+            mine,
+            recovered,
+            self.bytes,
+        )
         return recovered
 
     def _adopt(self, slots: Path, mine: Path) -> None:
@@ -249,7 +266,7 @@ class Journal:
                 return
             try:
                 self._write_group(group)
-            except BaseException as e:  # noqa: BLE001 - every waiting request learns, the writer goes on
+            except BaseException as e:  # every waiting request learns, the writer goes on
                 log.exception("journal write failed")
                 for w in group:
                     w.loop.call_soon_threadsafe(_fail, w.future, e)
@@ -349,7 +366,7 @@ def _fail(future: asyncio.Future, error: BaseException) -> None:
 def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _fsync_dir(path: Path) -> None:

@@ -120,8 +120,9 @@ class JsonBodyRoute(APIRoute):
             content_type = request.headers.get("content-type")
             if content_type and not is_json(content_type):
                 request.app.state.metrics.rejected.labels("unsupported_media_type").inc()
-                raise HTTPException(415, detail=f"Content-Type must be application/json (or application/*+json), "
-                                                f"not {content_type!r}")
+                raise HTTPException(
+                    415, detail=f"Content-Type must be application/json (or application/*+json), not {content_type!r}"
+                )
             return await handler(JsonBodyRequest(request.scope, request.receive))
 
         return json_body_handler

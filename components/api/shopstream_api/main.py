@@ -62,6 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app).expose(
         app, endpoint="/metrics", tags=["health"]
     )
-    app.add_middleware(MaxBodySize, max_bytes=settings.api.max_body_bytes,
-                       on_reject=lambda: metrics.rejected.labels("body_too_large").inc())
+    app.add_middleware(
+        MaxBodySize,
+        max_bytes=settings.api.max_body_bytes,
+        on_reject=lambda: metrics.rejected.labels("body_too_large").inc(),
+    )
     return app

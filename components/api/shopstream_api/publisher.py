@@ -121,7 +121,8 @@ class KafkaPublisher:
         async with self._lock:
             if self._producer is None:
                 producer = aio_producer(
-                    self.kafka, _AbortableProducer,
+                    self.kafka,
+                    _AbortableProducer,
                     client_id="shopstream-api",
                     acks="all",
                     enable_idempotence=True,  # broker-side retries never duplicate a record

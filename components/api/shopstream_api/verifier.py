@@ -78,14 +78,23 @@ class Verifier:
         now = time.time() if now is None else now
         result = Round()
         with self.journal.lock:
-            due = {tp: (list(takewhile(lambda e: e.acked + self.interval <= now, p.first)),
-                        list(takewhile(lambda e: e.acked + self.retention <= now, p.final)))
-                   for tp, p in self.journal.pending.items()}
+            due = {
+                tp: (
+                    list(takewhile(lambda e: e.acked + self.interval <= now, p.first)),
+                    list(takewhile(lambda e: e.acked + self.retention <= now, p.final)),
+                )
+                for tp, p in self.journal.pending.items()
+            }
         due = {tp: lists for tp, lists in due.items() if lists[0] or lists[1]}
         for (topic, partition), (first, final) in due.items():
             async with asyncio.timeout(60):
-                held = await self._read_back(TopicPartition(topic, partition), sorted({e.offset for e in first + final}))
-            intact = lambda e: held.get(e.offset) == e.crc  # noqa: E731
+                held = await self._read_back(
+                    TopicPartition(topic, partition), sorted({e.offset for e in first + final})
+                )
+
+            def intact(e: Entry, held: dict[int, int] = held) -> bool:  # this partition's `held`, bound now
+                return held.get(e.offset) == e.crc
+
             with self.journal.lock:
                 p = self.journal.pending[(topic, partition)]
                 for _ in first:
@@ -109,8 +118,13 @@ class Verifier:
 
     async def _republish(self, topic: str, entries: list[Entry]) -> None:
         """Publish lost records again and journal their new positions; on failure they wait for the next round."""
-        log.warning("the broker lost %d acknowledged record(s) of %s (e.g. partition %d offset %d); "
-                    "publishing them again", len(entries), topic, entries[0].partition, entries[0].offset)
+        log.warning(
+            "the broker lost %d acknowledged record(s) of %s (e.g. partition %d offset %d); publishing them again",
+            len(entries),
+            topic,
+            entries[0].partition,
+            entries[0].offset,
+        )
         records = [self.journal.read(e) for e in entries]
         try:
             acks = await self.publisher.publish(topic, [(r.key, r.value) for r in records])
@@ -127,8 +141,14 @@ class Verifier:
     # -- reading the broker's copy -----------------------------------------------------------------
     async def _client(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            consumer = aio_consumer(self.settings.kafka, client_id="shopstream-api-journal", group_id=None,
-                                    enable_auto_commit=False, fetch_max_wait_ms=100, request_timeout_ms=10_000)
+            consumer = aio_consumer(
+                self.settings.kafka,
+                client_id="shopstream-api-journal",
+                group_id=None,
+                enable_auto_commit=False,
+                fetch_max_wait_ms=100,
+                request_timeout_ms=10_000,
+            )
             await consumer.start()
             self._consumer = consumer
         return self._consumer
@@ -147,7 +167,7 @@ class Verifier:
         consumer = await self._client()
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
-        wanted = offsets[:bisect.bisect_left(offsets, end)]
+        wanted = offsets[: bisect.bisect_left(offsets, end)]
         held: dict[int, int] = {}
         i = 0  # wanted[:i] are passed
         while i < len(wanted):

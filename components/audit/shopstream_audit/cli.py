@@ -27,10 +27,10 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 
 @app.command()
-def audit(samples: int = typer.Option(SAMPLES, "--samples", min=0,
-                                      help="missing and doubled EventIds shown per stage"),
-          json_out: Path | None = typer.Option(None, "--json",
-                                               help="also write the table as JSON to this file (for tools)")) -> None:
+def audit(
+    samples: int = typer.Option(SAMPLES, "--samples", min=0, help="missing and doubled EventIds shown per stage"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the table as JSON to this file (for tools)"),
+) -> None:
     """Reconcile every acknowledged record with every stage; exit 1 on any difference."""
     settings = Settings()
     # wide enough for the table when the output is not a terminal (CI logs, pipes)

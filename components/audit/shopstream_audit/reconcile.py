@@ -106,11 +106,22 @@ def within_end(committed: Mapping[int, int], end: Mapping[int, int]) -> tuple[di
     return {p: 0 if p in past else off for p, off in committed.items()}, past
 
 
-def kafka_stage(topic: str, acked: Mapping[str, Pos], copies: Copies, beginning: Mapping[int, int],
-                end: Mapping[int, int], samples: int = SAMPLES) -> Stage:
+def kafka_stage(
+    topic: str,
+    acked: Mapping[str, Pos],
+    copies: Copies,
+    beginning: Mapping[int, int],
+    end: Mapping[int, int],
+    samples: int = SAMPLES,
+) -> Stage:
     """Every acknowledged EventId must have a copy in its topic."""
-    stage = Stage(f"Kafka {topic}", acknowledged=len(acked), expected=len(acked), doubled=None,
-                  position=f"end {sum(end.values()):,} ({len(end)} partitions)")
+    stage = Stage(
+        f"Kafka {topic}",
+        acknowledged=len(acked),
+        expected=len(acked),
+        doubled=None,
+        position=f"end {sum(end.values()):,} ({len(end)} partitions)",
+    )
     missing, expired = [], 0
     for event_id, (partition, offset) in acked.items():
         if event_id in copies.first:
@@ -134,15 +145,22 @@ def kafka_stage(topic: str, acked: Mapping[str, Pos], copies: Copies, beginning:
     return stage
 
 
-def store_stage(name: str, acked: Iterable[str], copies: Copies, committed: Mapping[int, int] | None,
-                found: Container[str], position: str = "", unchecked: str | None = None,
-                samples: int = SAMPLES) -> Stage:
+def store_stage(
+    name: str,
+    acked: Iterable[str],
+    copies: Copies,
+    committed: Mapping[int, int] | None,
+    found: Container[str],
+    position: str = "",
+    unchecked: str | None = None,
+    samples: int = SAMPLES,
+) -> Stage:
     """Acknowledged records against a store fed from the topic up to `committed` (None: unknown)."""
     stage = Stage(name, position=position, unchecked=unchecked)
     missing = []
-    expected = 0
+    acknowledged = expected = 0
     for event_id in acked:
-        stage.acknowledged += 1
+        acknowledged += 1
         positions = copies.positions(event_id)
         # no copy left in Kafka: nothing left to wait for, the store must hold it already
         due = not positions or (committed is not None and committed_past(positions, committed))
@@ -153,6 +171,7 @@ def store_stage(name: str, acked: Iterable[str], copies: Copies, committed: Mapp
             missing.append(event_id)
         else:
             stage.pending += 1
+    stage.acknowledged = acknowledged
     stage.expected = expected if committed is not None else None
     stage.missing, stage.missing_sample = len(missing), sample(missing, samples)
     return stage
@@ -173,16 +192,21 @@ class CountDoc:
     applied: frozenset[str] = frozenset()
 
 
-def count_stage(counts: Mapping[Pair, CountDoc], applied_batches: Container[str],
-                stored: Mapping[Pair, Mapping[str | None, int]], position: str = "",
-                samples: int = SAMPLES) -> Stage:
+def count_stage(
+    counts: Mapping[Pair, CountDoc],
+    applied_batches: Container[str],
+    stored: Mapping[Pair, Mapping[str | None, int]],
+    position: str = "",
+    samples: int = SAMPLES,
+) -> Stage:
     """EventCount per pair against the stored events of the pair in applied batches.
 
     `applied_batches`: batches in state "applied" (read before the counts); a count
     document's own `applied` list adds the batches merged into it since. `stored`: per
     pair, events per AggBatch (None: not claimed yet)."""
-    stage = Stage("EventCount", position=position, acknowledged=None, expected=0)
+    stage = Stage("EventCount", position=position, acknowledged=None)
     over, under = [], []
+    expected = doubled = 0
     for pair in sorted(set(counts) | set(stored)):
         doc = counts.get(pair)
         applied = doc.applied if doc else frozenset()
@@ -193,16 +217,17 @@ def count_stage(counts: Mapping[Pair, CountDoc], applied_batches: Container[str]
             else:
                 pending += n
         got = doc.event_count if doc else 0
-        stage.expected += want
+        expected += want
         stage.pending += pending
         stage.found += min(got, want)
         line = f"{pair[0]}/{pair[1]}: EventCount {got:,}, counted events stored {want:,}"
         if got > want:
-            stage.doubled += got - want
+            doubled += got - want
             over.append(line)
         elif got < want:
             stage.missing += want - got
             under.append(line)
+    stage.expected, stage.doubled = expected, doubled
     stage.missing_sample, stage.doubled_sample = under[:samples], over[:samples]
     stored_total = sum(sum(b.values()) for b in stored.values())
     stage.notes.append(f"{stored_total:,} events stored, {len(counts):,} pairs counted")

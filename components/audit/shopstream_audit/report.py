@@ -10,7 +10,7 @@ import urllib3
 from kafka.errors import KafkaError
 from minio.error import S3Error
 from pymongo.errors import PyMongoError
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -18,8 +18,18 @@ from shopstream.locations import PURCHASES, QUARANTINE, checkpoint_url
 from shopstream.settings import Settings
 
 from . import sources
-from .reconcile import (SAMPLES, AnyOf, Audit, Copies, Stage, count_stage, doubled_stage, kafka_stage,
-                        store_stage, within_end)
+from .reconcile import (
+    SAMPLES,
+    AnyOf,
+    Audit,
+    Copies,
+    Stage,
+    count_stage,
+    doubled_stage,
+    kafka_stage,
+    store_stage,
+    within_end,
+)
 
 LAST_REWINDS = 5
 STORE_ERRORS = (PyMongoError, S3Error, urllib3.exceptions.HTTPError, pa.ArrowException, OSError)
@@ -41,8 +51,15 @@ class Report:
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True, disable=not console.is_terminal)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
 
 
 def _offsets(committed: dict[int, int], end: dict[int, int]) -> str:
@@ -61,47 +78,80 @@ def _why(e: Exception) -> str:
 def _past_end(topic: str, partitions: list[int]) -> list[str]:
     if not partitions:
         return []
-    return [f"committed past the end of {', '.join(f'{topic}-{p}' for p in partitions)} (the broker lost "
-            "records; the stage reads them again): nothing there is due yet"]
+    return [
+        f"committed past the end of {', '.join(f'{topic}-{p}' for p in partitions)} (the broker lost "
+        "records; the stage reads them again): nothing there is due yet"
+    ]
 
 
 def _kafka_failed(settings: Settings, e: Exception) -> sources.AuditError:
     return sources.AuditError(f"Kafka at {settings.kafka.bootstrap_servers}: {_error(e)}")
 
 
-def _mongo_stages(settings: Settings, led: sources.Ledger, copies: Copies, drained: dict[int, int],
-                  end: dict[int, int], progress: Progress, samples: int) -> list[Stage]:
+def _mongo_stages(
+    settings: Settings,
+    led: sources.Ledger,
+    copies: Copies,
+    drained: dict[int, int],
+    end: dict[int, int],
+    progress: Progress,
+    samples: int,
+) -> list[Stage]:
     """MongoDB's events (or dead letters) up to the batch group's committed offsets, and the counts."""
     topic = settings.kafka.user_events_topic
     name, where = "MongoDB events", f"group {settings.batch.consumer_group}: {_offsets(drained, end)}"
     task = progress.add_task("MongoDB", total=None)
     try:
-        snap = sources.read_mongo(settings, led.acked[topic], lambda n: progress.advance(task, n),
-                                  lambda total: progress.update(task, total=total))
+        snap = sources.read_mongo(
+            settings,
+            led.acked[topic],
+            lambda n: progress.advance(task, n),
+            lambda total: progress.update(task, total=total),
+        )
     except STORE_ERRORS as e:
-        return [Stage(name, where, len(led.acked[topic]), None, unchecked=_why(e)),
-                Stage("EventCount", acknowledged=None, expected=None, unchecked=_why(e))]
+        return [
+            Stage(name, where, len(led.acked[topic]), None, unchecked=_why(e)),
+            Stage("EventCount", acknowledged=None, expected=None, unchecked=_why(e)),
+        ]
     due, past = within_end(drained, end)
-    stage = store_stage(name, led.acked[topic], copies, due, AnyOf(snap.in_events, snap.in_dead_letters), where,
-                        samples=samples)
+    stage = store_stage(
+        name, led.acked[topic], copies, due, AnyOf(snap.in_events, snap.in_dead_letters), where, samples=samples
+    )
     stage.notes += _past_end(topic, past)
     only_dead = len(snap.in_dead_letters - snap.in_events)
     if only_dead:
         stage.notes.append(f"{only_dead:,} of them in the dead letters")
     stage.notes.append(f"{snap.events:,} events and {snap.dead_letters:,} dead letters stored")
-    return [stage, count_stage(snap.counts, snap.applied_batches, snap.stored,
-                               f"applied batches: {len(snap.applied_batches):,}", samples)]
+    return [
+        stage,
+        count_stage(
+            snap.counts, snap.applied_batches, snap.stored, f"applied batches: {len(snap.applied_batches):,}", samples
+        ),
+    ]
 
 
-def _lake_stage(settings: Settings, led: sources.Ledger, copies: Copies, streamed: sources.Checkpoint,
-                quarantined: sources.Checkpoint, end: dict[int, int], progress: Progress,
-                samples: int) -> tuple[Stage, list[str]]:
+def _lake_stage(
+    settings: Settings,
+    led: sources.Ledger,
+    copies: Copies,
+    streamed: sources.Checkpoint,
+    quarantined: sources.Checkpoint,
+    end: dict[int, int],
+    progress: Progress,
+    samples: int,
+) -> tuple[Stage, list[str]]:
     """The lake (or quarantine) up to both streaming queries' committed offsets; and the
     committed files that are gone."""
     topic, name = settings.kafka.purchases_topic, "Lake (Parquet)"
     problem = streamed.problem or quarantined.problem
-    committed = None if problem else {p: min(streamed.offsets.get(p, 0), quarantined.offsets.get(p, 0))
-                                      for p in set(streamed.offsets) | set(quarantined.offsets)}
+    committed = (
+        None
+        if problem
+        else {
+            p: min(streamed.offsets.get(p, 0), quarantined.offsets.get(p, 0))
+            for p in set(streamed.offsets) | set(quarantined.offsets)
+        }
+    )
     if committed is None:
         where = "unknown"
     elif streamed.batch is None:
@@ -115,8 +165,16 @@ def _lake_stage(settings: Settings, led: sources.Ledger, copies: Copies, streame
     except STORE_ERRORS as e:
         return Stage(name, where, len(led.acked[topic]), None, unchecked=_why(e)), []
     due, past = within_end(committed, end) if committed is not None else (None, [])
-    stage = store_stage(name, led.acked[topic], copies, due, AnyOf(lake.in_lake, lake.in_quarantine), where,
-                        unchecked=problem, samples=samples)
+    stage = store_stage(
+        name,
+        led.acked[topic],
+        copies,
+        due,
+        AnyOf(lake.in_lake, lake.in_quarantine),
+        where,
+        unchecked=problem,
+        samples=samples,
+    )
     doubled_stage(stage, lake.doubled, samples)
     stage.notes += _past_end(topic, past)
     only_quarantined = len(lake.in_quarantine - lake.in_lake)
@@ -145,17 +203,23 @@ def collect(settings: Settings, console: Console | None = None, samples: int = S
     with _progress(console) as progress:
         try:
             bounds = sources.topic_bounds(settings)
-            task = progress.add_task("Kafka", total=sum(
-                e - bounds.beginning[t].get(p, 0) for t, parts in bounds.end.items() for p, e in parts.items()))
+            task = progress.add_task(
+                "Kafka",
+                total=sum(
+                    e - bounds.beginning[t].get(p, 0) for t, parts in bounds.end.items() for p, e in parts.items()
+                ),
+            )
             copies = sources.scan_topics(settings, led.acked, bounds, lambda n: progress.advance(task, n))
         except KafkaError as e:
             raise _kafka_failed(settings, e) from e
-        stages = [kafka_stage(t, led.acked[t], copies[t], bounds.beginning[t], bounds.end[t], samples)
-                  for t in settings.kafka.topics]
-        stages += _mongo_stages(settings, led, copies[user_events], drained, bounds.end[user_events], progress,
-                                samples)
-        lake, gone = _lake_stage(settings, led, copies[purchases], streamed, quarantined, bounds.end[purchases],
-                                 progress, samples)
+        stages = [
+            kafka_stage(t, led.acked[t], copies[t], bounds.beginning[t], bounds.end[t], samples)
+            for t in settings.kafka.topics
+        ]
+        stages += _mongo_stages(settings, led, copies[user_events], drained, bounds.end[user_events], progress, samples)
+        lake, gone = _lake_stage(
+            settings, led, copies[purchases], streamed, quarantined, bounds.end[purchases], progress, samples
+        )
         stages.append(lake)
 
     report = Report(Audit(stages), led, sources.api_metrics(settings), gone_files=gone, samples=samples)
@@ -171,9 +235,13 @@ def collect(settings: Settings, console: Console | None = None, samples: int = S
 def summary(report: Report) -> dict:
     """The table as data: what `--json` writes (for `invoke chaos`, say)."""
     fields = ("name", "acknowledged", "expected", "found", "missing", "doubled", "pending", "unchecked")
-    return {"exit_code": report.exit_code, "acknowledged": {t: len(ids) for t, ids in report.ledger.acked.items()},
-            "missing": report.audit.missing, "doubled": report.audit.doubled,
-            "stages": [{f: getattr(s, f) for f in fields} for s in report.audit.stages]}
+    return {
+        "exit_code": report.exit_code,
+        "acknowledged": {t: len(ids) for t, ids in report.ledger.acked.items()},
+        "missing": report.audit.missing,
+        "doubled": report.audit.doubled,
+        "stages": [{f: getattr(s, f) for f in fields} for s in report.audit.stages],
+    }
 
 
 # -- printing -----------------------------------------------------------------------------------
@@ -186,12 +254,16 @@ def _n(value: int | None, bad: bool = False) -> str:
 def _ledger_line(report: Report, settings: Settings) -> str:
     led = report.ledger
     if not led.lines:
-        return (f"[yellow]The ledger is empty[/] ({led.folder}): no acknowledged record to check. The API "
-                "writes it while its journal is on (SHOPSTREAM_API__JOURNAL).")
+        return (
+            f"[yellow]The ledger is empty[/] ({led.folder}): no acknowledged record to check. The API "
+            "writes it while its journal is on (SHOPSTREAM_API__JOURNAL)."
+        )
     since = led.oldest_hour.strftime("%Y-%m-%d %H:00 UTC") if led.oldest_hour else "?"
     per_topic = ", ".join(f"{t} {len(ids):,}" for t, ids in led.acked.items())
-    line = f"Ledger: {led.lines:,} lines since {since} (retention {settings.api.ledger_retention_hours:g} h): " \
-           f"acknowledged records {per_topic}"
+    line = (
+        f"Ledger: {led.lines:,} lines since {since} (retention {settings.api.ledger_retention_hours:g} h): "
+        f"acknowledged records {per_topic}"
+    )
     again = sum(led.again.values())
     if again:
         line += f"; {again:,} acknowledged more than once (client retries, published again after a broker loss)"
@@ -202,17 +274,35 @@ def _ledger_line(report: Report, settings: Settings) -> str:
 
 def table(audit: Audit) -> Table:
     t = Table(title="Every acknowledged record, stage by stage", title_justify="left")
-    for name, justify in [("stage", "left"), ("committed", "left"), ("acknowledged", "right"),
-                          ("expected", "right"), ("found", "right"), ("missing", "right"),
-                          ("doubled", "right"), ("pending", "right"), ("notes", "left")]:
+    columns: list[tuple[str, JustifyMethod]] = [
+        ("stage", "left"),
+        ("committed", "left"),
+        ("acknowledged", "right"),
+        ("expected", "right"),
+        ("found", "right"),
+        ("missing", "right"),
+        ("doubled", "right"),
+        ("pending", "right"),
+        ("notes", "left"),
+    ]
+    for name, justify in columns:
         t.add_column(name, justify=justify, overflow="fold")
     for s in audit.stages:
         expected = "?" if s.expected is None else f"{s.expected:,}"
         notes = "; ".join(s.notes)
         if s.unchecked:
             notes = f"[yellow]not checked: {s.unchecked}[/]" + (f"; {notes}" if notes else "")
-        t.add_row(s.name, s.position, _n(s.acknowledged), expected, _n(s.found), _n(s.missing, True),
-                  _n(s.doubled, True), _n(s.pending), notes)
+        t.add_row(
+            s.name,
+            s.position,
+            _n(s.acknowledged),
+            expected,
+            _n(s.found),
+            _n(s.missing, True),
+            _n(s.doubled, True),
+            _n(s.pending),
+            notes,
+        )
     return t
 
 
@@ -224,14 +314,23 @@ def _rewind_lines(report: Report, console: Console) -> None:
         console.print("Rewinds: none recorded (no stage had to read records again after a broker loss)")
         return
     per_stage = Counter(r.stage for r in report.rewinds)
-    console.print("Rewinds (a stage read records again after the broker lost a tail): "
-                  + ", ".join(f"{stage} {n:,}" for stage, n in sorted(per_stage.items())))
+    console.print(
+        "Rewinds (a stage read records again after the broker lost a tail): "
+        + ", ".join(f"{stage} {n:,}" for stage, n in sorted(per_stage.items()))
+    )
     t = Table(title=f"the last {min(LAST_REWINDS, len(report.rewinds))}", title_justify="left")
     for name in ["at (UTC)", "stage", "partition", "committed", "resumed from", "end", "reason"]:
         t.add_column(name)
     for r in report.rewinds[-LAST_REWINDS:]:
-        t.add_row(f"{r.at:%Y-%m-%d %H:%M:%S}", r.stage, f"{r.topic}-{r.partition}", f"{r.committed:,}",
-                  f"{r.resumed_from:,}", f"{r.end:,}", r.reason)
+        t.add_row(
+            f"{r.at:%Y-%m-%d %H:%M:%S}",
+            r.stage,
+            f"{r.topic}-{r.partition}",
+            f"{r.committed:,}",
+            f"{r.resumed_from:,}",
+            f"{r.end:,}",
+            r.reason,
+        )
     console.print(t)
 
 
@@ -260,21 +359,29 @@ def render(report: Report, settings: Settings, console: Console) -> None:
     console.print(table(audit))
     for s in audit.stages:
         if s.missing_sample:
-            console.print(f"[red]missing[/] at {s.name} ({len(s.missing_sample)} of {s.missing:,}):",
-                          "; ".join(s.missing_sample), soft_wrap=True)
+            console.print(
+                f"[red]missing[/] at {s.name} ({len(s.missing_sample)} of {s.missing:,}):",
+                "; ".join(s.missing_sample),
+                soft_wrap=True,
+            )
         if s.doubled_sample:
-            console.print(f"[red]doubled[/] at {s.name} ({len(s.doubled_sample)} of {s.doubled:,}):",
-                          "; ".join(s.doubled_sample), soft_wrap=True)
+            console.print(
+                f"[red]doubled[/] at {s.name} ({len(s.doubled_sample)} of {s.doubled:,}):",
+                "; ".join(s.doubled_sample),
+                soft_wrap=True,
+            )
         if s.unchecked:
             console.print(f"[yellow]not checked[/] at {s.name}: {s.unchecked}")
-    for key in report.gone_files[:report.samples]:
+    for key in report.gone_files[: report.samples]:
         console.print(f"[red]gone[/]: committed lake file {key} is not in the bucket")
     _rewind_lines(report, console)
     _api_lines(report, settings, console)
     if audit.exit_code == 1:
         console.print(f"[bold red]differences[/]: {audit.missing:,} missing, {audit.doubled:,} doubled (exit 1)")
     elif audit.exit_code == 2:
-        console.print("[yellow]nothing missing or doubled in what could be checked, but "
-                      f"{len(audit.unchecked)} stage(s) could not be checked[/] (exit 2)")
+        console.print(
+            "[yellow]nothing missing or doubled in what could be checked, but "
+            f"{len(audit.unchecked)} stage(s) could not be checked[/] (exit 2)"
+        )
     else:
         console.print("[bold green]all good[/]: every acknowledged record is where it is due, once (exit 0)")

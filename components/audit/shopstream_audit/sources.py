@@ -27,7 +27,8 @@ from kafka.errors import OffsetOutOfRangeError
 from minio.error import S3Error
 
 from shopstream import ledger
-from shopstream.adapters.kafka import group_committed as committed_offsets, kafka_consumer
+from shopstream.adapters.kafka import group_committed as committed_offsets
+from shopstream.adapters.kafka import kafka_consumer
 from shopstream.adapters.lake import LakeFiles
 from shopstream.adapters.mongo import collections, database, mongo_client
 from shopstream.adapters.s3 import s3_client
@@ -72,8 +73,9 @@ class Ledger:
 def read_ledger(settings: Settings) -> Ledger:
     """Every acknowledged record of the pipeline's topics, once per (topic, EventId)."""
     topics = settings.kafka.topics
-    out = Ledger(acked={t: {} for t in topics}, oldest_hour=ledger.oldest_hour(settings),
-                 folder=ledger.ledger_dir(settings))
+    out = Ledger(
+        acked={t: {} for t in topics}, oldest_hour=ledger.oldest_hour(settings), folder=ledger.ledger_dir(settings)
+    )
     again: Counter[str] = Counter()
     other: Counter[str] = Counter()
     for line in ledger.acknowledged(settings):
@@ -119,13 +121,22 @@ def group_committed(settings: Settings, topic: str) -> dict[int, int]:
     return committed_offsets(settings.kafka, settings.batch.consumer_group, topic)
 
 
-def scan_topics(settings: Settings, acked: Mapping[str, Container[str]], bounds: TopicBounds,
-                progress: Progress = _nothing, stall_s: float = 60.0) -> dict[str, Copies]:
+def scan_topics(
+    settings: Settings,
+    acked: Mapping[str, Container[str]],
+    bounds: TopicBounds,
+    progress: Progress = _nothing,
+    stall_s: float = 60.0,
+) -> dict[str, Copies]:
     """Read every topic from its beginning to the end offsets in `bounds`; where each
     acknowledged EventId has its copies."""
     copies = {topic: Copies() for topic in bounds.end}
-    targets = {TopicPartition(t, p): end for t, parts in bounds.end.items() for p, end in parts.items()
-               if end > bounds.beginning[t].get(p, 0)}
+    targets = {
+        TopicPartition(t, p): end
+        for t, parts in bounds.end.items()
+        for p, end in parts.items()
+        if end > bounds.beginning[t].get(p, 0)
+    }
     if not targets:
         return copies
     # no reset: an offset out of range means the topic changed under the scan (a broker that lost
@@ -164,8 +175,9 @@ def scan_topics(settings: Settings, acked: Mapping[str, Container[str]], bounds:
                 progress(read)
                 last = time.monotonic()
             elif time.monotonic() - last > stall_s:
-                where = ", ".join(f"{tp.topic}-{tp.partition} at {consumer.position(tp)} of {targets[tp]}"
-                                  for tp in sorted(left))
+                where = ", ".join(
+                    f"{tp.topic}-{tp.partition} at {consumer.position(tp)} of {targets[tp]}" for tp in sorted(left)
+                )
                 raise AuditError(f"Kafka returned no records for {stall_s:.0f} s ({where})")
     finally:
         consumer.close(autocommit=False)
@@ -184,8 +196,9 @@ class MongoSnapshot:
     stored: dict[Pair, dict[str | None, int]] = field(default_factory=dict)  # pair -> AggBatch -> events
 
 
-def read_mongo(settings: Settings, acked: Container[str], progress: Progress = _nothing,
-               total: Callable[[int], None] = _nothing) -> MongoSnapshot:
+def read_mongo(
+    settings: Settings, acked: Container[str], progress: Progress = _nothing, total: Callable[[int], None] = _nothing
+) -> MongoSnapshot:
     """Stored events, dead letters and counts. Read in this order so a running aggregation
     cannot make them disagree: applied batches, then counts (each with the batches merged
     into it), then events (a batch's events are fixed before it is merged)."""
@@ -195,8 +208,9 @@ def read_mongo(settings: Settings, acked: Container[str], progress: Progress = _
         snap = MongoSnapshot()
         snap.applied_batches = {d["_id"] for d in colls.agg_batches.find({"state": "applied"}, {"_id": 1})}
         for d in colls.counts.find({}, {"UserId": 1, "EventName": 1, "EventCount": 1, "Applied": 1}):
-            snap.counts[(d["UserId"], d["EventName"])] = CountDoc(int(d.get("EventCount") or 0),
-                                                                 frozenset(d.get("Applied") or ()))
+            snap.counts[(d["UserId"], d["EventName"])] = CountDoc(
+                int(d.get("EventCount") or 0), frozenset(d.get("Applied") or ())
+            )
         total(colls.events.estimated_document_count() + colls.dead_letters.estimated_document_count())
         stored: dict[Pair, Counter] = defaultdict(Counter)
         cursor = colls.events.find({}, {"UserId": 1, "EventName": 1, "AggBatch": 1}, batch_size=10_000)
@@ -265,8 +279,10 @@ def read_checkpoint(url: str, topic: str) -> Checkpoint:
     folder = local_path(url)
     cp = Checkpoint(url)
     if folder is None:
-        cp.problem = (f"the checkpoint {url} is not on local disk; the audit reads local checkpoints only, "
-                      "so which purchases are due in the lake is unknown")
+        cp.problem = (
+            f"the checkpoint {url} is not on local disk; the audit reads local checkpoints only, "
+            "so which purchases are due in the lake is unknown"
+        )
         return cp
     offsets = set(_numbered(folder / "offsets"))
     committed = [n for n in _numbered(folder / "commits") if n in offsets]
@@ -322,19 +338,27 @@ def _files(client, settings: Settings, path: str) -> list[str]:
 def lake_files(settings: Settings) -> tuple[list[str], list[str]]:
     """The committed files (as the file sink's log lists them) of the lake and of quarantine."""
     client = s3_client(settings.s3)
-    return (_files(client, settings, settings.streaming.output_path),
-            _files(client, settings, settings.streaming.quarantine_path))
+    return (
+        _files(client, settings, settings.streaming.output_path),
+        _files(client, settings, settings.streaming.quarantine_path),
+    )
 
 
-def read_lake(settings: Settings, acked: Container[str], files: list[str], quarantine: list[str],
-              progress: Progress = _nothing, threads: int = 8) -> LakeSnapshot:
+def read_lake(
+    settings: Settings,
+    acked: Container[str],
+    files: list[str],
+    quarantine: list[str],
+    progress: Progress = _nothing,
+    threads: int = 8,
+) -> LakeSnapshot:
     """EventIds of every row of the committed files: which acknowledged purchases are there,
     and which EventIds have more than one row; and the acknowledged ones in quarantine."""
     client, bucket = s3_client(settings.s3), settings.s3.bucket
     snap = LakeSnapshot(files=len(files), quarantine_files=len(quarantine))
     seen: set[str] = set()
     with ThreadPoolExecutor(threads) as pool:
-        for key, ids in zip(files, pool.map(lambda k: _read_column(client, bucket, k, "EventId"), files)):
+        for key, ids in zip(files, pool.map(lambda k: _read_column(client, bucket, k, "EventId"), files), strict=True):
             if ids is None:
                 snap.gone.append(key)
             else:
@@ -347,7 +371,9 @@ def read_lake(settings: Settings, acked: Container[str], files: list[str], quara
             progress(1)
         snap.in_lake = {e for e in seen if e in acked}
         del seen
-        for key, values in zip(quarantine, pool.map(lambda k: _read_column(client, bucket, k, "Value"), quarantine)):
+        for key, values in zip(
+            quarantine, pool.map(lambda k: _read_column(client, bucket, k, "Value"), quarantine), strict=True
+        ):
             if values is None:
                 snap.gone.append(key)
             else:

@@ -126,15 +126,19 @@ class Lease:
             try:
                 doc = self.colls.leases.find_one_and_update(
                     {"_id": LEASE, "$or": [_EXPIRED, {"owner": self.owner}]},
-                    [{"$set": {"owner": self.owner, "token": {"$add": [{"$ifNull": ["$token", 0]}, 1]}}},
-                     self._expiry()],
-                    upsert=True, return_document=ReturnDocument.AFTER,
+                    [
+                        {"$set": {"owner": self.owner, "token": {"$add": [{"$ifNull": ["$token", 0]}, 1]}}},
+                        self._expiry(),
+                    ],
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
                 )
                 break
             except DuplicateKeyError:  # held by another run: the upsert collided with its document
                 if time.monotonic() > deadline:
                     raise LeaseTimeout("another aggregation holds the lease") from None
                 time.sleep(0.5)
+        assert doc is not None  # an upsert returning the document AFTER it always has one
         self.token, self._valid_until = doc["token"], sent + self.seconds - self.margin
         self._thread = threading.Thread(target=self._heartbeat, name="aggregate-lease", daemon=True)
         self._thread.start()
@@ -234,29 +238,49 @@ def apply(colls: Collections, batch_id: str) -> int:
     server's journal, which is written in order, through them."""
     new = {"$add": ["$EventCount", "$$n"]}
     seen = {"$in": ["$$b", "$Applied"]}
-    colls.events.aggregate([
-        {"$match": {"AggBatch": batch_id}},
-        {"$group": {"_id": {"u": "$UserId", "e": "$EventName"}, "n": {"$sum": 1}}},
-        {"$project": {"_id": 0, "UserId": "$_id.u", "EventName": "$_id.e", "EventCount": "$n",
-                      "Applied": [batch_id], "UpdatedAt": "$$NOW"}},
-        {"$merge": {
-            "into": colls.counts.name,
-            "on": ["UserId", "EventName"],
-            "let": {"n": "$EventCount", "b": batch_id},
-            "whenMatched": [{"$set": {
-                "EventCount": {"$cond": [seen, "$EventCount", new]},
-                "Applied": {"$cond": [seen, "$Applied",
-                                      {"$slice": [{"$concatArrays": ["$Applied", ["$$b"]]}, -APPLIED_WINDOW]}]},
-                "UpdatedAt": "$$NOW",
-            }}],
-            "whenNotMatched": "insert",
-        }},
-    ])
+    colls.events.aggregate(
+        [
+            {"$match": {"AggBatch": batch_id}},
+            {"$group": {"_id": {"u": "$UserId", "e": "$EventName"}, "n": {"$sum": 1}}},
+            {
+                "$project": {
+                    "_id": 0,
+                    "UserId": "$_id.u",
+                    "EventName": "$_id.e",
+                    "EventCount": "$n",
+                    "Applied": [batch_id],
+                    "UpdatedAt": "$$NOW",
+                }
+            },
+            {
+                "$merge": {
+                    "into": colls.counts.name,
+                    "on": ["UserId", "EventName"],
+                    "let": {"n": "$EventCount", "b": batch_id},
+                    "whenMatched": [
+                        {
+                            "$set": {
+                                "EventCount": {"$cond": [seen, "$EventCount", new]},
+                                "Applied": {
+                                    "$cond": [
+                                        seen,
+                                        "$Applied",
+                                        {"$slice": [{"$concatArrays": ["$Applied", ["$$b"]]}, -APPLIED_WINDOW]},
+                                    ]
+                                },
+                                "UpdatedAt": "$$NOW",
+                            }
+                        }
+                    ],
+                    "whenNotMatched": "insert",
+                }
+            },
+        ]
+    )
     return colls.events.count_documents({"AggBatch": batch_id})
 
 
-def finish(colls: Collections, batch: dict[str, Any], report: AggregateReport,
-           lease: Lease | None = None) -> None:
+def finish(colls: Collections, batch: dict[str, Any], report: AggregateReport, lease: Lease | None = None) -> None:
     """Steps 2 and 3 for one batch (safe to repeat)."""
     if lease is not None and batch.get("token") != lease.token:  # left by an earlier run
         _take(colls, batch, lease)
@@ -270,8 +294,9 @@ def finish(colls: Collections, batch: dict[str, Any], report: AggregateReport,
         _set_batch(colls, batch["_id"], {"$set": {"state": "claimed"}}, lease)
     _fence(colls, batch["_id"], lease)
     counted = apply(colls, batch["_id"])
-    _set_batch(colls, batch["_id"],
-               {"$set": {"state": "applied", "events": counted, "applied_at": datetime.now(UTC)}}, lease)
+    _set_batch(
+        colls, batch["_id"], {"$set": {"state": "applied", "events": counted, "applied_at": datetime.now(UTC)}}, lease
+    )
     report.batches += 1
     report.events_counted += counted
     report.pairs_updated += colls.counts.count_documents({"Applied": batch["_id"]})
@@ -284,15 +309,17 @@ def _claim_some(colls: Collections, batch_id: str, limit: int, upto: datetime | 
     query that reads every uncounted event, and claimed by `_id` lists."""
     mark = {"$set": {"AggBatch": batch_id}}
     if upto is not None:  # the validator has nothing to say about a batch id: not asked
-        return colls.events.update_many({"AggBatch": None, "StoredAt": {"$lte": upto}}, mark,
-                                        bypass_document_validation=True).modified_count
+        return colls.events.update_many(
+            {"AggBatch": None, "StoredAt": {"$lte": upto}}, mark, bypass_document_validation=True
+        ).modified_count
     if not limit:
         return colls.events.update_many({"AggBatch": None}, mark, bypass_document_validation=True).modified_count
     ids = [d["_id"] for d in colls.events.find({"AggBatch": None}, {"_id": 1}).limit(limit)]
     claimed = 0
     for i in range(0, len(ids), _IN_CHUNK):
-        claimed += colls.events.update_many({"_id": {"$in": ids[i:i + _IN_CHUNK]}, "AggBatch": None}, mark,
-                                            bypass_document_validation=True).modified_count
+        claimed += colls.events.update_many(
+            {"_id": {"$in": ids[i : i + _IN_CHUNK]}, "AggBatch": None}, mark, bypass_document_validation=True
+        ).modified_count
     return claimed
 
 
@@ -302,8 +329,16 @@ def claim(colls: Collections, lease: Lease | None = None, limit: int = 0, upto: 
     batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     if lease is not None:
         lease.check()
-    colls.agg_batches.insert_one({"_id": batch_id, "state": "claiming", "created": datetime.now(UTC),
-                                  "token": lease.token if lease else None, "limit": limit, "upto": upto})
+    colls.agg_batches.insert_one(
+        {
+            "_id": batch_id,
+            "state": "claiming",
+            "created": datetime.now(UTC),
+            "token": lease.token if lease else None,
+            "limit": limit,
+            "upto": upto,
+        }
+    )
     _fence(colls, batch_id, lease)
     claimed = _claim_some(colls, batch_id, limit, upto)
     _set_batch(colls, batch_id, {"$set": {"state": "claimed", "claimed": claimed}}, lease)
@@ -327,8 +362,9 @@ def unfinished(colls: Collections) -> list[dict[str, Any]]:
     return list(colls.agg_batches.find({"state": {"$ne": "applied"}}).sort("created", 1))
 
 
-def update_event_counts(settings: Settings | None = None, wait_for_lease_s: float | None = None,
-                        budget: Budget | None = None) -> AggregateReport:
+def update_event_counts(
+    settings: Settings | None = None, wait_for_lease_s: float | None = None, budget: Budget | None = None
+) -> AggregateReport:
     """Count stored events not counted yet into their (UserId, EventName) documents, within
     `budget` (by default `batch.aggregate_max_seconds` from now; waiting for the lease, at
     most `wait_for_lease_s` or the whole budget, counts in it)."""
@@ -355,10 +391,12 @@ def update_event_counts(settings: Settings | None = None, wait_for_lease_s: floa
                 t0 = budget.clock()
                 batch_id = claim(colls, lease, size, upto)
                 finish(colls, {"_id": batch_id, "state": "claimed", "token": lease.token}, report, lease)
-                claimed = colls.agg_batches.find_one({"_id": batch_id}, {"claimed": 1})["claimed"]
+                claimed_doc = colls.agg_batches.find_one({"_id": batch_id}, {"claimed": 1})
+                assert claimed_doc is not None  # `claim` has just written it
+                claimed = claimed_doc["claimed"]
                 budget.took(claimed, budget.clock() - t0)
                 if upto is not None:
-                    times = times[bisect.bisect_right(times, upto):]
+                    times = times[bisect.bisect_right(times, upto) :]
                 else:  # which ones it took is not known: look again
                     times, unstamped = uncounted(colls) if claimed >= size else ([], 0)
             report.remaining = len(times) + unstamped

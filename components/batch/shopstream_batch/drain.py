@@ -96,11 +96,18 @@ def split(messages: list[Message]) -> tuple[list[dict], list[dict]]:
         try:
             record = UserEventRecord.model_validate_json(m.value or b"")
         except Exception as e:  # noqa: BLE001 - one record, whatever is wrong with it, never stops the drain
-            dead.append({  # the crc: a new record at an offset the broker lost and reused is a new letter
-                "_id": f"{m.topic}:{m.partition}:{m.offset}:{zlib.crc32(m.value or b''):08x}",
-                "Topic": m.topic, "Partition": m.partition, "Offset": m.offset,
-                "Key": m.key, "Value": m.value, "Reason": why_invalid(e), "At": datetime.now(UTC),
-            })
+            dead.append(
+                {  # the crc: a new record at an offset the broker lost and reused is a new letter
+                    "_id": f"{m.topic}:{m.partition}:{m.offset}:{zlib.crc32(m.value or b''):08x}",
+                    "Topic": m.topic,
+                    "Partition": m.partition,
+                    "Offset": m.offset,
+                    "Key": m.key,
+                    "Value": m.value,
+                    "Reason": why_invalid(e),
+                    "At": datetime.now(UTC),
+                }
+            )
             continue
         docs.append(event_document(record, m.partition, m.offset))
     return docs, dead
@@ -128,25 +135,39 @@ def _consumer(settings: Settings) -> KafkaConsumer:
     )
 
 
-def _wait_for_assignment(consumer: KafkaConsumer, deadline: float,
-                         clock: Callable[[], float] = time.monotonic) -> set[TopicPartition]:
+def _wait_for_assignment(
+    consumer: KafkaConsumer, deadline: float, clock: Callable[[], float] = time.monotonic
+) -> set[TopicPartition]:
     """Poll until the group gives this consumer partitions, or the deadline; what it has then."""
     while not consumer.assignment() and clock() < deadline:
         consumer.poll(timeout_ms=200, max_records=1, update_offsets=False)
     return set(consumer.assignment())
 
 
-def _record_rewind(colls: Collections, settings: Settings, tp: TopicPartition, committed: int, end: int,
-                   verdict: Verdict, failed: Mark | None) -> None:
-    rewind = Rewind(DRAIN, tp.topic, tp.partition, committed, verdict.resume, end, datetime.now(UTC),
-                    verdict.reason or "")
+def _record_rewind(
+    colls: Collections,
+    settings: Settings,
+    tp: TopicPartition,
+    committed: int,
+    end: int,
+    verdict: Verdict,
+    failed: Mark | None,
+) -> None:
+    rewind = Rewind(
+        DRAIN, tp.topic, tp.partition, committed, verdict.resume, end, datetime.now(UTC), verdict.reason or ""
+    )
     log.warning("%s", rewind.describe())
     key = f"{failed.offset}:{failed.crc}:{failed.timestamp}" if failed else "-"
     insert_new(colls.rewinds, [drain_document(rewind, settings.batch.consumer_group, key)])  # found again: once
 
 
-def verify_positions(consumer: KafkaConsumer, colls: Collections, settings: Settings,
-                     ends: dict[TopicPartition, int], report: DrainReport) -> dict[TopicPartition, tuple[Mark, ...]]:
+def verify_positions(
+    consumer: KafkaConsumer,
+    colls: Collections,
+    settings: Settings,
+    ends: dict[TopicPartition, int],
+    report: DrainReport,
+) -> dict[TopicPartition, tuple[Mark, ...]]:
     """Seek each assigned partition to where this run must read from, and return the marks
     to go on with. Where the broker lost records past the committed offset, that is the
     newest offset still intact: the rewind is recorded, then committed (so a run that dies
@@ -186,14 +207,19 @@ def verify_positions(consumer: KafkaConsumer, colls: Collections, settings: Sett
     return marks
 
 
-def _waiting(settings: Settings, partitions: list[TopicPartition], ends: dict[TopicPartition, int],
-             timeout_ms: int = 10_000) -> int | None:
+def _waiting(
+    settings: Settings, partitions: list[TopicPartition], ends: dict[TopicPartition, int], timeout_ms: int = 10_000
+) -> int | None:
     """Records before `ends` past the group's committed offsets on `partitions` (from the
     beginning where the group committed nothing), or None if the broker did not say. A
     consumer of its own with the group's id reads them: an offset fetch is not a join, so
     this never triggers a rebalance."""
-    probe = kafka_consumer(settings.kafka, group_id=settings.batch.consumer_group, client_id="shopstream-batch-lag",
-                           enable_auto_commit=False)
+    probe = kafka_consumer(
+        settings.kafka,
+        group_id=settings.batch.consumer_group,
+        client_id="shopstream-batch-lag",
+        enable_auto_commit=False,
+    )
     try:
         lows = probe.beginning_offsets(partitions, timeout_ms=timeout_ms)
         waiting = 0
@@ -202,8 +228,11 @@ def _waiting(settings: Settings, partitions: list[TopicPartition], ends: dict[To
             waiting += max(0, ends[tp] - max(lows[tp], committed or 0))
         return waiting
     except KafkaError as e:
-        log.warning("could not read the group's committed offsets on partitions %s: %s",
-                    sorted(tp.partition for tp in partitions), e)
+        log.warning(
+            "could not read the group's committed offsets on partitions %s: %s",
+            sorted(tp.partition for tp in partitions),
+            e,
+        )
         return None
     finally:
         probe.close()
@@ -266,8 +295,14 @@ def drain_user_events(settings: Settings | None = None, budget: Budget | None = 
                 report.partitions[tp.partition] = done_upto[tp] = off
                 if consumer.position(tp) > off:  # records past the target were fetched: read them next run
                     consumer.seek(tp, off)
-            log.info("batch %d: %d records, stored %d, duplicates %d, dead-lettered %d so far",
-                     report.batches, len(batch), report.stored, report.duplicates, report.dead_lettered)
+            log.info(
+                "batch %d: %d records, stored %d, duplicates %d, dead-lettered %d so far",
+                report.batches,
+                len(batch),
+                report.stored,
+                report.duplicates,
+                report.dead_lettered,
+            )
         report.remaining = sum(max(0, targets[tp] - done_upto[tp]) for tp in targets)
         others = [tp for tp in every if tp not in targets]
         report.unassigned = [tp.partition for tp in others]

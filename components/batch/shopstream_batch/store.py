@@ -27,7 +27,7 @@ from shopstream.settings import BatchSettings
 DUPLICATE_KEY = 11000
 _AGG_BATCH_ALONE = "AggBatch_1"  # the index on AggBatch alone, before (AggBatch, StoredAt) replaced it
 
-STORE_FIELDS = {
+STORE_FIELDS: dict[str, dict[str, Any]] = {
     "KafkaPartition": {"bsonType": ["int", "long"]},
     "KafkaOffset": {"bsonType": ["int", "long"]},
     "StoredAt": {"bsonType": "date"},
@@ -91,11 +91,21 @@ def _marks_id(group: str, topic: str, partition: int) -> str:
 
 def load_marks(colls: Collections, group: str, topic: str) -> dict[int, tuple[Mark, ...]]:
     """partition -> the group's marks on it, oldest first."""
-    return {int(d["Partition"]): tuple(Mark.from_list(x) for x in d["Marks"])
-            for d in colls.marks.find({"Group": group, "Topic": topic})}
+    return {
+        int(d["Partition"]): tuple(Mark.from_list(x) for x in d["Marks"])
+        for d in colls.marks.find({"Group": group, "Topic": topic})
+    }
 
 
 def save_marks(colls: Collections, group: str, topic: str, partition: int, marks: tuple[Mark, ...]) -> None:
-    colls.marks.replace_one({"_id": _marks_id(group, topic, partition)},
-                            {"Group": group, "Topic": topic, "Partition": partition,
-                             "Marks": [m.as_list() for m in marks], "At": datetime.now(UTC)}, upsert=True)
+    colls.marks.replace_one(
+        {"_id": _marks_id(group, topic, partition)},
+        {
+            "Group": group,
+            "Topic": topic,
+            "Partition": partition,
+            "Marks": [m.as_list() for m in marks],
+            "At": datetime.now(UTC),
+        },
+        upsert=True,
+    )

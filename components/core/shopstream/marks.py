@@ -68,11 +68,12 @@ class Verdict:
 def remember(marks: Iterable[Mark], new: Mark) -> tuple[Mark, ...]:
     """`marks` plus the mark of a newly committed position (marks at or past it go)."""
     kept = [m for m in marks if m.offset < new.offset]
-    return (*kept[-(KEEP - 1):], new)
+    return (*kept[-(KEEP - 1) :], new)
 
 
-def check(position: int, marks: Iterable[Mark], lo: int, hi: int,
-          fingerprint_at: Callable[[int], Fingerprint | None]) -> Verdict:
+def check(
+    position: int, marks: Iterable[Mark], lo: int, hi: int, fingerprint_at: Callable[[int], Fingerprint | None]
+) -> Verdict:
     """Where a stage committed at `position` must read from, on a partition holding [lo, hi).
 
     Marks past the position are of commits that never landed (or were rolled back with the
@@ -100,6 +101,6 @@ def check(position: int, marks: Iterable[Mark], lo: int, hi: int,
             resume = max(m.offset, lo)
             if reason is None and resume >= position:  # the newest mark is the position's (or unprovable)
                 return Verdict(position, None, tuple(held))
-            return Verdict(resume, reason or UNMARKED, tuple(held[:i + 1]))
+            return Verdict(resume, reason or UNMARKED, tuple(held[: i + 1]))
         reason = reason or REPLACED
     return Verdict(lo, reason, ())

@@ -46,8 +46,10 @@ class Rewind:
 
     def describe(self) -> str:
         """The log line's words (both stages log every rewind at WARNING)."""
-        return (f"{self.stage}: {self.topic}-{self.partition}: {self.reason}: committed offset {self.committed}, "
-                f"end offset {self.end}; reading again from offset {self.resumed_from}")
+        return (
+            f"{self.stage}: {self.topic}-{self.partition}: {self.reason}: committed offset {self.committed}, "
+            f"end offset {self.end}; reading again from offset {self.resumed_from}"
+        )
 
 
 # -- the streaming job's file -----------------------------------------------------------
@@ -76,9 +78,18 @@ def read_lines(path: Path) -> list[Rewind]:
     for line in text.splitlines():
         try:
             x = json.loads(line)
-            out.append(Rewind(stage=x["stage"], topic=x["topic"], partition=int(x["partition"]),
-                              committed=int(x["committed"]), resumed_from=int(x["resumed_from"]),
-                              end=int(x["end"]), at=datetime.fromisoformat(x["at"]), reason=x["reason"]))
+            out.append(
+                Rewind(
+                    stage=x["stage"],
+                    topic=x["topic"],
+                    partition=int(x["partition"]),
+                    committed=int(x["committed"]),
+                    resumed_from=int(x["resumed_from"]),
+                    end=int(x["end"]),
+                    at=datetime.fromisoformat(x["at"]),
+                    reason=x["reason"],
+                )
+            )
         except (ValueError, KeyError, TypeError):
             continue
     return out
@@ -87,17 +98,32 @@ def read_lines(path: Path) -> list[Rewind]:
 # -- the drain's collection --------------------------------------------------------------
 def drain_document(rewind: Rewind, group: str, key: str) -> dict[str, Any]:
     """`key` tells this rewind from another of the same partition (the mark that failed)."""
-    return {"_id": f"{group}|{rewind.topic}|{rewind.partition}|{rewind.committed}|{key}",
-            "Stage": rewind.stage, "Group": group, "Topic": rewind.topic, "Partition": rewind.partition,
-            "Committed": rewind.committed, "ResumedFrom": rewind.resumed_from, "End": rewind.end,
-            "At": rewind.at, "Reason": rewind.reason}
+    return {
+        "_id": f"{group}|{rewind.topic}|{rewind.partition}|{rewind.committed}|{key}",
+        "Stage": rewind.stage,
+        "Group": group,
+        "Topic": rewind.topic,
+        "Partition": rewind.partition,
+        "Committed": rewind.committed,
+        "ResumedFrom": rewind.resumed_from,
+        "End": rewind.end,
+        "At": rewind.at,
+        "Reason": rewind.reason,
+    }
 
 
 def from_document(d: dict[str, Any]) -> Rewind:
     at = d["At"] if d["At"].tzinfo else d["At"].replace(tzinfo=UTC)
-    return Rewind(stage=d.get("Stage", DRAIN), topic=d["Topic"], partition=int(d["Partition"]),
-                  committed=int(d["Committed"]), resumed_from=int(d["ResumedFrom"]), end=int(d["End"]),
-                  at=at, reason=d["Reason"])
+    return Rewind(
+        stage=d.get("Stage", DRAIN),
+        topic=d["Topic"],
+        partition=int(d["Partition"]),
+        committed=int(d["Committed"]),
+        resumed_from=int(d["ResumedFrom"]),
+        end=int(d["End"]),
+        at=at,
+        reason=d["Reason"],
+    )
 
 
 def drain_rewinds(collection: Any) -> list[Rewind]:

@@ -8,6 +8,7 @@ down instead of holding up the page, except the lake's reads, which carry whole 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -47,18 +48,18 @@ class KafkaClients:
     def get(self) -> tuple[KafkaAdminClient, KafkaConsumer]:
         if self._clients is None:
             cfg, ms = self.settings.kafka, self.timeout_ms
-            self._clients = (admin_client(cfg, ms, client_id=CLIENT_ID, bootstrap_timeout_ms=ms),
-                             kafka_consumer(cfg, client_id=CLIENT_ID, request_timeout_ms=ms, bootstrap_timeout_ms=ms))
+            self._clients = (
+                admin_client(cfg, ms, client_id=CLIENT_ID, bootstrap_timeout_ms=ms),
+                kafka_consumer(cfg, client_id=CLIENT_ID, request_timeout_ms=ms, bootstrap_timeout_ms=ms),
+            )
         return self._clients
 
     def drop(self) -> None:
         """After a failure: the next `get` builds new clients."""
         if self._clients is not None:
             for c in self._clients:
-                try:
+                with contextlib.suppress(Exception):  # it is being thrown away
                     c.close()
-                except Exception:  # noqa: BLE001 - it is being thrown away
-                    pass
         self._clients = None
 
 
@@ -76,15 +77,20 @@ class Clients:
     def build(cls, settings: Settings) -> Clients:
         timeout = probe_timeout_s(settings.dashboard.refresh_s)
         # the lake's reads carry whole files: a longer read timeout and two retries
-        lake_http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=timeout, read=20), maxsize=10,
-                                        retries=urllib3.Retry(total=2, backoff_factor=0.2))
-        return cls(mongo=mongo_client(settings.mongo, timeout_ms=int(timeout * 1000)),
-                   pg=pg_engine_unpooled(settings.postgres, connect_timeout_s=int(timeout)),
-                   s3=s3_client(settings.s3, http_client=lake_http),
-                   kafka=KafkaClients(settings, timeout),
-                   api=api_client(settings.api, timeout_s=timeout),
-                   airflow=airflow_client(settings.airflow, timeout_s=timeout),
-                   timeout_s=timeout)
+        lake_http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=timeout, read=20),
+            maxsize=10,
+            retries=urllib3.Retry(total=2, backoff_factor=0.2),
+        )
+        return cls(
+            mongo=mongo_client(settings.mongo, timeout_ms=int(timeout * 1000)),
+            pg=pg_engine_unpooled(settings.postgres, connect_timeout_s=int(timeout)),
+            s3=s3_client(settings.s3, http_client=lake_http),
+            kafka=KafkaClients(settings, timeout),
+            api=api_client(settings.api, timeout_s=timeout),
+            airflow=airflow_client(settings.airflow, timeout_s=timeout),
+            timeout_s=timeout,
+        )
 
     def collections(self, settings: Settings) -> Collections:
         return collections(database(self.mongo, settings.mongo), settings.batch)

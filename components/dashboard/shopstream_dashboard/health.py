@@ -9,6 +9,7 @@ check (`shopstream.adapters`), the one `invoke status` uses too, on the app's ow
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import Counter
@@ -23,10 +24,10 @@ from kafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from shopstream.adapters.airflow import airflow_health
+from shopstream.adapters.api import READY_PATH, api_health
 from shopstream.adapters.kafka import kafka_health
 from shopstream.adapters.mongo import mongo_health
 from shopstream.adapters.postgres import pg_health
-from shopstream.adapters.api import READY_PATH, api_health
 from shopstream.adapters.s3 import s3_health
 from shopstream.locations import PURCHASES
 from shopstream.restarts import by_service, restarts_path
@@ -49,8 +50,11 @@ STACK_NAMES = {"mongodb": "mongo", "postgresql": "postgres"}  # the page's name 
 def rewinds_summary(found: list[Rewind]) -> dict[str, Any]:
     """The health's `rewinds`: how many each stage recorded, and the latest few, newest first."""
     ordered = oldest_first(found)
-    return {"count": len(ordered), "by_stage": dict(Counter(r.stage for r in ordered)),
-            "latest": [asdict(r) for r in reversed(ordered[-REWINDS_SHOWN:])]}
+    return {
+        "count": len(ordered),
+        "by_stage": dict(Counter(r.stage for r in ordered)),
+        "latest": [asdict(r) for r in reversed(ordered[-REWINDS_SHOWN:])],
+    }
 
 
 class ApiTrafficMeter:
@@ -105,8 +109,16 @@ class HealthMonitor(Loop):
         self._run_reports: dict[tuple[str, str], Any] = {}  # (run, task) -> report, for finished runs
         self._lock = threading.Lock()
         self._status: dict[str, Any] | None = None  # the streaming job's status file, read once per step
-        self.snapshot: dict[str, Any] = {"as_of": datetime.now(UTC), "services": [], "api": None, "lag": [],
-                                         "dag_runs": [], "streaming": None, "rewinds": None, "sources": []}
+        self.snapshot: dict[str, Any] = {
+            "as_of": datetime.now(UTC),
+            "services": [],
+            "api": None,
+            "lag": [],
+            "dag_runs": [],
+            "streaming": None,
+            "rewinds": None,
+            "sources": [],
+        }
 
     # -- probes: each returns (state, detail) or data, and raises when its store does not answer
     def _with_kafka(self, use):
@@ -138,8 +150,14 @@ class HealthMonitor(Loop):
         done_p = purchases_read(self._status, kafka.purchases_topic)
         end_p = sum(ends[kafka.purchases_topic].values())
         if done_p is not None:
-            out.append({"topic": kafka.purchases_topic, "group": "streaming job (Spark checkpoint)",
-                        "lag": max(0, end_p - done_p), "end": end_p})
+            out.append(
+                {
+                    "topic": kafka.purchases_topic,
+                    "group": "streaming job (Spark checkpoint)",
+                    "lag": max(0, end_p - done_p),
+                    "end": end_p,
+                }
+            )
         return out
 
     def dag_runs(self, limit: int = 5) -> list[dict[str, Any]]:
@@ -148,8 +166,14 @@ class HealthMonitor(Loop):
         runs = runs.raise_for_status().json()
         out = []
         for run in runs.get("dag_runs", []):
-            row = {"run_id": run["dag_run_id"], "state": run["state"], "start": run.get("start_date"),
-                   "end": run.get("end_date"), "drained": None, "counted": None}
+            row = {
+                "run_id": run["dag_run_id"],
+                "state": run["state"],
+                "start": run.get("start_date"),
+                "end": run.get("end_date"),
+                "drained": None,
+                "counted": None,
+            }
             for task_id, field in BATCH_TASKS.items():
                 report = self._report(base, run, task_id)
                 if isinstance(report, dict):
@@ -165,10 +189,8 @@ class HealthMonitor(Loop):
         r = self.clients.airflow.get(url)
         value = r.json().get("value") if r.status_code == 200 else None
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = json.loads(value)
-            except ValueError:
-                pass
         if run["state"] in FINAL:
             self._run_reports[key] = value
         return value
@@ -182,27 +204,39 @@ class HealthMonitor(Loop):
         newest = self.model.newest_ingested()
         freshness = round((datetime.now(UTC) - newest).total_seconds(), 1) if newest else None
         if query is None:
-            return None if freshness is None else {"batch_id": None, "batch_at": None, "input_rows": 0,
-                                                   "output_rows": None, "batch_ms": None, "freshness_s": freshness}
+            return (
+                None
+                if freshness is None
+                else {
+                    "batch_id": None,
+                    "batch_at": None,
+                    "input_rows": 0,
+                    "output_rows": None,
+                    "batch_ms": None,
+                    "freshness_s": freshness,
+                }
+            )
         at = query.get("progress_at")
-        return {"batch_id": query.get("batch_id"), "batch_at": datetime.fromtimestamp(at, UTC) if at else None,
-                "input_rows": query.get("input_rows") or 0, "output_rows": query.get("output_rows"),
-                "batch_ms": query.get("batch_ms"), "freshness_s": freshness}
+        return {
+            "batch_id": query.get("batch_id"),
+            "batch_at": datetime.fromtimestamp(at, UTC) if at else None,
+            "input_rows": query.get("input_rows") or 0,
+            "output_rows": query.get("output_rows"),
+            "batch_ms": query.get("batch_ms"),
+            "freshness_s": freshness,
+        }
 
     def rewinds(self) -> dict[str, Any]:
         """Both stages' recorded rewinds (the drain's only while MongoDB answers; the
         services row shows when it does not)."""
         found = read_lines(streaming_file(self.settings))
-        try:
+        with contextlib.suppress(pymongo.errors.PyMongoError):
             found += drain_rewinds(self.clients.collections(self.settings).rewinds)
-        except pymongo.errors.PyMongoError:
-            pass
         return rewinds_summary(found)
 
     def services(self) -> list[dict[str, Any]]:
         """Each service's state: the stores' by their adapters' health checks."""
         s, c = self.settings, self.clients
-
 
         def streaming() -> str:
             why = unhealthy_reason(self._status, s)
@@ -210,11 +244,15 @@ class HealthMonitor(Loop):
                 raise RuntimeError(why)
             return "queries running"
 
-        probes = {"api": lambda: api_health(c.api), "kafka": lambda: self._with_kafka(lambda admin, _: kafka_health(admin)),
-                  "mongodb": lambda: mongo_health(c.mongo), "postgresql": lambda: pg_health(c.pg),
-                  "s3": lambda: s3_health(c.s3, s.s3.bucket),
-                  "airflow": lambda: airflow_health(c.airflow, runs_all=s.stack == StackMode.embedded),
-                  "streaming": streaming}
+        probes = {
+            "api": lambda: api_health(c.api),
+            "kafka": lambda: self._with_kafka(lambda admin, _: kafka_health(admin)),
+            "mongodb": lambda: mongo_health(c.mongo),
+            "postgresql": lambda: pg_health(c.pg),
+            "s3": lambda: s3_health(c.s3, s.s3.bucket),
+            "airflow": lambda: airflow_health(c.airflow, runs_all=s.stack == StackMode.embedded),
+            "streaming": streaming,
+        }
         futures = {name: self._probe(name, fn) for name, fn in probes.items()}
         out = []
         for name, f in futures.items():
@@ -225,8 +263,13 @@ class HealthMonitor(Loop):
         return out
 
     def step(self) -> None:
-        parts = {"services": self.services, "api": self.api_traffic, "lag": self.lag,
-                 "dag_runs": self.dag_runs, "streaming": self.streaming}
+        parts = {
+            "services": self.services,
+            "api": self.api_traffic,
+            "lag": self.lag,
+            "dag_runs": self.dag_runs,
+            "streaming": self.streaming,
+        }
         names = {"api": "api", "lag": "kafka", "dag_runs": "airflow", "streaming": "streaming"}
         self._status = read_status(status_path(self.settings))
         futures = {k: self.pool.submit(fn) for k, fn in parts.items() if k != "services"}
@@ -258,8 +301,10 @@ class HealthMonitor(Loop):
         if self.settings.stack != StackMode.embedded:
             return
         counts = by_service(restarts_path(self.settings))
-        found += [{"name": n, "state": "up", "detail": "serves this page" if n == "dashboard" else "sends traffic"}
-                  for n in ("generator", "dashboard")]
+        found += [
+            {"name": n, "state": "up", "detail": "serves this page" if n == "dashboard" else "sends traffic"}
+            for n in ("generator", "dashboard")
+        ]
         for svc in found:
             svc["restarts"] = counts.get(STACK_NAMES.get(svc["name"], svc["name"]), {}).get("restarts", 0)
 

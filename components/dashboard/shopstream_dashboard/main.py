@@ -49,10 +49,14 @@ class Dashboard:
         cfg = settings.dashboard
         model = ReadModel()
         colls = clients.collections(settings)
-        return cls(settings=settings, clients=clients, model=model,
-                   events_sync=EventsSync(model, colls.events, cfg.refresh_s, cfg.events_overlap_s),
-                   lake_sync=LakeSync(model, clients.s3, settings, cfg.refresh_s),
-                   monitor=HealthMonitor(model, settings, clients, cfg.refresh_s))
+        return cls(
+            settings=settings,
+            clients=clients,
+            model=model,
+            events_sync=EventsSync(model, colls.events, cfg.refresh_s, cfg.events_overlap_s),
+            lake_sync=LakeSync(model, clients.s3, settings, cfg.refresh_s),
+            monitor=HealthMonitor(model, settings, clients, cfg.refresh_s),
+        )
 
     @property
     def counts(self) -> Collection:
@@ -86,15 +90,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dash = Dashboard.build(settings, clients)
         app.state.dashboard = dash
         dash.start()
-        log.info("dashboard on %s, reading the stores every %.0f s", settings.dashboard.base_url,
-                 settings.dashboard.refresh_s)
+        log.info(
+            "dashboard on %s, reading the stores every %.0f s",
+            settings.dashboard.base_url,
+            settings.dashboard.refresh_s,
+        )
         yield
         dash.stop()
         clients.close()
 
-    app = FastAPI(title="shopstream dashboard", version="1.0", lifespan=lifespan,
-                  description="The shop's funnel and the pipeline's health. The page at `/` refreshes from "
-                              "these calls every few seconds.")
+    app = FastAPI(
+        title="shopstream dashboard",
+        version="1.0",
+        lifespan=lifespan,
+        description="The shop's funnel and the pipeline's health. The page at `/` refreshes from "
+        "these calls every few seconds.",
+    )
     app.include_router(routes.router)
 
     @app.get("/", include_in_schema=False)

@@ -11,7 +11,8 @@ from pymongo.errors import PyMongoError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from shopstream.contracts.repeat_buyers import COLUMNS as REPEAT_COLUMNS, TABLE as REPEAT_TABLE
+from shopstream.contracts.repeat_buyers import COLUMNS as REPEAT_COLUMNS
+from shopstream.contracts.repeat_buyers import TABLE as REPEAT_TABLE
 
 from . import schemas
 from .sync import SourceState
@@ -45,10 +46,14 @@ def activity(request: Request, minutes: Annotated[int, Query(ge=1, le=180)] = 15
     st = _state(request)
     now = datetime.now(UTC)
     bucket_s = max(5, minutes * 60 // 90 // 5 * 5)  # about 90 points on the chart
-    return {"as_of": now, "minutes": minutes, "bucket_s": bucket_s,
-            "events": st.model.event_rates(now, minutes, bucket_s),
-            "purchases": st.model.purchases_per_minute(now, minutes),
-            "sources": [st.events_sync.source.as_dict(), st.lake_sync.source.as_dict()]}
+    return {
+        "as_of": now,
+        "minutes": minutes,
+        "bucket_s": bucket_s,
+        "events": st.model.event_rates(now, minutes, bucket_s),
+        "purchases": st.model.purchases_per_minute(now, minutes),
+        "sources": [st.events_sync.source.as_dict(), st.lake_sync.source.as_dict()],
+    }
 
 
 @router.get("/funnel", response_model=schemas.Funnel)
@@ -56,8 +61,12 @@ def funnel(request: Request, window: schemas.FunnelWindow = "1h") -> dict[str, A
     """PageVisited -> AddedBasket -> purchase: users at each step in the window, and the conversion."""
     st = _state(request)
     now = datetime.now(UTC)
-    return {"window": window, "as_of": now, "steps": st.model.funnel(now, window),
-            "sources": [st.events_sync.source.as_dict(), st.lake_sync.source.as_dict()]}
+    return {
+        "window": window,
+        "as_of": now,
+        "steps": st.model.funnel(now, window),
+        "sources": [st.events_sync.source.as_dict(), st.lake_sync.source.as_dict()],
+    }
 
 
 @router.get("/sales", response_model=schemas.Sales)
@@ -74,19 +83,33 @@ def repeat_buyers(request: Request, n: Annotated[int, Query(ge=1, le=100)] = 10)
     try:
         with st.pg.connect() as c:
             if c.execute(text("SELECT to_regclass(:t)"), {"t": REPEAT_TABLE}).scalar() is None:
-                return {"rows": [], "total": 0,
-                        "source": _answered("postgresql", detail="no repeat_buyers table yet: `invoke analyze` writes it")}
-            rows = c.execute(text(
-                f"SELECT {', '.join(REPEAT_COLUMNS)} FROM {REPEAT_TABLE} "
-                "ORDER BY last_bought DESC, user_id, product_id LIMIT :n"), {"n": n}).mappings().all()
+                return {
+                    "rows": [],
+                    "total": 0,
+                    "source": _answered("postgresql", detail="no repeat_buyers table yet: `invoke analyze` writes it"),
+                }
+            rows = (
+                c.execute(
+                    text(
+                        f"SELECT {', '.join(REPEAT_COLUMNS)} FROM {REPEAT_TABLE} "
+                        "ORDER BY last_bought DESC, user_id, product_id LIMIT :n"
+                    ),
+                    {"n": n},
+                )
+                .mappings()
+                .all()
+            )
             total = c.execute(text(f"SELECT count(*) FROM {REPEAT_TABLE}")).scalar()
     except SQLAlchemyError as e:
         return {"rows": [], "total": 0, "source": _answered("postgresql", e)}
     return {"rows": [dict(r) for r in rows], "total": total, "source": _answered("postgresql")}
 
 
-@router.get("/users/{user_id}", response_model=schemas.UserLookup,
-            responses={404: {"description": "no events and no purchases for this UserId"}})
+@router.get(
+    "/users/{user_id}",
+    response_model=schemas.UserLookup,
+    responses={404: {"description": "no events and no purchases for this UserId"}},
+)
 def user(request: Request, user_id: Annotated[str, Path(min_length=1, max_length=128)]) -> dict[str, Any]:
     """A user's EventCount per EventName (MongoDB's counts) and purchases (the lake), newest first."""
     st = _state(request)

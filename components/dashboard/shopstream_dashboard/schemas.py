@@ -131,8 +131,11 @@ class ServiceStatus(BaseModel):
     name: str
     state: Literal["up", "down"]
     detail: str | None = None
-    restarts: int | None = Field(None, description="restarts by the embedded stack's supervisor since `invoke up` "
-                                                   "(null where something else runs the service)")
+    restarts: int | None = Field(
+        None,
+        description="restarts by the embedded stack's supervisor since `invoke up` "
+        "(null where something else runs the service)",
+    )
 
 
 class ApiTraffic(BaseModel):

@@ -38,7 +38,10 @@ class SourceState:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.state, self.synced_at, self.error, self.detail = "loading", None, None, None
+        self.state = "loading"
+        self.synced_at: datetime | None = None
+        self.error: str | None = None
+        self.detail: str | None = None
 
     def ok(self, detail: str | None = None) -> None:
         self.state, self.synced_at, self.error, self.detail = "up", datetime.now(UTC), None, detail
@@ -52,8 +55,13 @@ class SourceState:
         self.detail = detail
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "state": self.state, "synced_at": self.synced_at, "error": self.error,
-                "detail": self.detail}
+        return {
+            "name": self.name,
+            "state": self.state,
+            "synced_at": self.synced_at,
+            "error": self.error,
+            "detail": self.detail,
+        }
 
 
 class Loop:
@@ -79,7 +87,7 @@ class Loop:
             t0 = time.monotonic()
             try:
                 self.step()
-            except Exception as e:  # the store is down or answered nonsense: say so, try again later
+            except Exception as e:  # noqa: BLE001 - the store is down or answered nonsense: say so, try again later
                 if self.source.state != "down":
                     log.warning("%s: %s", self.name, e)
                 self.source.failed(e)
@@ -94,8 +102,9 @@ class EventsSync(Loop):
 
     name = "mongodb"
 
-    def __init__(self, model: ReadModel, events: Collection, interval: float, overlap_s: float,
-                 chunk: int = 50_000) -> None:
+    def __init__(
+        self, model: ReadModel, events: Collection, interval: float, overlap_s: float, chunk: int = 50_000
+    ) -> None:
         super().__init__(interval)
         self.model, self.overlap, self.chunk = model, timedelta(seconds=overlap_s), chunk
         self.events = events
@@ -103,7 +112,7 @@ class EventsSync(Loop):
 
     def _copy(self, query: dict[str, Any], total: int | None) -> tuple[int, datetime | None]:
         cols: dict[str, list] = {"EventId": [], "UserId": [], "EventName": [], "TimeStamp": []}
-        read, added, newest = 0, 0, None
+        added, newest = 0, None
 
         def flush() -> None:
             nonlocal added
@@ -111,12 +120,11 @@ class EventsSync(Loop):
             for v in cols.values():
                 v.clear()
 
-        for doc in self.events.find(query, EVENT_FIELDS, batch_size=10_000):
+        for read, doc in enumerate(self.events.find(query, EVENT_FIELDS, batch_size=10_000), start=1):
             cols["EventId"].append(str(doc["_id"]))
             for k in ("UserId", "EventName", "TimeStamp"):
                 cols[k].append(doc[k])
             newest = doc["StoredAt"] if newest is None or doc["StoredAt"] > newest else newest
-            read += 1
             if read % self.chunk == 0:
                 flush()
                 if total:
@@ -146,8 +154,9 @@ class LakeSync(Loop):
 
     name = "lake"
 
-    def __init__(self, model: ReadModel, s3: Minio, settings: Settings, interval: float,
-                 files_per_load: int = 200) -> None:
+    def __init__(
+        self, model: ReadModel, s3: Minio, settings: Settings, interval: float, files_per_load: int = 200
+    ) -> None:
         super().__init__(interval)
         self.model, self.files_per_load = model, files_per_load
         self.lake = LakeFiles(s3, settings)
@@ -158,7 +167,7 @@ class LakeSync(Loop):
         new = sorted(self.lake.committed() - self.loaded)
         t0, before = time.monotonic(), self.model.counts()["purchases"]
         for i in range(0, len(new), self.files_per_load):
-            part = new[i:i + self.files_per_load]
+            part = new[i : i + self.files_per_load]
             table = self.lake.read(part)
             if table is not None:
                 self.model.add_purchases(table)
@@ -166,8 +175,12 @@ class LakeSync(Loop):
             if len(new) > self.files_per_load:
                 self.source.loading(f"loading purchases: {min(i + len(part), len(new)):,} of {len(new):,} files")
         if new and time.monotonic() - t0 > 1.0:  # a first load, or a catch-up
-            log.info("read %s purchases from %s lake files in %.1f s", f"{self.model.counts()['purchases'] - before:,}",
-                     f"{len(new):,}", time.monotonic() - t0)
+            log.info(
+                "read %s purchases from %s lake files in %.1f s",
+                f"{self.model.counts()['purchases'] - before:,}",
+                f"{len(new):,}",
+                time.monotonic() - t0,
+            )
         detail = f"{self.model.counts()['purchases']:,} purchases in {len(self.loaded):,} files"
         if new or self.warm_ms is None:  # the sales answer, ready before the page asks for it
             self.warm_ms = self.model.warm()

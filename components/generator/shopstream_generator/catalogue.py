@@ -102,7 +102,7 @@ def build_world(seed: int, users: int = 500, products: int = 200) -> World:
     pool = []
     for n in rnd.sample(range(1_000, 1_000 + 20 * users), users):
         k = min(products, rnd.randint(2, 5))
-        favourites = []
+        favourites: list[Product] = []
         while len(favourites) < k:  # distinct, biased to popular products
             p = rnd.choices(catalogue, cum_weights=product_cum)[0]
             if p not in favourites:

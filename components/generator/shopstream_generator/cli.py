@@ -40,9 +40,11 @@ def progress_line(totals: Report, elapsed_s: float) -> Text:
 def summary_line(outcome: Outcome, seed: int) -> str:
     t, e, p = outcome.totals.total, outcome.totals.events, outcome.totals.purchases
     rate = t.accepted / outcome.elapsed_s if outcome.elapsed_s > 0 else 0.0
-    return (f"{outcome.cohorts:,} cohorts in {outcome.elapsed_s:.1f} s (seed {seed}): "
-            f"{t.sent:,} records sent ({e.sent:,} events, {p.sent:,} purchases), {t.accepted:,} accepted, "
-            f"{t.rejected:,} rejected, {t.failed:,} failed, {t.retried:,} retried requests; {rate:,.0f} records/s")
+    return (
+        f"{outcome.cohorts:,} cohorts in {outcome.elapsed_s:.1f} s (seed {seed}): "
+        f"{t.sent:,} records sent ({e.sent:,} events, {p.sent:,} purchases), {t.accepted:,} accepted, "
+        f"{t.rejected:,} rejected, {t.failed:,} failed, {t.retried:,} retried requests; {rate:,.0f} records/s"
+    )
 
 
 def _parse_start(value: str | None) -> datetime | None:
@@ -62,6 +64,7 @@ def _parse_start(value: str | None) -> datetime | None:
 async def _run_with_progress(plan: Plan, console: Console) -> Outcome:
     """Run `plan` showing live progress; the first Ctrl-C stops after the current cohort, a second aborts."""
     loop, task, stop = asyncio.get_running_loop(), asyncio.current_task(), asyncio.Event()
+    assert task is not None  # a coroutine runs this
     totals, began = Report(), time.monotonic()
 
     def on_signal() -> None:
@@ -85,8 +88,16 @@ async def _run_with_progress(plan: Plan, console: Console) -> Outcome:
             console.print(progress_line(totals, time.monotonic() - began), soft_wrap=True)
 
     reporter = None if console.is_terminal else asyncio.create_task(plain_progress())
-    live = Live(get_renderable=lambda: progress_line(totals, time.monotonic() - began),
-                console=console, refresh_per_second=4, transient=True) if console.is_terminal else None
+    live = (
+        Live(
+            get_renderable=lambda: progress_line(totals, time.monotonic() - began),
+            console=console,
+            refresh_per_second=4,
+            transient=True,
+        )
+        if console.is_terminal
+        else None
+    )
     try:
         if live is not None:
             live.start()
@@ -105,24 +116,42 @@ async def _run_with_progress(plan: Plan, console: Console) -> Outcome:
 
 @app.command()
 def generate(
-    api_url: Annotated[str | None, typer.Option(
-        help="Base URL of the ingestion API. (default: the settings' api.base_url)")] = None,
-    sessions_per_second: Annotated[int | None, typer.Option(
-        "--sessions-per-second", "-n", min=1, max=10_000,
-        help="Cohort size: shop sessions built and sent each second. "
-             "(default: the settings' generator.sessions_per_second)")] = None,
-    seconds: Annotated[float | None, typer.Option(
-        min=0.001, help="Stop after this many seconds. (default: no limit)")] = None,
-    cohorts: Annotated[int | None, typer.Option(
-        min=1, help="Stop after this many cohorts. (default: no limit)")] = None,
-    seed: Annotated[int | None, typer.Option(
-        help="Same seed, same users, products and sessions. "
-             "(default: the settings' generator.seed, else random and printed)")] = None,
+    api_url: Annotated[
+        str | None, typer.Option(help="Base URL of the ingestion API. (default: the settings' api.base_url)")
+    ] = None,
+    sessions_per_second: Annotated[
+        int | None,
+        typer.Option(
+            "--sessions-per-second",
+            "-n",
+            min=1,
+            max=10_000,
+            help="Cohort size: shop sessions built and sent each second. "
+            "(default: the settings' generator.sessions_per_second)",
+        ),
+    ] = None,
+    seconds: Annotated[
+        float | None, typer.Option(min=0.001, help="Stop after this many seconds. (default: no limit)")
+    ] = None,
+    cohorts: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many cohorts. (default: no limit)")
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Same seed, same users, products and sessions. "
+            "(default: the settings' generator.seed, else random and printed)"
+        ),
+    ] = None,
     users: Annotated[int, typer.Option(min=1, max=1_000_000, help="Size of the user pool.")] = 500,
     products: Annotated[int, typer.Option(min=1, max=100_000, help="Size of the product catalogue.")] = 200,
-    start: Annotated[str | None, typer.Option(
-        help="Time of the first cohort (ISO 8601 with offset); later cohorts are 1 s apart. "
-             "With --seed, every record is identical run after run. (default: the clock)")] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="Time of the first cohort (ISO 8601 with offset); later cohorts are 1 s apart. "
+            "With --seed, every record is identical run after run. (default: the clock)"
+        ),
+    ] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=1_000, help="Requests in flight at most.")] = 16,
 ) -> None:
     """Send a cohort of Faker-made sessions (events and purchases) to the API every second.
@@ -133,12 +162,24 @@ def generate(
     sessions_per_second = sessions_per_second or settings.generator.sessions_per_second
     if seed is None:
         seed = settings.generator.seed if settings.generator.seed is not None else secrets.randbelow(2**31)
-    plan = Plan(api_url=api_url or settings.api.base_url, sessions_per_cohort=sessions_per_second, seed=seed,
-                users=users, products=products, seconds=seconds, cohorts=cohorts, start=_parse_start(start),
-                concurrency=concurrency, max_body_bytes=settings.api.max_body_bytes)
+    plan = Plan(
+        api_url=api_url or settings.api.base_url,
+        sessions_per_cohort=sessions_per_second,
+        seed=seed,
+        users=users,
+        products=products,
+        seconds=seconds,
+        cohorts=cohorts,
+        start=_parse_start(start),
+        concurrency=concurrency,
+        max_body_bytes=settings.api.max_body_bytes,
+    )
     progress, out = Console(stderr=True), Console(highlight=False)
-    progress.print(f"sending {sessions_per_second} sessions/s to {plan.api_url} (seed {seed}); Ctrl-C stops",
-                   soft_wrap=True, markup=False)
+    progress.print(
+        f"sending {sessions_per_second} sessions/s to {plan.api_url} (seed {seed}); Ctrl-C stops",
+        soft_wrap=True,
+        markup=False,
+    )
     outcome = asyncio.run(_run_with_progress(plan, progress))
     out.print(summary_line(outcome, seed), soft_wrap=True)
     for error in outcome.totals.errors[:5]:

@@ -111,9 +111,14 @@ def _session(world: World, fake: Faker, user: User, session_id: str, order_id: s
     last = offsets[-1] + (rnd.randint(*CHECKOUT_GAP_MS) if buys else 0)
     start = end - timedelta(milliseconds=last)
     events = tuple(
-        UserEvent(UserId=user.user_id, SessionId=session_id, EventName=name,
-                  TimeStamp=start + timedelta(milliseconds=offset), Attributes=_attributes(product))
-        for (name, product), offset in zip(steps, offsets)
+        UserEvent(
+            UserId=user.user_id,
+            SessionId=session_id,
+            EventName=name,
+            TimeStamp=start + timedelta(milliseconds=offset),
+            Attributes=_attributes(product),
+        )
+        for (name, product), offset in zip(steps, offsets, strict=False)  # offsets is [0] with no steps
     )
     purchase = _purchase(fake, user, session_id, order_id, ordered, end) if buys else None
     return Session(session_id, user.user_id, events, purchase)
@@ -122,13 +127,24 @@ def _session(world: World, fake: Faker, user: User, session_id: str, order_id: s
 def _purchase(fake: Faker, user: User, session_id: str, order_id: str, items: list[Product], at: datetime) -> Purchase:
     rnd = fake.random
     lines = [
-        ProductLine(ProductId=p.product_id, ItemCount=rnd.choices(ITEM_COUNTS, cum_weights=ITEM_COUNTS_CUM)[0],
-                    ItemPrice=p.price, ItemDiscount=p.discount)
+        ProductLine(
+            ProductId=p.product_id,
+            ItemCount=rnd.choices(ITEM_COUNTS, cum_weights=ITEM_COUNTS_CUM)[0],
+            ItemPrice=p.price,
+            ItemDiscount=p.discount,
+        )
         for p in items
     ]
     if rnd.random() < P_PREFERRED_PAYMENT:
         payment = user.payment_type
     else:
         payment = rnd.choices(PAYMENT_TYPES, cum_weights=PAYMENT_CUM_WEIGHTS)[0]
-    return Purchase(SessionId=session_id, TimeStamp=at, UserId=user.user_id, TotalPrice=lines_total(lines),
-                    OrderId=order_id, Products=lines, PaymentType=payment)
+    return Purchase(
+        SessionId=session_id,
+        TimeStamp=at,
+        UserId=user.user_id,
+        TotalPrice=lines_total(lines),
+        OrderId=order_id,
+        Products=lines,
+        PaymentType=payment,
+    )

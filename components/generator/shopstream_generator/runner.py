@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -44,8 +45,9 @@ async def run(plan: Plan, stop: asyncio.Event, totals: Report | None = None, **s
     fake = seeded_faker(f"cohorts:{plan.seed}")
     loop = asyncio.get_running_loop()
     number = 0
-    async with Sender(plan.api_url, concurrency=plan.concurrency, max_body_bytes=plan.max_body_bytes,
-                      totals=totals, **sender_options) as sender:
+    async with Sender(
+        plan.api_url, concurrency=plan.concurrency, max_body_bytes=plan.max_body_bytes, totals=totals, **sender_options
+    ) as sender:
         began = next_at = loop.time()
         while not stop.is_set():
             if plan.start is None:
@@ -60,8 +62,6 @@ async def run(plan: Plan, stop: asyncio.Event, totals: Report | None = None, **s
                 break
             if plan.seconds is not None and next_at - began >= plan.seconds:
                 break
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), next_at - loop.time())
-            except TimeoutError:
-                pass
         return Outcome(number, loop.time() - began, sender.totals)

@@ -69,6 +69,12 @@ class Report:
         return self.total.rejected == 0 and self.total.failed == 0
 
 
+def _last_outcome(state: RetryCallState) -> httpx.Response:
+    """Tenacity gave up: the last answer, or its exception raised again."""
+    assert state.outcome is not None  # set by every attempt, so by the last one
+    return state.outcome.result()
+
+
 def purchase_batches(cohort: Cohort, max_records: int, max_bytes: int) -> Iterator[tuple[str, int, bytes]]:
     """(Idempotency-Key, record count, JSON array body) per POST, within both limits."""
     encoded = [json.dumps(p.model_dump(mode="json"), separators=(",", ":")).encode() for p in cohort.purchases]
@@ -88,10 +94,19 @@ def purchase_batches(cohort: Cohort, max_records: int, max_bytes: int) -> Iterat
 class Sender:
     """httpx clients for one API; `send(cohort)` per cohort. Use as `async with`."""
 
-    def __init__(self, api_url: str, *, concurrency: int = 16, attempts: int = 6,
-                 backoff_initial_s: float = 0.2, backoff_max_s: float = 8.0, timeout_s: float = 15.0,
-                 max_body_bytes: int = 1_048_576, purchases_per_request: int = MAX_PURCHASES_PER_REQUEST,
-                 totals: Report | None = None) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        concurrency: int = 16,
+        attempts: int = 6,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 8.0,
+        timeout_s: float = 15.0,
+        max_body_bytes: int = 1_048_576,
+        purchases_per_request: int = MAX_PURCHASES_PER_REQUEST,
+        totals: Report | None = None,
+    ) -> None:
         self.api_url = api_url.rstrip("/")
         self.concurrency, self.attempts, self.timeout_s = concurrency, attempts, timeout_s
         self.backoff_max_s = backoff_max_s
@@ -102,13 +117,16 @@ class Sender:
         # each request, which costs ~3 ms of CPU per request at 32 connections against ~0.6 ms for one.
         self._clients: list[httpx.AsyncClient] = []
         self._lanes: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()  # the clients not in use
-        self._backoff = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s,
-                                                jitter=backoff_initial_s)
+        self._backoff = wait_exponential_jitter(
+            multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
+        )
 
     async def __aenter__(self) -> Sender:
         one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        self._clients = [httpx.AsyncClient(base_url=self.api_url, timeout=self.timeout_s, limits=one)
-                         for _ in range(self.concurrency)]
+        self._clients = [
+            httpx.AsyncClient(base_url=self.api_url, timeout=self.timeout_s, limits=one)
+            for _ in range(self.concurrency)
+        ]
         for client in self._clients:
             self._lanes.put_nowait(client)
         return self
@@ -135,8 +153,7 @@ class Sender:
         # Once one fails (the API is unreachable), the rest are not tried: no gaps, no waiting per event.
         for n, event in enumerate(session.events):
             body = json.dumps(event.model_dump(mode="json"), separators=(",", ":")).encode()
-            response = await self._request("PUT", "/SendEvent", body, f"{session.session_id}.{n}", 1,
-                                           report, "events")
+            response = await self._request("PUT", "/SendEvent", body, f"{session.session_id}.{n}", 1, report, "events")
             if isinstance(response, httpx.Response):
                 report.event_ids.append(response.json()["EventId"])
             elif response == "failed":
@@ -169,8 +186,9 @@ class Sender:
                 delay = max(delay, min(float(retry_after), self.backoff_max_s))
         return delay
 
-    async def _request(self, method: str, path: str, body: bytes, key: str, count: int,
-                       report: Report, kind: str) -> httpx.Response | Literal["rejected", "failed"]:
+    async def _request(
+        self, method: str, path: str, body: bytes, key: str, count: int, report: Report, kind: str
+    ) -> httpx.Response | Literal["rejected", "failed"]:
         """The 2xx response, or what the records were counted as."""
         if not self._clients:
             raise RuntimeError("use Sender as `async with Sender(...)`")
@@ -181,12 +199,12 @@ class Sender:
             stop=stop_after_attempt(self.attempts),
             wait=self._wait,
             before_sleep=lambda _: self._count(report, kind, "retried", 1),
-            retry_error_callback=lambda state: state.outcome.result(),  # the last answer, or its exception
+            retry_error_callback=_last_outcome,  # the last answer, or its exception
         )
         client = await self._lanes.get()  # held during backoff too: a struggling API gets fewer requests
         self._count(report, kind, "sent", count)
         try:
-            response = await retrying(client.request, method, path, content=body, headers=headers)
+            response: httpx.Response = await retrying(client.request, method, path, content=body, headers=headers)
         except httpx.TransportError as e:
             self._count(report, kind, "failed", count)
             self._error(report, f"{method} {path} [{key}]: {type(e).__name__}: {e}")
@@ -196,7 +214,7 @@ class Sender:
         if response.is_success:
             self._count(report, kind, "accepted", count)
             return response
-        verdict = "rejected" if response.is_client_error else "failed"
+        verdict: Literal["rejected", "failed"] = "rejected" if response.is_client_error else "failed"
         self._count(report, kind, verdict, count)
         self._error(report, f"{method} {path} [{key}]: {response.status_code} {response.text[:300]}")
         return verdict

@@ -32,8 +32,10 @@ def read_purchases(spark: SparkSession, settings: Settings) -> DataFrame:
         return spark.read.parquet(output_url(settings))
     except AnalysisException as e:
         if "PATH_NOT_FOUND" in str(e) or "Path does not exist" in str(e) or "UNABLE_TO_INFER_SCHEMA" in str(e):
-            raise NoDataYet(f"no purchases in {output_url(settings)} yet: start the pipeline with "
-                            "`invoke up` and wait for the streaming job's first batch") from None
+            raise NoDataYet(
+                f"no purchases in {output_url(settings)} yet: start the pipeline with "
+                "`invoke up` and wait for the streaming job's first batch"
+            ) from None
         raise
 
 

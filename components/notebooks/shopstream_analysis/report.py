@@ -26,22 +26,31 @@ class AnalysisFailed(RuntimeError):
 def ensure_data(settings: Settings) -> int:
     """How many committed Parquet files the lake holds; NoDataYet when none (a clear message, no Spark)."""
     from shopstream.adapters.s3 import s3_client
-
     from shopstream.locations import output_url
 
     from .lake import NoDataYet
 
     prefix = settings.streaming.output_path.rstrip("/") + "/"
-    files = [o for o in s3_client(settings.s3).list_objects(settings.s3.bucket, prefix=prefix, recursive=True)
-             if o.object_name.endswith(".parquet")]
+    files = [
+        o
+        for o in s3_client(settings.s3).list_objects(settings.s3.bucket, prefix=prefix, recursive=True)
+        if o.object_name.endswith(".parquet")
+    ]
     if not files:
-        raise NoDataYet(f"no purchases in {output_url(settings)} yet: start the pipeline with `invoke up` "
-                        "and wait for the streaming job's first batch (a few seconds after the first purchase)")
+        raise NoDataYet(
+            f"no purchases in {output_url(settings)} yet: start the pipeline with `invoke up` "
+            "and wait for the streaming job's first batch (a few seconds after the first purchase)"
+        )
     return len(files)
 
 
-def run_notebooks(settings: Settings, out_dir: Path, as_of: str | None = None,
-                  say: Callable[[str], None] = print, timeout_s: int = 900) -> list[Path]:
+def run_notebooks(
+    settings: Settings,
+    out_dir: Path,
+    as_of: str | None = None,
+    say: Callable[[str], None] = print,
+    timeout_s: int = 900,
+) -> list[Path]:
     """Execute each notebook in order (with the settings in its environment) and write
     <name>.html and <name>.json; returns the HTML paths."""
     from .answers import collect, without_answers
@@ -62,9 +71,13 @@ def run_notebooks(settings: Settings, out_dir: Path, as_of: str | None = None,
                 # Spark's JVM writes its log to the kernel's stderr: into the kernel log, not
                 # into the cells (ipykernel forwards what its child processes write, by default)
                 with kernel_log.open("w") as log:
-                    NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
-                                   extra_arguments=["--IPKernelApp.capture_fd_output=False"],
-                                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute(stderr=log)
+                    NotebookClient(
+                        nb,
+                        timeout=timeout_s,
+                        kernel_name="python3",
+                        extra_arguments=["--IPKernelApp.capture_fd_output=False"],
+                        resources={"metadata": {"path": str(NOTEBOOKS)}},
+                    ).execute(stderr=log)
             except CellExecutionError as e:
                 raise AnalysisFailed(f"{name} failed (see also {kernel_log}):\n{str(e)[-3000:]}") from None
             html, _ = HTMLExporter().from_notebook_node(without_answers(nb))

@@ -20,8 +20,9 @@ from pyspark.sql.window import Window
 def purchase_lines(purchases: DataFrame) -> DataFrame:
     """One row per product line, with its amount."""
     return (
-        purchases.select("EventId", "OrderId", "UserId", "TimeStamp", "PaymentType",
-                         F.explode("Products").alias("line"))
+        purchases.select(
+            "EventId", "OrderId", "UserId", "TimeStamp", "PaymentType", F.explode("Products").alias("line")
+        )
         .select("EventId", "OrderId", "UserId", "TimeStamp", "PaymentType", "line.*")
         .withColumn("LineAmount", F.col("ItemCount") * (F.col("ItemPrice") - F.col("ItemDiscount")))
     )
@@ -31,9 +32,13 @@ def best_sellers(purchases: DataFrame, by: str = "units", n: int = 10) -> DataFr
     """Products ranked by units sold or by revenue."""
     order = {"units": "Units", "revenue": "Revenue"}[by]
     return (
-        purchase_lines(purchases).groupBy("ProductId")
-        .agg(F.sum("ItemCount").alias("Units"), F.sum("LineAmount").alias("Revenue"),
-             F.countDistinct("OrderId").alias("Orders"))
+        purchase_lines(purchases)
+        .groupBy("ProductId")
+        .agg(
+            F.sum("ItemCount").alias("Units"),
+            F.sum("LineAmount").alias("Revenue"),
+            F.countDistinct("OrderId").alias("Orders"),
+        )
         .orderBy(F.desc(order), F.asc("ProductId"))
         .limit(n)
     )
@@ -56,8 +61,11 @@ def top_customers_last_hour(purchases: DataFrame, as_of: datetime, n: int = 10) 
     return (
         purchases.where((F.col("TimeStamp") > F.lit(start)) & (F.col("TimeStamp") <= F.lit(as_of)))
         .groupBy("UserId")
-        .agg(F.sum("TotalPrice").alias("OrderAmount"), F.countDistinct("OrderId").alias("Orders"),
-             F.max("TotalPrice").alias("LargestOrder"))
+        .agg(
+            F.sum("TotalPrice").alias("OrderAmount"),
+            F.countDistinct("OrderId").alias("Orders"),
+            F.max("TotalPrice").alias("LargestOrder"),
+        )
         .orderBy(F.desc("OrderAmount"), F.asc("UserId"))
         .limit(n)
     )
@@ -66,9 +74,14 @@ def top_customers_last_hour(purchases: DataFrame, as_of: datetime, n: int = 10) 
 def repeat_buyers(purchases: DataFrame) -> DataFrame:
     """Customers who bought the same product in two or more orders, and which products."""
     return (
-        purchase_lines(purchases).groupBy("UserId", "ProductId")
-        .agg(F.countDistinct("OrderId").alias("Orders"), F.sum("ItemCount").alias("Units"),
-             F.min("TimeStamp").alias("FirstBought"), F.max("TimeStamp").alias("LastBought"))
+        purchase_lines(purchases)
+        .groupBy("UserId", "ProductId")
+        .agg(
+            F.countDistinct("OrderId").alias("Orders"),
+            F.sum("ItemCount").alias("Units"),
+            F.min("TimeStamp").alias("FirstBought"),
+            F.max("TimeStamp").alias("LastBought"),
+        )
         .where(F.col("Orders") > 1)
         .orderBy(F.desc("Orders"), F.asc("UserId"), F.asc("ProductId"))
     )

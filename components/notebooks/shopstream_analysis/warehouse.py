@@ -18,15 +18,26 @@ from shopstream.contracts.repeat_buyers import COLUMNS, DDL, TABLE
 def replace_repeat_buyers(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> int:
     """Write the repeat buyers (rows with UserId, ProductId, Orders, Units, FirstBought, LastBought)."""
     now = datetime.now(UTC)
-    params = [{"user_id": r["UserId"], "product_id": r["ProductId"], "orders": int(r["Orders"]),
-               "units": int(r["Units"]), "first_bought": r["FirstBought"], "last_bought": r["LastBought"],
-               "computed_at": now} for r in rows]
+    params = [
+        {
+            "user_id": r["UserId"],
+            "product_id": r["ProductId"],
+            "orders": int(r["Orders"]),
+            "units": int(r["Units"]),
+            "first_bought": r["FirstBought"],
+            "last_bought": r["LastBought"],
+            "computed_at": now,
+        }
+        for r in rows
+    ]
     with engine.begin() as conn:  # one transaction: create, truncate, insert
         conn.execute(text(DDL))
         conn.execute(text(f"TRUNCATE {TABLE}"))
         if params:
-            conn.execute(text(f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) "
-                              f"VALUES ({', '.join(':' + c for c in COLUMNS)})"), params)
+            conn.execute(
+                text(f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join(':' + c for c in COLUMNS)})"),
+                params,
+            )
     return len(params)
 
 

@@ -54,18 +54,32 @@ def _log_new_batches(queries, seen: dict[str, int]) -> None:
                 continue
             seen[q.name] = p["batchId"]
             if p["numInputRows"]:
-                log.info("%s: batch %d, %d records read, %s written in %d ms", q.name, p["batchId"],
-                         p["numInputRows"], rows_written(p), p["durationMs"].get("triggerExecution", 0))
+                log.info(
+                    "%s: batch %d, %d records read, %s written in %d ms",
+                    q.name,
+                    p["batchId"],
+                    p["numInputRows"],
+                    rows_written(p),
+                    p["durationMs"].get("triggerExecution", 0),
+                )
             late = sum(op.get("numRowsDroppedByWatermark", 0) for op in p.get("stateOperators", []))
             if late:  # never expected: records published more than the dedupe window after newer ones
-                log.warning("%s: batch %d dropped %d records older than the dedupe watermark",
-                            q.name, p["batchId"], late)
+                log.warning(
+                    "%s: batch %d dropped %d records older than the dedupe watermark", q.name, p["batchId"], late
+                )
 
 
 def runner_status(r: QueryRunner) -> dict[str, Any]:
     """The query's last batch (`status.query_status`) and how it fares."""
-    return {**query_status(r.query), "state": r.state, "started_at": r.started_at, "restarts": r.restarts,
-            "error": r.error, "failed_at": r.failed_at, "next_restart_at": r.retry_at}
+    return {
+        **query_status(r.query),
+        "state": r.state,
+        "started_at": r.started_at,
+        "restarts": r.restarts,
+        "error": r.error,
+        "failed_at": r.failed_at,
+        "next_restart_at": r.retry_at,
+    }
 
 
 def supervise(runners: list[QueryRunner], settings: Settings, stop: StopRequest, seen: dict[str, int]) -> int:
@@ -75,10 +89,17 @@ def supervise(runners: list[QueryRunner], settings: Settings, stop: StopRequest,
     while True:
         for r in runners:
             r.step(stopping=stop.event.is_set())
-        write_status(path, {"pid": os.getpid(), "updated_at": time.time(), "stopping": stop.event.is_set(),
-                            "queries": {r.name: runner_status(r) for r in runners},
-                            "restarts": sum(r.restarts for r in runners),
-                            "rewinds": rewinds_recorded(settings)})  # offset rewinds recorded (shopstream.rewinds)
+        write_status(
+            path,
+            {
+                "pid": os.getpid(),
+                "updated_at": time.time(),
+                "stopping": stop.event.is_set(),
+                "queries": {r.name: runner_status(r) for r in runners},
+                "restarts": sum(r.restarts for r in runners),
+                "rewinds": rewinds_recorded(settings),
+            },
+        )  # offset rewinds recorded (shopstream.rewinds)
         _log_new_batches([r.query for r in runners if r.query is not None], seen)
         if any(r.fatal for r in runners):
             return 1
@@ -115,8 +136,11 @@ def _lock(settings: Settings):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
-        log.error("the streaming job already runs for %s (pid %s); `invoke down` stops it, "
-                  "`invoke logs streaming` shows it", settings.run_dir, handle.read().strip() or "?")
+        log.error(
+            "the streaming job already runs for %s (pid %s); `invoke down` stops it, `invoke logs streaming` shows it",
+            settings.run_dir,
+            handle.read().strip() or "?",
+        )
         raise typer.Exit(1) from None
     handle.seek(0)
     handle.truncate()
@@ -127,31 +151,40 @@ def _lock(settings: Settings):
 
 @app.command()
 def run(
-    available_now: bool = typer.Option(False, "--available-now",
-                                       help="write what the topic holds now, then exit (a backfill)"),
+    available_now: bool = typer.Option(
+        False, "--available-now", help="write what the topic holds now, then exit (a backfill)"
+    ),
 ) -> None:
     """Stream PurchasedItem into raw Parquet on S3 until stopped."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     settings = Settings()
     lock = _lock(settings)
-    from . import job
     from shopstream.adapters.spark import spark_session
+
+    from . import job
 
     t0 = time.monotonic()
     spark = spark_session(settings, "shopstream-streaming")
     stop = StopRequest()  # after the session: SparkContext installs a SIGINT handler of its own
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    runners = [QueryRunner(name, partial(job.start_query, spark, settings, name, available_now))
-               for name in job.QUERIES]
+    runners = [
+        QueryRunner(name, partial(job.start_query, spark, settings, name, available_now)) for name in job.QUERIES
+    ]
     seen: dict[str, int] = {}
     try:
         for r in runners:
             r.start()
-        log.info("streaming %s -> %s (quarantine %s, checkpoints %s); session after %.1f s; source %s, trigger %s",
-                 settings.kafka.purchases_topic, output_url(settings), quarantine_url(settings),
-                 checkpoint_url(settings, "*"), time.monotonic() - t0, settings.streaming.kafka_source,
-                 "available-now" if available_now else f"{settings.streaming.trigger_interval_s:g} s")
+        log.info(
+            "streaming %s -> %s (quarantine %s, checkpoints %s); session after %.1f s; source %s, trigger %s",
+            settings.kafka.purchases_topic,
+            output_url(settings),
+            quarantine_url(settings),
+            checkpoint_url(settings, "*"),
+            time.monotonic() - t0,
+            settings.streaming.kafka_source,
+            "available-now" if available_now else f"{settings.streaming.trigger_interval_s:g} s",
+        )
         code = supervise(runners, settings, stop, seen)
         for r in runners:
             r.settle(60.0)  # a start in flight: its query is stopped with the others

@@ -16,29 +16,52 @@ from __future__ import annotations
 import re
 
 # Checked first: these are never cured by restarting a query in this process.
-FATAL = re.compile("|".join([
-    r"Py4JNetworkError", r"Java server", r"stopped SparkContext", r"SparkContext (?:was|has been) shut down",
-    r"OutOfMemoryError",
-]))
+FATAL = re.compile(
+    "|".join(
+        [
+            r"Py4JNetworkError",
+            r"Java server",
+            r"stopped SparkContext",
+            r"SparkContext (?:was|has been) shut down",
+            r"OutOfMemoryError",
+        ]
+    )
+)
 
-TRANSIENT = re.compile("|".join([
-    # the broker did not answer (kafka-python, in the source on the driver or in a task)
-    r"KafkaTimeoutError", r"NoBrokersAvailable", r"KafkaConnectionError", r"NodeNotReadyError",
-    r"RequestTimedOutError", r"NotLeaderForPartitionError", r"LeaderNotAvailableError",
-    r"Unable to bootstrap",
-    r"TimeoutError: KafkaRange\(",  # kafka_source.read: no records for pollTimeoutMs
-    r"TimeoutError: no answer for the records at",  # shopstream.adapters.kafka.record_fingerprints
-    # S3 did not answer (s3a over the AWS SDK)
-    r"AWSClientIOException", r"SdkClientException", r"Unable to execute HTTP request",
-    r"java\.net\.(?:ConnectException|SocketTimeoutException|SocketException|NoRouteToHostException)",
-    r"org\.apache\.http\.(?:conn\.)?\w*(?:Connect|NoHttpResponse)\w*Exception",
-    r"Connection refused", r"Connection reset", r"Read timed out",
-    r"Status Code: (?:500|502|503|504)", r"Service ?Unavailable", r"SlowDown",
-    r"AWSStatus500Exception", r"AWSServiceThrottledException",
-    # a machine too busy to start a Python worker within the 10 s Spark waits for it (not
-    # configurable; the Python data source's reader gets a worker of its own at each start)
-    r"Python worker failed to connect back",
-]))
+TRANSIENT = re.compile(
+    "|".join(
+        [
+            # the broker did not answer (kafka-python, in the source on the driver or in a task)
+            r"KafkaTimeoutError",
+            r"NoBrokersAvailable",
+            r"KafkaConnectionError",
+            r"NodeNotReadyError",
+            r"RequestTimedOutError",
+            r"NotLeaderForPartitionError",
+            r"LeaderNotAvailableError",
+            r"Unable to bootstrap",
+            r"TimeoutError: KafkaRange\(",  # kafka_source.read: no records for pollTimeoutMs
+            r"TimeoutError: no answer for the records at",  # shopstream.adapters.kafka.record_fingerprints
+            # S3 did not answer (s3a over the AWS SDK)
+            r"AWSClientIOException",
+            r"SdkClientException",
+            r"Unable to execute HTTP request",
+            r"java\.net\.(?:ConnectException|SocketTimeoutException|SocketException|NoRouteToHostException)",
+            r"org\.apache\.http\.(?:conn\.)?\w*(?:Connect|NoHttpResponse)\w*Exception",
+            r"Connection refused",
+            r"Connection reset",
+            r"Read timed out",
+            r"Status Code: (?:500|502|503|504)",
+            r"Service ?Unavailable",
+            r"SlowDown",
+            r"AWSStatus500Exception",
+            r"AWSServiceThrottledException",
+            # a machine too busy to start a Python worker within the 10 s Spark waits for it (not
+            # configurable; the Python data source's reader gets a worker of its own at each start)
+            r"Python worker failed to connect back",
+        ]
+    )
+)
 
 _TRACEBACK = "Traceback (most recent call last):"
 _ENDS = ("\n=== Streaming Query ===", "\n\nJVM stacktrace:")
@@ -62,8 +85,11 @@ def headline(text: str, limit: int = 300) -> str:
     lines = [ln.rstrip() for ln in text.splitlines() if ln.strip() and not _PY4J_CALL.match(ln)]
     line = lines[0] if lines else "unknown error"
     if _TRACEBACK in text:
-        raised = [ln for ln in text.split(_TRACEBACK)[-1].splitlines()
-                  if ln.strip() and not ln[0].isspace() and not ln.startswith("SQLSTATE")]
+        raised = [
+            ln
+            for ln in text.split(_TRACEBACK)[-1].splitlines()
+            if ln.strip() and not ln[0].isspace() and not ln.startswith("SQLSTATE")
+        ]
         line = raised[-1] if raised else line
     line = re.sub(r"^: ", "", re.sub(r"\s*SQLSTATE: \w+", "", line.strip()))
     if line.startswith("[") and causes:

@@ -31,10 +31,15 @@ from shopstream.locations import PURCHASES, QUARANTINE, checkpoint_url, output_u
 from shopstream.rewinds import streaming_file
 from shopstream.settings import Settings
 
-from .kafka_source import NAME as PYTHON_SOURCE, QUERY, REWINDS_FILE, KafkaSource
+from .kafka_source import NAME as PYTHON_SOURCE
+from .kafka_source import QUERY, REWINDS_FILE, KafkaSource
 
-COORDINATES = {"topic": "KafkaTopic", "partition": "KafkaPartition", "offset": "KafkaOffset",
-               "timestamp": "KafkaTimestamp"}
+COORDINATES = {
+    "topic": "KafkaTopic",
+    "partition": "KafkaPartition",
+    "offset": "KafkaOffset",
+    "timestamp": "KafkaTimestamp",
+}
 RECORD_SCHEMA = spark_schema(PurchaseRecord)
 QUERIES = {PURCHASES: output_url, QUARANTINE: quarantine_url}  # each query and where it writes (shopstream.locations)
 
@@ -94,8 +99,9 @@ def _has_missing(col: Column, dtype: T.DataType, nullable: bool) -> Column:
         inner = [_has_missing(col[f.name], f.dataType, f.nullable) for f in dtype.fields]
         checks.append(col.isNotNull() & reduce(Column.__or__, inner))
     elif isinstance(dtype, T.ArrayType):
-        checks.append(F.coalesce(F.exists(col, lambda x: _has_missing(x, dtype.elementType, dtype.containsNull)),
-                                 F.lit(False)))
+        checks.append(
+            F.coalesce(F.exists(col, lambda x: _has_missing(x, dtype.elementType, dtype.containsNull)), F.lit(False))
+        )
     return reduce(Column.__or__, checks) if checks else F.lit(False)
 
 
@@ -103,14 +109,23 @@ def classify(kafka_rows: DataFrame) -> DataFrame:
     """Kafka rows plus `record` (parsed with the Spark schema derived from the contract)
     and `reason` (null for a valid record). Were that schema ever to drift from the
     contract, the rows it cannot hold go to quarantine instead of turning into nulls."""
-    unreadable = F.concat_ws(", ", *[F.when(_has_missing(F.col("record")[f.name], f.dataType, f.nullable),
-                                            F.lit(f.name)) for f in RECORD_SCHEMA.fields])
+    unreadable = F.concat_ws(
+        ", ",
+        *[
+            F.when(_has_missing(F.col("record")[f.name], f.dataType, f.nullable), F.lit(f.name))
+            for f in RECORD_SCHEMA.fields
+        ],
+    )
     return (
         kafka_rows.withColumn("check", check_contract_udf("value"))
         .withColumn("record", F.from_json("check.json", RECORD_SCHEMA))
-        .withColumn("reason", F.coalesce(
-            "check.reason",
-            F.when(unreadable != "", F.concat(F.lit("valid, but Spark could not read "), unreadable))))
+        .withColumn(
+            "reason",
+            F.coalesce(
+                "check.reason",
+                F.when(unreadable != "", F.concat(F.lit("valid, but Spark could not read "), unreadable)),
+            ),
+        )
         .drop("check")
     )
 
@@ -139,10 +154,17 @@ def purchases(classified: DataFrame, settings: Settings) -> DataFrame:
 
 
 def quarantined(classified: DataFrame) -> DataFrame:
-    return classified.where(F.col("reason").isNotNull()).select(
-        F.col("reason").alias("Reason"), F.col("key").alias("Key"), F.col("value").alias("Value"),
-        *_coordinates(), F.to_date("timestamp").alias("date"),
-    ).repartition(1)  # one file per date per batch; only the (few) rejected rows are shuffled
+    return (
+        classified.where(F.col("reason").isNotNull())
+        .select(
+            F.col("reason").alias("Reason"),
+            F.col("key").alias("Key"),
+            F.col("value").alias("Value"),
+            *_coordinates(),
+            F.to_date("timestamp").alias("date"),
+        )
+        .repartition(1)
+    )  # one file per date per batch; only the (few) rejected rows are shuffled
 
 
 # -- writing --------------------------------------------------------------------------
@@ -167,8 +189,9 @@ def start(spark: SparkSession, settings: Settings, available_now: bool = False) 
     return [start_query(spark, settings, name, available_now, checked=True) for name in QUERIES]
 
 
-def start_query(spark: SparkSession, settings: Settings, name: str, available_now: bool = False,
-                checked: bool = False) -> StreamingQuery:
+def start_query(
+    spark: SparkSession, settings: Settings, name: str, available_now: bool = False, checked: bool = False
+) -> StreamingQuery:
     """Start one query from its checkpoint (the first start, or a restart after a failure).
 
     Its own reader (as there would be anyway: each query runs its own source), named so
@@ -176,8 +199,11 @@ def start_query(spark: SparkSession, settings: Settings, name: str, available_no
     path, checkpoint = QUERIES[name](settings), checkpoint_url(settings, name)
     if not checked:
         check_checkpoint(spark, path, checkpoint)
-    trigger = {"availableNow": True} if available_now else {
-        "processingTime": f"{settings.streaming.trigger_interval_s} seconds"}
+    trigger = (
+        {"availableNow": True}
+        if available_now
+        else {"processingTime": f"{settings.streaming.trigger_interval_s} seconds"}
+    )
     rows = classify(read_topic(spark, settings, name))
     frame = purchases(rows, settings) if name == PURCHASES else quarantined(rows)
     return _sink(written_rows(frame, name), name, path, checkpoint, trigger)
@@ -190,13 +216,13 @@ def written_rows(df: DataFrame, name: str) -> DataFrame:
     return df.observe(name, F.count(F.lit(1)).alias("rows"))
 
 
-
 class CheckpointMismatch(RuntimeError):
     """Output and checkpoint do not belong together; starting would lose records silently."""
 
 
 def _has_entries(spark: SparkSession, url: str) -> bool:
     jvm = spark._jvm  # Hadoop's FileSystem: the same view of s3a:// and local paths as the sinks
+    assert jvm is not None  # a classic (not Spark Connect) session has its JVM
     path = jvm.org.apache.hadoop.fs.Path(url)
     fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
     return bool(fs.exists(path) and len(fs.listStatus(path)) > 0)
@@ -213,8 +239,10 @@ def check_checkpoint(spark: SparkSession, output: str, checkpoint: str) -> None:
     if written and not _has_entries(spark, f"{checkpoint}/offsets"):
         raise CheckpointMismatch(
             f"{output} was written with a checkpoint that is not at {checkpoint}. Restore that "
-            "checkpoint, or delete the output and the checkpoint together and start again.")
+            "checkpoint, or delete the output and the checkpoint together and start again."
+        )
     if not written and _has_entries(spark, f"{checkpoint}/commits"):
         raise CheckpointMismatch(
             f"{checkpoint} has committed batches but {output} has no data: the output was deleted. "
-            "Delete the checkpoint too to rebuild the output from what Kafka still holds.")
+            "Delete the checkpoint too to rebuild the output from what Kafka still holds."
+        )

@@ -24,10 +24,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
@@ -87,7 +87,7 @@ class KafkaSource(DataSource):
 
 
 class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
-    def __init__(self, options: dict[str, str]) -> None:
+    def __init__(self, options: Mapping[str, str]) -> None:
         self.bootstrap = options["kafka.bootstrap.servers"]
         self.topics = [t.strip() for t in options["subscribe"].split(",") if t.strip()]
         self.starting = options.get("startingOffsets", "latest")  # Spark's default for streams
@@ -108,8 +108,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if self._consumer is None:
             from shopstream.adapters.kafka import kafka_consumer
 
-            self._consumer = kafka_consumer(self.bootstrap, enable_auto_commit=False,
-                                            client_id="shopstream-spark-source", **self.client_timeouts)
+            self._consumer = kafka_consumer(
+                self.bootstrap, enable_auto_commit=False, client_id="shopstream-spark-source", **self.client_timeouts
+            )
         return self._consumer
 
     def _fingerprints(self, wanted: dict[tuple[str, str], int]) -> dict[tuple[str, str], Fingerprint | None]:
@@ -120,8 +121,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
         if not wanted:
             return {}
-        got = record_fingerprints(self.bootstrap, {TopicPartition(t, int(p)): o for (t, p), o in wanted.items()},
-                                  "shopstream-spark-marks")
+        got = record_fingerprints(
+            self.bootstrap, {TopicPartition(t, int(p)): o for (t, p), o in wanted.items()}, "shopstream-spark-marks"
+        )
         return {(tp.topic, str(tp.partition)): fp for tp, fp in got.items()}
 
     def _bounds(self) -> dict[str, dict[str, tuple[int, int]]]:
@@ -136,24 +138,30 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             bounds[tp.topic][str(tp.partition)] = (lows[tp], highs[tp])
         return bounds
 
-    def _with_marks(self, ends: Offsets, kept: dict[str, dict[str, tuple[Mark, ...]]],
-                    bounds: dict[str, dict[str, tuple[int, int]]]) -> dict[str, Any]:
+    def _with_marks(
+        self, ends: Offsets, kept: dict[str, dict[str, tuple[Mark, ...]]], bounds: dict[str, dict[str, tuple[int, int]]]
+    ) -> dict[str, Any]:
         """`ends` plus the marks of every partition: those kept, and the mark of each end
         that has none yet (a fingerprint of the record before it). Built in the same order
         every time, so an unchanged offset serializes the same and Spark sees no new data."""
+
         def newest(t: str, p: str) -> int | None:
             have = kept.get(t, {}).get(p)
             return have[-1].offset if have else None
 
-        unmarked = {(t, p): e - 1 for t, parts in ends.items() for p, e in parts.items()
-                    if e > bounds[t].get(p, (e, e))[0] and newest(t, p) != e}
+        unmarked = {
+            (t, p): e - 1
+            for t, parts in ends.items()
+            for p, e in parts.items()
+            if e > bounds[t].get(p, (e, e))[0] and newest(t, p) != e
+        }
         found = self._fingerprints(unmarked)
         marks: dict[str, dict[str, list[list[int]]]] = {}
         for t, parts in ends.items():
             for p, e in parts.items():
                 have = kept.get(t, {}).get(p, ())
-                if found.get((t, p)) is not None:
-                    have = remember(have, Mark(e, *found[(t, p)]))
+                if (fp := found.get((t, p))) is not None:
+                    have = remember(have, Mark(e, *fp))
                 if have:
                     marks.setdefault(t, {})[p] = [m.as_list() for m in have]
         return {**ends, MARKS: marks} if marks else dict(ends)
@@ -162,7 +170,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         bounds = self._bounds()
         if self.starting in ("earliest", "latest"):
             pick = 0 if self.starting == "earliest" else 1
-            out = {t: {p: b[pick] for p, b in parts.items()} for t, parts in bounds.items()}
+            out: Offsets = {t: {p: b[pick] for p, b in parts.items()} for t, parts in bounds.items()}
         else:
             given = json.loads(self.starting)  # {"topic": {"0": 23, "1": -2}}, -2 earliest, -1 latest
             out = {}
@@ -197,16 +205,22 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if isinstance(limit, ReadMaxRows):
             backlog = sum(e - begin[t][p] for t, parts in end.items() for p, e in parts.items())
             if backlog > limit.max_rows:
-                for t, parts in end.items():
-                    for p, e in parts.items():
+                for t, ends in end.items():
+                    for p, e in ends.items():
                         share = limit.max_rows * (e - begin[t][p]) / backlog
                         take = math.ceil(share) if share < 1 else math.floor(share)
-                        parts[p] = min(e, begin[t][p] + take)
+                        ends[p] = min(e, begin[t][p] + take)
         out = self._with_marks(end, kept, bounds)
         return {**out, FROM: rewound} if rewound else out
 
-    def _hold_unlisted(self, start: dict[str, Any], bounds: dict[str, dict[str, tuple[int, int]]],
-                       begin: Offsets, kept: dict[str, dict[str, tuple[Mark, ...]]], end: Offsets) -> None:
+    def _hold_unlisted(
+        self,
+        start: dict[str, Any],
+        bounds: dict[str, dict[str, tuple[int, int]]],
+        begin: Offsets,
+        kept: dict[str, dict[str, tuple[Mark, ...]]],
+        end: Offsets,
+    ) -> None:
         """Keep the position and marks of each partition the start knows but the broker's
         metadata does not list now (a broker still starting answers with no partitions).
         Dropped from the end, it would count as new at the next batch and be read again
@@ -216,8 +230,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             unlisted = {p: frm for p, frm in at.get(t, {}).items() if p not in listed}
             if not unlisted:
                 continue
-            log.warning("%s: the broker lists no partition %s for now; holding at %s",
-                        t, ",".join(unlisted), unlisted)
+            log.warning("%s: the broker lists no partition %s for now; holding at %s", t, ",".join(unlisted), unlisted)
             for p, frm in unlisted.items():
                 begin[t][p] = end[t][p] = frm
                 kept[t][p] = _marks_of(start, t, p)
@@ -259,8 +272,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 verdict = check(frm, _marks_of(start, t, p), lo, hi, fingerprint_at)
                 begin[t][p], kept[t][p] = verdict.resume, verdict.marks
                 if verdict.rewound:
-                    self._record(Rewind(STREAMING, t, int(p), frm, verdict.resume, hi, datetime.now(UTC),
-                                        verdict.reason or ""))
+                    self._record(
+                        Rewind(STREAMING, t, int(p), frm, verdict.resume, hi, datetime.now(UTC), verdict.reason or "")
+                    )
                     rewound.setdefault(t, {})[p] = verdict.resume
         return begin, kept, rewound
 
@@ -270,8 +284,10 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             append_line(Path(self.rewinds_file), rewind, query=self.query)
 
     def _data_loss(self, topic: str, partition: str, offset: int, lo: int, hi: int) -> None:
-        msg = (f"{topic}-{partition}: the checkpoint is at offset {offset}, the broker has [{lo}, {hi}); "
-               "records were deleted or the topic was recreated")
+        msg = (
+            f"{topic}-{partition}: the checkpoint is at offset {offset}, the broker has [{lo}, {hi}); "
+            "records were deleted or the topic was recreated"
+        )
         if self.fail_on_data_loss:
             raise RuntimeError(f"{msg}. Set failOnDataLoss=false to skip to what is there.")
 
@@ -283,9 +299,12 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         frm = {t: {**parts, **end.get(FROM, {}).get(t, {})} for t, parts in positions(start).items()}
         for t, parts in end.get(FROM, {}).items():
             frm.setdefault(t, dict(parts))
-        return [KafkaRange(t, int(p), frm.get(t, {}).get(p, 0), e)
-                for t, parts in positions(end).items() for p, e in sorted(parts.items(), key=lambda kv: int(kv[0]))
-                if e > frm.get(t, {}).get(p, 0)]
+        return [
+            KafkaRange(t, int(p), frm.get(t, {}).get(p, 0), e)
+            for t, parts in positions(end).items()
+            for p, e in sorted(parts.items(), key=lambda kv: int(kv[0]))
+            if e > frm.get(t, {}).get(p, 0)
+        ]
 
     def commit(self, end: dict[str, Any]) -> None:
         """Spark's checkpoint holds the offsets; nothing to tell Kafka."""
@@ -296,15 +315,22 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._consumer = None
 
     # -- executor side -------------------------------------------------------------
-    def read(self, partition: KafkaRange) -> Iterator[tuple]:
+    def read(self, partition: InputPartition) -> Iterator[tuple]:
         """Every record of the range, in offset order; fails rather than returning short."""
+        partition = cast(KafkaRange, partition)  # Spark hands back the ranges `partitions` made
         from kafka import TopicPartition
 
         from shopstream.adapters.kafka import kafka_consumer
 
         tp = TopicPartition(partition.topic, partition.partition)
-        consumer = kafka_consumer(self.bootstrap, enable_auto_commit=False, client_id="shopstream-spark-reader",
-                                  auto_offset_reset="earliest", max_poll_records=5000, **self.client_timeouts)
+        consumer = kafka_consumer(
+            self.bootstrap,
+            enable_auto_commit=False,
+            client_id="shopstream-spark-reader",
+            auto_offset_reset="earliest",
+            max_poll_records=5000,
+            **self.client_timeouts,
+        )
         try:
             consumer.assign([tp])
             consumer.seek(tp, partition.start)
@@ -315,14 +341,23 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 if batch:
                     deadline = time.monotonic() + self.poll_timeout_s
                 elif time.monotonic() > deadline:
-                    raise TimeoutError(f"{partition!r}: no records from {self.bootstrap} "
-                                       f"for {self.poll_timeout_s:.0f} s at offset {at}")
+                    raise TimeoutError(
+                        f"{partition!r}: no records from {self.bootstrap} "
+                        f"for {self.poll_timeout_s:.0f} s at offset {at}"
+                    )
                 for m in batch:
                     if m.offset >= partition.end:
                         return
                     if m.offset < partition.start:  # re-read from the log's start after an out-of-range reset
                         continue
-                    yield (m.key, m.value, m.topic, m.partition, m.offset,
-                           EPOCH + timedelta(milliseconds=m.timestamp), m.timestamp_type)
+                    yield (
+                        m.key,
+                        m.value,
+                        m.topic,
+                        m.partition,
+                        m.offset,
+                        EPOCH + timedelta(milliseconds=m.timestamp),
+                        m.timestamp_type,
+                    )
         finally:
             consumer.close()

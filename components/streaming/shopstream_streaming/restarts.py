@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tenacity import RetryCallState, wait_exponential
+from tenacity import RetryCallState, Retrying, wait_exponential
 
 from .failures import headline, is_transient
 
@@ -35,7 +35,7 @@ BACKOFF = wait_exponential(multiplier=1, min=1, max=30)  # seconds: 1, 2, 4, 8, 
 
 def backoff_s(failures: int) -> float:
     """The wait before the start that follows `failures` failures in a row (tenacity's policy)."""
-    state = RetryCallState(None, None, (), {})  # the policy reads the attempt number only
+    state = RetryCallState(Retrying(), None, (), {})  # the policy reads the attempt number only
     state.attempt_number = max(1, failures)
     return float(BACKOFF(state))
 
@@ -85,6 +85,7 @@ class QueryRunner:
 
     def start(self) -> None:
         """Start the query; `step` sees how that went."""
+
         def attempt() -> None:
             try:
                 self._outcome = (self._start(), None)
@@ -114,8 +115,12 @@ class QueryRunner:
             if now >= self.retry_at and not stopping:
                 self.retry_at = None
                 self.restarts += 1
-                log.warning("query %s: restarting from its checkpoint (restart %d, after %s)",
-                            self.name, self.restarts, self.error)
+                log.warning(
+                    "query %s: restarting from its checkpoint (restart %d, after %s)",
+                    self.name,
+                    self.restarts,
+                    self.error,
+                )
                 self.start()
             return
         if self.query is None:
@@ -138,8 +143,11 @@ class QueryRunner:
         self.error, self.failed_at = headline(text), now
         if not is_transient(text):
             self.fatal = self.error
-            log.error("query %s failed, and not for a broker or S3 that did not answer; "
-                      "not restarted in this process:\n%s", self.name, text)
+            log.error(
+                "query %s failed, and not for a broker or S3 that did not answer; not restarted in this process:\n%s",
+                self.name,
+                text,
+            )
             return
         self.failures += 1
         wait = backoff_s(self.failures)

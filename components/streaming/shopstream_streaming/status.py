@@ -23,9 +23,19 @@ def _epoch(iso: str | None) -> float | None:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else None
 
 
-NO_RUN: dict[str, Any] = {"id": None, "active": False, "trigger_active": False, "message": None, "batch_id": None,
-                          "progress_at": None, "input_rows": 0, "output_rows": 0, "rows_per_s": 0.0,
-                          "batch_ms": None, "end_offset": None}
+NO_RUN: dict[str, Any] = {
+    "id": None,
+    "active": False,
+    "trigger_active": False,
+    "message": None,
+    "batch_id": None,
+    "progress_at": None,
+    "input_rows": 0,
+    "output_rows": 0,
+    "rows_per_s": 0.0,
+    "batch_ms": None,
+    "end_offset": None,
+}
 
 
 def query_status(q: Any) -> dict[str, Any]:
@@ -46,5 +56,6 @@ def query_status(q: Any) -> dict[str, Any]:
         "batch_ms": progress["durationMs"].get("triggerExecution") if progress else None,
         # where the last batch ended in Kafka ({"topic": {"partition": next offset}}): the job's lag
         "end_offset": offset_positions(progress["sources"][0].get("endOffset"))
-        if progress and progress.get("sources") else None,
+        if progress and progress.get("sources")
+        else None,
     }

@@ -121,9 +121,12 @@ class AirflowService(Service):
         if not self.ours:
             return []
         env = self.env()
-        return [self._proc(c, [str(AIRFLOW), c, *EXTRA_ARGS.get(c, ())], env=env, stop_family=True,
-                           drop_env_prefixes=DROP_ENV)
-                for c in COMPONENTS]
+        return [
+            self._proc(
+                c, [str(AIRFLOW), c, *EXTRA_ARGS.get(c, ())], env=env, stop_family=True, drop_env_prefixes=DROP_ENV
+            )
+            for c in COMPONENTS
+        ]
 
     @property
     def log_files(self) -> list[Path]:
@@ -152,9 +155,15 @@ class AirflowService(Service):
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} airflow db migrate\n".encode())
             out.flush()
             try:
-                done = subprocess.run([str(AIRFLOW), "db", "migrate"], env={**inherited_env(DROP_ENV), **self.env()},
-                                      cwd=self.folder, stdin=subprocess.DEVNULL, stdout=out,
-                                      stderr=subprocess.STDOUT, timeout=self.timeout_s)
+                done = subprocess.run(
+                    [str(AIRFLOW), "db", "migrate"],
+                    env={**inherited_env(DROP_ENV), **self.env()},
+                    cwd=self.folder,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=self.timeout_s,
+                )
             except subprocess.TimeoutExpired:
                 raise StackError(f"airflow: `airflow db migrate` took over {self.timeout_s:.0f} s; see {log}") from None
         if done.returncode != 0:
@@ -172,9 +181,11 @@ class AirflowService(Service):
         if self.ours:
             return super().start()
         if not wait_until(self.healthy, self.timeout_s):
-            raise StackError(f"airflow: the {self.settings.stack.value} stack's Airflow does not answer at "
-                             f"{self.address}/api/v2/monitor/health (check SHOPSTREAM_AIRFLOW__PORT, and its "
-                             f"container's log: `docker compose -f infra/compose.yaml logs airflow`).")
+            raise StackError(
+                f"airflow: the {self.settings.stack.value} stack's Airflow does not answer at "
+                f"{self.address}/api/v2/monitor/health (check SHOPSTREAM_AIRFLOW__PORT, and its "
+                f"container's log: `docker compose -f infra/compose.yaml logs airflow`)."
+            )
         return f"run by the {self.settings.stack.value} stack"
 
     def stop(self) -> bool:

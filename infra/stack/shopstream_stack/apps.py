@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+
 from shopstream.adapters.api import api_client, api_health
 
 from .process import Proc
@@ -32,8 +33,16 @@ class UvicornApp(Service):
         return [Endpoint("uvicorn", self.listen.host, self.listen.port, f"SHOPSTREAM_{self.name.upper()}__PORT")]
 
     def procs(self) -> list[Proc]:
-        argv = [str(BIN / "uvicorn"), "--factory", self.factory,
-                "--host", self.listen.host, "--port", str(self.listen.port), "--no-access-log"]
+        argv = [
+            str(BIN / "uvicorn"),
+            "--factory",
+            self.factory,
+            "--host",
+            self.listen.host,
+            "--port",
+            str(self.listen.port),
+            "--no-access-log",
+        ]
         return [self._proc("uvicorn", argv, env=self.settings.to_env())]
 
     def healthy(self) -> bool:
@@ -66,8 +75,13 @@ class GeneratorService(Service):
 
     def procs(self) -> list[Proc]:
         gen = self.settings.generator
-        argv = [str(BIN / "shopstream-generate"), "--api-url", self.settings.api.base_url,
-                "--sessions-per-second", str(gen.sessions_per_second)]
+        argv = [
+            str(BIN / "shopstream-generate"),
+            "--api-url",
+            self.settings.api.base_url,
+            "--sessions-per-second",
+            str(gen.sessions_per_second),
+        ]
         if gen.seed is not None:
             argv += ["--seed", str(gen.seed)]
         return [self._proc("generator", argv, env={**self.settings.to_env(), "TERM": "dumb"})]

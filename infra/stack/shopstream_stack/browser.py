@@ -12,11 +12,23 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from .process import StackError
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def chromium_path() -> str:
@@ -27,14 +39,18 @@ def chromium_path() -> str:
 
 
 @contextmanager
-def chromium_page(width: int = 1400, height: int = 1000) -> Iterator[object]:
+def chromium_page(width: int = 1400, height: int = 1000) -> Iterator[Page]:
     """A Playwright page in a fresh headless Chromium profile (closed afterwards)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="shopstream-chromium-") as profile:
         context = pw.chromium.launch_persistent_context(
-            profile, executable_path=chromium_path(), headless=True, args=ARGS,
-            viewport={"width": width, "height": height})
+            profile,
+            executable_path=chromium_path(),
+            headless=True,
+            args=ARGS,
+            viewport={"width": width, "height": height},
+        )
         try:
             yield context.pages[0] if context.pages else context.new_page()
         finally:

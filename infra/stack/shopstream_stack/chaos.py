@@ -27,10 +27,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psutil
+
 from shopstream import ledger
 from shopstream.adapters.kafka import end_offsets, group_committed
 from shopstream.settings import Settings
@@ -41,8 +43,13 @@ from .service import Service
 
 # service -> the processes a fault may hit (Airflow: its scheduler, which runs the DAG)
 TARGETS: dict[str, tuple[str, ...]] = {
-    "kafka": ("broker",), "mongo": ("server",), "s3": ("server",),
-    "postgres": ("server",), "api": ("uvicorn",), "streaming": ("spark",), "airflow": ("scheduler",),
+    "kafka": ("broker",),
+    "mongo": ("server",),
+    "s3": ("server",),
+    "postgres": ("server",),
+    "api": ("uvicorn",),
+    "streaming": ("spark",),
+    "airflow": ("scheduler",),
     "dashboard": ("uvicorn",),
 }
 SIGNALS = (signal.SIGKILL, signal.SIGTERM)
@@ -130,8 +137,14 @@ class OutageReport:
     normal_s: dict[str, float | None] = field(default_factory=dict)  # stage -> back to normal lag after
 
 
-def outage(settings: Settings, svc: Service, minutes: float, say: Callable[[str], None],
-           normal_s: dict[str, float], timeout_s: float = 1200.0) -> OutageReport:
+def outage(
+    settings: Settings,
+    svc: Service,
+    minutes: float,
+    say: Callable[[str], None],
+    normal_s: dict[str, float],
+    timeout_s: float = 1200.0,
+) -> OutageReport:
     """Stop one service for `minutes` under the running load, start it again, and wait until
     each stage's lag (in seconds of arrivals) is below its normal bound (`normal_s`)."""
     report = OutageReport(svc.name, minutes)
@@ -152,8 +165,10 @@ def outage(settings: Settings, svc: Service, minutes: float, say: Callable[[str]
             if stage not in report.normal_s and behind is not None and behind < bound:
                 report.normal_s[stage] = round(time.monotonic() - over, 1)
                 say(f"  {stage}: back to normal ({behind:.0f} s behind) {report.normal_s[stage]:.0f} s after")
-        say(f"  {time.monotonic() - over:5.0f} s after: the batch {lag.batch:,} records behind, "
-            f"the streaming job {lag.streaming if lag.streaming is not None else '?'}")
+        say(
+            f"  {time.monotonic() - over:5.0f} s after: the batch {lag.batch:,} records behind, "
+            f"the streaming job {lag.streaming if lag.streaming is not None else '?'}"
+        )
     for stage in normal_s:
         report.normal_s.setdefault(stage, None)
     return report
@@ -167,9 +182,13 @@ def run_audit(settings: Settings) -> dict[str, Any]:
     """One audit, as a separate process with the stack's settings; its JSON summary."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "audit.json"
-        subprocess.run([sys.executable, "-m", "shopstream_audit", "--samples", "5", "--json", str(out)],
-                       env={**os.environ, **settings.to_env(), "TERM": "dumb"}, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=900)
+        subprocess.run(
+            [sys.executable, "-m", "shopstream_audit", "--samples", "5", "--json", str(out)],
+            env={**os.environ, **settings.to_env(), "TERM": "dumb"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=900,
+        )
         try:
             return json.loads(out.read_text())
         except (OSError, ValueError):
@@ -212,8 +231,14 @@ def diagnose(svc: Service) -> str:
     return "\n".join([svc.supervisor.about(procs), *(tail(p.log_file, 8) for p in procs)])
 
 
-def run(settings: Settings, services: dict[str, Service], minutes: float, seed: int,
-        say: Callable[[str], None], catch_up_timeout_s: float = 900.0) -> ChaosReport:
+def run(
+    settings: Settings,
+    services: dict[str, Service],
+    minutes: float,
+    seed: int,
+    say: Callable[[str], None],
+    catch_up_timeout_s: float = 900.0,
+) -> ChaosReport:
     """The fault phase under the running generator, then the catch-up, then the verdict."""
     rng = random.Random(seed)
     report = ChaosReport(seed, minutes)
@@ -228,12 +253,17 @@ def run(settings: Settings, services: dict[str, Service], minutes: float, seed: 
         report.faults.append(fault)
         hit = time.monotonic()
         escalate(fault, settings.embedded.stop_timeout_s)
-        if wait_until(lambda svc=svc, fault=fault: recovered(svc, fault), RECOVER_TIMEOUT_S, 0.5):
+        if wait_until(partial(recovered, svc, fault), RECOVER_TIMEOUT_S, 0.5):
             fault.recovered_s = round(time.monotonic() - hit, 1)
         killed = f" (SIGKILL after {fault.killed_after_s:.0f} s)" if fault.killed_after_s else ""
-        say(f"{fault.at_s:6.1f} s  {fault.signal} {fault.service} ({fault.process}, pid {fault.pid}){killed}: "
-            + (f"healthy again in {fault.recovered_s} s" if fault.recovered_s is not None
-               else f"[red]not healthy within {RECOVER_TIMEOUT_S:.0f} s[/red]\n{diagnose(svc)}"))
+        say(
+            f"{fault.at_s:6.1f} s  {fault.signal} {fault.service} ({fault.process}, pid {fault.pid}){killed}: "
+            + (
+                f"healthy again in {fault.recovered_s} s"
+                if fault.recovered_s is not None
+                else f"[red]not healthy within {RECOVER_TIMEOUT_S:.0f} s[/red]\n{diagnose(svc)}"
+            )
+        )
         # everything settles (a broker fault makes its clients reconnect) before the next fault
         wait_until(lambda: all(s.status().state == "healthy" for s in services.values()), RECOVER_TIMEOUT_S, 1.0)
         time.sleep(min(rng.uniform(*GAP_S), max(0.0, end - time.monotonic())))
@@ -242,8 +272,14 @@ def run(settings: Settings, services: dict[str, Service], minutes: float, seed: 
     return report
 
 
-def run_outage(settings: Settings, services: dict[str, Service], name: str, minutes: float,
-               say: Callable[[str], None], catch_up_timeout_s: float = 900.0) -> ChaosReport:
+def run_outage(
+    settings: Settings,
+    services: dict[str, Service],
+    name: str,
+    minutes: float,
+    say: Callable[[str], None],
+    catch_up_timeout_s: float = 900.0,
+) -> ChaosReport:
     """One service down for `minutes` under load; the stages' return to normal; the catch-up; the verdict."""
     report = ChaosReport(0, minutes)
     before = acknowledged_ids(settings)
@@ -254,8 +290,14 @@ def run_outage(settings: Settings, services: dict[str, Service], name: str, minu
     return report
 
 
-def catch_up(settings: Settings, generator: Service, report: ChaosReport, before: set[tuple[str, str]],
-             say: Callable[[str], None], timeout_s: float) -> None:
+def catch_up(
+    settings: Settings,
+    generator: Service,
+    report: ChaosReport,
+    before: set[tuple[str, str]],
+    say: Callable[[str], None],
+    timeout_s: float,
+) -> None:
     """Stop the load, then audit again and again until no stage has anything pending."""
     say("stopping the load (the generator) and waiting for every stage to catch up")
     generator.stop()
@@ -269,6 +311,8 @@ def catch_up(settings: Settings, generator: Service, report: ChaosReport, before
             return
         if time.monotonic() - stopped > timeout_s:
             return
-        say(f"  {time.monotonic() - stopped:5.0f} s after the load stopped: {waiting:,} records pending"
-            + (f", {report.audit['missing']:,} missing so far" if report.audit.get("missing") else ""))
+        say(
+            f"  {time.monotonic() - stopped:5.0f} s after the load stopped: {waiting:,} records pending"
+            + (f", {report.audit['missing']:,} missing so far" if report.audit.get("missing") else "")
+        )
         time.sleep(AUDIT_EVERY_S)

@@ -43,8 +43,10 @@ def setup(settings: Settings, for_tests: bool = False, for_bench: bool = False) 
 
 
 def _compose(*args: str) -> None:
-    if not shutil.which("docker") or subprocess.run(["docker", "compose", "version"],
-                                                    capture_output=True).returncode != 0:
+    if (
+        not shutil.which("docker")
+        or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0
+    ):
         raise StackError("SHOPSTREAM_STACK=compose needs Docker with the compose plugin (`docker compose`)")
     # compose would read infra/.env; the settings read ./.env, so hand compose the same file
     env_file = Path(".env")
@@ -79,8 +81,11 @@ STOP_ORDER = (("generator", "dashboard"), ("api", "streaming", "airflow"), tuple
 
 
 def down(settings: Settings, wipe: bool = False) -> None:
-    ours = {s.name: s for s in services(settings, apps=True)
-            if settings.stack == StackMode.embedded or s.name not in SERVER_NAMES}
+    ours = {
+        s.name: s
+        for s in services(settings, apps=True)
+        if settings.stack == StackMode.embedded or s.name not in SERVER_NAMES
+    }
 
     def stop(svc: Service) -> tuple[str, bool, float]:
         t0 = time.monotonic()
@@ -109,11 +114,27 @@ def service_states(settings: Settings) -> list[dict[str, Any]]:
     for svc in services(settings, apps=True):
         if settings.stack == StackMode.embedded or svc.name not in SERVER_NAMES:
             st = svc.status()
-            rows.append({"service": svc.name, "state": st.state, "restarts": st.restarts, "pids": st.pids,
-                         "address": svc.address, "folder": _short(st.folder)})
+            rows.append(
+                {
+                    "service": svc.name,
+                    "state": st.state,
+                    "restarts": st.restarts,
+                    "pids": st.pids,
+                    "address": svc.address,
+                    "folder": _short(st.folder),
+                }
+            )
         else:
-            rows.append({"service": svc.name, "state": "healthy" if svc._safe_healthy() else "unreachable",
-                         "restarts": None, "pids": [], "address": svc.address, "folder": None})
+            rows.append(
+                {
+                    "service": svc.name,
+                    "state": "healthy" if svc._safe_healthy() else "unreachable",
+                    "restarts": None,
+                    "pids": [],
+                    "address": svc.address,
+                    "folder": None,
+                }
+            )
     return rows
 
 
@@ -129,8 +150,14 @@ def status(settings: Settings, as_json: bool = False) -> bool:
         table.add_column(col, justify="right" if col == "restarts" else "left")
     for r in rows:
         colour = {"healthy": "green", "stopped": "dim", "restarting": "yellow"}.get(r["state"], "red")
-        table.add_row(r["service"], f"[{colour}]{r['state']}[/{colour}]", "" if r["restarts"] is None else str(r["restarts"]),
-                      " ".join(map(str, r["pids"])), r["address"], r["folder"] or "")
+        table.add_row(
+            r["service"],
+            f"[{colour}]{r['state']}[/{colour}]",
+            "" if r["restarts"] is None else str(r["restarts"]),
+            " ".join(map(str, r["pids"])),
+            r["address"],
+            r["folder"] or "",
+        )
     console.print(table)
     return all_ok
 
@@ -151,7 +178,6 @@ def logs(settings: Settings, name: str, lines: int = 50, follow: bool = False) -
     for f in files:
         console.rule(str(f))
         console.print(tail(f, lines), markup=False)
-
 
 
 def chaos(settings: Settings, minutes: float = 10.0, seed: int | None = None, outage: str | None = None) -> int:
@@ -200,15 +226,21 @@ def _chaos_tables(report) -> None:
     for col in ("stage", "acknowledged", "found", "missing", "doubled", "pending"):
         audit.add_column(col, justify="left" if col == "stage" else "right")
     for st in report.audit.get("stages", ()):
-        audit.add_row(st["name"], *(f"{st[k]:,}" if st[k] is not None else "—"
-                                    for k in ("acknowledged", "found", "missing", "doubled", "pending")))
+        audit.add_row(
+            st["name"],
+            *(
+                f"{st[k]:,}" if st[k] is not None else "—"
+                for k in ("acknowledged", "found", "missing", "doubled", "pending")
+            ),
+        )
     console.print(audit)
-    caught = (f"{report.caught_up_s:.0f} s" if report.caught_up_s is not None
-              else "[red]not within the timeout[/red]")
+    caught = f"{report.caught_up_s:.0f} s" if report.caught_up_s is not None else "[red]not within the timeout[/red]"
     verdict = "[green]nothing lost, nothing doubled[/green]" if report.exit_code == 0 else "[red]failed[/red]"
-    say(f"{len(report.faults)} faults; records accepted during the run: {report.accepted:,}; "
+    say(
+        f"{len(report.faults)} faults; records accepted during the run: {report.accepted:,}; "
         f"missing {report.audit.get('missing', '?')}, doubled {report.audit.get('doubled', '?')}; "
-        f"caught up {caught} after the load stopped: {verdict}")
+        f"caught up {caught} after the load stopped: {verdict}"
+    )
 
 
 def run_component(settings: Settings, module: str, *args: str) -> int:
@@ -247,7 +279,9 @@ def screenshot(settings: Settings, out: str = "docs/dashboard.png", timeout_s: f
         page.wait_for_selector("#services .badge", timeout=timeout_s * 1000)
         repeat_buyer = page.locator("#repeat-buyers tbody tr[data-user]")
         if repeat_buyer.count():  # look one up (before `invoke analyze` there are none to show)
-            page.fill("#user-id", repeat_buyer.first.get_attribute("data-user"))
+            user = repeat_buyer.first.get_attribute("data-user")
+            assert user is not None  # the selector picks rows that have it
+            page.fill("#user-id", user)
             page.click("#user-form [type=submit]")
         page.wait_for_timeout(11_000)  # two more refreshes: the API chart has points to draw
         page.screenshot(path=str(path), full_page=True)

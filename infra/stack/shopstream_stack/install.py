@@ -30,7 +30,7 @@ def _java_ok() -> bool:
         return False
     out = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
     m = re.search(r'version "(\d+)', out)
-    return bool(m) and int(m.group(1)) >= 17
+    return m is not None and int(m.group(1)) >= 17
 
 
 def _postgres_ok() -> bool:
@@ -50,12 +50,18 @@ class SystemNeed:
 SYSTEM_NEEDS = (
     SystemNeed("Java 17+ (Spark)", _java_ok, ("openjdk-17-jre-headless",)),
     SystemNeed("PostgreSQL server", _postgres_ok, ("postgresql",), embedded_only=True),
-    SystemNeed("Nix (flake checks in the tests)", lambda: bool(shutil.which("nix-instantiate")),
-               ("nix-bin",), tests_only=True),
-    SystemNeed("Chromium (the dashboard's browser test)", lambda: bool(shutil.which("chromium")), ("chromium",),
-               tests_only=True),
-    SystemNeed("wrk (the API benchmark's load generator)", lambda: bool(shutil.which("wrk")), ("wrk",),
-               bench_only=True),
+    SystemNeed(
+        "Nix (flake checks in the tests)", lambda: bool(shutil.which("nix-instantiate")), ("nix-bin",), tests_only=True
+    ),
+    SystemNeed(
+        "Chromium (the dashboard's browser test)",
+        lambda: bool(shutil.which("chromium")),
+        ("chromium",),
+        tests_only=True,
+    ),
+    SystemNeed(
+        "wrk (the API benchmark's load generator)", lambda: bool(shutil.which("wrk")), ("wrk",), bench_only=True
+    ),
 )
 
 
@@ -72,21 +78,27 @@ def missing_system_packages(settings: Settings, for_tests: bool, for_bench: bool
     return pkgs
 
 
-def ensure_system_packages(settings: Settings, for_tests: bool, say: Callable[[str], None] = print,
-                           for_bench: bool = False) -> None:
+def ensure_system_packages(
+    settings: Settings, for_tests: bool, say: Callable[[str], None] = print, for_bench: bool = False
+) -> None:
     pkgs = missing_system_packages(settings, for_tests, for_bench)
     if not pkgs:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise StackError(
-            "missing system packages: " + " ".join(pkgs)
+            "missing system packages: "
+            + " ".join(pkgs)
             + "\nInstall them with your package manager (they are Debian 12 names), or use `nix develop`."
         )
     say(f"installing Debian packages: {' '.join(pkgs)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *pkgs],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *pkgs],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -106,8 +118,10 @@ def ensure_spark_jars(settings: Settings, say: Callable[[str], None] = print) ->
     jars_dir = settings.spark.jars_dir
     jars_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                        "-d", tmp, JARS_SDIST], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", tmp, JARS_SDIST],
+            check=True,
+        )
         (sdist,) = Path(tmp).glob("*.tar.gz")
         with tarfile.open(sdist) as tar:
             for member in tar.getmembers():

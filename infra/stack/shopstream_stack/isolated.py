@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 from shopstream.settings import (
     AirflowSettings,
@@ -28,7 +29,7 @@ def free_port() -> int:
 
 
 def isolated_settings(run_dir: Path, **overrides) -> Settings:
-    fields = dict(
+    fields: dict[str, Any] = dict(
         run_dir=run_dir,
         kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}"),
         mongo=MongoSettings(uri=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"),

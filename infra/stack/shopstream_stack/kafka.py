@@ -42,8 +42,18 @@ class KafkaBroker(Service):
         host, port = self.hp
         # The binary itself, not the `noida-db` console script: the script does not
         # forward SIGTERM, so a stop through it would lose the in-memory data.
-        argv = [str(broker_binary()), "start", "--only", "kafka", "--host", host,
-                "--kafka-port", str(port), "--data-dir", str(self.data_dir)]
+        argv = [
+            str(broker_binary()),
+            "start",
+            "--only",
+            "kafka",
+            "--host",
+            host,
+            "--kafka-port",
+            str(port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
         return [self._proc("broker", argv)]
 
     def healthy(self) -> bool:

@@ -53,8 +53,19 @@ class MongoServer(Service):
     def procs(self) -> list[Proc]:
         host, port = self.hp
         exe = Path(sys.executable).parent / "secantusd-py"
-        argv = [str(exe), "--host", host, "--port", str(port), "--storage-path", str(self.data_dir),
-                "--cache-size", "256M", "--log-level", "WARNING"]
+        argv = [
+            str(exe),
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--storage-path",
+            str(self.data_dir),
+            "--cache-size",
+            "256M",
+            "--log-level",
+            "WARNING",
+        ]
         if self.sync_on_commit:
             argv.append("--sync-on-commit")
         # cwd is the service folder, so no stray ./secantusd.toml is picked up.

@@ -56,8 +56,17 @@ class PostgresServer(Service):
 
     def procs(self) -> list[Proc]:
         c = self.settings.postgres
-        argv = [str(pg_bindir() / "postgres"), "-D", str(self.data_dir), "-p", str(c.port),
-                "-c", f"listen_addresses={c.host}", "-c", f"unix_socket_directories={self.folder / 'sock'}"]
+        argv = [
+            str(pg_bindir() / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(c.port),
+            "-c",
+            f"listen_addresses={c.host}",
+            "-c",
+            f"unix_socket_directories={self.folder / 'sock'}",
+        ]
         for setting, value in DURABILITY.items():  # the command line wins over postgresql(.auto).conf
             argv += ["-c", f"{setting}={value}"]
         # SIGINT is PostgreSQL's "fast" shutdown: clean, without waiting for clients.
@@ -84,13 +93,32 @@ class PostgresServer(Service):
             os.chown(f.name, pw.pw_uid, pw.pw_gid)
         try:
             subprocess.run(
-                [str(pg_bindir() / "initdb"), "-D", str(self.data_dir), "-U", c.user, f"--pwfile={f.name}",
-                 "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
-                user=self.run_as, check=True, capture_output=True, text=True, cwd=self.folder,
+                [
+                    str(pg_bindir() / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    c.user,
+                    f"--pwfile={f.name}",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ],
+                user=self.run_as,
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=self.folder,
             )
         except subprocess.CalledProcessError as e:
-            hint = (f"\nThe `{self.run_as}` user must be able to reach {self.folder} "
-                    "(every parent folder needs the x permission for others)." if self.run_as else "")
+            hint = (
+                f"\nThe `{self.run_as}` user must be able to reach {self.folder} "
+                "(every parent folder needs the x permission for others)."
+                if self.run_as
+                else ""
+            )
             raise StackError(f"postgres: initdb failed:\n{e.stdout}\n{e.stderr}{hint}") from e
         finally:
             os.unlink(f.name)

@@ -7,6 +7,7 @@ folder of the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
-from tenacity import Retrying, retry_if_result, stop_after_delay, stop_any, wait_fixed
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 if TYPE_CHECKING:
     from .supervision import Supervisor
@@ -95,11 +96,12 @@ def wait_until(
     def attempt() -> bool:
         try:
             return bool(check())
-        except Exception:
+        except Exception:  # noqa: BLE001 - "not yet", as the docstring says
             return False
 
+    deadline = stop_after_delay(timeout_s)
     retrying = Retrying(
-        stop=stop_any(stop_after_delay(timeout_s), lambda _state: give_up()),
+        stop=lambda state: deadline(state) or give_up(),
         wait=wait_fixed(interval_s),
         retry=retry_if_result(lambda ok: not ok),
         retry_error_callback=lambda _state: False,
@@ -190,10 +192,8 @@ class Proc:
         pid = leader if isinstance(leader, int) else leader.pid
         found: dict[int, psutil.Process] = {}
         if isinstance(leader, psutil.Process):
-            try:
+            with contextlib.suppress(psutil.Error):
                 found.update((c.pid, c) for c in leader.children(recursive=True))
-            except psutil.Error:
-                pass
         for proc in psutil.process_iter():
             try:
                 if proc.pid != pid and os.getpgid(proc.pid) == pid:
@@ -215,8 +215,6 @@ class Proc:
                 continue
         _, alive = psutil.wait_procs(alive, timeout=min(timeout_s, 10))
         for proc in alive:
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.kill()
-            except psutil.Error:
-                pass
         psutil.wait_procs(alive, timeout=5)

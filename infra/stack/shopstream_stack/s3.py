@@ -24,10 +24,15 @@ from .service import Endpoint, Service, host_port
 
 SETTING = "SHOPSTREAM_S3__ENDPOINT_URL"
 # weed's flag for each of its ports, by the embedded settings' field that chooses it
-PORT_FLAGS = {"s3_master_port": "master.port", "s3_master_grpc_port": "master.port.grpc",
-              "s3_volume_port": "volume.port", "s3_volume_grpc_port": "volume.port.grpc",
-              "s3_filer_port": "filer.port", "s3_filer_grpc_port": "filer.port.grpc",
-              "s3_grpc_port": "s3.port.grpc"}
+PORT_FLAGS = {
+    "s3_master_port": "master.port",
+    "s3_master_grpc_port": "master.port.grpc",
+    "s3_volume_port": "volume.port",
+    "s3_volume_grpc_port": "volume.port.grpc",
+    "s3_filer_port": "filer.port",
+    "s3_filer_grpc_port": "filer.port.grpc",
+    "s3_grpc_port": "s3.port.grpc",
+}
 BUCKETS_DIR = "/buckets/"  # where the filer keeps the S3 buckets
 # Each bucket is a collection that takes 7 volumes at its first write: room for 14 buckets,
 # 100 GB in all (volume files grow as they are written, nothing is preallocated).
@@ -64,18 +69,26 @@ class SeaweedS3(Service):
         host, port = self.hp
         return [Endpoint("server", host, port, SETTING)] + [
             Endpoint("server", host, getattr(self.settings.embedded, field), f"SHOPSTREAM_EMBEDDED__{field.upper()}")
-            for field in PORT_FLAGS]
+            for field in PORT_FLAGS
+        ]
 
     def procs(self) -> list[Proc]:
         host, port = self.hp
         flags = {
-            "dir": self.data_dir, "ip": host, "ip.bind": host,
-            "master.telemetry": "false", "master.volumeSizeLimitMB": VOLUME_SIZE_MB,
+            "dir": self.data_dir,
+            "ip": host,
+            "ip.bind": host,
+            "master.telemetry": "false",
+            "master.volumeSizeLimitMB": VOLUME_SIZE_MB,
             "master.electionTimeout": "1s",  # one master: it elects itself at once (default 10 s at a restart)
             "volume.max": MAX_VOLUMES,
             "volume.preStopSeconds": 0,  # stop at once (default 10 s: time for clients to go elsewhere)
-            "filer": "true", "s3": "true", "s3.port": port, "s3.config": self.identities,
-            "s3.port.iceberg": 0, "s3.port.lance": 0,  # catalogs the pipeline does not use: no ports
+            "filer": "true",
+            "s3": "true",
+            "s3.port": port,
+            "s3.config": self.identities,
+            "s3.port.iceberg": 0,
+            "s3.port.lance": 0,  # catalogs the pipeline does not use: no ports
             **{flag: getattr(self.settings.embedded, field) for field, flag in PORT_FLAGS.items()},
         }
         argv = [str(weed_binary()), "-logtostderr", "server", *(f"-{k}={v}" for k, v in flags.items())]
@@ -84,8 +97,11 @@ class SeaweedS3(Service):
     def launch(self, proc: Proc) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         s3 = self.settings.s3
-        identity = {"name": s3.access_key, "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                    "credentials": [{"accessKey": s3.access_key, "secretKey": s3.secret_key.get_secret_value()}]}
+        identity = {
+            "name": s3.access_key,
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            "credentials": [{"accessKey": s3.access_key, "secretKey": s3.secret_key.get_secret_value()}],
+        }
         fd = os.open(self.identities, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the secret
         with os.fdopen(fd, "w") as f:
             json.dump({"identities": [identity]}, f)
@@ -103,11 +119,21 @@ class SeaweedS3(Service):
         command = " ".join(["fs.configure", *options])
         try:
             # host:port.grpcPort: without it the shell dials port + 10000 for gRPC
-            done = subprocess.run([str(weed_binary()), "shell", f"-master={host}:{e.s3_master_port}.{e.s3_master_grpc_port}",
-                                   f"-filer={host}:{e.s3_filer_port}.{e.s3_filer_grpc_port}"], input=f"{command}\nexit\n",
-                                  capture_output=True, text=True, timeout=60, cwd=self.folder)
+            done = subprocess.run(
+                [
+                    str(weed_binary()),
+                    "shell",
+                    f"-master={host}:{e.s3_master_port}.{e.s3_master_grpc_port}",
+                    f"-filer={host}:{e.s3_filer_port}.{e.s3_filer_grpc_port}",
+                ],
+                input=f"{command}\nexit\n",
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=self.folder,
+            )
             out = done.stdout
-            return json.loads(out[out.index("{"):out.rindex("}") + 1])
+            return json.loads(out[out.index("{") : out.rindex("}") + 1])
         except (subprocess.TimeoutExpired, ValueError) as err:
             raise StackError(f"s3: `weed shell` could not run {command!r}: {err}") from err
 
@@ -122,8 +148,14 @@ class SeaweedS3(Service):
             created = ensure_bucket(s3)
         except S3Error as e:
             raise StackError(f"s3: cannot create bucket {s3.bucket}: {e}") from e
+
         # the gateway answers before the volume server has registered (a few seconds at a first start)
-        if not wait_until(lambda: put_probe(s3) is None, self.timeout_s, 0.5):
-            raise StackError(f"s3: no write to bucket {s3.bucket} succeeded within {self.timeout_s:.0f} s; "
-                             f"see `invoke logs s3`")
+        def probe_written() -> bool:
+            put_probe(s3)  # raises until then: `wait_until` takes that as "not yet"
+            return True
+
+        if not wait_until(probe_written, self.timeout_s, 0.5):
+            raise StackError(
+                f"s3: no write to bucket {s3.bucket} succeeded within {self.timeout_s:.0f} s; see `invoke logs s3`"
+            )
         return f"bucket {s3.bucket}" + (" created" if created else "") + f"; fsync on for {BUCKETS_DIR}"

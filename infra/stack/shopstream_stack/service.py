@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -103,7 +104,7 @@ class Service(ABC):
         for ep in self.endpoints():
             # a server that was just killed leaves its port unbindable for a moment (connections
             # it accepted are still closing): wait a little before calling the port taken
-            if ep.proc not in alive and not wait_until(lambda ep=ep: port_is_free(ep.host, ep.port), PORT_GRACE_S, 0.1):
+            if ep.proc not in alive and not wait_until(partial(port_is_free, ep.host, ep.port), PORT_GRACE_S, 0.1):
                 raise PortInUse(self.name, ep.port, port_owner(ep.port), ep.setting)
         self.folder.mkdir(parents=True, exist_ok=True)
         if procs:
@@ -115,8 +116,7 @@ class Service(ABC):
 
         def failed() -> bool:
             """Given up on, or died at start again and again (once may be a kill, not a fault)."""
-            return any(p.state() == "FATAL" or self.supervisor.exits(p) - exits[p.name] >= FAILED_STARTS
-                       for p in procs)
+            return any(p.state() == "FATAL" or self.supervisor.exits(p) - exits[p.name] >= FAILED_STARTS for p in procs)
 
         if not wait_until(self.healthy, self.timeout_s, give_up=failed):
             why = "exited" if failed() else f"did not answer within {self.timeout_s:.0f} s"
@@ -155,7 +155,7 @@ class Service(ABC):
     def _safe_healthy(self) -> bool:
         try:
             return self.healthy()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a check that fails in any way means not healthy
             return False
 
     def _proc(self, name: str, argv: list[str], **kw) -> Proc:

@@ -14,8 +14,13 @@ from .service import Service
 from .streaming import StreamingService
 
 SERVICE_TYPES: tuple[type[Service], ...] = (KafkaBroker, MongoServer, PostgresServer, SeaweedS3)
-APP_TYPES: tuple[type[Service], ...] = (ApiService, StreamingService, AirflowService, DashboardService,
-                                          GeneratorService)
+APP_TYPES: tuple[type[Service], ...] = (
+    ApiService,
+    StreamingService,
+    AirflowService,
+    DashboardService,
+    GeneratorService,
+)
 
 
 def services(settings: Settings, names: list[str] | None = None, apps: bool = False) -> list[Service]:

@@ -84,15 +84,28 @@ class Supervisor:
         self.programs.mkdir(parents=True, exist_ok=True)
         self.restarts.unlink(missing_ok=True)
         self._write_conf()
-        done = subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)],
-                              cwd=self.folder, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)],
+            cwd=self.folder,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0 or not wait_until(self.running, 30):
-            raise StackError(f"supervisord did not start: {(done.stderr or done.stdout).strip()[-2000:]} "
-                             f"(see {self.log})")
+            raise StackError(
+                f"supervisord did not start: {(done.stderr or done.stdout).strip()[-2000:]} (see {self.log})"
+            )
 
     def _write_conf(self) -> None:
-        listener = shlex.join([sys.executable, "-m", "shopstream_stack.restart_listener", str(self.restarts),
-                               str(self.embedded.rescue_after_s)])
+        listener = shlex.join(
+            [
+                sys.executable,
+                "-m",
+                "shopstream_stack.restart_listener",
+                str(self.restarts),
+                str(self.embedded.rescue_after_s),
+            ]
+        )
         self.conf.write_text(f"""\
 [unix_http_server]
 file = {_esc(str(self.socket))}
@@ -169,8 +182,9 @@ files = {_esc(str(self.programs))}/*.conf
         for proc in procs:
             proc.folder.mkdir(parents=True, exist_ok=True)
             spec = proc.folder / f"{proc.name}.spec.json"
-            spec.write_text(json.dumps({"argv": proc.argv, "env": proc.environment(), "cwd": str(proc.folder),
-                                        "user": proc.user}))
+            spec.write_text(
+                json.dumps({"argv": proc.argv, "env": proc.environment(), "cwd": str(proc.folder), "user": proc.user})
+            )
             spec.chmod(0o600)  # the environment may hold credentials
             command = shlex.join([sys.executable, "-m", "shopstream_stack.launch", str(spec)])
             sections.append(f"""[program:{proc.program}]

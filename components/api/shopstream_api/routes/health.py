@@ -15,8 +15,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The broker is reachable, so ingestion can succeed",
-            responses={503: {"description": "Kafka is unreachable"}})
+@router.get(
+    "/readyz",
+    summary="The broker is reachable, so ingestion can succeed",
+    responses={503: {"description": "Kafka is unreachable"}},
+)
 async def readyz(publisher: PublisherDep) -> JSONResponse:
     ok = await publisher.ready()
     return JSONResponse({"status": "ready" if ok else "unavailable", "kafka": ok}, status_code=200 if ok else 503)

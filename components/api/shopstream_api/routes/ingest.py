@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException
 from pydantic import BaseModel, Field
@@ -39,14 +39,20 @@ IdempotencyKey = Annotated[
     ),
 ]
 
-UNAVAILABLE = {503: {"description": "Kafka did not acknowledge in time, or the acknowledgement journal is full or "
-                                    "could not be written. The records may or may not have been stored: retry "
-                                    "after Retry-After with the same Idempotency-Key (the stores keep one copy "
-                                    "per EventId)"},
-               400: {"description": "Malformed JSON: not UTF-8, NaN or Infinity, a number beyond a 64-bit float, "
-                                    "a key twice in one object, or nested too deep"},
-               413: {"description": "Body larger than the configured maximum"},
-               415: {"description": "Content-Type is not application/json (or application/*+json)"}}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "Kafka did not acknowledge in time, or the acknowledgement journal is full or "
+        "could not be written. The records may or may not have been stored: retry "
+        "after Retry-After with the same Idempotency-Key (the stores keep one copy "
+        "per EventId)"
+    },
+    400: {
+        "description": "Malformed JSON: not UTF-8, NaN or Infinity, a number beyond a 64-bit float, "
+        "a key twice in one object, or nested too deep"
+    },
+    413: {"description": "Body larger than the configured maximum"},
+    415: {"description": "Content-Type is not application/json (or application/*+json)"},
+}
 
 
 class SendEventResponse(BaseModel):
@@ -63,36 +69,45 @@ class PurchasedItemsResponse(BaseModel):
 
 def _unavailable(e: BrokerUnavailable | JournalFull | JournalUnavailable) -> HTTPException:
     what = "event broker unavailable" if isinstance(e, BrokerUnavailable) else "acknowledgement journal unavailable"
-    return HTTPException(503, detail=f"{what}: {e}. The records may or may not have been stored; "
-                              "retry with the same Idempotency-Key (the stores keep one copy per EventId)",
-                         headers={"Retry-After": "1"})
+    return HTTPException(
+        503,
+        detail=f"{what}: {e}. The records may or may not have been stored; "
+        "retry with the same Idempotency-Key (the stores keep one copy per EventId)",
+        headers={"Retry-After": "1"},
+    )
 
 
 async def _publish(ingestor: Ingestor, topic: str, records: list[UserEventRecord] | list[PurchaseRecord]):
     try:
         return await ingestor.publish(
-            topic, [Outgoing(r.UserId.encode(), r.model_dump_json().encode(), r.EventId) for r in records])
+            topic, [Outgoing(r.UserId.encode(), r.model_dump_json().encode(), r.EventId) for r in records]
+        )
     except (BrokerUnavailable, JournalFull, JournalUnavailable) as e:
         raise _unavailable(e) from e
 
 
-@router.put("/SendEvent", response_model=SendEventResponse, responses=UNAVAILABLE,
-            summary="Ingest one user event")
+@router.put("/SendEvent", response_model=SendEventResponse, responses=UNAVAILABLE, summary="Ingest one user event")
 async def send_event(
     settings: SettingsDep,
     ingestor: IngestorDep,
     event: Annotated[UserEvent, Body(openapi_examples={"page visit": {"value": USER_EVENT_EXAMPLE}})],
     idempotency_key: IdempotencyKey = None,
 ) -> SendEventResponse:
-    record = UserEventRecord(**event.__dict__, EventId=idempotency_key or str(uuid.uuid4()),
-                             IngestedAt=datetime.now(UTC))
+    record = UserEventRecord(
+        **event.__dict__, EventId=idempotency_key or str(uuid.uuid4()), IngestedAt=datetime.now(UTC)
+    )
     (ack,) = await _publish(ingestor, settings.kafka.user_events_topic, [record])
-    return SendEventResponse(EventId=record.EventId, IngestedAt=record.IngestedAt,
-                             Partition=ack.partition, Offset=ack.offset)
+    return SendEventResponse(
+        EventId=record.EventId, IngestedAt=record.IngestedAt, Partition=ack.partition, Offset=ack.offset
+    )
 
 
-@router.post("/PurchasedItems", response_model=PurchasedItemsResponse, responses=UNAVAILABLE,
-             summary=f"Ingest 1 to {MAX_PURCHASES_PER_REQUEST} purchases")
+@router.post(
+    "/PurchasedItems",
+    response_model=PurchasedItemsResponse,
+    responses=UNAVAILABLE,
+    summary=f"Ingest 1 to {MAX_PURCHASES_PER_REQUEST} purchases",
+)
 async def purchased_items(
     settings: SettingsDep,
     ingestor: IngestorDep,
@@ -105,8 +120,9 @@ async def purchased_items(
 ) -> PurchasedItemsResponse:
     now = datetime.now(UTC)
     records = [
-        PurchaseRecord(**p.__dict__, EventId=f"{idempotency_key}:{i}" if idempotency_key else str(uuid.uuid4()),
-                       IngestedAt=now)
+        PurchaseRecord(
+            **p.__dict__, EventId=f"{idempotency_key}:{i}" if idempotency_key else str(uuid.uuid4()), IngestedAt=now
+        )
         for i, p in enumerate(purchases)
     ]
     await _publish(ingestor, settings.kafka.purchases_topic, records)

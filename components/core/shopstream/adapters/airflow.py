@@ -26,11 +26,13 @@ def airflow_client(cfg: AirflowSettings, timeout_s: float) -> httpx.Client:
 def unhealthy_components(health: dict, runs_all: bool) -> list[str]:
     """The components `/api/v2/monitor/health` does not report healthy. `runs_all`: a DAG processor
     and a triggerer must report too (the embedded stack runs them)."""
+
     def status(c: str) -> str | None:
         return (health.get(c) or {}).get("status")
 
-    return ([c for c in REQUIRED if status(c) != "healthy"]
-            + [c for c in OWN if status(c) not in ("healthy", *(() if runs_all else (None,)))])
+    return [c for c in REQUIRED if status(c) != "healthy"] + [
+        c for c in OWN if status(c) not in ("healthy", *(() if runs_all else (None,)))
+    ]
 
 
 def airflow_health(client: httpx.Client, runs_all: bool) -> str:

@@ -8,6 +8,7 @@ worker, which gets options rather than settings, from the bootstrap string they 
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -22,11 +23,13 @@ def _servers(where: KafkaSettings | str) -> str:
     return where.bootstrap_servers if isinstance(where, KafkaSettings) else where
 
 
-def admin_client(cfg: KafkaSettings, timeout_ms: int = 5000, client_id: str = "shopstream-admin",
-                 **options) -> KafkaAdminClient:
+def admin_client(
+    cfg: KafkaSettings, timeout_ms: int = 5000, client_id: str = "shopstream-admin", **options
+) -> KafkaAdminClient:
     """`options` go to KafkaAdminClient."""
-    return KafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=client_id,
-                            request_timeout_ms=timeout_ms, **options)
+    return KafkaAdminClient(
+        bootstrap_servers=cfg.bootstrap_servers, client_id=client_id, request_timeout_ms=timeout_ms, **options
+    )
 
 
 def kafka_consumer(where: KafkaSettings | str, *topics: str, **options) -> KafkaConsumer:
@@ -55,13 +58,11 @@ def ensure_topics(cfg: KafkaSettings) -> dict[str, int]:
         existing = set(admin.list_topics())
         missing = [t for t in cfg.topics if t not in existing]
         for topic in missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently by another caller
                 admin.create_topics(
                     [NewTopic(topic, cfg.partitions, cfg.replication_factor)],
                     validate_only=False,
                 )
-            except TopicAlreadyExistsError:  # created concurrently by another caller
-                pass
         described = admin.describe_topics(cfg.topics)
         return {d["name"]: len(d["partitions"]) for d in described}
     finally:
@@ -90,8 +91,9 @@ def group_committed(cfg: KafkaSettings, group: str, topic: str) -> dict[int, int
         consumer.close(autocommit=False)
 
 
-def record_fingerprints(bootstrap_servers: str, wanted: dict[TopicPartition, int], client_id: str,
-                        timeout_s: float = 15.0) -> dict[TopicPartition, Fingerprint | None]:
+def record_fingerprints(
+    bootstrap_servers: str, wanted: dict[TopicPartition, int], client_id: str, timeout_s: float = 15.0
+) -> dict[TopicPartition, Fingerprint | None]:
     """The fingerprint (shopstream.marks) of the record at the given offset of each partition,
     None where no record is at that offset; one fetch for all of them. Raises TimeoutError
     when the broker does not answer.
@@ -101,8 +103,9 @@ def record_fingerprints(bootstrap_servers: str, wanted: dict[TopicPartition, int
     got: dict[TopicPartition, Fingerprint | None] = {}
     if not wanted:
         return got
-    consumer = kafka_consumer(bootstrap_servers, client_id=client_id, enable_auto_commit=False,
-                              auto_offset_reset="none", max_poll_records=50)
+    consumer = kafka_consumer(
+        bootstrap_servers, client_id=client_id, enable_auto_commit=False, auto_offset_reset="none", max_poll_records=50
+    )
     try:
         consumer.assign(list(wanted))
         for tp, offset in wanted.items():

@@ -60,7 +60,7 @@ class LakeFiles:
 
     def committed(self) -> set[str]:
         """Every committed file's key, reading only the log entries not read before."""
-        logs = {}
+        logs: dict[int, str] = {}
         for obj in self.client.list_objects(self.bucket, prefix=self.prefix + "_spark_metadata/"):
             batch = _log_id(obj.object_name)
             if batch is not None and batch > self._log_seen:
@@ -68,8 +68,11 @@ class LakeFiles:
                 if obj.object_name.endswith(".compact"):
                     logs[batch] = obj.object_name
         if not logs and self._log_seen < 0:  # no sink log: a plain batch write, every file counts
-            return {o.object_name for o in self.client.list_objects(self.bucket, prefix=self.prefix, recursive=True)
-                    if o.object_name.endswith(".parquet")}
+            return {
+                o.object_name
+                for o in self.client.list_objects(self.bucket, prefix=self.prefix, recursive=True)
+                if o.object_name.endswith(".parquet")
+            }
         compacts = [b for b, k in logs.items() if k.endswith(".compact")]
         start = max(compacts) if compacts else min(logs, default=0)
         for batch in sorted(b for b in logs if b >= start):
@@ -79,6 +82,7 @@ class LakeFiles:
 
     def read(self, keys: Iterable[str], threads: int = 8) -> pa.Table | None:
         """The files' rows (the purchase columns), as one table."""
+
         def one(key: str) -> pa.Table:
             resp = self.client.get_object(self.bucket, key)
             try:

@@ -15,6 +15,7 @@ audit, the dashboard and `invoke batch-check` read them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pymongo import MongoClient
 from pymongo.collection import Collection
@@ -28,7 +29,7 @@ LEASES_COLLECTION = "shopstream_leases"
 
 
 def mongo_client(cfg: MongoSettings, timeout_ms: int = 5000) -> MongoClient:
-    durability = {"journal": True} if cfg.journal else {}
+    durability: dict[str, Any] = {"journal": True} if cfg.journal else {}
     return MongoClient(cfg.uri, serverSelectionTimeoutMS=timeout_ms, tz_aware=True, **durability)
 
 

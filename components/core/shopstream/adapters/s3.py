@@ -15,8 +15,12 @@ def s3_client(cfg: S3Settings, timeout_s: float | None = None, **kwargs) -> Mini
     """`timeout_s`: connect and read timeouts, no retries (for a probe that must not hang);
     other kwargs go to Minio (an `http_client` of the caller's, say)."""
     if timeout_s is not None:
-        kwargs.setdefault("http_client", urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s), retries=urllib3.Retry(total=0)))
+        kwargs.setdefault(
+            "http_client",
+            urllib3.PoolManager(
+                timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s), retries=urllib3.Retry(total=0)
+            ),
+        )
     return Minio(
         cfg.host_port,
         access_key=cfg.access_key,

@@ -25,7 +25,20 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
 
 __all__ = [
-    "CLIENT_MODELS", "RECORD_MODELS", "EventAttributes", "EventId", "EventName", "MAX_LINES", "MAX_PURCHASES_PER_REQUEST",
-    "PaymentType", "ProductLine", "Purchase", "PurchaseRecord", "UserEvent", "UserEventRecord",
-    "json_schemas", "lines_total", "why_invalid",
+    "CLIENT_MODELS",
+    "MAX_LINES",
+    "MAX_PURCHASES_PER_REQUEST",
+    "RECORD_MODELS",
+    "EventAttributes",
+    "EventId",
+    "EventName",
+    "PaymentType",
+    "ProductLine",
+    "Purchase",
+    "PurchaseRecord",
+    "UserEvent",
+    "UserEventRecord",
+    "json_schemas",
+    "lines_total",
+    "why_invalid",
 ]

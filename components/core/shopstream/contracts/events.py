@@ -29,8 +29,9 @@ class EventAttributes(BaseModel):
     @model_validator(mode="after")
     def _discount_not_above_price(self) -> EventAttributes:
         if self.Discount > self.Price:
-            raise field_error("EventAttributes", "Discount", "discount_above_price",
-                              "Discount must not be above Price", self.Discount)
+            raise field_error(
+                "EventAttributes", "Discount", "discount_above_price", "Discount must not be above Price", self.Discount
+            )
         return self
 
 

@@ -11,8 +11,18 @@ from typing import Any
 from pydantic import BaseModel
 
 _NUMBER = ["decimal", "double", "int", "long"]
-_KEEP = {"enum", "pattern", "minLength", "maxLength", "minimum", "maximum", "minItems", "maxItems",
-         "required", "description"}
+_KEEP = {
+    "enum",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "minItems",
+    "maxItems",
+    "required",
+    "description",
+}
 
 
 def _translate(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -40,8 +50,9 @@ def _translate(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def mongo_validator(model: type[BaseModel], *, rename: dict[str, str] | None = None,
-                    extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def mongo_validator(
+    model: type[BaseModel], *, rename: dict[str, str] | None = None, extra: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """`{"$jsonSchema": ...}` for documents shaped like `model`.
 
     `rename` maps contract fields to document fields (EventId -> _id); `extra` adds

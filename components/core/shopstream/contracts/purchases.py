@@ -39,8 +39,13 @@ class ProductLine(BaseModel):
     @model_validator(mode="after")
     def _discount_not_above_price(self) -> ProductLine:
         if self.ItemDiscount > self.ItemPrice:
-            raise field_error("ProductLine", "ItemDiscount", "discount_above_price",
-                              "ItemDiscount must not be above ItemPrice", self.ItemDiscount)
+            raise field_error(
+                "ProductLine",
+                "ItemDiscount",
+                "discount_above_price",
+                "ItemDiscount must not be above ItemPrice",
+                self.ItemDiscount,
+            )
         return self
 
     @property
@@ -65,8 +70,13 @@ class Purchase(BaseModel):
     def _total_matches_lines(self) -> Purchase:
         expected = lines_total(self.Products)
         if abs(self.TotalPrice - expected) > TOTAL_TOLERANCE:
-            raise field_error("Purchase", "TotalPrice", "total_mismatch",
-                              f"TotalPrice must equal the lines' total {expected} within 0.01", self.TotalPrice)
+            raise field_error(
+                "Purchase",
+                "TotalPrice",
+                "total_mismatch",
+                f"TotalPrice must equal the lines' total {expected} within 0.01",
+                self.TotalPrice,
+            )
         return self
 
 

@@ -18,5 +18,6 @@ def why_invalid(e: Exception) -> str:
     errors = e.errors()
     if errors[0]["type"] == "json_invalid":
         return "invalid JSON: " + errors[0]["msg"]
-    return "breaks the contract: " + "; ".join(f"{'.'.join(map(str, err['loc'])) or 'record'}: {err['msg']}"
-                                              for err in errors)
+    return "breaks the contract: " + "; ".join(
+        f"{'.'.join(map(str, err['loc'])) or 'record'}: {err['msg']}" for err in errors
+    )

@@ -15,9 +15,7 @@ from .events import UserEvent
 from .purchases import Purchase
 from .types import UtcTimestamp
 
-EventId = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")
-]
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")]
 
 
 class UserEventRecord(UserEvent):

@@ -20,7 +20,6 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
 )
-
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 MAX_MONEY = Decimal("1000000")
@@ -46,8 +45,14 @@ Money = Annotated[
     BeforeValidator(_json_number),
     Field(ge=0, le=MAX_MONEY, max_digits=9, decimal_places=2),
     PlainSerializer(float, return_type=float, when_used="json"),
-    WithJsonSchema({"type": "number", "minimum": 0, "maximum": float(MAX_MONEY),
-                    "description": "amount in the shop's currency, at most 2 decimal places"}),
+    WithJsonSchema(
+        {
+            "type": "number",
+            "minimum": 0,
+            "maximum": float(MAX_MONEY),
+            "description": "amount in the shop's currency, at most 2 decimal places",
+        }
+    ),
 ]
 """Non-negative, at most 1,000,000, cents precision; exact (Decimal) in Python, a number in JSON."""
 
