@@ -5,6 +5,7 @@ Thin on purpose: each task forwards to shopstream_stack.commands.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -207,13 +208,23 @@ def lint(c):
         )
 
 
-@task(help={"k": "only tests matching this expression", "x": "stop at the first failure"})
-def test(c, k="", x=False):
+@task(
+    help={
+        "k": "only tests matching this expression",
+        "x": "stop at the first failure",
+        "workers": "test processes, each with its own embedded stack (default: one per core, at most 4; 1: none)",
+    }
+)
+def test(c, k="", x=False, workers=0):
     """Lint (as `invoke lint`), set up what the tests need and run the whole test suite."""
     lint(c)
     _run(commands.setup, for_tests=True)
     args = ["-k", k] if k else []
     args += ["-x"] if x else []
+    # Most tests wait on servers, not on the CPU: two processes keep both cores busy. Each takes
+    # whole test files (a file's tests share state and order), with its own stack on free ports.
+    n = int(workers) or min(os.cpu_count() or 1, 4)
+    args += ["-n", str(n), "--dist", "loadfile"] if n > 1 else []
     c.run(shlex.join([sys.executable, "-m", "pytest", *args]), pty=False)
 
 
