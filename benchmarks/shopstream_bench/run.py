@@ -14,7 +14,7 @@ from rich.console import Console
 
 from shopstream.settings import Settings
 
-from . import aggregation, analysis, api, dashboard, drain, streaming
+from . import aggregation, analysis, api, dashboard, drain, footprint, streaming
 from .harness import Figure, isolated_stack, write_report
 
 console = Console()
@@ -33,10 +33,14 @@ BENCHMARKS: list[tuple[str, list[str], Callable[[Settings, bool], list[Figure]]]
     ("streaming: throughput and freshness", streaming.SERVERS, streaming.run),
     ("analysis: notebook 1's computations", analysis.SERVERS, analysis.run),
     ("dashboard: data calls on 1M purchases and 1M events", dashboard.SERVERS, dashboard.run),
+    ("footprint: CPU and RSS of the running stack, and its catch-up rate", footprint.SERVERS, footprint.run),
 ]
 
 
-def main(out_dir: Path, quick: bool = False, only: list[str] | None = None) -> Path:
+def main(out_dir: Path, quick: bool = False, only: list[str] | None = None, footprint_s: float | None = None) -> Path:
+    """`footprint_s`: the footprint's window (default 5 minutes, 2 with `quick`)."""
+    if footprint_s:
+        footprint.WINDOW_S = footprint.QUICK_WINDOW_S = footprint_s
     figures: list[Figure] = []
     for title, servers, run in BENCHMARKS:
         if only and not any(word in title for word in only):
