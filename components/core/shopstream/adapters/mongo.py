@@ -29,8 +29,13 @@ LEASES_COLLECTION = "shopstream_leases"
 
 
 def mongo_client(cfg: MongoSettings, timeout_ms: int = 5000) -> MongoClient:
+    """`serverMonitoringMode="poll"`: the client checks the server with one `hello` every 10 s
+    instead of holding a streaming monitor connection open (plus a second one that times round
+    trips), which the embedded server serves with a thread per client waking 4 times a second."""
     durability: dict[str, Any] = {"journal": True} if cfg.journal else {}
-    return MongoClient(cfg.uri, serverSelectionTimeoutMS=timeout_ms, tz_aware=True, **durability)
+    return MongoClient(
+        cfg.uri, serverSelectionTimeoutMS=timeout_ms, tz_aware=True, serverMonitoringMode="poll", **durability
+    )
 
 
 def database(client: MongoClient, cfg: MongoSettings) -> Database:
