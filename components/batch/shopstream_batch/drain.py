@@ -116,7 +116,7 @@ def split(messages: list[Message]) -> tuple[list[dict], list[dict]]:
 def store(colls: Collections, messages: list[Message], report: DrainReport) -> None:
     """Insert one batch (events, then dead letters); idempotent, so a redelivered batch is harmless."""
     docs, dead = split(messages)
-    stored, dups = insert_new(colls.events, docs)
+    stored, dups = insert_new(colls.events, docs, validated=True)  # `split` validated every one
     dl_new, _ = insert_new(colls.dead_letters, dead)
     report.stored += stored
     report.duplicates += dups
