@@ -112,6 +112,13 @@ class AirflowService(Service):
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{af.base_url}/execution/",
             # a new DAG file shows up within 30 s instead of 5 minutes
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            # an unchanged DAG file is parsed again every 10 minutes, not 30 s (each parse imports
+            # the DAG's modules in a new process); an edited one is parsed at the next refresh
+            # all the same (files are sorted by modification time)
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
+            # an idle scheduler loops every 5 s, not every second: a run due every 2 minutes starts,
+            # and its next task follows, up to 5 s later
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "5",
             "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
             "NO_COLOR": "1",
             "TERM": "dumb",
