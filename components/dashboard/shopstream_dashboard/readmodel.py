@@ -145,8 +145,18 @@ class ReadModel:
             _run(self._db, "INSERT INTO sales_totals VALUES (0, 0, 0)")
         _run(self._db, "COMMIT")
 
+    def get_meta(self, key: str) -> str | None:
+        rows = _run(self._con(), "SELECT Value FROM meta WHERE Key = ?", [key])
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            _run(self._con(), "DELETE FROM meta WHERE Key = ?", [key])
+        else:
+            _run(self._con(), "INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
     def reset_events(self) -> None:
-        """Forget every event (MongoDB's collection was emptied or replaced): the next sync reads them all."""
+        """Forget every event (MongoDB's collection was made again): the next sync reads them all."""
         self._clear(EVENT_TABLES)
 
     def reset_purchases(self) -> None:

@@ -169,23 +169,33 @@ class EventsSync(Loop):
         self.model.add_events(table, now, settled, cursor=(settled, newest))
         return newest, table.num_rows
 
+    def _collection_id(self) -> str | None:
+        """The events collection's UUID (a new one when it was dropped and made again); a count
+        would cost the embedded server a scan of every document."""
+        for c in self.events.database.list_collections(filter={"name": self.events.name}):
+            uuid = c.get("info", {}).get("uuid")
+            return str(uuid.hex() if isinstance(uuid, bytes) else uuid) if uuid is not None else None
+        return None
+
     def step(self) -> None:
-        if self.events.estimated_document_count() < self.model.counts()["events"]:
-            log.warning("MongoDB holds fewer events than the read model counted: reading them all again")
-            self.model.reset_events()
+        collection = self._collection_id()
+        if collection != self.model.get_meta("events_collection"):
+            if self.model.events_cursor() is not None:
+                log.warning("MongoDB's events collection was made again: reading its events from the start")
+                self.model.reset_events()
+            self.model.set_meta("events_collection", collection)
         now = datetime.now(UTC)
         target = now - self.settle
         cursor = self.model.events_cursor()
         if cursor is None:  # a first look: everything stored up to `target`, saved once at the end
-            total = self.events.estimated_document_count()
             t0, newest = time.monotonic(), None
-            self.source.loading(f"loading events: 0 of about {total:,}")
+            self.source.loading("loading events: 0 read")
             for table in self._read({"StoredAt": {"$lte": target}}, self.CHUNK):
                 if self._stop.is_set():
                     return
                 newest = _newest(table, newest)
                 self.model.add_events(table, now, target)
-                self.source.loading(f"loading events: {self.model.counts()['events']:,} of about {total:,}")
+                self.source.loading(f"loading events: {self.model.counts()['events']:,} read")
             self.model.add_events(table.slice(0, 0), now, target, cursor=(target, newest))
             read = self.model.counts()["events"]
             log.info("read %s events from MongoDB in %.1f s", f"{read:,}", time.monotonic() - t0)
