@@ -587,6 +587,8 @@ def test_a_restart_resumes_from_the_read_model_and_counts_each_event_once(shop):
     events.delete_one({"_id": events.find_one({}, sort=[("StoredAt", 1)])["_id"]})
     with ServerThread(create_app(dash)) as server:
         wait_events(server.url, len(shop["events"]))  # exactly: a copy counted twice would overshoot
+        visited = {e["UserId"] for e in shop["events"] if e["EventName"] == "PageVisited"}
+        wait_synced(server.url, len(shop["orders"]), len(visited))  # the lake too
         funnel = get_url(server.url, "/api/funnel", window="all")
         assert [s["users"] for s in funnel["steps"]] == expected_funnel(shop["events"], shop["orders"], None)
         activity = get_url(server.url, "/api/activity", minutes=180)

@@ -95,7 +95,7 @@ def _wait_up(url: str, timeout_s: float = 600) -> None:
 def run(settings: Settings, quick: bool = False, rate: int = 100, history: int = 100_000) -> list[Figure]:
     from shopstream_stack.apps import DashboardService
 
-    period = 60.0 if quick else settings.batch.period_seconds
+    period = settings.batch.period_seconds  # one drain run and the pause after it, quick or not
     server = listening_process(host_port(settings.mongo.uri, 27017)[1])
     console.print(
         f"[bold]dashboard polling[/bold]: MongoDB's CPU over a drain period ({period:.0f} s) "

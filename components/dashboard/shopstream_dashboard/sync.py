@@ -212,7 +212,7 @@ class EventsSync(Loop):
                 self.span = min(self.span * 2, timedelta(days=1))
             settled = upto
             if upto < target:
-                self.source.loading(f"catching up: events stored up to {upto:%Y-%m-%d %H:%M:%S} read")
+                self.source.loading(f"loading events stored up to {upto:%Y-%m-%d %H:%M:%S}")
         if self._stop.is_set():
             return
         # the new events: stored after the newest one read (the late ones come with their range)
