@@ -7,7 +7,8 @@ every few seconds instead, and every data call is one DuckDB query over small ta
 Raw events are not kept. Each new event adds to two rollups whose size does not grow with
 the history: per second x EventName counts over the longest activity window (the activity
 chart), and per user the newest PageVisited and AddedBasket time (the funnel). Purchases are
-kept on disk (the user lookup lists them) with their sales rollups updated as they arrive.
+kept on disk (the user lookup lists them) with their rollups updated as they arrive: sales
+per product and per payment type, and per user the newest purchase (the funnel).
 The database lives in a file (`DashboardSettings.read_model`) with the syncs' cursors in the
 same transactions as the rollups, so a restart resumes where it stopped, and DuckDB's memory
 limit (`memory_limit_mb`) bounds the RAM whatever the history.
@@ -39,7 +40,7 @@ EVENT_NAMES = tuple(e.value for e in EventName)  # from the contract
 FUNNEL_EVENTS = ("PageVisited", "AddedBasket")
 WINDOWS = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedelta(hours=24), "all": None}
 ACTIVITY_MAX_MINUTES = 180  # the longest activity chart; older per-second counts are dropped
-VERSION = "2"  # of the tables below: a file of another version is rebuilt from the stores
+VERSION = "3"  # of the tables below: a file of another version is rebuilt from the stores
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (Key VARCHAR PRIMARY KEY, Value VARCHAR NOT NULL);
@@ -81,6 +82,8 @@ CREATE TABLE IF NOT EXISTS lines (
     ItemCount  BIGINT NOT NULL,
     LineAmount DECIMAL(18, 2) NOT NULL
 );
+CREATE TABLE IF NOT EXISTS user_bought (UserId VARCHAR PRIMARY KEY, Last TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS early_bought (UserId VARCHAR NOT NULL, TimeStamp TIMESTAMPTZ NOT NULL);
 CREATE TABLE IF NOT EXISTS sales_totals (
     Purchases BIGINT NOT NULL, Orders BIGINT NOT NULL, Revenue DECIMAL(18, 2) NOT NULL
 );
@@ -92,7 +95,16 @@ CREATE TABLE IF NOT EXISTS payment_sales (
 );
 """
 EVENT_TABLES = ("events_cursor", "recent_ids", "event_seconds", "user_steps", "early_steps")
-LAKE_TABLES = ("lake_files", "purchases", "lines", "sales_totals", "product_sales", "payment_sales")
+LAKE_TABLES = (
+    "lake_files",
+    "purchases",
+    "lines",
+    "user_bought",
+    "early_bought",
+    "sales_totals",
+    "product_sales",
+    "payment_sales",
+)
 _FUNNEL_IN = ", ".join(f"'{n}'" for n in FUNNEL_EVENTS)
 
 
@@ -345,6 +357,21 @@ class ReadModel:
                 ON CONFLICT DO UPDATE SET Orders = Orders + EXCLUDED.Orders, Revenue = Revenue + EXCLUDED.Revenue
             """,
             )
+            now = datetime.now(UTC)
+            _run(con, "INSERT INTO early_bought SELECT UserId, TimeStamp FROM new_p WHERE TimeStamp > ?", [now])
+            _run(
+                con,
+                """
+                INSERT INTO user_bought
+                SELECT UserId, max(TimeStamp) FROM (
+                    SELECT UserId, TimeStamp FROM new_p WHERE TimeStamp <= ?
+                    UNION ALL SELECT * FROM early_bought WHERE TimeStamp <= ?
+                ) GROUP BY UserId
+                ON CONFLICT DO UPDATE SET Last = greatest(Last, EXCLUDED.Last)
+            """,
+                [now, now],
+            )
+            _run(con, "DELETE FROM early_bought WHERE TimeStamp <= ?", [now])
             _run(con, "INSERT INTO purchases SELECT * FROM new_p")
             _run(con, "INSERT INTO lines SELECT * FROM new_lines")
             _run(con, "INSERT OR IGNORE INTO lake_files SELECT Key FROM new_files")
@@ -405,8 +432,9 @@ class ReadModel:
     def funnel(self, as_of: datetime, window: str) -> list[dict[str, Any]]:
         """Users with PageVisited in the window; of them, with AddedBasket; of those, with a purchase.
 
-        A user has an event of a name in (start, end] exactly when their newest one up to now
-        (`user_steps`) or one stamped ahead of the last sync (`early_steps`) falls in it."""
+        A user has an event of a name (or a purchase) in (start, end] exactly when their newest one
+        up to now (`user_steps`, `user_bought`) or one stamped ahead of the last sync
+        (`early_steps`, `early_bought`) falls in it."""
         span = WINDOWS[window]
         end = _utc(as_of)
         start = end - span if span is not None else datetime(1, 1, 1, tzinfo=UTC)
@@ -415,15 +443,16 @@ class ReadModel:
             """
             WITH steps AS (
                      SELECT UserId, EventName FROM user_steps WHERE Last > ? AND Last <= ?
-                     UNION ALL SELECT UserId, EventName FROM early_steps WHERE TimeStamp > ? AND TimeStamp <= ?),
-                 visited AS (SELECT DISTINCT UserId FROM steps WHERE EventName = 'PageVisited'),
-                 basket AS (SELECT DISTINCT UserId FROM steps WHERE EventName = 'AddedBasket'
-                            AND UserId IN (SELECT UserId FROM visited)),
-                 bought AS (SELECT DISTINCT UserId FROM purchases WHERE TimeStamp > ? AND TimeStamp <= ?
-                            AND UserId IN (SELECT UserId FROM basket))
-            SELECT (SELECT count(*) FROM visited), (SELECT count(*) FROM basket), (SELECT count(*) FROM bought)
+                     UNION ALL SELECT UserId, EventName FROM early_steps WHERE TimeStamp > ? AND TimeStamp <= ?
+                     UNION ALL SELECT UserId, 'Purchased' FROM user_bought WHERE Last > ? AND Last <= ?
+                     UNION ALL SELECT UserId, 'Purchased' FROM early_bought WHERE TimeStamp > ? AND TimeStamp <= ?),
+                 users AS (SELECT bool_or(EventName = 'PageVisited') AS v, bool_or(EventName = 'AddedBasket') AS b,
+                                  bool_or(EventName = 'Purchased') AS p
+                           FROM steps GROUP BY UserId)
+            SELECT count(*) FILTER (WHERE v), count(*) FILTER (WHERE v AND b), count(*) FILTER (WHERE v AND b AND p)
+            FROM users
         """,
-            [start, end] * 3,
+            [start, end] * 4,
         )[0]
         steps, first = [], row[0]
         for i, (name, users) in enumerate(zip(("PageVisited", "AddedBasket", "Purchased"), row, strict=True)):
