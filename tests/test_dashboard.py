@@ -19,11 +19,14 @@ import pytest
 
 from conftest import ServerThread, run_until_caught_up
 from shopstream.adapters.kafka import ensure_topics
+from shopstream.adapters.mongo import mongo_client
 from shopstream.adapters.postgres import pg_engine
+from shopstream.contracts import UserEventRecord
 from shopstream.settings import REPO_ROOT, Settings
 from shopstream_analysis.warehouse import replace_repeat_buyers
 from shopstream_batch.aggregate import update_event_counts
 from shopstream_batch.drain import drain_user_events
+from shopstream_batch.store import ensure_collections, event_document
 from shopstream_stack.isolated import free_port
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("stack")]
@@ -202,10 +205,11 @@ def shop(settings, spark):
     api.__exit__(None, None, None)
 
 
-def dashboard_settings(cfg: Settings, **over) -> Settings:
-    return cfg.model_copy(
-        update={"dashboard": cfg.dashboard.model_copy(update={"port": free_port(), "refresh_s": 1.0}), **over}
-    )
+def dashboard_settings(cfg: Settings, read_model: Path | None = None, **over) -> Settings:
+    """A dashboard on a free port, with a read model file of its own unless given one."""
+    model = read_model or Path(tempfile.mkdtemp(prefix="shopstream-dash-model-")) / "readmodel.duckdb"
+    update = {"port": free_port(), "refresh_s": 1.0, "read_model": model}
+    return cfg.model_copy(update={"dashboard": cfg.dashboard.model_copy(update=update), **over})
 
 
 def wait_synced(url: str, purchases: int, events_users: int, timeout_s: float = 90) -> None:
@@ -523,3 +527,74 @@ def test_health_and_page_show_the_offset_rewinds(dashboard, shop):
         rewinds.delete_many({})
         streaming_file(cfg).unlink()
         client.close()
+
+
+# -- the read model's file: a restart resumes, each event counted once ------------------------
+def stored_events(events: list[dict], stored_at: datetime, offset: int) -> list[dict]:
+    """The documents the drain would store for these events, stamped `stored_at`."""
+    docs = []
+    for i, e in enumerate(events):
+        record = UserEventRecord.model_validate(
+            {**e, "EventId": str(uuid.uuid4()), "IngestedAt": datetime.now(UTC).isoformat()}
+        )
+        doc = event_document(record, 0, offset + i)
+        doc["StoredAt"] = stored_at
+        docs.append(doc)
+    return docs
+
+
+def wait_events(url: str, want: int, timeout_s: float = 120) -> dict:
+    """The events source once it says `want` events."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        source = get_url(url, "/api/activity")["sources"][0]
+        if source["detail"] == f"{want:,} events":
+            return source
+        assert time.monotonic() < deadline, source
+        time.sleep(0.5)
+
+
+def get_url(url: str, path: str, **params) -> dict:
+    r = httpx.get(f"{url}{path}", params=params, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_a_restart_resumes_from_the_read_model_and_counts_each_event_once(shop):
+    """A dashboard reads some events, then new ones, and stops after one more was stored late
+    (readable after its StoredAt, which is before the newest one read). Then an event it read
+    is deleted. A second dashboard on the same read model file resumes: it counts the late
+    event once it has settled, counts nothing twice although it reads the settling range
+    again, and still counts the deleted event (it did not read the history again)."""
+    from shopstream_dashboard.main import create_app
+
+    cfg = shop["cfg"]
+    cfg = cfg.model_copy(update={"mongo": cfg.mongo.model_copy(update={"database": f"{cfg.mongo.database}_restart"})})
+    model = Path(tempfile.mkdtemp(prefix="shopstream-dash-model-")) / "readmodel.duckdb"
+    client = mongo_client(cfg.mongo)
+    events = ensure_collections(client[cfg.mongo.database], cfg.batch).events
+    first, fresh, late = shop["events"][:30], shop["events"][30:-1], shop["events"][-1:]
+    assert fresh, "the shop must have more than 31 events"
+    dash = dashboard_settings(cfg, read_model=model)
+    events.insert_many(stored_events(first, datetime.now(UTC), 0))
+    with ServerThread(create_app(dash)) as server:
+        wait_events(server.url, len(first))
+        t1 = datetime.now(UTC)
+        events.insert_many(stored_events(fresh, t1, 1000))
+        wait_events(server.url, len(first) + len(fresh))
+        # stored just before the newest event read, readable only now: well within events_settle_s (30 s)
+        events.insert_many(stored_events(late, t1 - timedelta(milliseconds=1), 2000))
+    events.delete_one({"_id": events.find_one({}, sort=[("StoredAt", 1)])["_id"]})
+    with ServerThread(create_app(dash)) as server:
+        wait_events(server.url, len(shop["events"]))  # exactly: a copy counted twice would overshoot
+        visited = {e["UserId"] for e in shop["events"] if e["EventName"] == "PageVisited"}
+        wait_synced(server.url, len(shop["orders"]), len(visited))  # the lake too
+        funnel = get_url(server.url, "/api/funnel", window="all")
+        assert [s["users"] for s in funnel["steps"]] == expected_funnel(shop["events"], shop["orders"], None)
+        activity = get_url(server.url, "/api/activity", minutes=180)
+        since = datetime.fromisoformat(activity["as_of"]) - timedelta(minutes=180)
+        recent = Counter(e["EventName"] for e in shop["events"] if ts(e) >= since)
+        for name in NAMES:
+            got = round(sum(p["per_s"] * activity["bucket_s"] for p in activity["events"][name]))
+            assert got == recent[name], name
+    client.close()

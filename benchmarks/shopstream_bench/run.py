@@ -14,7 +14,7 @@ from rich.console import Console
 
 from shopstream.settings import Settings
 
-from . import aggregation, analysis, api, dashboard, drain, footprint, streaming
+from . import aggregation, analysis, api, dashboard, dashboard_polling, drain, footprint, streaming
 from .harness import Figure, isolated_stack, write_report
 
 console = Console()
@@ -32,7 +32,12 @@ BENCHMARKS: list[tuple[str, list[str], Callable[[Settings, bool], list[Figure]]]
     ("batch: aggregation on a small and a large history", ["mongo"], _aggregation),
     ("streaming: throughput and freshness", streaming.SERVERS, streaming.run),
     ("analysis: notebook 1's computations", analysis.SERVERS, analysis.run),
-    ("dashboard: data calls on 1M purchases and 1M events", dashboard.SERVERS, dashboard.run),
+    (
+        "dashboard: data calls, memory and restart on 1M purchases and 1M, then 10M events",
+        dashboard.SERVERS,
+        dashboard.run,
+    ),
+    ("dashboard: what its polling costs MongoDB", dashboard_polling.SERVERS, dashboard_polling.run),
     ("footprint: CPU and RSS of the running stack, and its catch-up rate", footprint.SERVERS, footprint.run),
 ]
 

@@ -149,9 +149,12 @@ class DashboardSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8050
     refresh_s: float = Field(5.0, gt=0)  # the stores are read, and the page refreshes, this often
-    # a drain's insert can become readable a little after its StoredAt: events stored this
-    # long before the newest one read are read again (the copies are dropped)
-    events_overlap_s: float = Field(30.0, ge=0)
+    # a drain's insert can become readable a little after its StoredAt: the events stored up to
+    # this long ago are read once more when this time has passed (the copies are dropped)
+    events_settle_s: float = Field(30.0, ge=0)
+    # the read model's DuckDB file (rollups and the syncs' cursors); default <run_dir>/dashboard/readmodel.duckdb
+    read_model: Path | None = None
+    memory_limit_mb: int = Field(256, ge=64)  # DuckDB's memory limit for the read model
 
     @property
     def base_url(self) -> str:
@@ -255,6 +258,11 @@ class Settings(BaseSettings):
     def journal_dir(self) -> Path:
         """Where the API keeps its acknowledgement journal and ledger."""
         return self.api.journal_dir or self.run_dir / "api" / "journal"
+
+    @property
+    def read_model_path(self) -> Path:
+        """Where the dashboard keeps its read model."""
+        return self.dashboard.read_model or self.run_dir / "dashboard" / "readmodel.duckdb"
 
     def to_env(self) -> dict[str, str]:
         """These settings as SHOPSTREAM_* variables, to hand to a child process."""

@@ -47,13 +47,23 @@ class Dashboard:
     @classmethod
     def build(cls, settings: Settings, clients: Clients) -> Dashboard:
         cfg = settings.dashboard
-        model = ReadModel()
         colls = clients.collections(settings)
+        # the stores the rollups come from: a file built from others is rebuilt
+        sources = "|".join(
+            (
+                settings.mongo.uri,
+                colls.events.full_name,
+                settings.s3.endpoint_url,
+                settings.s3.bucket,
+                settings.streaming.output_path,
+            )
+        )
+        model = ReadModel(settings.read_model_path, sources, cfg.memory_limit_mb)
         return cls(
             settings=settings,
             clients=clients,
             model=model,
-            events_sync=EventsSync(model, colls.events, cfg.refresh_s, cfg.events_overlap_s),
+            events_sync=EventsSync(model, colls.events, cfg.refresh_s, cfg.events_settle_s),
             lake_sync=LakeSync(model, clients.s3, settings, cfg.refresh_s),
             monitor=HealthMonitor(model, settings, clients, cfg.refresh_s),
         )
@@ -97,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         yield
         dash.stop()
+        dash.model.close()
         clients.close()
 
     app = FastAPI(

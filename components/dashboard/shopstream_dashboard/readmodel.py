@@ -1,8 +1,22 @@
-"""The dashboard's read model: the lake's purchases and MongoDB's events in an in-memory DuckDB.
+"""The dashboard's read model: rollups of MongoDB's events and the lake's purchases in an on-disk DuckDB.
 
-Asking MongoDB or Spark for a funnel over a million events on every refresh would take
-seconds; the sync threads (`sync.py`) copy what is new in the stores every few seconds
-instead, and every data call is one DuckDB query over these tables (milliseconds).
+Asking MongoDB or Spark for a funnel over millions of events on every refresh would take
+seconds; the sync threads (`sync.py`) fold what is new in the stores into this database
+every few seconds instead, and every data call is one DuckDB query over small tables.
+
+Raw events are not kept. Each new event adds to two rollups whose size does not grow with
+the history: per second x EventName counts over the longest activity window (the activity
+chart), and per user the newest PageVisited and AddedBasket time (the funnel). Purchases are
+kept on disk (the user lookup lists them) with their rollups updated as they arrive: sales
+per product and per payment type, and per user the newest purchase (the funnel).
+The database lives in a file (`DashboardSettings.read_model`) with the syncs' cursors in the
+same transactions as the rollups, so a restart resumes where it stopped, and DuckDB's memory
+limit (`memory_limit_mb`) bounds the RAM whatever the history.
+
+Counting stays exact: an event the sync reads twice is recognised by its EventId in
+`recent_ids` (the events stored since the settled cursor, the only ones a sync can read
+again), an order seen before (same OrderId) is not counted again in the distinct-order
+figures, and an event stamped ahead of the clock waits in `early_steps` until its time.
 Definitions follow the analysis (`shopstream_analysis.sales`): a line's amount is
 ItemCount x (ItemPrice - ItemDiscount), revenue sums line amounts, orders are distinct
 OrderIds, ties are broken by identifier. Times are stored as UTC.
@@ -11,10 +25,10 @@ OrderIds, ties are broken by identifier. Times are stored as UTC.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -23,16 +37,32 @@ import pyarrow as pa
 from shopstream.contracts import EventName
 
 EVENT_NAMES = tuple(e.value for e in EventName)  # from the contract
+FUNNEL_EVENTS = ("PageVisited", "AddedBasket")
 WINDOWS = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedelta(hours=24), "all": None}
+ACTIVITY_MAX_MINUTES = 180  # the longest activity chart; older per-second counts are dropped
+VERSION = "3"  # of the tables below: a file of another version is rebuilt from the stores
 
 SCHEMA = """
-CREATE TABLE events (
-    EventId   VARCHAR PRIMARY KEY,  -- a re-read event (sync overlap) is ignored
-    UserId    VARCHAR NOT NULL,
-    EventName VARCHAR NOT NULL,
-    TimeStamp TIMESTAMPTZ NOT NULL
+CREATE TABLE IF NOT EXISTS meta (Key VARCHAR PRIMARY KEY, Value VARCHAR NOT NULL);
+-- MongoDB's events, rolled up; the sync's cursor is one row, set once a first full read has ended
+CREATE TABLE IF NOT EXISTS events_cursor (
+    Settled TIMESTAMPTZ,     -- every event stored (StoredAt) at or before it is counted
+    Newest  TIMESTAMPTZ,     -- the newest StoredAt counted
+    Events  BIGINT NOT NULL  -- events counted
 );
-CREATE TABLE purchases (
+CREATE TABLE IF NOT EXISTS recent_ids (EventId VARCHAR NOT NULL, StoredAt TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS event_seconds (
+    Sec TIMESTAMPTZ NOT NULL, EventName VARCHAR NOT NULL, N BIGINT NOT NULL, PRIMARY KEY (Sec, EventName)
+);
+CREATE TABLE IF NOT EXISTS user_steps (
+    UserId VARCHAR NOT NULL, EventName VARCHAR NOT NULL, Last TIMESTAMPTZ NOT NULL, PRIMARY KEY (UserId, EventName)
+);
+CREATE TABLE IF NOT EXISTS early_steps (
+    UserId VARCHAR NOT NULL, EventName VARCHAR NOT NULL, TimeStamp TIMESTAMPTZ NOT NULL
+);
+-- the lake's purchases and their sales rollups
+CREATE TABLE IF NOT EXISTS lake_files (Key VARCHAR PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS purchases (
     EventId     VARCHAR NOT NULL,
     OrderId     VARCHAR NOT NULL,
     UserId      VARCHAR NOT NULL,
@@ -43,7 +73,7 @@ CREATE TABLE purchases (
     Items       BIGINT NOT NULL,
     Amount      DECIMAL(18, 2) NOT NULL  -- sum of the lines' amounts
 );
-CREATE TABLE lines (
+CREATE TABLE IF NOT EXISTS lines (
     EventId    VARCHAR NOT NULL,
     OrderId    VARCHAR NOT NULL,
     UserId     VARCHAR NOT NULL,
@@ -52,7 +82,30 @@ CREATE TABLE lines (
     ItemCount  BIGINT NOT NULL,
     LineAmount DECIMAL(18, 2) NOT NULL
 );
+CREATE TABLE IF NOT EXISTS user_bought (UserId VARCHAR PRIMARY KEY, Last TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS early_bought (UserId VARCHAR NOT NULL, TimeStamp TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS sales_totals (
+    Purchases BIGINT NOT NULL, Orders BIGINT NOT NULL, Revenue DECIMAL(18, 2) NOT NULL
+);
+CREATE TABLE IF NOT EXISTS product_sales (
+    ProductId VARCHAR PRIMARY KEY, Units BIGINT NOT NULL, Revenue DECIMAL(18, 2) NOT NULL, Orders BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS payment_sales (
+    PaymentType VARCHAR PRIMARY KEY, Orders BIGINT NOT NULL, Revenue DECIMAL(18, 2) NOT NULL
+);
 """
+EVENT_TABLES = ("events_cursor", "recent_ids", "event_seconds", "user_steps", "early_steps")
+LAKE_TABLES = (
+    "lake_files",
+    "purchases",
+    "lines",
+    "user_bought",
+    "early_bought",
+    "sales_totals",
+    "product_sales",
+    "payment_sales",
+)
+_FUNNEL_IN = ", ".join(f"'{n}'" for n in FUNNEL_EVENTS)
 
 
 def _utc(ts: datetime) -> datetime:
@@ -63,22 +116,67 @@ def _money(x: Any) -> float:
     return round(float(x or 0), 2)
 
 
-def _run(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
+def _run(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[tuple]:
     """Run a statement to its end (DuckDB refuses a new statement while a result is unread)."""
-    return con.execute(sql).fetchall()
+    return con.execute(sql, params or []).fetchall()
 
 
 class ReadModel:
-    """One in-memory DuckDB database; each thread gets its own cursor (a connection to it)."""
+    """One DuckDB database (a file, or in memory for `path=None`); each thread gets its own cursor.
 
-    def __init__(self) -> None:
-        self._db = duckdb.connect(":memory:")
+    `sources` names the stores the rollups were read from: a file made from other stores (or
+    by another version of these tables) is emptied and built again."""
+
+    def __init__(self, path: Path | None = None, sources: str = "", memory_limit_mb: int = 256) -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = duckdb.connect(str(path) if path else ":memory:")
         _run(self._db, "SET GLOBAL TimeZone = 'UTC'")
+        _run(self._db, f"SET memory_limit = '{int(memory_limit_mb)}MB'")
+        _run(self._db, "SET preserve_insertion_order = false")
         _run(self._db, SCHEMA)
+        stamp = f"{VERSION}|{sources}"
+        found = _run(self._db, "SELECT Value FROM meta WHERE Key = 'stamp'")
+        if found and found[0][0] != stamp:
+            self._clear(EVENT_TABLES + LAKE_TABLES)
+        _run(self._db, "INSERT OR REPLACE INTO meta VALUES ('stamp', ?)", [stamp])
+        if not _run(self._db, "SELECT 1 FROM events_cursor WHERE Settled IS NOT NULL"):  # no first read ended
+            self._clear(EVENT_TABLES)
+        if not _run(self._db, "SELECT 1 FROM sales_totals"):
+            self._clear(LAKE_TABLES)
         self._local = threading.local()
-        self._version = 0  # +1 at every change of the purchases
-        self._sales: tuple[int, dict[str, Any]] | None = None
-        self._sales_lock = threading.Lock()
+
+    def _clear(self, tables: tuple[str, ...]) -> None:
+        _run(self._db, "BEGIN")
+        for t in tables:
+            _run(self._db, f"DELETE FROM {t}")
+        if "events_cursor" in tables:
+            _run(self._db, "INSERT INTO events_cursor VALUES (NULL, NULL, 0)")
+        if "sales_totals" in tables:
+            _run(self._db, "INSERT INTO sales_totals VALUES (0, 0, 0)")
+        _run(self._db, "COMMIT")
+
+    def get_meta(self, key: str) -> str | None:
+        rows = _run(self._con(), "SELECT Value FROM meta WHERE Key = ?", [key])
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            _run(self._con(), "DELETE FROM meta WHERE Key = ?", [key])
+        else:
+            _run(self._con(), "INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    def reset_events(self) -> None:
+        """Forget every event (MongoDB's collection was made again): the next sync reads them all."""
+        self._clear(EVENT_TABLES)
+
+    def reset_purchases(self) -> None:
+        """Forget every purchase (the lake's files were removed): the next sync reads them all."""
+        self._clear(LAKE_TABLES)
+
+    def close(self) -> None:
+        self._db.close()
 
     def _con(self) -> duckdb.DuckDBPyConnection:
         con = getattr(self._local, "con", None)
@@ -87,90 +185,223 @@ class ReadModel:
         return con
 
     @contextmanager
-    def _registered(self, name: str, table: pa.Table) -> Iterator[duckdb.DuckDBPyConnection]:
-        """This thread's connection, with `table` visible to it as `name` meanwhile."""
+    def _transaction(self, **tables: pa.Table) -> Iterator[duckdb.DuckDBPyConnection]:
+        """This thread's connection in a transaction, with `tables` visible to it by name meanwhile."""
         con = self._con()
-        con.register(name, table)
+        for name, table in tables.items():
+            con.register(name, table)
         try:
-            yield con
+            _run(con, "BEGIN")
+            try:
+                yield con
+                _run(con, "COMMIT")
+            except BaseException:
+                _run(con, "ROLLBACK")
+                raise
         finally:
-            con.unregister(name)
+            for name in tables:
+                con.unregister(name)
 
     def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         cur = self._con().execute(sql, params or [])
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
-    # -- loading --------------------------------------------------------------------
-    def add_events(self, batch: pa.Table) -> int:
-        """Insert events (EventId, UserId, EventName, TimeStamp); copies are ignored."""
-        if not batch.num_rows:
-            return 0
-        with self._registered("new_events", batch) as con:
-            ((added,),) = _run(
-                con, "INSERT OR IGNORE INTO events SELECT EventId, UserId, EventName, TimeStamp FROM new_events"
-            )
-        return added
+    # -- events -----------------------------------------------------------------------
+    def events_cursor(self) -> tuple[datetime, datetime | None] | None:
+        """(settled, newest) of the last sync, or None before a first full read has ended."""
+        rows = _run(self._con(), "SELECT Settled, Newest FROM events_cursor WHERE Settled IS NOT NULL")
+        return (rows[0][0], rows[0][1]) if rows else None
 
-    def add_purchases(self, batch: pa.Table) -> int:
-        """Insert purchases as the streaming job writes them (PurchaseRecord columns, Products nested)."""
-        if not batch.num_rows:
+    def add_events(
+        self,
+        batch: pa.Table,
+        now: datetime,
+        settled: datetime,
+        cursor: tuple[datetime, datetime | None] | None = None,
+    ) -> int:
+        """Fold events (EventId, UserId, EventName, TimeStamp, StoredAt) into the rollups; returns
+        how many were new. Those stored after `settled` are remembered by EventId (a later sync may
+        read them again); with `cursor`, the sync's (settled, newest) is saved in the same transaction
+        and what it makes unnecessary is dropped."""
+        now = _utc(now)
+        horizon = now - timedelta(minutes=ACTIVITY_MAX_MINUTES)
+        with self._transaction(read_events=batch) as con:
+            _run(
+                con,
+                """
+                CREATE OR REPLACE TEMP TABLE fresh AS
+                SELECT * FROM (SELECT DISTINCT ON (EventId) EventId, UserId, EventName, TimeStamp, StoredAt
+                               FROM read_events) r
+                WHERE NOT EXISTS (SELECT 1 FROM recent_ids k WHERE k.EventId = r.EventId)
+            """,
+            )
+            ((added,),) = _run(con, "SELECT count(*) FROM fresh")
+            _run(
+                con,
+                """
+                INSERT INTO event_seconds
+                SELECT date_trunc('second', TimeStamp), EventName, count(*) FROM fresh WHERE TimeStamp >= ? GROUP BY ALL
+                ON CONFLICT DO UPDATE SET N = N + EXCLUDED.N
+            """,
+                [horizon],
+            )
+            _run(
+                con,
+                f"INSERT INTO early_steps SELECT UserId, EventName, TimeStamp FROM fresh "
+                f"WHERE EventName IN ({_FUNNEL_IN}) AND TimeStamp > ?",
+                [now],
+            )
+            _run(
+                con,
+                f"""
+                INSERT INTO user_steps
+                SELECT UserId, EventName, max(TimeStamp) FROM (
+                    SELECT UserId, EventName, TimeStamp FROM fresh WHERE EventName IN ({_FUNNEL_IN}) AND TimeStamp <= ?
+                    UNION ALL SELECT * FROM early_steps WHERE TimeStamp <= ?
+                ) GROUP BY ALL
+                ON CONFLICT DO UPDATE SET Last = greatest(Last, EXCLUDED.Last)
+            """,
+                [now, now],
+            )
+            _run(con, "DELETE FROM early_steps WHERE TimeStamp <= ?", [now])
+            _run(con, "INSERT INTO recent_ids SELECT EventId, StoredAt FROM fresh WHERE StoredAt > ?", [settled])
+            _run(con, "DROP TABLE fresh")
+            _run(con, "UPDATE events_cursor SET Events = Events + ?", [added])
+            if cursor is not None:
+                _run(con, "UPDATE events_cursor SET Settled = ?, Newest = ?", [cursor[0], cursor[1]])
+                _run(con, "DELETE FROM recent_ids WHERE StoredAt <= ?", [cursor[0]])
+                _run(con, "DELETE FROM event_seconds WHERE Sec < ?", [horizon])
+        return int(added)
+
+    # -- purchases ----------------------------------------------------------------------
+    def lake_files(self) -> set[str]:
+        return {k for (k,) in _run(self._con(), "SELECT Key FROM lake_files")}
+
+    def add_purchases(self, batch: pa.Table | None, files: list[str]) -> int:
+        """Add purchases as the streaming job writes them (PurchaseRecord columns, Products nested),
+        read from `files`, and update the sales rollups, in one transaction: a file is counted once."""
+        new_files = pa.table({"Key": pa.array(files, pa.string())})
+        if batch is None or not batch.num_rows:
+            with self._transaction(new_files=new_files) as con:
+                _run(con, "INSERT OR IGNORE INTO lake_files SELECT Key FROM new_files")
             return 0
-        with self._registered("new_purchases", batch) as con:
-            _run(con, "BEGIN")
-            try:
-                _run(
-                    con,
-                    """
-                    CREATE OR REPLACE TEMP TABLE new_lines AS
-                    SELECT EventId, OrderId, UserId, TimeStamp, l.ProductId AS ProductId,
-                           l.ItemCount::BIGINT AS ItemCount,
-                           (l.ItemCount * (l.ItemPrice - l.ItemDiscount))::DECIMAL(18, 2) AS LineAmount
-                    FROM (SELECT EventId, OrderId, UserId, TimeStamp, UNNEST(Products) AS l FROM new_purchases)
-                """,
-                )
-                _run(
-                    con,
-                    """
-                    INSERT INTO purchases
-                    SELECT p.EventId, p.OrderId, p.UserId, p.TimeStamp, p.IngestedAt, p.TotalPrice, p.PaymentType,
-                           coalesce(s.Items, 0), coalesce(s.Amount, 0)
-                    FROM new_purchases p LEFT JOIN (
-                        SELECT EventId, sum(ItemCount) AS Items, sum(LineAmount) AS Amount
-                        FROM new_lines GROUP BY EventId
-                    ) s USING (EventId)
-                """,
-                )
-                _run(con, "INSERT INTO lines SELECT * FROM new_lines")
-                _run(con, "DROP TABLE new_lines")
-                _run(con, "COMMIT")
-                self._version += 1
-            except BaseException:
-                _run(con, "ROLLBACK")
-                raise
+        with self._transaction(new_purchases=batch, new_files=new_files) as con:
+            _run(
+                con,
+                """
+                CREATE OR REPLACE TEMP TABLE new_lines AS
+                SELECT EventId, OrderId, UserId, TimeStamp, l.ProductId AS ProductId,
+                       l.ItemCount::BIGINT AS ItemCount,
+                       (l.ItemCount * (l.ItemPrice - l.ItemDiscount))::DECIMAL(18, 2) AS LineAmount
+                FROM (SELECT EventId, OrderId, UserId, TimeStamp, UNNEST(Products) AS l FROM new_purchases)
+            """,
+            )
+            _run(
+                con,
+                """
+                CREATE OR REPLACE TEMP TABLE new_p AS
+                SELECT p.EventId, p.OrderId, p.UserId, p.TimeStamp, p.IngestedAt,
+                       p.TotalPrice::DECIMAL(18, 2) AS TotalPrice, p.PaymentType,
+                       coalesce(s.Items, 0)::BIGINT AS Items, coalesce(s.Amount, 0)::DECIMAL(18, 2) AS Amount
+                FROM new_purchases p LEFT JOIN (
+                    SELECT EventId, sum(ItemCount) AS Items, sum(LineAmount) AS Amount FROM new_lines GROUP BY EventId
+                ) s USING (EventId)
+            """,
+            )
+            # the orders (and order x product, order x payment type) already counted: a scan of
+            # one column probing the batch's few OrderIds
+            _run(
+                con,
+                """
+                CREATE OR REPLACE TEMP TABLE old_orders AS
+                SELECT DISTINCT OrderId, PaymentType FROM purchases WHERE OrderId IN (SELECT OrderId FROM new_p)
+            """,
+            )
+            _run(
+                con,
+                """
+                CREATE OR REPLACE TEMP TABLE old_pairs AS
+                SELECT DISTINCT ProductId, OrderId FROM lines WHERE OrderId IN (SELECT OrderId FROM new_p)
+            """,
+            )
+            _run(
+                con,
+                """
+                UPDATE sales_totals SET
+                    Purchases = Purchases + (SELECT count(*) FROM new_p),
+                    Orders = Orders + (SELECT count(DISTINCT OrderId) FROM new_p
+                                       WHERE OrderId NOT IN (SELECT OrderId FROM old_orders)),
+                    Revenue = Revenue + (SELECT coalesce(sum(Amount), 0) FROM new_p)
+            """,
+            )
+            _run(
+                con,
+                """
+                INSERT INTO product_sales
+                SELECT l.ProductId, sum(l.ItemCount), sum(l.LineAmount),
+                       count(DISTINCT l.OrderId) FILTER (WHERE o.OrderId IS NULL)
+                FROM new_lines l LEFT JOIN old_pairs o USING (ProductId, OrderId)
+                GROUP BY l.ProductId
+                ON CONFLICT DO UPDATE SET Units = Units + EXCLUDED.Units, Revenue = Revenue + EXCLUDED.Revenue,
+                                          Orders = Orders + EXCLUDED.Orders
+            """,
+            )
+            _run(
+                con,
+                """
+                INSERT INTO payment_sales
+                SELECT p.PaymentType, count(DISTINCT p.OrderId) FILTER (WHERE o.OrderId IS NULL), sum(p.TotalPrice)
+                FROM new_p p LEFT JOIN old_orders o USING (PaymentType, OrderId)
+                GROUP BY p.PaymentType
+                ON CONFLICT DO UPDATE SET Orders = Orders + EXCLUDED.Orders, Revenue = Revenue + EXCLUDED.Revenue
+            """,
+            )
+            now = datetime.now(UTC)
+            _run(con, "INSERT INTO early_bought SELECT UserId, TimeStamp FROM new_p WHERE TimeStamp > ?", [now])
+            _run(
+                con,
+                """
+                INSERT INTO user_bought
+                SELECT UserId, max(TimeStamp) FROM (
+                    SELECT UserId, TimeStamp FROM new_p WHERE TimeStamp <= ?
+                    UNION ALL SELECT * FROM early_bought WHERE TimeStamp <= ?
+                ) GROUP BY UserId
+                ON CONFLICT DO UPDATE SET Last = greatest(Last, EXCLUDED.Last)
+            """,
+                [now, now],
+            )
+            _run(con, "DELETE FROM early_bought WHERE TimeStamp <= ?", [now])
+            _run(con, "INSERT INTO purchases SELECT * FROM new_p")
+            _run(con, "INSERT INTO lines SELECT * FROM new_lines")
+            _run(con, "INSERT OR IGNORE INTO lake_files SELECT Key FROM new_files")
+            for t in ("new_lines", "new_p", "old_orders", "old_pairs"):
+                _run(con, f"DROP TABLE {t}")
         return batch.num_rows
 
     def counts(self) -> dict[str, int]:
-        row = (
-            self._con().execute("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM purchases)").fetchall()[0]
-        )
-        return {"events": row[0], "purchases": row[1]}
+        row = _run(
+            self._con(),
+            "SELECT (SELECT Events FROM events_cursor), (SELECT Purchases FROM sales_totals)",
+        )[0]
+        return {"events": int(row[0]), "purchases": int(row[1] or 0)}
 
     # -- answers ----------------------------------------------------------------------
     def event_rates(self, as_of: datetime, minutes: int, bucket_s: int) -> dict[str, list[dict[str, Any]]]:
-        """Events per second by EventName in `bucket_s` buckets over the last `minutes` (by TimeStamp)."""
+        """Events per second by EventName in `bucket_s` buckets over the last `minutes` (by TimeStamp),
+        from per-second counts: exact for an `as_of` on a whole second (the route passes one)."""
         end = _utc(as_of)
         start = end - timedelta(minutes=minutes)
         buckets = [start + timedelta(seconds=bucket_s * i) for i in range(minutes * 60 // bucket_s)]
         rows = self._rows(
             """
-            SELECT EventName, floor(epoch(TimeStamp - ?::TIMESTAMPTZ) / ?)::BIGINT AS b, count(*) AS n
-            FROM events WHERE TimeStamp >= ? AND TimeStamp < ?
+            SELECT EventName, floor(epoch(Sec - ?::TIMESTAMPTZ) / ?)::BIGINT AS b, sum(N) AS n
+            FROM event_seconds WHERE Sec >= ? AND Sec < ?
             GROUP BY ALL
         """,
             [start, bucket_s, start, end],
         )
-        counts = {(r["EventName"], r["b"]): r["n"] for r in rows}
+        counts = {(r["EventName"], r["b"]): int(r["n"]) for r in rows}
         names = sorted({r["EventName"] for r in rows} | set(EVENT_NAMES))
         return {
             name: [{"t": t, "per_s": round(counts.get((name, i), 0) / bucket_s, 3)} for i, t in enumerate(buckets)]
@@ -199,26 +430,30 @@ class ReadModel:
         ]
 
     def funnel(self, as_of: datetime, window: str) -> list[dict[str, Any]]:
-        """Users with PageVisited in the window; of them, with AddedBasket; of those, with a purchase."""
+        """Users with PageVisited in the window; of them, with AddedBasket; of those, with a purchase.
+
+        A user has an event of a name (or a purchase) in (start, end] exactly when their newest one
+        up to now (`user_steps`, `user_bought`) or one stamped ahead of the last sync
+        (`early_steps`, `early_bought`) falls in it."""
         span = WINDOWS[window]
         end = _utc(as_of)
         start = end - span if span is not None else datetime(1, 1, 1, tzinfo=UTC)
-        row = (
-            self._con()
-            .execute(
-                """
-            WITH ev AS (SELECT UserId, EventName FROM events WHERE TimeStamp > ? AND TimeStamp <= ?),
-                 visited AS (SELECT DISTINCT UserId FROM ev WHERE EventName = 'PageVisited'),
-                 basket AS (SELECT DISTINCT UserId FROM ev WHERE EventName = 'AddedBasket'
-                            AND UserId IN (SELECT UserId FROM visited)),
-                 bought AS (SELECT DISTINCT UserId FROM purchases WHERE TimeStamp > ? AND TimeStamp <= ?
-                            AND UserId IN (SELECT UserId FROM basket))
-            SELECT (SELECT count(*) FROM visited), (SELECT count(*) FROM basket), (SELECT count(*) FROM bought)
+        row = _run(
+            self._con(),
+            """
+            WITH steps AS (
+                     SELECT UserId, EventName FROM user_steps WHERE Last > ? AND Last <= ?
+                     UNION ALL SELECT UserId, EventName FROM early_steps WHERE TimeStamp > ? AND TimeStamp <= ?
+                     UNION ALL SELECT UserId, 'Purchased' FROM user_bought WHERE Last > ? AND Last <= ?
+                     UNION ALL SELECT UserId, 'Purchased' FROM early_bought WHERE TimeStamp > ? AND TimeStamp <= ?),
+                 users AS (SELECT bool_or(EventName = 'PageVisited') AS v, bool_or(EventName = 'AddedBasket') AS b,
+                                  bool_or(EventName = 'Purchased') AS p
+                           FROM steps GROUP BY UserId)
+            SELECT count(*) FILTER (WHERE v), count(*) FILTER (WHERE v AND b), count(*) FILTER (WHERE v AND b AND p)
+            FROM users
         """,
-                [start, end, start, end],
-            )
-            .fetchall()[0]
-        )
+            [start, end] * 4,
+        )[0]
         steps, first = [], row[0]
         for i, (name, users) in enumerate(zip(("PageVisited", "AddedBasket", "Purchased"), row, strict=True)):
             prev = row[i - 1] if i else None
@@ -233,45 +468,28 @@ class ReadModel:
         return steps
 
     def sales(self, n: int) -> dict[str, Any]:
-        """Totals, the n best sellers by revenue and by units, payment types. Computed once per
-        change of the purchases (the lake's sync does it right after loading) and kept."""
-        summary = self._sales_summary()
-        products = summary["products"]
-        return {
-            **{k: summary[k] for k in ("purchases", "orders", "revenue", "payment_types")},
-            "by_revenue": sorted(products, key=lambda r: (-r["Revenue"], r["ProductId"]))[:n],
-            "by_units": sorted(products, key=lambda r: (-r["Units"], r["ProductId"]))[:n],
-        }
+        """Totals, the n best sellers by revenue and by units, payment types: read from the rollups
+        the lake's sync keeps, so the answer costs the same however many purchases there are."""
+        purchases, orders, revenue = _run(self._con(), "SELECT Purchases, Orders, Revenue FROM sales_totals")[0]
 
-    def warm(self) -> float:
-        """Compute what `sales` keeps for the purchases as they are now; milliseconds it took."""
-        t0 = time.perf_counter()
-        self._sales_summary()
-        return (time.perf_counter() - t0) * 1000
-
-    def _sales_summary(self) -> dict[str, Any]:
-        with self._sales_lock:  # one computation per version, however many callers
-            version = self._version
-            if self._sales is not None and self._sales[0] == version:
-                return self._sales[1]
-            totals = (
-                self._con()
-                .execute("SELECT count(*), count(DISTINCT OrderId), coalesce(sum(Amount), 0) FROM purchases")
-                .fetchall()[0]
-            )
-            products = [
+        def top(order: str) -> list[dict[str, Any]]:
+            return [
                 {**r, "Units": int(r["Units"]), "Revenue": _money(r["Revenue"])}
-                for r in self._rows("""
-                SELECT ProductId, sum(ItemCount) AS Units, sum(LineAmount) AS Revenue, count(DISTINCT OrderId) AS Orders
-                FROM lines GROUP BY ProductId
-            """)
+                for r in self._rows(
+                    f"SELECT ProductId, Units, Revenue, Orders FROM product_sales ORDER BY {order}, ProductId LIMIT ?",
+                    [n],
+                )
             ]
-            payments = self._rows("""
-                SELECT PaymentType, count(DISTINCT OrderId) AS Orders, sum(TotalPrice) AS Revenue
-                FROM purchases GROUP BY PaymentType
-            """)
-            all_orders = sum(p["Orders"] for p in payments)
-            payments = sorted(
+
+        payments = self._rows("SELECT PaymentType, Orders, Revenue FROM payment_sales")
+        all_orders = sum(p["Orders"] for p in payments)
+        return {
+            "purchases": int(purchases),
+            "orders": int(orders),
+            "revenue": _money(revenue),
+            "by_revenue": top("Revenue DESC"),
+            "by_units": top("Units DESC"),
+            "payment_types": sorted(
                 (
                     {
                         "PaymentType": p["PaymentType"],
@@ -282,16 +500,8 @@ class ReadModel:
                     for p in payments
                 ),
                 key=lambda p: (-p["Orders"], p["PaymentType"]),
-            )
-            summary = {
-                "purchases": totals[0],
-                "orders": totals[1],
-                "revenue": _money(totals[2]),
-                "products": products,
-                "payment_types": payments,
-            }
-            self._sales = (version, summary)
-            return summary
+            ),
+        }
 
     def user_purchases(self, user_id: str, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._rows(
@@ -304,4 +514,4 @@ class ReadModel:
         return [{**r, "TotalPrice": _money(r["TotalPrice"]), "Items": int(r["Items"])} for r in rows]
 
     def newest_ingested(self) -> datetime | None:
-        return self._con().execute("SELECT max(IngestedAt) FROM purchases").fetchall()[0][0]
+        return _run(self._con(), "SELECT max(IngestedAt) FROM purchases")[0][0]

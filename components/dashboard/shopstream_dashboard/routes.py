@@ -15,6 +15,7 @@ from shopstream.contracts.repeat_buyers import COLUMNS as REPEAT_COLUMNS
 from shopstream.contracts.repeat_buyers import TABLE as REPEAT_TABLE
 
 from . import schemas
+from .readmodel import ACTIVITY_MAX_MINUTES
 from .sync import SourceState
 
 router = APIRouter(prefix="/api", tags=["dashboard"])
@@ -41,10 +42,10 @@ def config(request: Request) -> dict[str, Any]:
 
 
 @router.get("/activity", response_model=schemas.Activity)
-def activity(request: Request, minutes: Annotated[int, Query(ge=1, le=180)] = 15) -> dict[str, Any]:
+def activity(request: Request, minutes: Annotated[int, Query(ge=1, le=ACTIVITY_MAX_MINUTES)] = 15) -> dict[str, Any]:
     """Events per second by EventName and purchases (with revenue) per minute, over the last `minutes`."""
     st = _state(request)
-    now = datetime.now(UTC)
+    now = datetime.now(UTC).replace(microsecond=0)  # a whole second: the read model counts per second
     bucket_s = max(5, minutes * 60 // 90 // 5 * 5)  # about 90 points on the chart
     return {
         "as_of": now,

@@ -1,9 +1,19 @@
 """Background threads that keep the read model up to date with the stores.
 
-Each loop copies only what is new: MongoDB events stored since the last look (with an
-overlap, since a drain's insert can become visible a little after its StoredAt; the
-read model drops the copies), and the lake's newly committed Parquet files. A store
-that fails is reported down in its `Source`; what was loaded before stays queryable.
+Each loop reads only what is new, and saves where it got to in the read model, in the same
+transaction as what it read, so a restart resumes there.
+
+MongoDB: events are followed by their `StoredAt` (indexed). A drain's insert can become
+readable a little after its `StoredAt`, so the cursor has two ends: `settled`, before which
+every event has been read, kept `events_settle_s` behind the clock, and `newest`, the newest
+StoredAt read. Each look reads the events stored after `newest` (the new ones), and once the
+range from `settled` to the clock minus `events_settle_s` (what may have become readable late),
+so an event is read about twice in all, however often the page refreshes; the read model
+recognises the copies by EventId. A first look (or one after a long stop) reads the whole
+history the same way, range by range, saving the cursor after each.
+
+The lake: the newly committed Parquet files, each read once (`shopstream.adapters.lake`).
+A store that fails is reported down in its `Source`; what was loaded before stays queryable.
 """
 
 from __future__ import annotations
@@ -11,10 +21,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from minio import Minio
 from pymongo.collection import Collection
 
@@ -26,6 +38,18 @@ from .readmodel import ReadModel
 log = logging.getLogger(__name__)
 
 EVENT_FIELDS = {"UserId": 1, "EventName": 1, "TimeStamp": 1, "StoredAt": 1}
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def _newest(table: pa.Table, newest: datetime | None) -> datetime | None:
+    """The newer of `newest` and the table's newest StoredAt."""
+    if not table.num_rows:
+        return newest
+    last = _utc(pc.max(table["StoredAt"]).as_py())
+    return last if newest is None or last > newest else newest
 
 
 def describe(e: BaseException) -> str:
@@ -98,54 +122,101 @@ class Loop:
 
 
 class EventsSync(Loop):
-    """MongoDB's stored user events -> the read model's `events`."""
+    """MongoDB's stored user events -> the read model's event rollups."""
 
     name = "mongodb"
+    CHUNK = 50_000  # events per settling range, about: the range's span adapts to it
 
-    def __init__(
-        self, model: ReadModel, events: Collection, interval: float, overlap_s: float, chunk: int = 50_000
-    ) -> None:
+    def __init__(self, model: ReadModel, events: Collection, interval: float, settle_s: float) -> None:
         super().__init__(interval)
-        self.model, self.overlap, self.chunk = model, timedelta(seconds=overlap_s), chunk
+        self.model, self.settle = model, timedelta(seconds=settle_s)
         self.events = events
-        self.watermark: datetime | None = None  # newest StoredAt read
+        self.span = timedelta(minutes=1)  # of the next settling range
 
-    def _copy(self, query: dict[str, Any], total: int | None) -> tuple[int, datetime | None]:
-        cols: dict[str, list] = {"EventId": [], "UserId": [], "EventName": [], "TimeStamp": []}
-        added, newest = 0, None
+    def _read(self, query: dict[str, Any], chunk: int | None = None) -> Iterator[pa.Table]:
+        """The events matching `query`, as tables of `chunk` rows at most (all in one without)."""
+        cols: dict[str, list] = {k: [] for k in ("EventId", "UserId", "EventName", "TimeStamp", "StoredAt")}
 
-        def flush() -> None:
-            nonlocal added
-            added += self.model.add_events(pa.table(cols))
+        def table() -> pa.Table:
+            t = pa.table(
+                {
+                    "EventId": pa.array(cols["EventId"], pa.string()),
+                    "UserId": pa.array(cols["UserId"], pa.string()),
+                    "EventName": pa.array(cols["EventName"], pa.string()),
+                    "TimeStamp": pa.array(cols["TimeStamp"], pa.timestamp("us", tz="UTC")),
+                    "StoredAt": pa.array(cols["StoredAt"], pa.timestamp("us", tz="UTC")),
+                }
+            )
             for v in cols.values():
                 v.clear()
+            return t
 
         for read, doc in enumerate(self.events.find(query, EVENT_FIELDS, batch_size=10_000), start=1):
             cols["EventId"].append(str(doc["_id"]))
-            for k in ("UserId", "EventName", "TimeStamp"):
+            for k in ("UserId", "EventName", "TimeStamp", "StoredAt"):
                 cols[k].append(doc[k])
-            newest = doc["StoredAt"] if newest is None or doc["StoredAt"] > newest else newest
-            if read % self.chunk == 0:
-                flush()
-                if total:
-                    self.source.loading(f"loading events {min(read, total):,} of {total:,}")
-        flush()
-        return added, newest
+            if chunk and read % chunk == 0:
+                yield table()
+        yield table()
+
+    def _fold(
+        self, query: dict[str, Any], now: datetime, settled: datetime, newest: datetime | None
+    ) -> tuple[datetime | None, int]:
+        """Read the events matching `query` into the read model and save the cursor (settled, newest)
+        with them; returns the new newest and how many were read."""
+        (table,) = self._read(query)
+        newest = _newest(table, newest)
+        self.model.add_events(table, now, settled, cursor=(settled, newest))
+        return newest, table.num_rows
+
+    def _collection_id(self) -> str | None:
+        """The events collection's UUID (a new one when it was dropped and made again); a count
+        would cost the embedded server a scan of every document."""
+        for c in self.events.database.list_collections(filter={"name": self.events.name}):
+            uuid = c.get("info", {}).get("uuid")
+            return str(uuid.hex() if isinstance(uuid, bytes) else uuid) if uuid is not None else None
+        return None
 
     def step(self) -> None:
-        if self.watermark is None:  # first look: everything there is
-            started = datetime.now(UTC)
-            total = self.events.estimated_document_count()
-            self.source.loading(f"loading events 0 of {total:,}")
-            t0 = time.monotonic()
-            added, newest = self._copy({}, total)
-            log.info("read %s events from MongoDB in %.1f s", f"{added:,}", time.monotonic() - t0)
-            # what a drain inserted while the scan ran may have been missed: look again from its start
-            self.watermark = min(newest, started) if newest else started - self.overlap
+        collection = self._collection_id()
+        if collection != self.model.get_meta("events_collection"):
+            if self.model.events_cursor() is not None:
+                log.warning("MongoDB's events collection was made again: reading its events from the start")
+                self.model.reset_events()
+            self.model.set_meta("events_collection", collection)
+        now = datetime.now(UTC)
+        target = now - self.settle
+        cursor = self.model.events_cursor()
+        if cursor is None:  # a first look: everything stored up to `target`, saved once at the end
+            t0, newest = time.monotonic(), None
+            self.source.loading("loading events: 0 read")
+            for table in self._read({"StoredAt": {"$lte": target}}, self.CHUNK):
+                if self._stop.is_set():
+                    return
+                newest = _newest(table, newest)
+                self.model.add_events(table, now, target)
+                self.source.loading(f"loading events: {self.model.counts()['events']:,} read")
+            self.model.add_events(table.slice(0, 0), now, target, cursor=(target, newest))
+            read = self.model.counts()["events"]
+            log.info("read %s events from MongoDB in %.1f s", f"{read:,}", time.monotonic() - t0)
+            settled = target
         else:
-            added, newest = self._copy({"StoredAt": {"$gt": self.watermark - self.overlap}}, None)
-            if newest and newest > self.watermark:
-                self.watermark = newest
+            settled, newest = cursor
+        # the ranges no late insert can reach any more, each read once (a long one after a long stop)
+        while settled < target and not self._stop.is_set():
+            upto = min(settled + self.span, target)
+            newest, read = self._fold({"StoredAt": {"$gt": settled, "$lte": upto}}, now, upto, newest)
+            if read > self.CHUNK:
+                self.span = max(self.span / 2, timedelta(milliseconds=1))
+            elif read < self.CHUNK / 4:
+                self.span = min(self.span * 2, timedelta(days=1))
+            settled = upto
+            if upto < target:
+                self.source.loading(f"loading events stored up to {upto:%Y-%m-%d %H:%M:%S}")
+        if self._stop.is_set():
+            return
+        # the new events: stored after the newest one read (the late ones come with their range)
+        self._fold({"StoredAt": {"$gt": max(newest or target, target)}}, now, target, newest)
         self.source.ok(f"{self.model.counts()['events']:,} events")
 
 
@@ -160,17 +231,21 @@ class LakeSync(Loop):
         super().__init__(interval)
         self.model, self.files_per_load = model, files_per_load
         self.lake = LakeFiles(s3, settings)
-        self.loaded: set[str] = set()
-        self.warm_ms: float | None = None
+        self.loaded: set[str] | None = None  # the files read: the read model's, kept here too
 
     def step(self) -> None:
-        new = sorted(self.lake.committed() - self.loaded)
+        committed = self.lake.committed()
+        if self.loaded is None:
+            self.loaded = self.model.lake_files()
+        if self.loaded - committed:
+            log.warning("files read before are no longer in the lake: reading the lake again")
+            self.model.reset_purchases()
+            self.loaded = set()
+        new = sorted(committed - self.loaded)
         t0, before = time.monotonic(), self.model.counts()["purchases"]
         for i in range(0, len(new), self.files_per_load):
             part = new[i : i + self.files_per_load]
-            table = self.lake.read(part)
-            if table is not None:
-                self.model.add_purchases(table)
+            self.model.add_purchases(self.lake.read(part), part)
             self.loaded.update(part)
             if len(new) > self.files_per_load:
                 self.source.loading(f"loading purchases: {min(i + len(part), len(new)):,} of {len(new):,} files")
@@ -181,7 +256,4 @@ class LakeSync(Loop):
                 f"{len(new):,}",
                 time.monotonic() - t0,
             )
-        detail = f"{self.model.counts()['purchases']:,} purchases in {len(self.loaded):,} files"
-        if new or self.warm_ms is None:  # the sales answer, ready before the page asks for it
-            self.warm_ms = self.model.warm()
-        self.source.ok(f"{detail}; sales computed in {self.warm_ms:,.0f} ms")
+        self.source.ok(f"{self.model.counts()['purchases']:,} purchases in {len(self.loaded):,} files")

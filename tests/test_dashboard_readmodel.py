@@ -1,0 +1,209 @@
+"""The dashboard's read model on its own (a DuckDB file, no store): its rollups give the
+numbers a plain computation over every event and purchase gives, however often an event is
+read again, across a reopen of the file, for events stamped ahead of the clock and for an
+order that comes back in a later purchase."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from shopstream_dashboard.readmodel import ReadModel
+
+NAMES = ["PageVisited", "AddedBasket", "CheckedProductReviews"]
+TS = pa.timestamp("us", tz="UTC")
+LINE = pa.struct(
+    [
+        ("ProductId", pa.string()),
+        ("ItemCount", pa.int32()),
+        ("ItemPrice", pa.decimal128(10, 2)),
+        ("ItemDiscount", pa.decimal128(10, 2)),
+    ]
+)
+
+
+def events_table(events: list[dict]) -> pa.Table:
+    return pa.table(
+        {
+            "EventId": pa.array([e["EventId"] for e in events], pa.string()),
+            "UserId": pa.array([e["UserId"] for e in events], pa.string()),
+            "EventName": pa.array([e["EventName"] for e in events], pa.string()),
+            "TimeStamp": pa.array([e["TimeStamp"] for e in events], TS),
+            "StoredAt": pa.array([e["StoredAt"] for e in events], TS),
+        }
+    )
+
+
+def purchases_table(orders: list[dict]) -> pa.Table:
+    return pa.table(
+        {
+            "EventId": [o["EventId"] for o in orders],
+            "OrderId": [o["OrderId"] for o in orders],
+            "UserId": [o["UserId"] for o in orders],
+            "TimeStamp": pa.array([o["TimeStamp"] for o in orders], TS),
+            "IngestedAt": pa.array([o["TimeStamp"] for o in orders], TS),
+            "TotalPrice": pa.array([o["TotalPrice"] for o in orders], pa.decimal128(10, 2)),
+            "PaymentType": [o["PaymentType"] for o in orders],
+            "Products": pa.array([o["Products"] for o in orders], pa.list_(LINE)),
+        }
+    )
+
+
+@pytest.fixture
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def make_events(rnd: random.Random, now: datetime, n: int) -> list[dict]:
+    return [
+        {
+            "EventId": f"e{i}",
+            "UserId": f"u{rnd.randint(0, 30)}",
+            "EventName": rnd.choice(NAMES),
+            "TimeStamp": now - timedelta(seconds=rnd.randint(1, 20_000)),
+            "StoredAt": now - timedelta(seconds=20) + timedelta(milliseconds=i),  # after `settled`: may be read again
+        }
+        for i in range(n)
+    ]
+
+
+def funnel_users(events: list[dict], orders: list[dict], since: datetime, until: datetime) -> list[int]:
+    def users(rows, name=None):
+        return {
+            r["UserId"] for r in rows if since < r["TimeStamp"] <= until and (name is None or r["EventName"] == name)
+        }
+
+    visited = users(events, "PageVisited")
+    basket = users(events, "AddedBasket") & visited
+    return [len(visited), len(basket), len(users(orders) & basket)]
+
+
+def rates(model: ReadModel, as_of: datetime, minutes: int) -> Counter:
+    got = model.event_rates(as_of, minutes, 10)
+    return Counter({k: round(sum(p["per_s"] * 10 for p in v)) for k, v in got.items() if any(p["per_s"] for p in v)})
+
+
+def test_events_read_again_are_counted_once_across_a_reopen(tmp_path: Path, now: datetime):
+    rnd = random.Random(7)
+    events = make_events(rnd, now, 2_000)
+    path = tmp_path / "readmodel.duckdb"
+    model = ReadModel(path, "stores")
+    settled = now - timedelta(seconds=30)
+    # a first read of everything, in chunks, then the sync's looks: overlapping, reading copies
+    for i in range(0, 1_000, 300):
+        model.add_events(events_table(events[i : min(i + 300, 1_000)]), now, settled)
+    model.add_events(events_table([]), now, settled, cursor=(settled, events[999]["StoredAt"]))
+    for lo, hi in [(900, 1_500), (1_200, 2_000), (0, 2_000)]:
+        model.add_events(events_table(events[lo:hi]), now, settled, cursor=(settled, events[hi - 1]["StoredAt"]))
+    model.close()
+    model = ReadModel(path, "stores")
+    assert model.events_cursor() == (settled, events[-1]["StoredAt"])
+    model.add_events(events_table(events[1_500:]), now, settled, cursor=(settled, events[-1]["StoredAt"]))
+    assert model.counts()["events"] == len(events)
+    for minutes in (15, 60, 180):
+        since = now - timedelta(minutes=minutes)
+        assert rates(model, now, minutes) == Counter(e["EventName"] for e in events if e["TimeStamp"] >= since)
+    for window, span in (("15m", timedelta(minutes=15)), ("1h", timedelta(hours=1)), ("all", None)):
+        since = now - span if span else datetime(1, 1, 1, tzinfo=UTC)
+        assert [s["users"] for s in model.funnel(now, window)] == funnel_users(events, [], since, now)
+
+
+def test_a_half_done_first_read_and_other_stores_start_over(tmp_path: Path, now: datetime):
+    path = tmp_path / "readmodel.duckdb"
+    events = make_events(random.Random(3), now, 50)
+    model = ReadModel(path, "stores")
+    model.add_events(events_table(events), now, now)  # no cursor saved: the first read did not end
+    assert model.counts()["events"] == 50
+    model.close()
+    model = ReadModel(path, "stores")
+    assert model.counts()["events"] == 0 and model.events_cursor() is None
+    model.add_events(events_table(events), now, now, cursor=(now, now))
+    model.close()
+    assert ReadModel(path, "stores").counts()["events"] == 50
+    assert ReadModel(tmp_path / "other.duckdb", "stores").counts()["events"] == 0
+    model = ReadModel(path, "other stores")
+    assert model.counts()["events"] == 0 and model.events_cursor() is None
+
+
+def test_events_stamped_ahead_of_the_clock_count_once_their_time_has_come(tmp_path: Path, now: datetime):
+    model = ReadModel(tmp_path / "readmodel.duckdb", "stores")
+    ahead = now + timedelta(minutes=10)
+    events = [
+        {"EventId": "a", "UserId": "u1", "EventName": "PageVisited", "TimeStamp": now - timedelta(minutes=5)},
+        {"EventId": "b", "UserId": "u1", "EventName": "PageVisited", "TimeStamp": ahead},
+        {"EventId": "c", "UserId": "u1", "EventName": "AddedBasket", "TimeStamp": ahead},
+    ]
+    for e in events:
+        e["StoredAt"] = now
+    model.add_events(events_table(events), now, now - timedelta(seconds=30), cursor=(now, now))
+    assert [s["users"] for s in model.funnel(now, "15m")] == [1, 0, 0]
+    later = ahead + timedelta(minutes=1)
+    assert [s["users"] for s in model.funnel(later, "15m")] == [1, 1, 0]  # not folded yet, still counted
+    model.add_events(events_table([]), later, now, cursor=(now, now))  # a later sync folds them
+    assert [s["users"] for s in model.funnel(later, "15m")] == [1, 1, 0]
+    assert [s["users"] for s in model.funnel(later, "all")] == [1, 1, 0]
+
+
+def test_sales_rollups_count_an_order_that_comes_back_once(tmp_path: Path, now: datetime):
+    rnd = random.Random(11)
+    orders: list[dict[str, Any]] = []
+    for i in range(300):
+        lines: list[dict[str, Any]] = [
+            {
+                "ProductId": f"p{rnd.randint(0, 9)}",
+                "ItemCount": rnd.randint(1, 3),
+                "ItemPrice": Decimal(rnd.randint(100, 9_999)) / 100,
+                "ItemDiscount": Decimal(rnd.choice([0, 50])) / 100,
+            }
+            for _ in range(rnd.randint(1, 3))
+        ]
+        orders.append(
+            {
+                "EventId": f"x{i}",
+                "OrderId": f"o{rnd.randint(0, 220)}",  # some orders in more than one purchase
+                "UserId": f"u{rnd.randint(0, 40)}",
+                "TimeStamp": now - timedelta(seconds=rnd.randint(1, 7_200)),
+                "TotalPrice": sum(x["ItemCount"] * (x["ItemPrice"] - x["ItemDiscount"]) for x in lines),
+                "PaymentType": rnd.choice(["PayPal", "CreditCard"]),
+                "Products": lines,
+            }
+        )
+    path = tmp_path / "readmodel.duckdb"
+    model = ReadModel(path, "stores")
+    for i in range(0, 300, 70):
+        model.add_purchases(purchases_table(orders[i : i + 70]), [f"file-{i}"])
+        if i == 140:
+            model.close()
+            model = ReadModel(path, "stores")
+    assert model.lake_files() == {f"file-{i}" for i in range(0, 300, 70)}
+    got = model.sales(100)
+    amount = lambda x: x["ItemCount"] * (x["ItemPrice"] - x["ItemDiscount"])  # noqa: E731
+    assert got["purchases"] == 300
+    assert got["orders"] == len({o["OrderId"] for o in orders})
+    assert got["revenue"] == float(sum(amount(x) for o in orders for x in o["Products"]))
+    products = {r["ProductId"]: r for r in got["by_revenue"]}
+    for p in {x["ProductId"] for o in orders for x in o["Products"]}:
+        sold = [(o, x) for o in orders for x in o["Products"] if x["ProductId"] == p]
+        assert products[p]["Units"] == sum(x["ItemCount"] for _, x in sold)
+        assert products[p]["Revenue"] == float(sum(amount(x) for _, x in sold))
+        assert products[p]["Orders"] == len({o["OrderId"] for o, _ in sold})
+    for pay in got["payment_types"]:
+        paid = [o for o in orders if o["PaymentType"] == pay["PaymentType"]]
+        assert pay["Orders"] == len({o["OrderId"] for o in paid})
+        assert pay["Revenue"] == float(sum(o["TotalPrice"] for o in paid))
+    user = orders[0]["UserId"]
+    mine = sorted((o for o in orders if o["UserId"] == user), key=lambda o: (-o["TimeStamp"].timestamp(), o["OrderId"]))
+    assert [p["OrderId"] for p in model.user_purchases(user)] == [o["OrderId"] for o in mine]
+    events = [{"UserId": o["UserId"], "EventName": n, "TimeStamp": o["TimeStamp"]} for o in orders for n in NAMES[:2]]
+    table = events_table([{**e, "EventId": f"v{i}", "StoredAt": now} for i, e in enumerate(events)])
+    model.add_events(table, now, now, cursor=(now, now))
+    for window, span in (("1h", timedelta(hours=1)), ("all", None)):
+        since = now - span if span else datetime(1, 1, 1, tzinfo=UTC)
+        assert [s["users"] for s in model.funnel(now, window)] == funnel_users(events, orders, since, now)
