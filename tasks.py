@@ -29,10 +29,16 @@ def setup(c, tests=False):
     _run(commands.setup, for_tests=tests)
 
 
-@task(iterable=["only"], help={"only": "start just this service (repeatable)"})
-def up(c, only=None):
+@task(
+    iterable=["only"],
+    help={
+        "only": "start just this service (repeatable)",
+        "spark_cluster": "also start a Spark standalone cluster (a master, 2 workers) and run the streaming job on it",
+    },
+)
+def up(c, only=None, spark_cluster=False):
     """Set up what is missing and start the whole pipeline."""
-    _run(commands.up, names=only or None)
+    _run(commands.up, names=only or None, spark_cluster=spark_cluster)
 
 
 @task(help={"wipe": "also delete all data in the run directory"})
@@ -50,7 +56,7 @@ def status(c, json=False):
 
 @task(help={"lines": "how many lines", "follow": "keep printing new lines"})
 def logs(c, service, lines=50, follow=False):
-    """Show the log of one service (kafka, mongo, postgres, s3, api, streaming, airflow, dashboard, generator)."""
+    """Show the log of one service (kafka, mongo, postgres, s3, api, streaming, airflow, dashboard, generator, spark-cluster)."""  # noqa: E501 - invoke --list shows a docstring's first line only
     _run(commands.logs, service, lines=lines, follow=follow)
 
 
@@ -120,10 +126,15 @@ def bench(c, quick=False, only=None, footprint_seconds=None):
     main(REPO_ROOT / "reports" / "bench", quick=quick, only=only or None, footprint_s=window)
 
 
-@task(help={"as_of": "the analysis' now, ISO 8601 with offset (default: now)"})
-def analyze(c, as_of=None):
+@task(
+    help={
+        "as_of": "the analysis' now, ISO 8601 with offset (default: now)",
+        "spark_cluster": "run on the Spark cluster `invoke up --spark-cluster` started",
+    }
+)
+def analyze(c, as_of=None, spark_cluster=False):
     """Run both analysis notebooks headless against the running stack; HTML reports in reports/analysis/."""
-    code = _run(commands.analyze, as_of=as_of)
+    code = _run(commands.analyze, as_of=as_of, spark_cluster=spark_cluster)
     if code:
         raise Exit(code=code)
 

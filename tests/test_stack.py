@@ -42,7 +42,7 @@ def test_topics_exist_with_configured_partitions(stack, settings):
         admin.close()
     assert set(described) == {"UserEvents", "PurchasedItem"}
     for d in described.values():
-        assert len(d["partitions"]) == settings.kafka.partitions == 3
+        assert len(d["partitions"]) == settings.kafka.partitions == 6
 
 
 def _produce(settings, topic: str, n: int, tag: str) -> None:

@@ -32,7 +32,9 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:9092"
     user_events_topic: str = "UserEvents"
     purchases_topic: str = "PurchasedItem"
-    partitions: int = Field(3, ge=1)
+    # partitions of each topic when created: the most consumer-group members the drain, and the
+    # most tasks the streaming job's Kafka source, can use at once (existing topics keep theirs)
+    partitions: int = Field(6, ge=1)
     replication_factor: int = Field(1, ge=1)
 
     @property
@@ -178,8 +180,15 @@ class AirflowSettings(BaseModel):
 
 
 class SparkSettings(BaseModel):
+    # local[2]: in the process itself; spark://host:port: a standalone cluster (`invoke up --spark-cluster`)
     master: str = "local[2]"
     driver_memory: str = "1g"
+    # on a cluster: each executor's heap and cores, and the cores an application takes at most
+    # (spark.cores.max), so the streaming job and the notebooks run side by side instead of the
+    # first one holding every core while the next waits
+    executor_memory: str = "1g"
+    executor_cores: int = Field(1, ge=1)
+    cores_max: int = Field(2, ge=1)
     # "offline": the pinned hadoop-aws jars the project installs; "packages": resolve
     # `s3a_packages` through spark.jars.packages (needs a reachable Maven repository).
     jars_source: str = Field("offline", pattern="^(offline|packages)$")
@@ -222,6 +231,13 @@ class EmbeddedSettings(BaseModel):
     s3_filer_port: int = 9335
     s3_filer_grpc_port: int = 19335
     s3_grpc_port: int = 19000
+    # the Spark standalone cluster (`invoke up --spark-cluster`): a master and its workers on
+    # 127.0.0.1, from the pyspark install; the workers' own ports are chosen free by the system
+    spark_master_port: int = 7077
+    spark_master_webui_port: int = 8090  # the master's web UI and its JSON (/json/), the health check
+    spark_workers: int = Field(2, ge=1)
+    spark_worker_cores: int = Field(2, ge=1)  # per worker: room for one executor of two applications
+    spark_worker_memory: str = "2g"
     start_timeout_s: float = 90.0
     stop_timeout_s: float = 30.0
     # the supervisor retries a process that dies while starting after 1, 2, ... s, this many

@@ -23,7 +23,8 @@ def _plain(value: Any) -> Any:
     return str(value)  # Decimal: exact
 
 
-def _rows(frame: Any) -> list[dict[str, Any]]:
+def as_rows(frame: Any) -> list[dict[str, Any]]:
+    """The rows of a pandas DataFrame as the JSON an answer holds (Decimal as string, times ISO)."""
     records = frame.to_dict("records") if hasattr(frame, "to_dict") else list(frame)
     return json.loads(json.dumps(records, default=_plain))
 
@@ -33,7 +34,7 @@ def show(name: str, frame: Any) -> None:
     from IPython.display import display
 
     display(frame)
-    display({MIME: {"name": name, "rows": _rows(frame)}}, raw=True)
+    display({MIME: {"name": name, "rows": as_rows(frame)}}, raw=True)
 
 
 def collect(notebook: Any) -> dict[str, list[dict[str, Any]]]:

@@ -11,10 +11,31 @@ Ties are broken by the identifier, so every answer is deterministic.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
+
+# what the analyses read: cache these, not every column of the lake (read_purchases(...).select(*COLUMNS))
+COLUMNS = ("OrderId", "UserId", "TimeStamp", "PaymentType", "TotalPrice", "Products")
+
+
+def _cents(money: Column) -> Column:
+    """An amount of the contract (decimal(9,2)) as whole cents in a long. Spark adds and
+    multiplies longs natively, while a decimal of more than 18 digits (the sum of any
+    decimal(9,2), a count times a price) is a Java BigDecimal per value. Exact all the same, and
+    with ANSI mode (Spark's default) an overflow fails the query rather than wrapping."""
+    return (money * F.lit(Decimal(100))).cast("long")
+
+
+def _money(cents: Column) -> Column:
+    """Cents back to money with 2 decimal places (an exact decimal)."""
+    return cents.cast("decimal(20,0)") * F.lit(Decimal("0.01"))
+
+
+def _line_amount() -> Column:
+    return F.col("ItemCount") * (F.col("ItemPrice") - F.col("ItemDiscount"))
 
 
 def purchase_lines(purchases: DataFrame) -> DataFrame:
@@ -24,32 +45,49 @@ def purchase_lines(purchases: DataFrame) -> DataFrame:
             "EventId", "OrderId", "UserId", "TimeStamp", "PaymentType", F.explode("Products").alias("line")
         )
         .select("EventId", "OrderId", "UserId", "TimeStamp", "PaymentType", "line.*")
-        .withColumn("LineAmount", F.col("ItemCount") * (F.col("ItemPrice") - F.col("ItemDiscount")))
+        .withColumn("LineAmount", _line_amount())
     )
+
+
+def _lines(purchases: DataFrame) -> DataFrame:
+    """The lines with just what the rankings need, the amount in cents."""
+    cents = F.col("ItemCount").cast("long") * (_cents(F.col("ItemPrice")) - _cents(F.col("ItemDiscount")))
+    return purchases.select("OrderId", "UserId", "TimeStamp", F.inline("Products")).select(
+        "OrderId", "UserId", "TimeStamp", "ProductId", "ItemCount", cents.alias("Cents")
+    )
+
+
+def product_sales(purchases: DataFrame) -> DataFrame:
+    """Every product's Units, Revenue and Orders (distinct OrderIds): one aggregation that both
+    rankings of `best_sellers` can share (cache it, then `top_products` twice)."""
+    return (
+        _lines(purchases)
+        .groupBy("ProductId", "OrderId")  # distinct orders, counted below, in the same pass as the sums
+        .agg(F.sum("ItemCount").alias("Units"), F.sum("Cents").alias("Cents"))
+        .groupBy("ProductId")
+        .agg(F.sum("Units").alias("Units"), _money(F.sum("Cents")).alias("Revenue"), F.count("*").alias("Orders"))
+    )
+
+
+def top_products(products: DataFrame, by: str = "units", n: int = 10) -> DataFrame:
+    """The n first of `product_sales` by units sold or by revenue."""
+    order = {"units": "Units", "revenue": "Revenue"}[by]
+    return products.orderBy(F.desc(order), F.asc("ProductId")).limit(n)
 
 
 def best_sellers(purchases: DataFrame, by: str = "units", n: int = 10) -> DataFrame:
     """Products ranked by units sold or by revenue."""
-    order = {"units": "Units", "revenue": "Revenue"}[by]
-    return (
-        purchase_lines(purchases)
-        .groupBy("ProductId")
-        .agg(
-            F.sum("ItemCount").alias("Units"),
-            F.sum("LineAmount").alias("Revenue"),
-            F.countDistinct("OrderId").alias("Orders"),
-        )
-        .orderBy(F.desc(order), F.asc("ProductId"))
-        .limit(n)
-    )
+    return top_products(product_sales(purchases), by, n)
 
 
 def payment_type_shares(purchases: DataFrame) -> DataFrame:
     """Orders and revenue per payment type, with each type's share of the orders."""
     total = F.sum("Orders").over(Window.partitionBy())  # a handful of rows: one window is fine
     return (
-        purchases.groupBy("PaymentType")
-        .agg(F.countDistinct("OrderId").alias("Orders"), F.sum("TotalPrice").alias("Revenue"))
+        purchases.groupBy("PaymentType", "OrderId")
+        .agg(F.sum(_cents(F.col("TotalPrice"))).alias("Cents"))
+        .groupBy("PaymentType")
+        .agg(F.count("*").alias("Orders"), _money(F.sum("Cents")).alias("Revenue"))
         .withColumn("Share", F.round(F.col("Orders") / total, 4))
         .orderBy(F.desc("Orders"), F.asc("PaymentType"))
     )
@@ -62,8 +100,8 @@ def top_customers_last_hour(purchases: DataFrame, as_of: datetime, n: int = 10) 
         purchases.where((F.col("TimeStamp") > F.lit(start)) & (F.col("TimeStamp") <= F.lit(as_of)))
         .groupBy("UserId")
         .agg(
-            F.sum("TotalPrice").alias("OrderAmount"),
-            F.countDistinct("OrderId").alias("Orders"),
+            _money(F.sum(_cents(F.col("TotalPrice")))).alias("OrderAmount"),
+            F.countDistinct("OrderId").alias("Orders"),  # a few rows: the hour's purchases only
             F.max("TotalPrice").alias("LargestOrder"),
         )
         .orderBy(F.desc("OrderAmount"), F.asc("UserId"))
@@ -74,13 +112,19 @@ def top_customers_last_hour(purchases: DataFrame, as_of: datetime, n: int = 10) 
 def repeat_buyers(purchases: DataFrame) -> DataFrame:
     """Customers who bought the same product in two or more orders, and which products."""
     return (
-        purchase_lines(purchases)
-        .groupBy("UserId", "ProductId")
+        _lines(purchases)
+        .groupBy("UserId", "ProductId", "OrderId")  # distinct orders, counted below
         .agg(
-            F.countDistinct("OrderId").alias("Orders"),
             F.sum("ItemCount").alias("Units"),
             F.min("TimeStamp").alias("FirstBought"),
             F.max("TimeStamp").alias("LastBought"),
+        )
+        .groupBy("UserId", "ProductId")
+        .agg(
+            F.count("*").alias("Orders"),
+            F.sum("Units").alias("Units"),
+            F.min("FirstBought").alias("FirstBought"),
+            F.max("LastBought").alias("LastBought"),
         )
         .where(F.col("Orders") > 1)
         .orderBy(F.desc("Orders"), F.asc("UserId"), F.asc("ProductId"))

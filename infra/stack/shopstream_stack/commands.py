@@ -23,6 +23,7 @@ from shopstream.settings import REPO_ROOT, Settings, StackMode
 from . import install
 from .process import StackError, tail
 from .service import Service
+from .spark_cluster import SparkCluster, on_cluster
 from .stack import SERVICE_TYPES, services
 from .supervision import Supervisor
 
@@ -54,9 +55,17 @@ def _compose(*args: str) -> None:
     subprocess.run(["docker", "compose", *extra, "-f", str(COMPOSE_FILE), *args], check=True)
 
 
-def up(settings: Settings, names: list[str] | None = None) -> None:
+def up(settings: Settings, names: list[str] | None = None, spark_cluster: bool = False) -> None:
+    """Start the stack; with `spark_cluster`, a Spark standalone cluster too, which the streaming
+    job then runs on (`SHOPSTREAM_SPARK__MASTER` set to it for what this starts)."""
     setup(settings)
     embedded = settings.stack == StackMode.embedded
+    if spark_cluster:
+        if not embedded:
+            raise StackError("--spark-cluster starts a cluster on this machine; it needs SHOPSTREAM_STACK=embedded")
+        settings = on_cluster(settings)
+        if names and SparkCluster.name not in names:
+            names = [SparkCluster.name, *names]
     if not embedded:
         if settings.stack == StackMode.compose:
             _compose("up", "-d", "--wait")
@@ -64,7 +73,7 @@ def up(settings: Settings, names: list[str] | None = None) -> None:
         topics = ensure_topics(settings.kafka)
         ensure_bucket(settings.s3)
         say(f"using {settings.stack.value} servers; topics {topics}, bucket {settings.s3.bucket}")
-    for svc in services(settings, names, apps=True):
+    for svc in services(settings, names, apps=True, spark_cluster=spark_cluster):
         if not embedded and svc.name in SERVER_NAMES:
             continue
         t0 = time.monotonic()
@@ -72,18 +81,24 @@ def up(settings: Settings, names: list[str] | None = None) -> None:
             summary = svc.start()
         say(f"{svc.name} up in {time.monotonic() - t0:.1f} s: {svc.address}" + (f"; {summary}" if summary else ""))
     status(settings)
+    if spark_cluster:
+        say(f"the streaming job runs on {settings.spark.master}; and `invoke analyze --spark-cluster` runs there")
 
 
 # `invoke down` stops these together, one set after the other: first the load and the readers (an
 # open dashboard connection holds up Airflow's API server), then what uses the servers (the API
 # flushes its journal, the streaming job ends its batch, Airflow's tasks end), then the servers
-STOP_ORDER = (("generator", "dashboard"), ("api", "streaming", "airflow"), tuple(cls.name for cls in SERVICE_TYPES))
+STOP_ORDER = (
+    ("generator", "dashboard"),
+    ("api", "streaming", "airflow"),
+    (SparkCluster.name, *(cls.name for cls in SERVICE_TYPES)),
+)
 
 
 def down(settings: Settings, wipe: bool = False) -> None:
     ours = {
         s.name: s
-        for s in services(settings, apps=True)
+        for s in services(settings, apps=True, spark_cluster=True)
         if settings.stack == StackMode.embedded or s.name not in SERVER_NAMES
     }
 
@@ -111,9 +126,11 @@ def service_states(settings: Settings) -> list[dict[str, Any]]:
     """Every service: its state, restarts, PIDs, address and folder (the last three only
     for what this project runs)."""
     rows: list[dict[str, Any]] = []
-    for svc in services(settings, apps=True):
+    for svc in services(settings, apps=True, spark_cluster=True):
         if settings.stack == StackMode.embedded or svc.name not in SERVER_NAMES:
             st = svc.status()
+            if svc.name == SparkCluster.name and st.state == "stopped":
+                continue  # it runs only when asked for (`invoke up --spark-cluster`)
             rows.append(
                 {
                     "service": svc.name,
@@ -170,7 +187,7 @@ def _short(path: Path) -> str:
 
 
 def logs(settings: Settings, name: str, lines: int = 50, follow: bool = False) -> None:
-    (svc,) = services(settings, [name], apps=True)
+    (svc,) = services(settings, [name], apps=True, spark_cluster=True)
     files: list[Path] = svc.log_files
     if follow:
         subprocess.run(["tail", "-n", str(lines), "-F", *map(str, files)])
@@ -254,8 +271,14 @@ def batch_check(settings: Settings) -> bool:
     return run_component(settings, "shopstream_batch", "check") == 0
 
 
-def analyze(settings: Settings, as_of: str | None = None) -> int:
-    """Execute the notebooks against the stack and write their reports; the exit code."""
+def analyze(settings: Settings, as_of: str | None = None, spark_cluster: bool = False) -> int:
+    """Execute the notebooks against the stack and write their reports (on the embedded Spark
+    cluster with `spark_cluster`); the exit code."""
+    if spark_cluster:
+        cluster = SparkCluster(settings)
+        if not cluster._safe_healthy():
+            raise StackError(f"no Spark cluster answers at {cluster.address}; start it: `invoke up --spark-cluster`")
+        settings = on_cluster(settings)
     return run_component(settings, "shopstream_analysis", *(["--as-of", as_of] if as_of else []))
 
 

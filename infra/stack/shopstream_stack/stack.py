@@ -11,6 +11,7 @@ from .mongo import MongoServer
 from .postgres import PostgresServer
 from .s3 import SeaweedS3
 from .service import Service
+from .spark_cluster import SparkCluster
 from .streaming import StreamingService
 
 SERVICE_TYPES: tuple[type[Service], ...] = (KafkaBroker, MongoServer, PostgresServer, SeaweedS3)
@@ -23,10 +24,14 @@ APP_TYPES: tuple[type[Service], ...] = (
 )
 
 
-def services(settings: Settings, names: list[str] | None = None, apps: bool = False) -> list[Service]:
+def services(
+    settings: Settings, names: list[str] | None = None, apps: bool = False, spark_cluster: bool = False
+) -> list[Service]:
     """The embedded servers (and with `apps`, the pipeline's components), in start order;
-    `names` picks some of them."""
-    all_ = [cls(settings) for cls in SERVICE_TYPES + (APP_TYPES if apps else ())]
+    `names` picks some of them. With `spark_cluster`, the Spark standalone cluster too, before
+    the components that use it (it runs only when asked for: `invoke up --spark-cluster`)."""
+    cluster: tuple[type[Service], ...] = (SparkCluster,) if spark_cluster else ()
+    all_ = [cls(settings) for cls in SERVICE_TYPES + cluster + (APP_TYPES if apps else ())]
     if not names:
         return all_
     known = {s.name: s for s in all_}

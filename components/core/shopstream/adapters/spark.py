@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from urllib.parse import urlsplit
 
 import pyspark
 from pyspark.sql import SparkSession
@@ -68,12 +69,34 @@ def jar_options(settings: Settings) -> dict[str, str]:
     return options
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def cluster_options(settings: Settings) -> dict[str, str]:
+    """Executors' size on a standalone cluster (spark://), and how many cores an application
+    takes at most: without that cap the first application (the streaming job) would hold every
+    core, and the next (the notebooks) would wait for one forever."""
+    spark = settings.spark
+    if not spark.master.startswith("spark://"):
+        return {}
+    return {
+        "spark.executor.memory": spark.executor_memory,
+        "spark.executor.cores": str(spark.executor_cores),
+        "spark.cores.max": str(spark.cores_max),
+        # executors start this interpreter for Python work (UDFs, the Kafka source): this venv,
+        # where the project's packages are importable (a cluster on other machines needs the same path)
+        "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON", sys.executable),
+    }
+
+
 def spark_session(settings: Settings, app_name: str = "shopstream") -> SparkSession:
     """A SparkSession for the settings (the one already running in this process, if any)."""
     # Python workers (UDFs, the Kafka source) run this interpreter: they need this venv.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = settings.spark
-    if spark.master.startswith("local"):  # nothing outside this machine needs to reach the driver
+    master_host = urlsplit(spark.master.split(",")[0]).hostname if spark.master.startswith("spark://") else None
+    if spark.master.startswith("local") or master_host in LOOPBACK:
+        # nothing outside this machine needs to reach the driver (a cluster on 127.0.0.1 included)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = (
         SparkSession.builder.master(spark.master)
@@ -91,7 +114,7 @@ def spark_session(settings: Settings, app_name: str = "shopstream") -> SparkSess
         # a query stuck in a call (a broker that is gone) cannot hold a stopping job forever
         .config("spark.sql.streaming.stopTimeout", "60s")
     )
-    for key, value in jar_options(settings).items():
+    for key, value in {**cluster_options(settings), **jar_options(settings)}.items():
         builder = builder.config(key, value)
     for key, value in s3a_conf(settings).items():
         builder = builder.config(f"spark.hadoop.{key}", value)
