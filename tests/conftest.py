@@ -203,26 +203,24 @@ def job_settings(settings: Settings, name: str, own_topic: bool = False, **strea
     return settings.model_copy(update={"streaming": st})
 
 
-def run_until_caught_up(spark, settings: Settings) -> dict[str, list[dict]]:
-    """Both queries with Trigger.AvailableNow: everything in the topic now, then stop;
-    returns each query's batch progress reports."""
+def run_until_caught_up(spark, settings: Settings) -> list[dict]:
+    """The job's query with Trigger.AvailableNow: everything in the topic now, then stop;
+    returns its batch progress reports."""
     from shopstream_streaming import job
     from shopstream_streaming.failures import is_transient
     from shopstream_streaming.restarts import error_text
 
-    progress = {}
-    for q in job.start(spark, settings, available_now=True):
-        earlier: list = []  # the reports of the runs that failed
-        for restart in range(3):  # as the job does: a transient failure restarts the query
-            assert q.awaitTermination(180), f"{q.name} did not finish"
-            if q.exception() is None or not is_transient(error_text(q.exception())) or restart == 2:
-                break
-            logging.warning("query %s restarted after: %s", q.name, error_text(q.exception())[:300])
-            earlier += q.recentProgress
-            q = job.start_query(spark, settings, q.name, available_now=True)
-        assert q.exception() is None, q.exception()
-        progress[q.name] = earlier + list(q.recentProgress)
-    return progress
+    q = job.start(spark, settings, available_now=True)
+    earlier: list = []  # the reports of the runs that failed
+    for restart in range(3):  # as the job does: a transient failure restarts the query
+        assert q.awaitTermination(180), f"{q.name} did not finish"
+        if q.exception() is None or not is_transient(error_text(q.exception())) or restart == 2:
+            break
+        logging.warning("query %s restarted after: %s", q.name, error_text(q.exception())[:300])
+        earlier += q.recentProgress
+        q = job.start(spark, settings, available_now=True)
+    assert q.exception() is None, q.exception()
+    return earlier + list(q.recentProgress)
 
 
 def invoke(settings: Settings, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -177,3 +177,29 @@ def test_the_drain_and_the_streaming_job_give_a_bad_record_the_same_reason():
         else:
             assert check_contract(value) == (reason, None)
     assert why_invalid(KeyError("x")) == "unreadable: KeyError: 'x'"
+
+
+def test_the_streaming_job_checks_a_batch_of_records_as_it_checks_each():
+    """The job's Arrow UDF takes a whole batch per call: each record gets the verdict it gets
+    alone, in its place, and a valid one comes back as the contract writes it."""
+    import pyarrow as pa
+
+    from shopstream_api.examples import PURCHASE_EXAMPLE
+    from shopstream_streaming.job import check_contract, check_contracts
+
+    good = {**PURCHASE_EXAMPLE, "EventId": "ok-1", "IngestedAt": "2026-11-22T12:21:31.5+01:00"}
+    values = [
+        json.dumps(good).encode(),
+        b"{not json",
+        None,
+        json.dumps({**good, "TotalPrice": 1.0}).encode(),
+        json.dumps({**good, "EventId": "ok-2"}).encode(),
+    ]
+    checked = check_contracts(pa.array(values, pa.binary())).to_pylist()
+    assert [(c["reason"], c["json"]) for c in checked] == [check_contract(v) for v in values]
+    assert [c["reason"] is None for c in checked] == [True, False, False, False, True]
+    assert (
+        PurchaseRecord.model_validate_json(checked[0]["json"]).IngestedAt.isoformat()
+        == "2026-11-22T11:21:31.500000+00:00"
+    )
+    assert check_contracts(pa.array([], pa.binary())).to_pylist() == []

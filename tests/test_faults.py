@@ -706,18 +706,16 @@ def test_garbage_in_user_events_is_dead_lettered_with_the_reason_and_the_drain_k
 
 
 def run_to_end(spark, st: Settings) -> None:
-    """Both streaming queries over what the topic holds now; none is left running."""
+    """The streaming job's query over what the topic holds now; not left running."""
     from shopstream_streaming import job
 
-    queries = job.start(spark, st, available_now=True)
+    q = job.start(spark, st, available_now=True)
     try:
-        for q in queries:
-            assert q.awaitTermination(180), f"{q.name} did not finish"
-            assert q.exception() is None, q.exception()
+        assert q.awaitTermination(180), f"{q.name} did not finish"
+        assert q.exception() is None, q.exception()
     finally:
-        for q in queries:
-            if q.isActive:
-                q.stop()
+        if q.isActive:
+            q.stop()
 
 
 def test_garbage_in_both_topics_is_set_aside_with_the_reason_and_both_pipelines_keep_going(stack, settings, spark):

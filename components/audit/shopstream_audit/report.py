@@ -14,7 +14,7 @@ from rich.console import Console, JustifyMethod
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shopstream.locations import PURCHASES, QUARANTINE, checkpoint_url
+from shopstream.locations import PURCHASES, checkpoint_url
 from shopstream.settings import Settings
 
 from . import sources
@@ -140,7 +140,7 @@ def _lake_stage(
     progress: Progress,
     samples: int,
 ) -> tuple[Stage, list[str]]:
-    """The lake (or quarantine) up to both streaming queries' committed offsets; and the
+    """The lake (or quarantine) up to the streaming job's committed offsets; and the
     committed files that are gone."""
     topic, name = settings.kafka.purchases_topic, "Lake (Parquet)"
     problem = streamed.problem or quarantined.problem
@@ -198,8 +198,8 @@ def collect(settings: Settings, console: Console | None = None, samples: int = S
         drained = sources.group_committed(settings, user_events)
     except KafkaError as e:
         raise _kafka_failed(settings, e) from e
-    streamed = sources.read_checkpoint(checkpoint_url(settings, PURCHASES), purchases)
-    quarantined = sources.read_checkpoint(checkpoint_url(settings, QUARANTINE), purchases)
+    # the streaming job writes the lake and the quarantine from one query, one checkpoint
+    streamed = quarantined = sources.read_checkpoint(checkpoint_url(settings, PURCHASES), purchases)
     with _progress(console) as progress:
         try:
             bounds = sources.topic_bounds(settings)

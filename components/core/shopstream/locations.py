@@ -10,7 +10,8 @@ from pathlib import Path
 
 from shopstream.settings import Settings
 
-PURCHASES, QUARANTINE = "purchases", "quarantine"  # the job's two queries, each with its own checkpoint
+# the job's two outputs; its one query, and that query's checkpoint, are named after the first
+PURCHASES, QUARANTINE = "purchases", "quarantine"
 
 
 def s3a_url(settings: Settings, path: str) -> str:
@@ -19,12 +20,12 @@ def s3a_url(settings: Settings, path: str) -> str:
 
 
 def output_url(settings: Settings) -> str:
-    """The raw purchases (the `purchases` query's output)."""
+    """The raw purchases (the lake: the job's `purchases` output)."""
     return s3a_url(settings, settings.streaming.output_path)
 
 
 def quarantine_url(settings: Settings) -> str:
-    """The records that broke the contract (the `quarantine` query's output)."""
+    """The records that broke the contract (the job's `quarantine` output)."""
     return s3a_url(settings, settings.streaming.quarantine_path)
 
 

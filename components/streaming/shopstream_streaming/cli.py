@@ -1,7 +1,7 @@
 """`invoke stream` / `python -m shopstream_streaming`: run the streaming job in the foreground.
 
-A query that fails because the broker or S3 did not answer is restarted from its
-checkpoint (`restarts`), the first start included, while the other goes on. Any other
+The query that fails because the broker or S3 did not answer is restarted from its
+checkpoint (`restarts`), the first start included. Any other
 failure stops the job at once with exit code 1, never leaving it half-alive: its
 supervisor starts a fresh process. The first Ctrl-C or SIGTERM stops after the current
 batch (a batch that starts in that instant is abandoned and re-run from the checkpoint
@@ -23,7 +23,7 @@ from typing import Any
 
 import typer
 
-from shopstream.locations import checkpoint_url, job_folder, output_url, quarantine_url
+from shopstream.locations import PURCHASES, QUARANTINE, checkpoint_url, job_folder, output_url, quarantine_url
 from shopstream.settings import Settings
 from shopstream.streaming_status import rewinds_recorded, status_path, write_status
 
@@ -49,17 +49,22 @@ class StopRequest:
 
 def _log_new_batches(queries, seen: dict[str, int]) -> None:
     for q in queries:
-        for p in q.recentProgress:
+        last = q.lastProgress  # one report a second, not the last 100 (recentProgress): idle costs less
+        if last is None or last["batchId"] <= seen.get(q.name, -1):
+            continue
+        for p in [last] if last["batchId"] == seen.get(q.name, -1) + 1 else q.recentProgress:
             if p["batchId"] <= seen.get(q.name, -1):
                 continue
             seen[q.name] = p["batchId"]
             if p["numInputRows"]:
+                written = rows_written(p) or {}
                 log.info(
-                    "%s: batch %d, %d records read, %s written in %d ms",
+                    "%s: batch %d, %d records read, %s written, %s quarantined in %d ms",
                     q.name,
                     p["batchId"],
                     p["numInputRows"],
-                    rows_written(p),
+                    written.get(PURCHASES),
+                    written.get(QUARANTINE),
                     p["durationMs"].get("triggerExecution", 0),
                 )
             late = sum(op.get("numRowsDroppedByWatermark", 0) for op in p.get("stateOperators", []))
@@ -168,19 +173,17 @@ def run(
     stop = StopRequest()  # after the session: SparkContext installs a SIGINT handler of its own
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    runners = [
-        QueryRunner(name, partial(job.start_query, spark, settings, name, available_now)) for name in job.QUERIES
-    ]
+    runners = [QueryRunner(job.NAME, partial(job.start, spark, settings, available_now))]
     seen: dict[str, int] = {}
     try:
         for r in runners:
             r.start()
         log.info(
-            "streaming %s -> %s (quarantine %s, checkpoints %s); session after %.1f s; source %s, trigger %s",
+            "streaming %s -> %s (quarantine %s, checkpoint %s); session after %.1f s; source %s, trigger %s",
             settings.kafka.purchases_topic,
             output_url(settings),
             quarantine_url(settings),
-            checkpoint_url(settings, "*"),
+            checkpoint_url(settings, job.NAME),
             time.monotonic() - t0,
             settings.streaming.kafka_source,
             "available-now" if available_now else f"{settings.streaming.trigger_interval_s:g} s",

@@ -1,25 +1,34 @@
 """The streaming job: `PurchasedItem` into raw Parquet on S3, exactly once.
 
-Two queries read the topic, each with its own checkpoint and Spark's file sink, whose
-`_spark_metadata` log lists the files of committed batches only (readers of the
-top-level path see nothing else, so a batch killed half-way and re-run leaves no copy):
+One query reads the topic and checks each record against the contract once, then writes
+each micro-batch to two outputs, each with Spark's own file sink (`FileStreamSink`, what
+`format("parquet")` runs), whose `_spark_metadata` log lists the files of committed
+batches only (readers of the top-level path see nothing else):
 
-- `purchases`: every record that satisfies the contract, as received (every field,
-  Products nested, money as exact decimals) plus its Kafka coordinates, one copy per
-  EventId (a client retry with the same Idempotency-Key publishes the same EventId again),
-  partitioned by `date`, IngestedAt's UTC date.
+- `purchases` (the lake): every record that satisfies the contract, as received (every
+  field, Products nested, money as exact decimals) plus its Kafka coordinates, one copy
+  per EventId (a client retry with the same Idempotency-Key publishes the same EventId
+  again), partitioned by `date`, IngestedAt's UTC date.
 - `quarantine`: every other record, raw bytes and coordinates kept, with the reason,
   partitioned by `date`, the Kafka timestamp's UTC date.
 
-The contract decides validity (Pydantic, the same model the API validates with); the
-Spark schema is derived from it. A record Pydantic accepts but Spark could not read
-into that schema goes to quarantine too, never silently to nulls.
+Exactly once: the batch's offsets are in the checkpoint before it runs; a sink skips a
+batch id its log already holds, so a batch re-run after a crash (between the two writes,
+or before the checkpoint's commit) writes each output once. The batch is kept in memory
+between the two writes, so the topic is read, and the contract checked, once per record.
+(Two queries, one per output, did both twice.)
+
+The contract decides validity (Pydantic, the same model the API validates with), over a
+whole Arrow batch per call; the Spark schema is derived from it. A record Pydantic accepts
+but Spark could not read into that schema goes to quarantine too, never silently to nulls.
 """
 
 from __future__ import annotations
 
 from functools import reduce
+from typing import Any
 
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -41,7 +50,8 @@ COORDINATES = {
     "timestamp": "KafkaTimestamp",
 }
 RECORD_SCHEMA = spark_schema(PurchaseRecord)
-QUERIES = {PURCHASES: output_url, QUARANTINE: quarantine_url}  # each query and where it writes (shopstream.locations)
+NAME = PURCHASES  # the query's name (the status file's key) and its checkpoint's folder
+OUTPUTS = {PURCHASES: output_url, QUARANTINE: quarantine_url}  # where each output is (shopstream.locations)
 
 
 # -- reading --------------------------------------------------------------------------
@@ -71,6 +81,7 @@ def read_topic(spark: SparkSession, settings: Settings, query: str | None = None
     return reader.load()
 
 
+# -- the contract ---------------------------------------------------------------------
 CHECK = T.StructType([T.StructField("reason", T.StringType()), T.StructField("json", T.StringType())])
 
 
@@ -87,9 +98,21 @@ def check_contract(value: bytes | None) -> tuple[str | None, str | None]:
     return None, record.model_dump_json()
 
 
+def check_contracts(values: pa.Array) -> pa.Array:
+    """`check_contract` over an Arrow batch of Kafka values (Spark hands over up to 10,000 a
+    call): one call from the JVM per batch, not per record."""
+    checked = [check_contract(v) for v in values.to_pylist()]
+    return pa.StructArray.from_arrays(
+        [pa.array([c[0] for c in checked], pa.string()), pa.array([c[1] for c in checked], pa.string())],
+        names=CHECK.fieldNames(),
+    )
+
+
 # Marked nondeterministic only so the optimizer never copies it into the filters below
 # (it would run Pydantic twice per record).
-check_contract_udf = F.udf(check_contract, CHECK, useArrow=True).asNondeterministic()
+# (Spark reads the kind of Arrow UDF from the type hints; pyspark's stubs cover only the
+# older form that names it, which warns)
+check_contracts_udf = F.arrow_udf(check_contracts, CHECK).asNondeterministic()  # type: ignore[call-overload]
 
 
 def _has_missing(col: Column, dtype: T.DataType, nullable: bool) -> Column:
@@ -117,7 +140,7 @@ def classify(kafka_rows: DataFrame) -> DataFrame:
         ],
     )
     return (
-        kafka_rows.withColumn("check", check_contract_udf("value"))
+        kafka_rows.withColumn("check", check_contracts_udf("value"))
         .withColumn("record", F.from_json("check.json", RECORD_SCHEMA))
         .withColumn(
             "reason",
@@ -130,32 +153,46 @@ def classify(kafka_rows: DataFrame) -> DataFrame:
     )
 
 
-def _coordinates() -> list[Column]:
-    return [F.col(k).alias(v) for k, v in COORDINATES.items()]
-
-
-def purchases(classified: DataFrame, settings: Settings) -> DataFrame:
-    """Valid records, one per EventId: a copy published within the dedupe window of the
-    first is dropped (the EventIds seen are kept in the checkpoint's state that long).
+def deduplicated(classified: DataFrame, settings: Settings) -> DataFrame:
+    """One row per EventId among valid records: a copy published within the dedupe window
+    of the first is dropped (the EventIds seen are kept in the checkpoint's state that long).
+    A rejected record is keyed by where it is in the topic and what it holds, so only the
+    same record read again (after an offset rewind) is dropped.
 
     The window runs on the Kafka timestamp, when the API published the copy: event time,
     so copies split by a restart of the job are still recognised, and, unlike IngestedAt
     in the record, nothing a producer writes into the value can move the watermark.
     """
     window = f"{settings.streaming.dedupe_window_minutes} minutes"
+    where = F.concat_ws("/", "topic", "partition", "offset", F.xxhash64("value"))
     return (
-        classified.where(F.col("reason").isNull())
-        .select("record.*", *_coordinates())
-        .withColumn("date", F.to_date("IngestedAt"))
-        .withWatermark("KafkaTimestamp", window)
-        .dropDuplicatesWithinWatermark(["EventId"])
-        .coalesce(1)  # after the dedupe's shuffle: one file per date per batch
+        classified.withColumn(
+            "dedupe_key",
+            F.when(F.col("reason").isNull(), F.col("record.EventId")).otherwise(F.concat(F.lit("@"), where)),
+        )
+        .withWatermark("timestamp", window)
+        .dropDuplicatesWithinWatermark(["dedupe_key"])
     )
 
 
-def quarantined(classified: DataFrame) -> DataFrame:
+def _coordinates() -> list[Column]:
+    return [F.col(k).alias(v) for k, v in COORDINATES.items()]
+
+
+def purchases(batch: DataFrame) -> DataFrame:
+    """The valid records of a batch, as the lake holds them; one file per date."""
     return (
-        classified.where(F.col("reason").isNotNull())
+        batch.where(F.col("reason").isNull())
+        .select("record.*", *_coordinates())
+        .withColumn("date", F.to_date("IngestedAt"))
+        .coalesce(1)
+    )
+
+
+def quarantined(batch: DataFrame) -> DataFrame:
+    """The rejected records of a batch, with the reason; one file per date."""
+    return (
+        batch.where(F.col("reason").isNotNull())
         .select(
             F.col("reason").alias("Reason"),
             F.col("key").alias("Key"),
@@ -163,57 +200,81 @@ def quarantined(classified: DataFrame) -> DataFrame:
             *_coordinates(),
             F.to_date("timestamp").alias("date"),
         )
-        .repartition(1)
-    )  # one file per date per batch; only the (few) rejected rows are shuffled
-
-
-# -- writing --------------------------------------------------------------------------
-def _sink(df: DataFrame, name: str, path: str, checkpoint: str, trigger: dict) -> StreamingQuery:
-    return (
-        df.writeStream.queryName(name)
-        .format("parquet")
-        .option("path", path)
-        .option("checkpointLocation", checkpoint)
-        .partitionBy("date")
-        .outputMode("append")
-        .trigger(**trigger)
-        .start()
+        .coalesce(1)
     )
 
 
-def start(spark: SparkSession, settings: Settings, available_now: bool = False) -> list[StreamingQuery]:
-    """Start both queries; with `available_now`, each stops once it has written what the
-    topic held when it started (a backfill, or a test)."""
-    for name in QUERIES:  # both checked before either starts
-        check_checkpoint(spark, QUERIES[name](settings), checkpoint_url(settings, name))
-    return [start_query(spark, settings, name, available_now, checked=True) for name in QUERIES]
+OUTPUT_ROWS = {PURCHASES: purchases, QUARANTINE: quarantined}
 
 
-def start_query(
-    spark: SparkSession, settings: Settings, name: str, available_now: bool = False, checked: bool = False
-) -> StreamingQuery:
-    """Start one query from its checkpoint (the first start, or a restart after a failure).
+def counted(df: DataFrame) -> DataFrame:
+    """Count the rows each batch writes to each output; the counts appear in the query's
+    progress under `observedMetrics["written"]` (`status.rows_written` reads them)."""
+    valid = F.col("reason").isNull()
+    return df.observe(
+        "written", F.count(F.when(valid, 1)).alias(PURCHASES), F.count(F.when(~valid, 1)).alias(QUARANTINE)
+    )
 
-    Its own reader (as there would be anyway: each query runs its own source), named so
-    that its rewinds say whose checkpoint went back."""
-    path, checkpoint = QUERIES[name](settings), checkpoint_url(settings, name)
-    if not checked:
-        check_checkpoint(spark, path, checkpoint)
-    trigger = (
+
+# -- writing --------------------------------------------------------------------------
+def file_sink(spark: SparkSession, path: str) -> Any:
+    """Spark's file sink for Parquet partitioned by `date`, as `writeStream.format("parquet")`
+    builds it: `addBatch(id, rows)` writes the files, then logs them under that batch id in
+    `_spark_metadata`, and does nothing for an id already logged."""
+    jvm = spark._jvm
+    assert jvm is not None  # a classic (not Spark Connect) session has its JVM
+    scala = jvm.org.apache.spark.api.python.PythonUtils
+    return jvm.org.apache.spark.sql.execution.streaming.sinks.FileStreamSink(
+        spark._jsparkSession,
+        path,
+        jvm.org.apache.spark.sql.execution.datasources.parquet.ParquetFileFormat(),
+        scala.toSeq(["date"]),
+        scala.toScalaMap({}),
+    )
+
+
+class BatchWriter:
+    """The query's foreachBatch: the batch kept in memory, each output written from it."""
+
+    def __init__(self, spark: SparkSession, settings: Settings) -> None:
+        self.sinks = {name: file_sink(spark, url(settings)) for name, url in OUTPUTS.items()}
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        batch.persist()
+        try:
+            for name, sink in self.sinks.items():
+                sink.addBatch(batch_id, OUTPUT_ROWS[name](batch)._jdf)
+        finally:
+            batch.unpersist()
+
+
+def start(spark: SparkSession, settings: Settings, available_now: bool = False) -> StreamingQuery:
+    """Start the query from its checkpoint (the first start, or a restart after a failure);
+    with `available_now`, it stops once it has written what the topic held when it started
+    (a backfill, or a test)."""
+    checkpoint = checkpoint_url(settings, NAME)
+    earlier = checkpoint_url(settings, QUARANTINE)
+    if _has_entries(spark, f"{earlier}/offsets"):  # the job ran a query per output before
+        raise CheckpointMismatch(
+            f"{earlier} is the checkpoint of the earlier quarantine query: this job writes both outputs "
+            "from one query and checkpoint, whose batches the old outputs' logs do not match. Delete the "
+            "outputs and the checkpoints together and start again."
+        )
+    for url in OUTPUTS.values():
+        check_checkpoint(spark, url(settings), checkpoint)
+    trigger: dict[str, Any] = (
         {"availableNow": True}
         if available_now
         else {"processingTime": f"{settings.streaming.trigger_interval_s} seconds"}
     )
-    rows = classify(read_topic(spark, settings, name))
-    frame = purchases(rows, settings) if name == PURCHASES else quarantined(rows)
-    return _sink(written_rows(frame, name), name, path, checkpoint, trigger)
-
-
-def written_rows(df: DataFrame, name: str) -> DataFrame:
-    """Count the rows each batch writes; the count appears in the query's progress under
-    `observedMetrics[name]["rows"]` (a file sink reports no output count of its own;
-    `status.rows_written` reads it)."""
-    return df.observe(name, F.count(F.lit(1)).alias("rows"))
+    rows = counted(deduplicated(classify(read_topic(spark, settings, NAME)), settings))
+    return (
+        rows.writeStream.queryName(NAME)
+        .foreachBatch(BatchWriter(spark, settings))
+        .option("checkpointLocation", checkpoint)
+        .trigger(**trigger)
+        .start()
+    )
 
 
 class CheckpointMismatch(RuntimeError):

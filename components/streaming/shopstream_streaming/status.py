@@ -9,13 +9,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from shopstream.locations import PURCHASES, QUARANTINE
 from shopstream.streaming_status import offset_positions
 
 
-def rows_written(progress: dict[str, Any]) -> int | None:
-    """The rows a batch wrote (observed by `job.written_rows`); None when not observed."""
+def rows_written(progress: dict[str, Any]) -> dict[str, int] | None:
+    """The rows a batch wrote to each output (observed by `job.counted`: {"purchases": n,
+    "quarantine": m}); None when not observed."""
     for metrics in (progress.get("observedMetrics") or {}).values():  # one observation per query
-        return int(metrics["rows"])  # a pyspark Row: no .get
+        return {name: int(metrics[name]) for name in (PURCHASES, QUARANTINE)}  # a pyspark Row: no .get
     return None
 
 
@@ -32,6 +34,7 @@ NO_RUN: dict[str, Any] = {
     "progress_at": None,
     "input_rows": 0,
     "output_rows": 0,
+    "quarantined_rows": 0,
     "rows_per_s": 0.0,
     "batch_ms": None,
     "end_offset": None,
@@ -43,6 +46,7 @@ def query_status(q: Any) -> dict[str, Any]:
     if q is None:
         return dict(NO_RUN)
     progress, status = q.lastProgress, q.status
+    written = (rows_written(progress) if progress else None) or {}
     return {
         "id": str(q.id),
         "active": q.isActive,
@@ -51,7 +55,8 @@ def query_status(q: Any) -> dict[str, Any]:
         "batch_id": progress["batchId"] if progress else None,
         "progress_at": _epoch(progress["timestamp"]) if progress else None,
         "input_rows": progress["numInputRows"] if progress else 0,
-        "output_rows": rows_written(progress) if progress else 0,
+        "output_rows": written.get(PURCHASES, 0),  # into the lake
+        "quarantined_rows": written.get(QUARANTINE, 0),
         "rows_per_s": round(progress.get("processedRowsPerSecond") or 0.0, 1) if progress else 0.0,
         "batch_ms": progress["durationMs"].get("triggerExecution") if progress else None,
         # where the last batch ended in Kafka ({"topic": {"partition": next offset}}): the job's lag

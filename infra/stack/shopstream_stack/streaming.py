@@ -1,7 +1,7 @@
 """The Spark streaming job (`PurchasedItem` -> raw Parquet on S3) as a supervised service.
 
 Healthy means more than alive: the job's status file (rewritten every second) says
-both queries run and made progress lately. `invoke down` sends SIGTERM, on which the
+its query runs and made progress lately. `invoke down` sends SIGTERM, on which the
 job stops after its current batch; what it spawned (the JVM, Python workers) is
 stopped with it.
 """
