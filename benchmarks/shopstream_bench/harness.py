@@ -141,7 +141,17 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "versions": {
             p: version(p)
-            for p in ("fastapi", "uvicorn", "aiokafka", "kafka-python", "pymongo", "pyspark", "secantusdb", "noida-db")
+            for p in (
+                "fastapi",
+                "uvicorn",
+                "confluent-kafka",
+                "aiokafka",
+                "kafka-python",
+                "pymongo",
+                "pyspark",
+                "secantusdb",
+                "noida-db",
+            )
         },
         "wrk": _wrk_version(),
     }

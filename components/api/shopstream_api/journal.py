@@ -271,8 +271,11 @@ class Journal:
                 for w in group:
                     w.loop.call_soon_threadsafe(_fail, w.future, e)
                 continue
-            for w in group:
-                w.loop.call_soon_threadsafe(_done, w.future)
+            loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+            for w in group:  # one wake-up per event loop for the whole group, not one per request
+                loops.setdefault(w.loop, []).append(w.future)
+            for loop, futures in loops.items():
+                loop.call_soon_threadsafe(_done_all, futures)
 
     def _write_group(self, group: list[_Write]) -> None:
         now = time.time()
@@ -356,6 +359,11 @@ class Journal:
 def _done(future: asyncio.Future) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _done_all(futures: list[asyncio.Future]) -> None:
+    for future in futures:
+        _done(future)
 
 
 def _fail(future: asyncio.Future, error: BaseException) -> None:

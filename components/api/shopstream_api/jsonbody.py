@@ -1,6 +1,6 @@
 """What the ingestion routes take as a JSON body, and a clear 4xx for anything else.
 
-FastAPI reads a body with `json.loads`, which accepts NaN, Infinity and 1e400 as floats
+FastAPI would read a body with `json.loads`, which accepts NaN, Infinity and 1e400 as floats
 that no JSON encoder writes back (so the 422 that echoed them failed with a 500), lets
 the last of two duplicate keys win unseen, and answers invalid UTF-8 or deep nesting
 with a bare "There was an error parsing the body". A JSON body is parsed here instead,
@@ -22,12 +22,9 @@ can be written back as JSON. A body without a Content-Type is read as JSON.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import jiter
-from fastapi import HTTPException, Request, Response
-from fastapi.routing import APIRoute
 
 BOM = b"\xef\xbb\xbf"
 FLOAT_MAX = sys.float_info.max
@@ -91,38 +88,3 @@ def _check(value: Any, max_depth: int) -> None:
         if depth > max_depth:
             raise MalformedJson(f"the JSON nests arrays and objects deeper than {max_depth} levels")
         level = nested
-
-
-class JsonBodyRequest(Request):
-    """A request whose `json()` is `parse_json`: a body FastAPI reads as JSON goes through it."""
-
-    async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            try:
-                self._json = parse_json(await self.body(), self.app.state.settings.api.max_json_depth)
-            except MalformedJson as e:
-                self.app.state.metrics.rejected.labels("malformed_json").inc()
-                raise HTTPException(400, detail=str(e)) from None
-        return self._json
-
-
-class JsonBodyRoute(APIRoute):
-    """A route with a JSON body: 415 for a Content-Type that is not JSON, `parse_json` otherwise.
-
-    Use with `strict_content_type=False`, so that FastAPI reads a body without a
-    Content-Type as JSON too (a non-JSON one never reaches it).
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def json_body_handler(request: Request) -> Response:
-            content_type = request.headers.get("content-type")
-            if content_type and not is_json(content_type):
-                request.app.state.metrics.rejected.labels("unsupported_media_type").inc()
-                raise HTTPException(
-                    415, detail=f"Content-Type must be application/json (or application/*+json), not {content_type!r}"
-                )
-            return await handler(JsonBodyRequest(request.scope, request.receive))
-
-        return json_body_handler

@@ -7,15 +7,13 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
-from prometheus_fastapi_instrumentator import Instrumentator
 
 from shopstream.settings import Settings, get_settings
 
 from .ingestor import Ingestor
 from .journal import Journal
 from .limits import MaxBodySize
-from .metrics import ApiMetrics
+from .metrics import ApiMetrics, HttpMetrics, metrics_endpoint
 from .publisher import KafkaPublisher
 from .routes import health, ingest
 from .verifier import Verifier
@@ -34,8 +32,7 @@ over the limit gets 413; an unreachable broker gets 503.
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    registry = CollectorRegistry()
-    metrics = ApiMetrics(registry)
+    metrics = ApiMetrics()
     publisher = KafkaPublisher(settings.kafka, settings.api, metrics)
     journal = Journal(settings)
     verifier = Verifier(settings, journal, publisher, metrics)
@@ -53,15 +50,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await verifier.close()
         await publisher.close()
         journal.close()
+        metrics.close()
 
     app = FastAPI(title="shopstream ingestion API", version="1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings, app.state.publisher, app.state.metrics = settings, publisher, metrics
     app.state.ingestor, app.state.journal = Ingestor(publisher, journal), journal
     app.include_router(ingest.router)
     app.include_router(health.router)
-    Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app).expose(
-        app, endpoint="/metrics", tags=["health"]
-    )
+    app.add_api_route("/metrics", metrics_endpoint, tags=["health"], summary="Prometheus metrics (all workers)")
+    app.add_middleware(HttpMetrics, metrics=metrics)
     app.add_middleware(
         MaxBodySize,
         max_bytes=settings.api.max_body_bytes,

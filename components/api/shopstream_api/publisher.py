@@ -1,29 +1,30 @@
-"""Publishing to Kafka with acknowledgement (aiokafka, acks=all, idempotent producer).
+"""Publishing to Kafka with acknowledgement (librdkafka via confluent-kafka, acks=all, idempotent).
 
 A request is answered only after the broker acknowledged every record it carries.
-The producer starts lazily and restarts after a failure, so the API stays up
-(and says 503) while the broker is away, and recovers when it is back.
+librdkafka batches and sends in its own threads; one poller thread of ours collects its
+delivery reports and wakes the event loop once per poll, for every request completed
+meanwhile. The API stays up (and says 503) while the broker is away, and recovers when
+it is back.
 
-A failure (no acknowledgement in time, or an error) throws the producer away without
-flushing it: the idempotent producer would otherwise retry the records it still holds
-for as long as the broker is away (aiokafka only gives up on a partition without a
-known leader), and deliver them when the broker is back, though their requests were
-answered 503. Whatever the producer had not yet written to the broker is dropped;
-records it had written are in doubt (the broker may have stored them), hence the
-advice to retry with the same Idempotency-Key.
+librdkafka itself bounds a record's life: a record not acknowledged within
+`publish_timeout_s` (`message.timeout.ms`) is failed and never sent after that. On any
+failure the producer is thrown away at once: everything it still holds, queued or in
+flight, is purged (so not sent later, though those requests get a 503 too) and the next
+request starts a new producer. Records already written to the broker are in doubt (the
+broker may have stored them), hence the advice to retry with the same Idempotency-Key.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from confluent_kafka import KafkaError, KafkaException, Message
 
-from shopstream.adapters.kafka_async import aio_producer
+from shopstream.adapters.kafka_rd import rd_producer
 from shopstream.settings import ApiSettings, KafkaSettings
 
 from .metrics import ApiMetrics
@@ -35,121 +36,128 @@ class BrokerUnavailable(RuntimeError):
     """Kafka did not acknowledge in time; the records may or may not have been stored."""
 
 
-class ProducerReset(KafkaError):
-    """The producer holding a record was thrown away after a failure, the record unsent
-    (or, if it was already on the wire, unconfirmed)."""
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ack:
     partition: int
     offset: int
 
 
-class _AbortableProducer(AIOKafkaProducer):
-    """An AIOKafkaProducer that can be dropped at once, without the flush of `stop()`.
+class _Request:
+    """The records of one publish, acknowledged one by one in the poller thread."""
 
-    `stop()` waits until every pending batch is delivered, which for an idempotent
-    producer means until the broker is back. `abort()` instead fails every pending batch,
-    stops the sender and cancels its produce requests, so that nothing it holds is
-    written to a broker afterwards. It relies on aiokafka internals (checked on 0.14):
-    the message accumulator (`fail_all`, `_closed`) and the sender (`sender_task`,
-    `_send_produce_req`, which the sender routine starts as one task per node).
-    """
+    __slots__ = ("acks", "error", "future", "left")
 
-    def __init__(self, **config) -> None:
-        super().__init__(**config)
-        self._aborted: KafkaError | None = None
-        self._requests: set[asyncio.Task] = set()
-        send_produce_req = self._sender._send_produce_req
+    def __init__(self, n: int, future: asyncio.Future) -> None:
+        self.acks: list[Ack | None] = [None] * n
+        self.left, self.future = n, future
+        self.error: str | None = None
 
-        async def tracked(node_id, batches):  # one extra frame per produce request, not per record
-            if self._aborted is not None:  # created just before the abort, not yet started
-                return
-            task = asyncio.current_task()
-            self._requests.add(task)
-            try:
-                await send_produce_req(node_id, batches)
-            finally:
-                self._requests.discard(task)
-
-        self._sender._send_produce_req = tracked
-
-    def abort(self, error: KafkaError) -> None:
-        """Fail everything pending with `error`, now, and write nothing more to a broker.
-
-        Synchronous, so that when it returns no task of this producer can send a record
-        any more; `aclose()` then releases the connections.
-        """
-        if self._aborted is not None:
+    def settle(self) -> None:  # on the event loop
+        if self.future.done():
             return
-        self._aborted = error
-        self._closed = True  # as after stop(): no "unclosed producer" warning, stop() is a no-op
-        accumulator = self._message_accumulator
-        accumulator._closed = True  # a send() still under way on this producer raises ProducerClosed
-        sender_task = self._sender.sender_task
-        if sender_task is not None:
-            sender_task.cancel()  # takes effect before the sender routine drains another batch
-        for task in list(self._requests):
-            task.cancel()  # a request not yet written is never written; one on the wire is in doubt
-        batches = [*(b for queue in accumulator._batches.values() for b in queue), *accumulator._pending_batches]
-        accumulator.fail_all(error)  # every waiting send() learns now
-        for batch in batches:  # nobody waits for the drain of a batch that will never be drained
-            if batch._drain_waiter.done() and not batch._drain_waiter.cancelled():
-                batch._drain_waiter.exception()
+        if self.error is not None:
+            self.future.set_exception(BrokerUnavailable(self.error))
+        else:
+            self.future.set_result(self.acks)
 
-    async def aclose(self) -> None:
-        """Release what an aborted producer holds (its sender, its connections)."""
-        tasks = [t for t in (self._sender.sender_task, *self._requests) if t is not None]
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                if tasks:
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                await self.client.close()
+
+class _Producer:
+    """One librdkafka producer and the thread that polls its delivery reports."""
+
+    def __init__(self, kafka: KafkaSettings, api: ApiSettings, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.client = rd_producer(
+            kafka,
+            **{
+                "client.id": "shopstream-api",
+                "acks": "all",
+                "enable.idempotence": True,  # broker-side retries never duplicate a record
+                "linger.ms": api.linger_ms,
+                "message.timeout.ms": int(api.publish_timeout_s * 1000),  # then failed, never sent later
+                "compression.type": "gzip",
+                "error_cb": self._on_error,
+                "logger": log,  # librdkafka's own log lines go through logging, not straight to stderr
+            },
+        )
+        self.failed: str | None = None  # why this producer must not be used any more
+        self._aborted = False
+        self._done: list[_Request] = []  # settled in the poller thread since its last wake-up
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
+        self._thread.start()
+
+    def _on_error(self, error: KafkaError) -> None:  # poller thread: connection errors, mostly transient
+        if error.fatal():
+            self.failed = self.failed or f"the producer failed: {error.str()}"
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.client.poll(0.05)
+            except KafkaException as e:  # a fatal error: the reports still come, the producer is replaced
+                self.failed = self.failed or f"the producer failed: {e}"
+            if self._done:
+                done, self._done = self._done, []
+                self.loop.call_soon_threadsafe(_settle_all, done)
+
+    def callback(self, request: _Request, i: int) -> Callable[[KafkaError | None, Message], None]:
+        def delivered(error: KafkaError | None, msg: Message) -> None:  # poller thread
+            if error is not None:
+                request.error = request.error or error.str()
+            else:
+                request.acks[i] = Ack(msg.partition() or 0, msg.offset() or 0)  # set on a delivered record
+            request.left -= 1
+            if request.left == 0:
+                self._done.append(request)
+
+        return delivered
+
+    def abort(self, reason: str) -> None:
+        """Purge what is queued or in flight (never sent after this), then release the client."""
+        if self._aborted:
+            return
+        self._aborted, self.failed = True, self.failed or reason
+        self.client.purge(in_queue=True, in_flight=True, blocking=False)
+        threading.Thread(target=self._release, name="kafka-release", daemon=True).start()
+
+    def _release(self) -> None:
+        self.client.flush(10)  # delivers the purge reports: every waiting request learns
+        self._stop.set()
+        self._thread.join()
+        if self._done:
+            self.loop.call_soon_threadsafe(_settle_all, self._done)
+
+    def close(self, timeout_s: float) -> int:
+        """Deliver what is pending (for at most `timeout_s`), then stop. Returns what is left."""
+        left = self.client.flush(timeout_s)
+        self._stop.set()
+        self._thread.join()
+        return left
+
+
+def _settle_all(requests: list[_Request]) -> None:
+    for request in requests:
+        request.settle()
 
 
 class KafkaPublisher:
     def __init__(self, kafka: KafkaSettings, api: ApiSettings, metrics: ApiMetrics) -> None:
         self.kafka, self.api, self.metrics = kafka, api, metrics
-        self._producer: _AbortableProducer | None = None
-        self._lock = asyncio.Lock()
-        self._closing: set[asyncio.Task] = set()  # aborted producers releasing their connections
+        self._producer: _Producer | None = None
 
-    async def _started(self) -> _AbortableProducer:
-        if self._producer is not None:
-            return self._producer
-        async with self._lock:
-            if self._producer is None:
-                producer = aio_producer(
-                    self.kafka,
-                    _AbortableProducer,
-                    client_id="shopstream-api",
-                    acks="all",
-                    enable_idempotence=True,  # broker-side retries never duplicate a record
-                    linger_ms=self.api.linger_ms,
-                    request_timeout_ms=int(self.api.publish_timeout_s * 1000),
-                    compression_type="gzip",
-                )
-                try:
-                    await producer.start()
-                except BaseException as e:  # a KafkaError, or the caller's timeout
-                    self._discard(producer, e)
-                    if isinstance(e, KafkaError):
-                        raise BrokerUnavailable(f"Kafka at {self.kafka.bootstrap_servers} is unreachable: {e}") from e
-                    raise
-                self._producer = producer
-        return self._producer
+    def _current(self) -> _Producer:
+        producer = self._producer
+        if producer is None or producer.failed is not None:
+            if producer is not None:
+                producer.abort(producer.failed or "failed")
+            producer = self._producer = _Producer(self.kafka, self.api, asyncio.get_running_loop())
+        return producer
 
-    def _discard(self, producer: _AbortableProducer, reason: BaseException) -> None:
+    def _discard(self, producer: _Producer, reason: str) -> None:
         """Throw `producer` away without flushing it; the next request starts a new one."""
         if self._producer is producer:
             self._producer = None
-        if producer._aborted is not None:
-            return
-        producer.abort(ProducerReset(f"the producer was reset after a failure: {reason!r}"))
-        task = asyncio.create_task(producer.aclose())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        producer.abort(reason)
 
     async def publish(self, topic: str, records: list[tuple[bytes, bytes]]) -> list[Ack]:
         """Send (key, value) records; return once the broker acknowledged all of them.
@@ -157,42 +165,37 @@ class KafkaPublisher:
         Raises BrokerUnavailable otherwise, after throwing the producer away: none of the
         records is sent after that, but those already written to the broker may be stored.
         """
-        producer, futures = None, []
+        producer = self._current()
+        future = producer.loop.create_future()
+        request = _Request(len(records), future)
+        produce = producer.client.produce
         try:
-            async with asyncio.timeout(self.api.publish_timeout_s):
-                producer = await self._started()
-                for key, value in records:
-                    futures.append(await producer.send(topic, value=value, key=key))
-                results = await asyncio.gather(*futures)
-        except (KafkaError, TimeoutError, BrokerUnavailable) as e:
-            if producer is not None:
-                self._discard(producer, e)
-            for future in futures:  # failed by the discard; retrieved, so asyncio does not log them
-                if future.done() and not future.cancelled():
-                    future.exception()
+            for i, (key, value) in enumerate(records):
+                produce(topic, value, key, on_delivery=producer.callback(request, i))
+            # librdkafka fails a record after message.timeout.ms; this bound only guards against a hang
+            async with asyncio.timeout(self.api.publish_timeout_s + 5):
+                acks = await future
+        except (KafkaException, BufferError, BrokerUnavailable, TimeoutError) as e:
+            self._discard(producer, f"publishing to {topic} failed: {e!r}")
             self.metrics.publish_failures.labels(topic).inc(len(records))
             log.warning("publishing %d record(s) to %s failed: %r", len(records), topic, e)
             raise BrokerUnavailable(str(e) or type(e).__name__) from e
         self.metrics.published.labels(topic).inc(len(records))
-        return [Ack(r.partition, r.offset) for r in results]
+        return acks
 
     async def ready(self) -> bool:
         """True when the broker answers a metadata request now."""
+        producer = self._current()
         try:
-            async with asyncio.timeout(2):
-                producer = await self._started()
-                return bool(await producer.client.force_metadata_update())
-        except (KafkaError, TimeoutError, BrokerUnavailable):
+            await asyncio.to_thread(producer.client.list_topics, timeout=2)
+        except KafkaException:
             return False
+        return True
 
     async def close(self) -> None:
         """Flush what is pending (for at most the publish timeout), then let go."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            try:
-                async with asyncio.timeout(self.api.publish_timeout_s):
-                    await producer.stop()
-            except (KafkaError, TimeoutError) as e:
-                self._discard(producer, e)
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+            left = await asyncio.to_thread(producer.close, self.api.publish_timeout_s)
+            if left:
+                log.warning("%d record(s) still unacknowledged at shutdown", left)

@@ -9,6 +9,7 @@ same code runs in compose or on a cluster by changing variables only.
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
@@ -82,6 +83,8 @@ class PostgresSettings(BaseModel):
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
+    # uvicorn worker processes (each its own event loop, producer and journal slot); /metrics sums them
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     max_body_bytes: int = 1_048_576  # larger bodies get 413
     publish_timeout_s: float = 5.0  # no broker acknowledgement by then: 503
     linger_ms: int = 5  # producer batching window

@@ -6,6 +6,7 @@ SHOPSTREAM_* variables, so a child sees exactly what `invoke up` saw.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -50,8 +51,29 @@ class UvicornApp(Service):
 
 
 class ApiService(UvicornApp):
+    """The ingestion API under uvicorn with `api.workers` worker processes.
+
+    The workers share one Prometheus multiprocess folder (`PROMETHEUS_MULTIPROC_DIR`, emptied
+    at each start), so /metrics, whichever worker answers, sums them all.
+    """
+
     name = "api"
     factory = "shopstream_api.main:create_app"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.folder / "metrics"
+
+    def procs(self) -> list[Proc]:
+        (proc,) = super().procs()
+        proc.argv += ["--workers", str(self.settings.api.workers)]
+        proc.env = {**proc.env, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
+        return [proc]
+
+    def launch(self, proc: Proc) -> None:
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)  # counts start from zero with the API
+        self.metrics_dir.mkdir(parents=True)
+        proc.start()
 
     def healthy(self) -> bool:
         with api_client(self.settings.api, timeout_s=2) as client:

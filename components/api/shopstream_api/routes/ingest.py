@@ -1,4 +1,11 @@
-"""PUT /SendEvent and POST /PurchasedItems: validate, stamp, publish, answer after the ack."""
+"""PUT /SendEvent and POST /PurchasedItems: validate, stamp, publish, answer after the ack.
+
+Served by `IngestRoute` (the body parsed and validated once, no per-request dependency
+solving); the signatures below are what FastAPI documents. The published record is the
+validated client model plus what the server adds, built without validating it again
+(`model_construct`: its fields come from a validated model, a validated key or a UUID),
+and written as JSON by pydantic-core.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, HTTPException
+from fastapi import APIRouter, Body, Header, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from shopstream.contracts import (
@@ -17,15 +24,14 @@ from shopstream.contracts import (
     UserEventRecord,
 )
 
-from ..deps import IngestorDep, SettingsDep
 from ..examples import PURCHASE_EXAMPLE, USER_EVENT_EXAMPLE
+from ..ingest_route import IngestRoute
 from ..ingestor import Ingestor
 from ..journal import JournalFull, JournalUnavailable, Outgoing
-from ..jsonbody import JsonBodyRoute
 from ..publisher import BrokerUnavailable
 
 # bodies parsed by jsonbody: 400 when malformed JSON, 415 for another Content-Type, JSON when it has none
-router = APIRouter(tags=["ingestion"], route_class=JsonBodyRoute, strict_content_type=False)
+router = APIRouter(tags=["ingestion"], route_class=IngestRoute, strict_content_type=False)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -80,7 +86,7 @@ def _unavailable(e: BrokerUnavailable | JournalFull | JournalUnavailable) -> HTT
 async def _publish(ingestor: Ingestor, topic: str, records: list[UserEventRecord] | list[PurchaseRecord]):
     try:
         return await ingestor.publish(
-            topic, [Outgoing(r.UserId.encode(), r.model_dump_json().encode(), r.EventId) for r in records]
+            topic, [Outgoing(r.UserId.encode(), r.__pydantic_serializer__.to_json(r), r.EventId) for r in records]
         )
     except (BrokerUnavailable, JournalFull, JournalUnavailable) as e:
         raise _unavailable(e) from e
@@ -88,16 +94,16 @@ async def _publish(ingestor: Ingestor, topic: str, records: list[UserEventRecord
 
 @router.put("/SendEvent", response_model=SendEventResponse, responses=UNAVAILABLE, summary="Ingest one user event")
 async def send_event(
-    settings: SettingsDep,
-    ingestor: IngestorDep,
+    request: Request,
     event: Annotated[UserEvent, Body(openapi_examples={"page visit": {"value": USER_EVENT_EXAMPLE}})],
     idempotency_key: IdempotencyKey = None,
 ) -> SendEventResponse:
-    record = UserEventRecord(
+    state = request.app.state
+    record = UserEventRecord.model_construct(
         **event.__dict__, EventId=idempotency_key or str(uuid.uuid4()), IngestedAt=datetime.now(UTC)
     )
-    (ack,) = await _publish(ingestor, settings.kafka.user_events_topic, [record])
-    return SendEventResponse(
+    (ack,) = await _publish(state.ingestor, state.settings.kafka.user_events_topic, [record])
+    return SendEventResponse.model_construct(
         EventId=record.EventId, IngestedAt=record.IngestedAt, Partition=ack.partition, Offset=ack.offset
     )
 
@@ -109,8 +115,7 @@ async def send_event(
     summary=f"Ingest 1 to {MAX_PURCHASES_PER_REQUEST} purchases",
 )
 async def purchased_items(
-    settings: SettingsDep,
-    ingestor: IngestorDep,
+    request: Request,
     purchases: Annotated[
         list[Purchase],
         Body(openapi_examples={"one order": {"value": [PURCHASE_EXAMPLE]}}),
@@ -118,12 +123,13 @@ async def purchased_items(
     ],
     idempotency_key: IdempotencyKey = None,
 ) -> PurchasedItemsResponse:
+    state = request.app.state
     now = datetime.now(UTC)
     records = [
-        PurchaseRecord(
+        PurchaseRecord.model_construct(
             **p.__dict__, EventId=f"{idempotency_key}:{i}" if idempotency_key else str(uuid.uuid4()), IngestedAt=now
         )
         for i, p in enumerate(purchases)
     ]
-    await _publish(ingestor, settings.kafka.purchases_topic, records)
-    return PurchasedItemsResponse(Accepted=len(records), EventIds=[r.EventId for r in records])
+    await _publish(state.ingestor, state.settings.kafka.purchases_topic, records)
+    return PurchasedItemsResponse.model_construct(Accepted=len(records), EventIds=[r.EventId for r in records])
