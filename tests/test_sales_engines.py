@@ -68,7 +68,7 @@ def test_duckdb_sales_figures_equal_sparks_on_the_same_parquet(spark, tmp_path_f
     spark.createDataFrame(purchases, spark_schema(PurchaseRecord)).write.mode("overwrite").parquet(path)
     df = spark.read.parquet(path)
     model = ReadModel()
-    model.add_purchases(pq.read_table(path))
+    model.add_purchases(pq.read_table(path), [path])
     got = model.sales(N)
 
     for by, key in (("units", "by_units"), ("revenue", "by_revenue")):

@@ -24,7 +24,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import HTTPException, Request, Response
-from fastapi._compat import get_missing_field_error
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -78,7 +77,7 @@ class IngestRoute(APIRoute):
                 errors += errs
             else:
                 body = None
-                errors.append(get_missing_field_error(("body",)))
+                errors.append({"type": "missing", "loc": ("body",), "msg": "Field required", "input": None})
             if errors:
                 raise RequestValidationError(errors, body=raw_body)
             answer: BaseModel = await endpoint(request, body, *values)

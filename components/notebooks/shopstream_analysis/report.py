@@ -50,9 +50,10 @@ def run_notebooks(
     as_of: str | None = None,
     say: Callable[[str], None] = print,
     timeout_s: int = 900,
+    names: tuple[str, ...] = ORDER,
 ) -> list[Path]:
-    """Execute each notebook in order (with the settings in its environment) and write
-    <name>.html and <name>.json; returns the HTML paths."""
+    """Execute each notebook of `names` in order (with the settings in its environment) and
+    write <name>.html and <name>.json; returns the HTML paths."""
     from .answers import collect, without_answers
 
     ensure_data(settings)
@@ -63,7 +64,7 @@ def run_notebooks(
         os.environ["SHOPSTREAM_AS_OF"] = as_of
     written = []
     try:
-        for name in ORDER:
+        for name in names:
             nb = nbformat.read(NOTEBOOKS / name, as_version=4)
             kernel_log = out_dir / name.replace(".ipynb", ".kernel.log")
             say(f"running {name} ... (kernel and Spark messages: {kernel_log})")

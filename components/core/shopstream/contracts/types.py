@@ -42,8 +42,10 @@ def _json_number(value: Any) -> Any:
 
 Money = Annotated[
     Decimal,
-    BeforeValidator(_json_number),
+    # the constraints before the check, so pydantic-core applies them inside its decimal
+    # validator (the other way round they run as Python validators: 4x the cost per value)
     Field(ge=0, le=MAX_MONEY, max_digits=9, decimal_places=2),
+    BeforeValidator(_json_number),
     PlainSerializer(float, return_type=float, when_used="json"),
     WithJsonSchema(
         {
