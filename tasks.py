@@ -238,7 +238,8 @@ def test(c, k="", x=False, workers=0):
     # Most tests wait on servers, not on the CPU: two processes keep both cores busy. Each takes
     # whole test files (a file's tests share state and order), with its own stack on free ports.
     n = int(workers) or min(os.cpu_count() or 1, 4)
-    args += ["-n", str(n), "--dist", "loadfile"] if n > 1 else []
+    # files go out in collection order, the longest first (tests/conftest.py), not by test count
+    args += ["-n", str(n), "--dist", "loadfile", "--no-loadscope-reorder"] if n > 1 else []
     c.run(shlex.join([sys.executable, "-m", "pytest", *args]), pty=False)
 
 
