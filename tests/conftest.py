@@ -34,6 +34,7 @@ from shopstream_stack.isolated import free_port, isolated_settings
 from shopstream_stack.kafka import KafkaBroker
 from shopstream_stack.service import Service
 from shopstream_stack.stack import services
+from shopstream_stack.supervision import Supervisor
 
 make_settings = isolated_settings  # the tests' name for it
 
@@ -107,6 +108,9 @@ def stack(settings) -> Iterator[dict[str, Service]]:
     finally:
         for svc in reversed(svcs):
             svc.stop()
+        # and whatever a failed test left under this stack's supervisord (a streaming job,
+        # say): supervisord stops it, then itself, so nothing outlives the session
+        Supervisor(settings).shutdown()
 
 
 class ServerThread:
