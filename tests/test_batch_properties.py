@@ -182,3 +182,44 @@ def test_a_batch_applied_twice_is_counted_once(mongo, settings):
     finish(colls, {"_id": batch_id, "state": "claimed"}, report)  # the retry
     assert colls.counts.find_one({"UserId": "u1"})["EventCount"] == 5
     mongo.drop_database(cfg.mongo.database)
+
+
+def test_a_reader_sees_every_pair_whole_while_batches_are_applied(mongo, settings):
+    """The audit and the dashboard read the counts while the aggregation runs: each pair
+    document must be there, with a count that only grows, at every read."""
+    import threading
+
+    cfg = settings.model_copy(update={"mongo": settings.mongo.model_copy(update={"database": "whole"})})
+    colls = ensure_collections(mongo[cfg.mongo.database], cfg.batch)
+    users, rounds = [f"u{i}" for i in range(40)], 12
+
+    def deliver(r: int) -> None:
+        messages = [record(f"r{r}-{u}", u, "PageVisited") for u in users]
+        store(colls, [Message("UserEvents", 0, r * 100 + i, b"k", m) for i, m in enumerate(messages)], DrainReport())
+
+    deliver(0)
+    apply(colls, claim(colls))
+    done, seen, reads = threading.Event(), {u: 1 for u in users}, 0
+
+    def aggregate() -> None:
+        try:
+            for r in range(1, rounds):
+                deliver(r)
+                apply(colls, claim(colls))
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=aggregate)
+    writer.start()
+    try:
+        while not done.is_set() or reads == 0:
+            counts = {d["UserId"]: d["EventCount"] for d in colls.counts.find({}, {"UserId": 1, "EventCount": 1})}
+            reads += 1
+            assert sorted(counts) == sorted(users), f"read {reads}: pairs missing: {set(users) - set(counts)}"
+            for u, n in counts.items():
+                assert n >= seen[u], f"read {reads}: {u} went from {seen[u]} to {n}"
+                seen[u] = n
+    finally:
+        writer.join()
+    assert {d["UserId"]: d["EventCount"] for d in colls.counts.find()} == {u: rounds for u in users}
+    mongo.drop_database(cfg.mongo.database)

@@ -4,8 +4,8 @@ Only events not counted yet are read, so the cost follows the run's new events,
 not the history. Each run, holding a lease so aggregations never interleave:
 
 1. claims the uncounted events into a new aggregation batch (`AggBatch` = batch id);
-2. `$merge`s the batch's per-pair counts into the counts collection, where a pair
-   document remembers the last batches applied to it, so re-applying a batch
+2. adds the batch's per-pair counts to the counts collection, one upsert per pair, where a
+   pair document remembers the last batches applied to it, so re-applying a batch
    (a retry after a crash between steps 2 and 3) changes nothing;
 3. marks the batch applied.
 
@@ -46,8 +46,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pymongo
-from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo import ReturnDocument, UpdateOne, WriteConcern
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from shopstream.adapters.mongo import Collections, database, mongo_client
 from shopstream.settings import Settings, get_settings
@@ -62,6 +62,8 @@ APPLIED_WINDOW = 200  # batches remembered per pair; a retry comes long before 2
 # ids per claiming update: the embedded server's cost grows with the square of an `$in`
 # list's length (10k ids: 128 s; 100 ids at a time: 6 s, at any history size)
 _IN_CHUNK = 100
+_UPSERT_CHUNK = 1000  # pair upserts per bulk write
+_DUPLICATE_KEY = 11000
 # events in a run's first batch, which times the server for the next ones (and the smallest
 # batch: below a few thousand events, merging into the pairs they touch costs about as much)
 FIRST_BATCH = 2000
@@ -230,54 +232,50 @@ def _fence(colls: Collections, batch_id: str, lease: Lease | None) -> None:
 
 
 def apply(colls: Collections, batch_id: str) -> int:
-    """Merge one batch's counts into the pair documents; idempotent per (pair, batch).
+    """Add one batch's counts to the pair documents; idempotent per (pair, batch).
 
-    The client sends the `$merge` with the settings' journaled write concern, but SecantusDB
-    does not honour `j` for `$merge`'s own writes. They are durable all the same before the
-    batch counts as applied: the journaled write that marks it applied (`finish`) flushes the
-    server's journal, which is written in order, through them."""
-    new = {"$add": ["$EventCount", "$$n"]}
-    seen = {"$in": ["$$b", "$Applied"]}
-    colls.events.aggregate(
+    The server groups the batch's events per pair; each pair document then changes in one
+    single-document upsert, which a reader sees whole, before or after. (`$merge` would
+    save the round trip, but SecantusDB carries out its `whenMatched` pipeline as a delete
+    and an insert: a reader could find the pair missing, and a crash between the two would
+    lose its count.) An upsert matches a pair only if the batch is not among those it
+    applied; for a pair that has, the insert it falls back to collides with the pair's
+    unique index, and that duplicate-key error is the "already counted" answer.
+
+    The upserts do not wait for the journal, one flush per pair (a third slower on
+    SecantusDB): the batch counts as applied only once `finish`'s journaled write marks it,
+    and that write flushes the journal, which is written in order, through them. Upserts a
+    crash took away leave the batch unmarked, so the next run applies it again."""
+    pairs = colls.events.aggregate(
         [
             {"$match": {"AggBatch": batch_id}},
             {"$group": {"_id": {"u": "$UserId", "e": "$EventName"}, "n": {"$sum": 1}}},
-            {
-                "$project": {
-                    "_id": 0,
-                    "UserId": "$_id.u",
-                    "EventName": "$_id.e",
-                    "EventCount": "$n",
-                    "Applied": [batch_id],
-                    "UpdatedAt": "$$NOW",
-                }
-            },
-            {
-                "$merge": {
-                    "into": colls.counts.name,
-                    "on": ["UserId", "EventName"],
-                    "let": {"n": "$EventCount", "b": batch_id},
-                    "whenMatched": [
-                        {
-                            "$set": {
-                                "EventCount": {"$cond": [seen, "$EventCount", new]},
-                                "Applied": {
-                                    "$cond": [
-                                        seen,
-                                        "$Applied",
-                                        {"$slice": [{"$concatArrays": ["$Applied", ["$$b"]]}, -APPLIED_WINDOW]},
-                                    ]
-                                },
-                                "UpdatedAt": "$$NOW",
-                            }
-                        }
-                    ],
-                    "whenNotMatched": "insert",
-                }
-            },
         ]
     )
-    return colls.events.count_documents({"AggBatch": batch_id})
+    ops, counted = [], 0
+    for p in pairs:
+        pair = {"UserId": p["_id"]["u"], "EventName": p["_id"]["e"]}
+        ops.append(UpdateOne({**pair, "Applied": {"$ne": batch_id}}, _add(batch_id, p["n"]), upsert=True))
+        counted += p["n"]
+    unjournaled = WriteConcern(**{**colls.counts.write_concern.document, "j": False})
+    counts = colls.counts.with_options(write_concern=unjournaled)
+    for i in range(0, len(ops), _UPSERT_CHUNK):
+        try:
+            counts.bulk_write(ops[i : i + _UPSERT_CHUNK], ordered=False)
+        except BulkWriteError as e:
+            others = [w for w in e.details.get("writeErrors", []) if w.get("code") != _DUPLICATE_KEY]
+            if others or e.details.get("writeConcernErrors"):
+                raise
+    return counted
+
+
+def _add(batch_id: str, n: int) -> dict[str, Any]:
+    """The update adding `n` events of `batch_id` to a pair (which has not applied it)."""
+    return {
+        "$inc": {"EventCount": n},
+        "$push": {"Applied": {"$each": [batch_id], "$slice": -APPLIED_WINDOW}},
+        "$currentDate": {"UpdatedAt": True},
+    }
 
 
 def finish(colls: Collections, batch: dict[str, Any], report: AggregateReport, lease: Lease | None = None) -> None:

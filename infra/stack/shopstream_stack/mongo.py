@@ -1,15 +1,15 @@
 """MongoDB-protocol server for the embedded stack: SecantusDB (Python over WiredTiger).
 
 No mongod or FerretDB installs from PyPI, Debian or npm. SecantusDB speaks the wire
-protocol pymongo uses, including unique indexes, $merge and transactions, and keeps
+protocol pymongo uses, including unique indexes, upserts and transactions, and keeps
 its data across restarts. It presents itself as a one-member replica set, hence
 `directConnection=true` in the default URI.
 
 It runs without `--sync-on-commit` (`SYNC_ON_COMMIT`): every write the pipeline depends on
-already asks for `j: true`, which SecantusDB fsyncs before it answers (and `$merge`'s writes,
-for which it ignores `j`, are flushed by the journaled write that marks their batch applied),
+already asks for `j: true`, which SecantusDB fsyncs before it answers (and the aggregation's
+per-pair upserts, sent without it, are flushed by the journaled write that marks their batch applied),
 so the flag buys nothing we rely on and costs an fsync at every other commit, one per
-document a `$merge` writes included (`invoke bench`: `insert_many` by 100 documents at 1.01x
+pair document the aggregation writes included (`invoke bench`: `insert_many` by 100 documents at 1.01x
 the default write concern's rate with `j: true`, 1.00x with the flag, 1.04x with both, all
 within the noise; by hand, an aggregation of 10,000 new events 1.16x as long with the flag,
 on a disk whose fsync takes 0.12 ms, so more on slower disks).

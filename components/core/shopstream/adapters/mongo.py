@@ -3,10 +3,8 @@
 With `MongoSettings.journal` (the default), the client's write concern asks for the journal
 (`j: true`): the server answers a write only once it is in its journal, so a write that an
 acknowledgement or a Kafka offset commit depends on survives a crash of the server. pymongo
-sends that write concern with every write command, `findAndModify` and an aggregate with
-`$merge` included (the embedded SecantusDB ignores it for `$merge`'s own writes: see
-`shopstream_batch.aggregate.apply`). Without it, the URI's write concern (or the server's
-default) applies.
+sends that write concern with every write command and `findAndModify`. Without it, the URI's
+write concern (or the server's default) applies.
 
 The pipeline's collections are named here too (`collections`): the batch writes them, the
 audit, the dashboard and `invoke batch-check` read them.
