@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -317,7 +318,14 @@ def test_offline_jars_or_packages_and_the_kafka_connector_follow_the_settings(sp
     from shopstream.adapters.spark import KAFKA_PACKAGE, jar_options, s3a_conf
     from shopstream.spark_jars import spark_jar_paths
 
-    assert jar_options(settings) == {"spark.jars": ",".join(map(str, spark_jar_paths(settings)))}
+    # here (local mode, a cluster on loopback) the jars go on the class path where they lie;
+    # a cluster elsewhere gets them through spark.jars
+    here = os.pathsep.join(map(str, spark_jar_paths(settings)))
+    assert jar_options(settings) == {"spark.driver.extraClassPath": here, "spark.executor.extraClassPath": here}
+    far = settings.model_copy(
+        update={"spark": settings.spark.model_copy(update={"master": "spark://spark.example:7077"})}
+    )
+    assert jar_options(far) == {"spark.jars": ",".join(map(str, spark_jar_paths(settings)))}
     assert "fs.s3a.signing-algorithm" not in s3a_conf(settings)  # SeaweedFS takes the SDK v1's SigV4
     online = settings.model_copy(
         update={

@@ -53,7 +53,8 @@ def s3a_conf(settings: Settings) -> dict[str, str]:
 
 
 def jar_options(settings: Settings) -> dict[str, str]:
-    """spark.jars (offline, pinned) or spark.jars.packages (Maven) for s3a, plus Kafka's connector."""
+    """The offline, pinned jars (on the class path here, else spark.jars) or spark.jars.packages
+    (Maven) for s3a, plus Kafka's connector."""
     packages = [KAFKA_PACKAGE] if settings.streaming.kafka_source == "kafka" else []
     options: dict[str, str] = {}
     if settings.spark.jars_source == "packages":
@@ -63,13 +64,25 @@ def jar_options(settings: Settings) -> dict[str, str]:
         missing = [str(j) for j in jars if not j.exists()]
         if missing:
             raise FileNotFoundError(f"Spark's S3 jars are missing ({', '.join(missing)}); run `invoke setup`")
-        options["spark.jars"] = ",".join(map(str, jars))
+        if on_this_machine(settings):  # driver and executors read the jars where they lie
+            options["spark.driver.extraClassPath"] = options["spark.executor.extraClassPath"] = os.pathsep.join(
+                map(str, jars)
+            )
+        else:  # the driver serves them to executors elsewhere, which copy them (190 MB) first
+            options["spark.jars"] = ",".join(map(str, jars))
     if packages:
         options["spark.jars.packages"] = ",".join(packages)
     return options
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def on_this_machine(settings: Settings) -> bool:
+    """Whether the driver and every executor run here: local mode, or a cluster on loopback."""
+    master = settings.spark.master
+    host = urlsplit(master.split(",")[0]).hostname if master.startswith("spark://") else None
+    return master.startswith("local") or host in LOOPBACK
 
 
 def cluster_options(settings: Settings) -> dict[str, str]:
@@ -94,8 +107,7 @@ def spark_session(settings: Settings, app_name: str = "shopstream") -> SparkSess
     # Python workers (UDFs, the Kafka source) run this interpreter: they need this venv.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = settings.spark
-    master_host = urlsplit(spark.master.split(",")[0]).hostname if spark.master.startswith("spark://") else None
-    if spark.master.startswith("local") or master_host in LOOPBACK:
+    if on_this_machine(settings):
         # nothing outside this machine needs to reach the driver (a cluster on 127.0.0.1 included)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = (
