@@ -101,3 +101,7 @@ def test_metrics_count_every_request_of_every_worker_and_each_worker_journals(ap
         assert metric(text, "shopstream_published_records_total", topic=topic) == n
         assert metric(text, "http_requests_total", handler="/SendEvent", status="2xx") == n
         assert metric(text, "http_request_duration_seconds_count", handler="/SendEvent") == n
+        # counters of what has not happened are there at 0 for each topic, not missing
+        for name in ("shopstream_broker_losses_total", "shopstream_journal_republished_records_total"):
+            for t in cfg.kafka.topics:
+                assert re.search(rf'^{name}\{{topic="{t}"\}} 0\.0$', text, re.M), (name, t)

@@ -32,7 +32,7 @@ over the limit gets 413; an unreachable broker gets 503.
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    metrics = ApiMetrics()
+    metrics = ApiMetrics(settings.kafka.topics)
     publisher = KafkaPublisher(settings.kafka, settings.api, metrics)
     journal = Journal(settings)
     verifier = Verifier(settings, journal, publisher, metrics)

@@ -39,7 +39,9 @@ def multiprocess_dir() -> Path | None:
 
 
 class ApiMetrics:
-    def __init__(self) -> None:
+    def __init__(self, topics: list[str] | tuple[str, ...] = ()) -> None:
+        """`topics`: the per-topic counters start at 0 for each, so a scraper (the audit, the
+        dashboard) reads "none yet" as 0, not as a counter that is not exported."""
         folder = multiprocess_dir()
         own = None if folder else CollectorRegistry()  # multiprocess: values live in files, not a registry
         if folder:
@@ -92,6 +94,10 @@ class ApiMetrics:
             buckets=LATENCY_BUCKETS,
             registry=own,
         )
+
+        for topic in topics:
+            for per_topic in (self.published, self.publish_failures, self.broker_losses, self.republished):
+                per_topic.labels(topic)
 
     def expose(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

@@ -166,6 +166,14 @@ class Verifier:
         """CRC of the value at each of the (sorted) offsets the partition still holds."""
         consumer = await self._client()
         consumer.assign([tp])
+        try:
+            return await self._read(consumer, tp, offsets)
+        finally:
+            # an assigned partition is fetched in the background, ten requests a second with
+            # nothing new and every new record otherwise, until the next check: unassign it
+            consumer.unsubscribe()
+
+    async def _read(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offsets: list[int]) -> dict[int, int]:
         end = (await consumer.end_offsets([tp]))[tp]
         wanted = offsets[: bisect.bisect_left(offsets, end)]
         held: dict[int, int] = {}
