@@ -21,6 +21,7 @@ from shopstream.adapters.mongo import database, mongo_client
 from shopstream.adapters.postgres import pg_engine
 from shopstream.adapters.s3 import ensure_bucket, s3_client, s3_health
 from shopstream.settings import EmbeddedSettings, Settings
+from shopstream_stack.isolated import free_ports
 from shopstream_stack.process import PortInUse, StackError
 from shopstream_stack.s3 import PORT_FLAGS
 from shopstream_stack.stack import SERVICE_TYPES
@@ -217,6 +218,14 @@ def test_default_and_isolated_ports_are_all_different(tmp_path, monkeypatch):
         assert None not in found and len(set(found)) == len(found), found
     # every port of the S3 server is set from the settings (none left to its own defaults)
     assert set(PORT_FLAGS) == {f for f in EmbeddedSettings.model_fields if f.startswith("s3_") and f.endswith("_port")}
+
+
+def test_free_ports_taken_together_never_repeat():
+    """A stack's ports are chosen together: one at a time, a just-closed port can come back
+    (CI once gave the S3 server two equal ports)."""
+    for _ in range(20):
+        ports = free_ports(300)
+        assert len(set(ports)) == len(ports)
 
 
 def _write_marker(name, settings, marker):
