@@ -10,6 +10,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
+from prometheus_client.parser import text_string_to_metric_families
 from schemathesis.generation import GenerationMode
 
 from conftest import ServerThread, end_offsets, make_settings, read_from
@@ -114,6 +115,29 @@ def test_health_readiness_and_metrics(api_server):
     metrics = httpx.get(f"{api_server.url}/metrics").text
     assert 'shopstream_published_records_total{topic="UserEvents"}' in metrics
     assert "http_request_duration_seconds" in metrics
+
+
+def test_every_answer_of_the_ingestion_routes_is_counted_by_status_class(api_server):
+    """The ingestion routes are served past Starlette's middleware (`IngestApi`): their 2xx
+    and 4xx (422, 400, 415) still reach the same counters as every other route's."""
+
+    def counts() -> dict[tuple[str, str], float]:
+        found = {}
+        for family in text_string_to_metric_families(httpx.get(f"{api_server.url}/metrics").text):
+            for sample in family.samples:
+                if sample.name == "http_requests_total" and sample.labels["handler"] == "/SendEvent":
+                    found[(sample.labels["method"], sample.labels["status"])] = sample.value
+        return found
+
+    before = counts()
+    url = f"{api_server.url}/SendEvent"
+    assert httpx.put(url, json=event()).status_code == 200
+    assert httpx.put(url, json=event(EventName="Nope")).status_code == 422
+    assert httpx.put(url, content=b'{"UserId": NaN}', headers={"content-type": "application/json"}).status_code == 400
+    assert httpx.put(url, content=b"{}", headers={"content-type": "text/plain"}).status_code == 415
+    after = counts()
+    grown = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    assert grown == {("PUT", "2xx"): 1, ("PUT", "4xx"): 3}, grown
 
 
 def test_stopped_broker_gives_503_then_recovers(tmp_path):

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from shopstream.settings import Settings, get_settings
 
+from .app import IngestApi
 from .ingestor import Ingestor
 from .journal import Journal
 from .limits import MaxBodySize
@@ -30,7 +31,7 @@ over the limit gets 413; an unreachable broker gets 503.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> IngestApi:
     settings = settings or get_settings()
     metrics = ApiMetrics(settings.kafka.topics)
     publisher = KafkaPublisher(settings.kafka, settings.api, metrics)
@@ -52,7 +53,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         journal.close()
         metrics.close()
 
-    app = FastAPI(title="shopstream ingestion API", version="1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = IngestApi(
+        metrics=metrics,
+        max_body_bytes=settings.api.max_body_bytes,
+        title="shopstream ingestion API",
+        version="1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
     app.state.settings, app.state.publisher, app.state.metrics = settings, publisher, metrics
     app.state.ingestor, app.state.journal = Ingestor(publisher, journal), journal
     app.include_router(ingest.router)

@@ -20,6 +20,7 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -95,9 +96,34 @@ class ApiMetrics:
             registry=own,
         )
 
+        self._series: dict[tuple[str, int, str], tuple[Any, Any]] = {}  # (method, status class, handler) -> children
         for topic in topics:
             for per_topic in (self.published, self.publish_failures, self.broker_losses, self.republished):
                 per_topic.labels(topic)
+
+    async def measure(self, app: ASGIApp, handler: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run `app` on the request; count its answer's status class and time it (a 5xx if it raises)."""
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_status)
+        finally:
+            method = scope["method"]
+            key = (method, status // 100, handler)
+            series = self._series.get(key)
+            if series is None:  # labels() looks the children up under a lock: once per key, not per request
+                series = self._series[key] = (
+                    self.requests.labels(method, f"{status // 100}xx", handler),
+                    self.latency.labels(method, handler),
+                )
+            series[0].inc()
+            series[1].observe(time.perf_counter() - start)
 
     def expose(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
@@ -148,20 +174,7 @@ class HttpMetrics:
         if handler in self.excluded:
             await self.app(scope, receive, send)
             return
-        start, status = time.perf_counter(), 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            method = scope["method"]
-            self.metrics.requests.labels(method, f"{status // 100}xx", handler).inc()
-            self.metrics.latency.labels(method, handler).observe(time.perf_counter() - start)
+        await self.metrics.measure(self.app, handler, scope, receive, send)
 
 
 async def metrics_endpoint(request: Request) -> Response:
