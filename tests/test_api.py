@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 
 import httpx
@@ -168,6 +169,7 @@ def test_stopped_broker_gives_503_then_recovers(tmp_path):
                 assert api_health(client) == "ready: reaches Kafka"
     finally:
         broker.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 INGESTION = {"PUT /SendEvent", "POST /PurchasedItems"}
