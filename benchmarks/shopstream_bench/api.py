@@ -1,6 +1,7 @@
 """Ingestion API under load from a separate process (`wrk`), beside two baselines measured in the same run.
 
-Needs: the Kafka broker (`isolated_stack(["kafka"])`), and the `wrk` binary (Debian package `wrk`).
+Needs: the `wrk` binary (Debian package `wrk`). Every measured run starts its own embedded
+broker, new and empty (`_fresh_app`), so `SERVERS` is empty.
 
 Every app runs as the stack runs ours (`ApiService`: `uvicorn --factory ... --workers N`), on
 its own port, with the same number of workers, at 1 and at 2 workers:
@@ -19,7 +20,8 @@ Loads, closed loop (every connection sends its next request when the answer came
   purchases/s.
 
 Within each repeat the apps take turns case by case, so a change in the machine's load hits
-them alike; medians over the repeats. Every 2xx of a publishing app must have been
+them alike; medians over the repeats. Each run has a broker and an app of its own, started
+for it and warmed for 2 s, so no run pays for the records of another. Every 2xx of a publishing app must have been
 acknowledged by the broker: the topic's end offsets must have grown by at least (2xx answers
 x records per request); they may grow by a little more, because requests wrk abandons when
 its time is up are still published, at most one per connection. The floor must publish nothing.
@@ -38,20 +40,25 @@ import statistics
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
 
 from shopstream.adapters.kafka import end_offsets
 from shopstream.settings import Settings
+from shopstream_stack.isolated import free_port
 
-from .harness import Figure, percentile
+from .harness import Figure, isolated_stack, percentile
 
-SERVERS = ["kafka"]
+SERVERS: list[str] = []  # none shared: each measured run starts its own broker (BROKER)
+BROKER = ["kafka"]
 WRK_DIR = Path(__file__).resolve().parents[1] / "wrk"
 API_FACTORY = "shopstream_api.main:create_app"
 NAIVE_FACTORY = "shopstream_bench.baselines:naive_app"
@@ -317,6 +324,35 @@ def _load() -> str:
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
 
 
+# (name, uvicorn factory, API settings changed): the apps that take turns
+APPS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("api", API_FACTORY, {}),
+    ("api-no-journal", API_FACTORY, {"journal": False}),
+    ("naive", NAIVE_FACTORY, {}),
+    ("floor", FLOOR_FACTORY, {}),
+)
+
+
+@contextmanager
+def _fresh_app(settings: Settings, factory: str, name: str, workers: int, api: dict) -> Iterator[Any]:
+    """One app on a broker of its own, new and empty, and a new data folder (journal, ledger).
+
+    The embedded broker rewrites its snapshot of everything it holds while records arrive, so
+    its CPU per record grows with what earlier runs left (2% of a core at 2,000 records/s on
+    an empty broker, 35% once it held 240,000): a broker shared across runs would charge each
+    app for the runs before it, and our journal would read back records of earlier runs.
+    """
+    with isolated_stack(BROKER) as fresh:
+        update = {"port": free_port(), "workers": workers, **api}
+        own = fresh.model_copy(update={"api": settings.api.model_copy(update=update)})
+        svc = _api_service(own, factory, name)
+        svc.start()
+        try:
+            yield svc
+        finally:
+            svc.stop()
+
+
 def run(
     settings: Settings,
     quick: bool = False,
@@ -324,8 +360,6 @@ def run(
     repeats: int | None = None,
     workers: tuple[int, ...] = WORKER_COUNTS,
 ) -> list[Figure]:
-    from shopstream_stack.isolated import free_port
-
     seconds = seconds or (5 if quick else 15)
     repeats = repeats or (2 if quick else 3)
     kafka = settings.kafka
@@ -348,42 +382,27 @@ def run(
     problems: list[str] = []
     ev_client, pu_client = [], []
     for w in workers:
-
-        def on_own_port(w: int = w, **api) -> Settings:
-            update = {"port": free_port(), "workers": w, **api}
-            return settings.model_copy(update={"api": settings.api.model_copy(update=update)})
-
-        apps = (
-            _api_service(on_own_port(), API_FACTORY, "api"),
-            _api_service(on_own_port(journal=False), API_FACTORY, "api-no-journal"),
-            _api_service(on_own_port(), NAIVE_FACTORY, "naive"),
-            _api_service(on_own_port(), FLOOR_FACTORY, "floor"),
-        )
-        try:
-            for svc in apps:
-                svc.start()
-                for script, conns, per, _topic in cases.values():
-                    run_wrk(svc.settings.api.base_url, script, 2, conns, [f"warm{uuid.uuid4().hex[:6]}", str(per)])
-            for i in range(repeats):
-                for case, (script, conns, per, topic) in cases.items():
-                    for svc in apps:
-                        label = f"{w} worker(s), run {i + 1}/{repeats} {case}"
+        for i in range(repeats):
+            for case, (script, conns, per, topic) in cases.items():
+                for name, factory, api in APPS:
+                    label = f"{w} worker(s), run {i + 1}/{repeats} {case}"
+                    with _fresh_app(settings, factory, name, w, api) as svc:
+                        run_wrk(svc.settings.api.base_url, script, 2, conns, [f"warm{uuid.uuid4().hex[:6]}", str(per)])
                         r, bad = _measure(svc, topic, script, seconds, conns, per, label)
-                        runs.setdefault((case, svc.name, w), []).append(r)
-                        problems += bad
-                if w == workers[0]:  # the Kafka client alone: same producer config, pre-serialised records
-                    rate, lat = client_load(settings, kafka.user_events_topic, events, EVENT_CONNECTIONS)
-                    ev_client.append(rate)
-                    prate, _ = client_load(settings, kafka.purchases_topic, batches, PURCHASE_CONNECTIONS)
-                    pu_client.append(prate)
-                    console.print(
-                        f"  run {i + 1}/{repeats} Kafka client alone: {rate:,.0f} events/s (p99 "
-                        f"{percentile(lat, 99) * 1000:.1f} ms), {prate:,.0f} purchases/s in batches of "
-                        f"{PURCHASES_PER_REQUEST}"
-                    )
-        finally:
-            for svc in reversed(apps):
-                svc.stop()
+                    runs.setdefault((case, name, w), []).append(r)
+                    problems += bad
+            if w == workers[0]:  # the Kafka client alone: same producer config, pre-serialised records
+                with isolated_stack(BROKER) as fresh:
+                    rate, lat = client_load(fresh, kafka.user_events_topic, events, EVENT_CONNECTIONS)
+                with isolated_stack(BROKER) as fresh:
+                    prate, _ = client_load(fresh, kafka.purchases_topic, batches, PURCHASE_CONNECTIONS)
+                ev_client.append(rate)
+                pu_client.append(prate)
+                console.print(
+                    f"  run {i + 1}/{repeats} Kafka client alone: {rate:,.0f} events/s (p99 "
+                    f"{percentile(lat, 99) * 1000:.1f} ms), {prate:,.0f} purchases/s in batches of "
+                    f"{PURCHASES_PER_REQUEST}"
+                )
     load_after = _load()
     checked = "every 2xx was on the topic (end-offset growth >= acknowledged records), the floor published nothing"
     verdict = "; ".join(problems) if problems else checked
