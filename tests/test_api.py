@@ -63,6 +63,22 @@ def test_purchases_are_published_with_idempotency_key_ids(api_server, settings):
         assert got[u]["Products"] == PURCHASE_EXAMPLE["Products"]
 
 
+def test_records_sent_without_a_key_get_distinct_random_uuids_as_published(api_server, settings):
+    topic = settings.kafka.purchases_topic
+    before = end_offsets(settings, topic)
+    users = [f"user-{uuid.uuid4().hex[:8]}" for _ in range(20)]
+    r = httpx.post(f"{api_server.url}/PurchasedItems", json=[{**PURCHASE_EXAMPLE, "UserId": u} for u in users])
+    assert r.status_code == 200, r.text
+    ids = r.json()["EventIds"]
+    single = httpx.put(f"{api_server.url}/SendEvent", json=event()).json()["EventId"]
+    assert len(set([*ids, single])) == 21
+    for given_id in [*ids, single]:
+        parsed = uuid.UUID(given_id)
+        assert (str(parsed), parsed.version, parsed.variant) == (given_id, 4, uuid.RFC_4122)
+    got = {m.key.decode(): json.loads(m.value)["EventId"] for m in read_from(settings, topic, before)}
+    assert [got[u] for u in users] == ids
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "where"),
     [

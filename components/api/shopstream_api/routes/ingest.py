@@ -3,16 +3,17 @@
 Served by `IngestRoute` (the body parsed and validated once, no per-request dependency
 solving); the signatures below are what FastAPI documents. The published record is the
 validated client model plus what the server adds, built without validating it again
-(`model_construct`: its fields come from a validated model, a validated key or a UUID),
-and written as JSON by pydantic-core.
+(`model_construct`: its fields come from a validated model, a validated key or a random
+UUID from `uuid_utils`, the standard format in a twentieth of `uuid.uuid4`'s time), and
+written as JSON by pydantic-core.
 """
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import uuid_utils
 from fastapi import APIRouter, Body, Header, HTTPException, Request
 from pydantic import BaseModel, Field
 
@@ -100,7 +101,7 @@ async def send_event(
 ) -> SendEventResponse:
     state = request.app.state
     record = UserEventRecord.model_construct(
-        **event.__dict__, EventId=idempotency_key or str(uuid.uuid4()), IngestedAt=datetime.now(UTC)
+        **event.__dict__, EventId=idempotency_key or str(uuid_utils.uuid4()), IngestedAt=datetime.now(UTC)
     )
     (ack,) = await _publish(state.ingestor, state.settings.kafka.user_events_topic, [record])
     return SendEventResponse.model_construct(
@@ -127,7 +128,9 @@ async def purchased_items(
     now = datetime.now(UTC)
     records = [
         PurchaseRecord.model_construct(
-            **p.__dict__, EventId=f"{idempotency_key}:{i}" if idempotency_key else str(uuid.uuid4()), IngestedAt=now
+            **p.__dict__,
+            EventId=f"{idempotency_key}:{i}" if idempotency_key else str(uuid_utils.uuid4()),
+            IngestedAt=now,
         )
         for i, p in enumerate(purchases)
     ]
