@@ -21,10 +21,11 @@ Loads, closed loop (every connection sends its next request when the answer came
 
 Within each repeat the apps take turns case by case, so a change in the machine's load hits
 them alike; medians over the repeats. Each run has a broker and an app of its own, started
-for it and warmed for 2 s, so no run pays for the records of another. Every 2xx of a publishing app must have been
-acknowledged by the broker: the topic's end offsets must have grown by at least (2xx answers
-x records per request); they may grow by a little more, because requests wrk abandons when
-its time is up are still published, at most one per connection. The floor must publish nothing.
+for it and warmed for 2 s, so no run pays for the records of another. Every 2xx of a
+publishing app must have been acknowledged by the broker: the topic's end offsets must have
+grown by at least (2xx answers x records per request); they may grow by a little more,
+because requests wrk abandons when its time is up are still published, at most one per
+connection. The floor must publish nothing.
 
 Also measured: the Kafka client alone, the API's own `KafkaPublisher` publishing pre-serialised
 records straight to the broker from as many concurrent senders as wrk has connections.

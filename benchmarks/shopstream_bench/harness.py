@@ -33,7 +33,7 @@ def isolated_stack(names: list[str]) -> Iterator[Settings]:
     root = Path(tempfile.mkdtemp(prefix="shopstream-bench-"))
     root.chmod(0o755)
     settings = isolated_settings(root / "run")
-    svcs = services(settings, names) if names else []  # `services` reads no names as all
+    svcs = services(settings, names)
     try:
         for svc in svcs:
             svc.start()

@@ -28,11 +28,12 @@ def services(
     settings: Settings, names: list[str] | None = None, apps: bool = False, spark_cluster: bool = False
 ) -> list[Service]:
     """The embedded servers (and with `apps`, the pipeline's components), in start order;
-    `names` picks some of them. With `spark_cluster`, the Spark standalone cluster too, before
-    the components that use it (it runs only when asked for: `invoke up --spark-cluster`)."""
+    `names` picks some of them (None: all; an empty list: none). With `spark_cluster`, the
+    Spark standalone cluster too, before the components that use it (it runs only when asked
+    for: `invoke up --spark-cluster`)."""
     cluster: tuple[type[Service], ...] = (SparkCluster,) if spark_cluster else ()
     all_ = [cls(settings) for cls in SERVICE_TYPES + cluster + (APP_TYPES if apps else ())]
-    if not names:
+    if names is None:
         return all_
     known = {s.name: s for s in all_}
     unknown = [n for n in names if n not in known]
