@@ -105,3 +105,23 @@ def test_metrics_count_every_request_of_every_worker_and_each_worker_journals(ap
         for name in ("shopstream_broker_losses_total", "shopstream_journal_republished_records_total"):
             for t in cfg.kafka.topics:
                 assert re.search(rf'^{name}\{{topic="{t}"\}} 0\.0$', text, re.M), (name, t)
+
+
+def test_workers_end_with_a_master_killed_with_sigkill(api, tmp_path):
+    """kill -9 of uvicorn's master must not leave its workers holding the port, unsupervised:
+    the master started again could never bind it."""
+    cfg = api.settings.model_copy(update={"run_dir": tmp_path / "run"})
+    cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update={"port": free_port()})})
+    svc = ApiService(cfg)
+    svc.start()
+    try:
+        master = psutil.Process(svc.procs()[0].pid())
+        workers = [p for p in master.children() if "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) == WORKERS
+        master.kill()
+        _, alive = psutil.wait_procs(workers, timeout=60)
+        assert not alive, f"workers outlived their master: {[p.pid for p in alive]}"
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{cfg.api.base_url}/readyz", timeout=5)
+    finally:
+        svc.stop()

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
+import multiprocessing
+import os
+import signal
+import sys
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -32,7 +37,24 @@ over the limit gets 413; an unreachable broker gets 503.
 """
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _end_with_the_master() -> None:
+    """In a worker of `uvicorn --workers N`: be sent SIGTERM when the master process dies.
+
+    A master killed with SIGKILL cannot stop its workers; they would go on holding the port,
+    unsupervised, and the master the supervisor starts again could never bind it."""
+    parent = multiprocessing.parent_process()
+    if parent is None or not sys.platform.startswith("linux"):
+        return  # one process (--workers 1), or no prctl here
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent.pid:  # it died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def create_app(settings: Settings | None = None) -> IngestApi:
+    _end_with_the_master()
     settings = settings or get_settings()
     metrics = ApiMetrics(settings.kafka.topics)
     publisher = KafkaPublisher(settings.kafka, settings.api, metrics)
