@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS purchases (
     Items       BIGINT NOT NULL,
     Amount      DECIMAL(18, 2) NOT NULL  -- sum of the lines' amounts
 );
+-- the user lookup: a user's few purchases found by the index, not by a scan of them all
+CREATE INDEX IF NOT EXISTS purchases_user ON purchases (UserId);
 CREATE TABLE IF NOT EXISTS lines (
     EventId    VARCHAR NOT NULL,
     OrderId    VARCHAR NOT NULL,
@@ -504,10 +506,14 @@ class ReadModel:
         }
 
     def user_purchases(self, user_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        # the user's rows first (MATERIALIZED): with the ORDER BY ... LIMIT over the table, DuckDB
+        # plans a top-N over a scan of every purchase instead of the index's lookup
         rows = self._rows(
             """
-            SELECT OrderId, TimeStamp, TotalPrice, PaymentType, Items FROM purchases
-            WHERE UserId = ? ORDER BY TimeStamp DESC, OrderId LIMIT ?
+            WITH mine AS MATERIALIZED (
+                SELECT OrderId, TimeStamp, TotalPrice, PaymentType, Items FROM purchases WHERE UserId = ?
+            )
+            SELECT * FROM mine ORDER BY TimeStamp DESC, OrderId LIMIT ?
         """,
             [user_id, limit],
         )
