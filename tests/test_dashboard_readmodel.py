@@ -132,6 +132,24 @@ def test_a_half_done_first_read_and_other_stores_start_over(tmp_path: Path, now:
     assert model.counts()["events"] == 0 and model.events_cursor() is None
 
 
+def test_the_longest_chart_finds_its_oldest_second_when_a_sync_ran_after_its_as_of(tmp_path: Path, now: datetime):
+    """A chart's `as_of` is a whole second, and a sync can commit between it and the chart's
+    query: the sync's clock is then ahead of the chart's, and what it drops as too old must
+    still leave the chart's first second."""
+    from shopstream_dashboard.readmodel import ACTIVITY_MAX_MINUTES
+
+    model = ReadModel(tmp_path / "readmodel.duckdb", "stores")
+    as_of = now
+    oldest = as_of - timedelta(minutes=ACTIVITY_MAX_MINUTES)  # the first second of the 3-hour chart
+    events = [
+        {"EventId": f"e{i}", "UserId": "u1", "EventName": "PageVisited", "TimeStamp": ts, "StoredAt": as_of}
+        for i, ts in enumerate([oldest, oldest + timedelta(milliseconds=600), oldest - timedelta(milliseconds=1)])
+    ]
+    sync_clock = as_of + timedelta(milliseconds=900)  # a sync that started after the chart's as_of
+    model.add_events(events_table(events), sync_clock, as_of, cursor=(as_of, as_of))
+    assert rates(model, as_of, ACTIVITY_MAX_MINUTES) == Counter({"PageVisited": 2})  # not the one before `oldest`
+
+
 def test_events_stamped_ahead_of_the_clock_count_once_their_time_has_come(tmp_path: Path, now: datetime):
     model = ReadModel(tmp_path / "readmodel.duckdb", "stores")
     ahead = now + timedelta(minutes=10)

@@ -40,6 +40,10 @@ EVENT_NAMES = tuple(e.value for e in EventName)  # from the contract
 FUNNEL_EVENTS = ("PageVisited", "AddedBasket")
 WINDOWS = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedelta(hours=24), "all": None}
 ACTIVITY_MAX_MINUTES = 180  # the longest activity chart; older per-second counts are dropped
+# per-second counts are kept this long: a minute past the longest chart, so a chart whose `as_of`
+# is a little before a sync's clock (a whole second, or a sync that committed just before the
+# chart's query) still finds every second it asks for
+ACTIVITY_KEPT = timedelta(minutes=ACTIVITY_MAX_MINUTES + 1)
 VERSION = "3"  # of the tables below: a file of another version is rebuilt from the stores
 
 SCHEMA = """
@@ -227,7 +231,7 @@ class ReadModel:
         read them again); with `cursor`, the sync's (settled, newest) is saved in the same transaction
         and what it makes unnecessary is dropped."""
         now = _utc(now)
-        horizon = now - timedelta(minutes=ACTIVITY_MAX_MINUTES)
+        horizon = now - ACTIVITY_KEPT
         with self._transaction(read_events=batch) as con:
             _run(
                 con,
