@@ -85,9 +85,11 @@ def funnel_users(events: list[dict], orders: list[dict], since: datetime, until:
     return [len(visited), len(basket), len(users(orders) & basket)]
 
 
-def rates(model: ReadModel, as_of: datetime, minutes: int) -> Counter:
-    got = model.event_rates(as_of, minutes, 10)
-    return Counter({k: round(sum(p["per_s"] * 10 for p in v)) for k, v in got.items() if any(p["per_s"] for p in v)})
+def rates(model: ReadModel, as_of: datetime, minutes: int, bucket_s: int = 10) -> Counter:
+    got = model.event_rates(as_of, minutes, bucket_s)
+    return Counter(
+        {k: round(sum(p["per_s"] * bucket_s for p in v)) for k, v in got.items() if any(p["per_s"] for p in v)}
+    )
 
 
 def test_events_read_again_are_counted_once_across_a_reopen(tmp_path: Path, now: datetime):
@@ -107,9 +109,10 @@ def test_events_read_again_are_counted_once_across_a_reopen(tmp_path: Path, now:
     assert model.events_cursor() == (settled, events[-1]["StoredAt"])
     model.add_events(events_table(events[1_500:]), now, settled, cursor=(settled, events[-1]["StoredAt"]))
     assert model.counts()["events"] == len(events)
-    for minutes in (15, 60, 180):
+    for minutes, bucket_s in ((15, 10), (60, 40), (180, 120)):  # the chart's buckets (the route's sizes)
         since = now - timedelta(minutes=minutes)
-        assert rates(model, now, minutes) == Counter(e["EventName"] for e in events if e["TimeStamp"] >= since)
+        expected = Counter(e["EventName"] for e in events if e["TimeStamp"] >= since)
+        assert rates(model, now, minutes, bucket_s) == expected, minutes
     for window, span in (("15m", timedelta(minutes=15)), ("1h", timedelta(hours=1)), ("all", None)):
         since = now - span if span else datetime(1, 1, 1, tzinfo=UTC)
         assert [s["users"] for s in model.funnel(now, window)] == funnel_users(events, [], since, now)
@@ -130,6 +133,19 @@ def test_a_half_done_first_read_and_other_stores_start_over(tmp_path: Path, now:
     assert ReadModel(tmp_path / "other.duckdb", "stores").counts()["events"] == 0
     model = ReadModel(path, "other stores")
     assert model.counts()["events"] == 0 and model.events_cursor() is None
+
+
+def test_the_longest_chart_adds_up_to_its_events_one_per_bucket(tmp_path: Path, now: datetime):
+    """The 3-hour chart's 120 s buckets, each holding one event: its rates times the bucket size
+    add up to the events exactly (rates rounded to 3 decimals lost 0.04 of an event a bucket)."""
+    model = ReadModel(tmp_path / "readmodel.duckdb", "stores")
+    events = [
+        {"EventId": f"e{i}", "UserId": "u1", "EventName": "PageVisited", "StoredAt": now}
+        | {"TimeStamp": now - timedelta(seconds=60 + 120 * i)}
+        for i in range(60)
+    ]
+    model.add_events(events_table(events), now, now, cursor=(now, now))
+    assert rates(model, now, 180, 120) == Counter({"PageVisited": 60})
 
 
 def test_the_longest_chart_finds_its_oldest_second_when_a_sync_ran_after_its_as_of(tmp_path: Path, now: datetime):
