@@ -146,7 +146,6 @@ def machine() -> dict[str, Any]:
                 "fastapi",
                 "uvicorn",
                 "confluent-kafka",
-                "aiokafka",
                 "kafka-python",
                 "pymongo",
                 "pyspark",

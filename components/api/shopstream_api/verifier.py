@@ -17,15 +17,15 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
 from itertools import takewhile
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from shopstream.adapters.kafka_async import aio_consumer
+from shopstream.adapters.kafka_rd import rd_consumer
 from shopstream.settings import Settings
 
 from .journal import Checked, Entry, Journal
@@ -35,9 +35,8 @@ from .publisher import BrokerUnavailable, KafkaPublisher
 log = logging.getLogger(__name__)
 
 SEEK_GAP = 5000  # offsets between two wanted records past which a seek beats reading through
-# records decoded per call: aiokafka decodes them in Python on the event loop the requests
-# share, so a check reads in small bites (5,000 at a time held requests for tens of ms: the p99)
-READ_CHUNK = 500
+READ_CHUNK = 1000  # records per consume() call
+READ_TIMEOUT_S = 60.0  # one partition's read-back; then the check is postponed to the next round
 
 
 @dataclass
@@ -55,7 +54,9 @@ class Verifier:
         self.settings, self.journal, self.publisher, self.metrics = settings, journal, publisher, metrics
         self.interval = settings.api.journal_verify_interval_s
         self.retention = settings.api.journal_retention_s
-        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer: Consumer | None = None
+        self._reading = threading.Lock()  # the consumer: a read in its thread vs closing it
+        self._closing = threading.Event()
 
     async def run(self) -> None:
         """Check every `interval` until cancelled; a failed round is retried in the next."""
@@ -65,7 +66,7 @@ class Verifier:
         while True:
             try:
                 await self.check_once()
-            except (KafkaError, TimeoutError, OSError, BrokerUnavailable) as e:
+            except (KafkaException, TimeoutError, OSError, BrokerUnavailable) as e:
                 log.warning("journal check postponed, the broker is not answering: %r", e)
                 await self._close_consumer()
             if time.monotonic() - pruned_at > 600:
@@ -74,6 +75,7 @@ class Verifier:
             await asyncio.sleep(self.interval)
 
     async def close(self) -> None:
+        self._closing.set()  # a read still running in its thread stops within a second
         await self._close_consumer()
 
     async def check_once(self, now: float | None = None) -> Round:
@@ -91,8 +93,7 @@ class Verifier:
         due = {tp: lists for tp, lists in due.items() if lists[0] or lists[1]}
         for (topic, partition), (first, final) in due.items():
             wanted = {e.offset for e in first}.union(*(run.offsets for run in final))
-            async with asyncio.timeout(60):
-                held = await self._read_back(TopicPartition(topic, partition), sorted(wanted))
+            held = await self._read_back(topic, partition, sorted(wanted))
 
             def intact(e: Entry, held: dict[int, int] = held) -> bool:  # this partition's `held`, bound now
                 return held.get(e.offset) == e.crc
@@ -148,60 +149,87 @@ class Verifier:
         self.metrics.republished.labels(topic).inc(len(entries))
 
     # -- reading the broker's copy -----------------------------------------------------------------
-    async def _client(self) -> AIOKafkaConsumer:
+    async def _read_back(self, topic: str, partition: int, offsets: list[int]) -> dict[int, int]:
+        """CRC of the value at each of the (sorted) offsets the partition still holds.
+
+        Read in a thread of its own: librdkafka fetches and decodes the records in C, and the
+        loop serving requests only waits for the result."""
+        return await asyncio.to_thread(self._read_sync, topic, partition, offsets)
+
+    def _read_sync(self, topic: str, partition: int, offsets: list[int]) -> dict[int, int]:
+        with self._reading:
+            if self._closing.is_set():
+                raise TimeoutError("the API is stopping")
+            return self._read_with_consumer(topic, partition, offsets)
+
+    def _read_with_consumer(self, topic: str, partition: int, offsets: list[int]) -> dict[int, int]:
         if self._consumer is None:
-            consumer = aio_consumer(
+            self._consumer = rd_consumer(
                 self.settings.kafka,
-                client_id="shopstream-api-journal",
-                group_id=None,
-                enable_auto_commit=False,
-                fetch_max_wait_ms=100,
-                request_timeout_ms=10_000,
+                **{
+                    "client.id": "shopstream-api-journal",
+                    "group.id": "shopstream-api-journal",  # required by the client; never joined nor committed
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",  # below the log's start: read on, those offsets are missing
+                    "fetch.wait.max.ms": 100,
+                    # it fetches ahead of what is consumed; a check wants a range, often far from the end
+                    "queued.min.messages": READ_CHUNK,
+                    "queued.max.messages.kbytes": 4096,
+                    "socket.timeout.ms": 10_000,
+                    "logger": log,
+                },
             )
-            await consumer.start()
-            self._consumer = consumer
-        return self._consumer
+        consumer = self._consumer
+        try:
+            return _read(consumer, topic, partition, offsets, time.monotonic() + READ_TIMEOUT_S, self._closing)
+        finally:
+            # an assigned partition is fetched in the background until the next check: unassign it
+            consumer.unassign()
 
     async def _close_consumer(self) -> None:
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            try:
-                async with asyncio.timeout(10):
-                    await consumer.stop()
-            except (KafkaError, TimeoutError):
-                pass
+        await asyncio.to_thread(self._close_sync)
 
-    async def _read_back(self, tp: TopicPartition, offsets: list[int]) -> dict[int, int]:
-        """CRC of the value at each of the (sorted) offsets the partition still holds."""
-        consumer = await self._client()
-        consumer.assign([tp])
-        try:
-            return await self._read(consumer, tp, offsets)
-        finally:
-            # an assigned partition is fetched in the background, ten requests a second with
-            # nothing new and every new record otherwise, until the next check: unassign it
-            consumer.unsubscribe()
+    def _close_sync(self) -> None:
+        with self._reading:
+            consumer, self._consumer = self._consumer, None
+            if consumer is not None:
+                consumer.close()
 
-    async def _read(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offsets: list[int]) -> dict[int, int]:
-        end = (await consumer.end_offsets([tp]))[tp]
-        wanted = offsets[: bisect.bisect_left(offsets, end)]
-        held: dict[int, int] = {}
-        i = 0  # wanted[:i] are passed
-        while i < len(wanted):
-            position = await consumer.position(tp)
-            if not wanted[i] - SEEK_GAP <= position <= wanted[i]:
-                consumer.seek(tp, wanted[i])
-            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=READ_CHUNK)
-            records = batch.get(tp, [])
-            if not records:
-                if (await consumer.end_offsets([tp]))[tp] <= wanted[i]:  # truncated while we read
-                    break
-                continue
-            for r in records:
-                while i < len(wanted) and wanted[i] < r.offset:  # not in the log (never, short of compaction)
-                    i += 1
-                if i < len(wanted) and wanted[i] == r.offset:
-                    held[r.offset] = zlib.crc32(r.value or b"")
-                    i += 1
-            await asyncio.sleep(0)  # the requests waiting meanwhile go first
-        return held
+
+def _read(
+    consumer: Consumer, topic: str, partition: int, offsets: list[int], deadline: float, stop: threading.Event
+) -> dict[int, int]:
+    def end() -> int:
+        return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+
+    wanted = offsets[: bisect.bisect_left(offsets, end())]
+    held: dict[int, int] = {}
+    i = 0  # wanted[:i] are passed
+    position: int | None = None  # the next offset the assignment delivers
+    while i < len(wanted):
+        if stop.is_set():
+            raise TimeoutError("the API is stopping")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {topic}/{partition} back took over {READ_TIMEOUT_S:.0f} s")
+        if position is None or not wanted[i] - SEEK_GAP <= position <= wanted[i]:
+            consumer.assign([TopicPartition(topic, partition, wanted[i])])
+            position = wanted[i]
+        # consume() waits for as many records as asked for: ask for no more than the range holds
+        records = consumer.consume(min(READ_CHUNK, wanted[-1] - position + 1), timeout=1.0)
+        if not records:
+            if end() <= wanted[i]:  # truncated while we read
+                break
+            continue
+        for r in records:
+            if r.error() is not None:
+                raise KafkaException(r.error())
+            offset = r.offset()
+            assert offset is not None  # a record (not an error event) has one
+            while i < len(wanted) and wanted[i] < offset:  # not in the log (never, short of compaction)
+                i += 1
+            if i < len(wanted) and wanted[i] == offset:
+                held[offset] = zlib.crc32(r.value() or b"")
+                i += 1
+            position = offset + 1
+    return held

@@ -1,7 +1,7 @@
 """Kafka clients (kafka-python), idempotent topic creation, and the broker's health check.
 
-Every kafka-python client of the code base is built here (the API's asyncio clients in
-`kafka_async`). Callers pass what is theirs to choose, a client_id, timeouts, a group,
+Every kafka-python client of the code base is built here (the API's librdkafka clients in
+`kafka_rd`). Callers pass what is theirs to choose, a client_id, timeouts, a group,
 as keyword arguments; where the broker is comes from the settings (or, in a Spark Python
 worker, which gets options rather than settings, from the bootstrap string they carry).
 """
