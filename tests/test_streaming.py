@@ -352,10 +352,29 @@ def test_kafka_source_shares_a_read_limit_by_backlog_and_refuses_offsets_deleted
     # 110 of a 1110-record backlog: each partition gets its share, so they catch up together
     end = reader.latestOffset(start, ReadMaxRows(110))
     assert end == {"T": {"0": 99, "1": 9, "2": 51}}
-    assert [(r.partition, r.start, r.end) for r in reader.partitions(start, end)] == [(0, 0, 99), (1, 0, 9), (2, 0, 51)]
-    assert all(isinstance(r, KafkaRange) for r in reader.partitions(start, end))
+    # so few records are read by one task, partition after partition
+    (task,) = reader.partitions(start, end)
+    assert [(r.partition, r.start, r.end) for r in task.ranges] == [(0, 0, 99), (1, 0, 9), (2, 0, 51)]
+    assert all(isinstance(r, KafkaRange) for r in task.ranges)
     with pytest.raises(RuntimeError, match="deleted"):  # the checkpoint is before what the broker still has
         reader.latestOffset({"T": {"0": 0, "1": 0, "2": 10}}, ReadAllAvailable())
+
+
+def test_a_backlog_is_split_across_tasks_of_at_least_the_task_size_and_every_record_is_in_one():
+    from shopstream_streaming.kafka_source import KafkaRange, pack
+
+    sizes = {0: 30_000, 1: 25_000, 2: 12_000, 3: 9_000, 4: 500, 5: 0}
+    ranges = [KafkaRange("T", p, 100, 100 + n) for p, n in sizes.items() if n]
+    tasks = pack(ranges, 20_000)
+    assert len(tasks) == 4  # 76,500 records: ceil(76,500 / 20,000), at most one per range
+    # largest first, each to the task with the fewest records
+    assert sorted(sum(map(len, t.ranges)) for t in tasks) == [9_500, 12_000, 25_000, 30_000]
+    assert sorted((r.partition, r.start, r.end) for t in tasks for r in t.ranges) == sorted(
+        (r.partition, r.start, r.end) for r in ranges
+    )
+    assert len(pack(ranges, 10**9)) == 1  # a small batch: one task
+    assert len(pack(ranges, 1)) == len(ranges)  # never more tasks than ranges
+    assert pack([], 20_000) == []
 
 
 # -- the Spark schema is derived from the contract ----------------------------------------
