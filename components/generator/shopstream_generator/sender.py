@@ -1,4 +1,4 @@
-"""Send cohorts to the ingestion API with httpx: events and purchases concurrently.
+"""Send cohorts to the ingestion API with aiohttp: events and purchases concurrently.
 
 Every request carries its own Idempotency-Key, derived from the records it holds
 (`<SessionId>.<n>` for an event, `<cohort tag>.p<n>` for a batch of purchases)
@@ -6,17 +6,22 @@ and reused on every retry, so the API gives a retried record the same EventId
 and the stores keep one copy. 503, connection errors and timeouts are
 retried (as are 429, 502 and 504) with bounded exponential backoff that honours
 Retry-After; other 4xx and 5xx answers are final.
+
+The client is aiohttp's (C-accelerated HTTP parsing): the generator sends one request per
+event, as the contract has it, and at the default pace its HTTP client was most of its CPU.
+Measured one request at a time against a small FastAPI app: about 0.2 ms of CPU per request,
+against 1.0 ms with httpx.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-import httpx
+import aiohttp
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -32,6 +37,27 @@ from .cohort import Cohort, Session
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_ERRORS_KEPT = 20
+TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)  # no answer: connection refused or lost, timed out
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer, read whole."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
 
 
 @dataclass
@@ -69,7 +95,7 @@ class Report:
         return self.total.rejected == 0 and self.total.failed == 0
 
 
-def _last_outcome(state: RetryCallState) -> httpx.Response:
+def _last_outcome(state: RetryCallState) -> Answer:
     """Tenacity gave up: the last answer, or its exception raised again."""
     assert state.outcome is not None  # set by every attempt, so by the last one
     return state.outcome.result()
@@ -92,7 +118,7 @@ def purchase_batches(cohort: Cohort, max_records: int, max_bytes: int) -> Iterat
 
 
 class Sender:
-    """httpx clients for one API; `send(cohort)` per cohort. Use as `async with`."""
+    """An aiohttp session for one API; `send(cohort)` per cohort. Use as `async with`."""
 
     def __init__(
         self,
@@ -113,28 +139,23 @@ class Sender:
         self.max_body_bytes = max_body_bytes
         self.purchases_per_request = min(purchases_per_request, MAX_PURCHASES_PER_REQUEST)
         self.totals = totals if totals is not None else Report()  # live counts over every cohort sent
-        # One single-connection client per request in flight: httpx's pool scans every connection for
-        # each request, which costs ~3 ms of CPU per request at 32 connections against ~0.6 ms for one.
-        self._clients: list[httpx.AsyncClient] = []
-        self._lanes: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()  # the clients not in use
+        self._session: aiohttp.ClientSession | None = None
+        self._lanes = asyncio.Semaphore(concurrency)  # requests in flight, backoff included
         self._backoff = wait_exponential_jitter(
             multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
         )
 
     async def __aenter__(self) -> Sender:
-        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        self._clients = [
-            httpx.AsyncClient(base_url=self.api_url, timeout=self.timeout_s, limits=one)
-            for _ in range(self.concurrency)
-        ]
-        for client in self._clients:
-            self._lanes.put_nowait(client)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.concurrency),
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+        )
         return self
 
     async def __aexit__(self, *exc) -> None:
-        clients, self._clients, self._lanes = self._clients, [], asyncio.Queue()
-        for client in clients:
-            await client.aclose()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def send(self, cohort: Cohort) -> Report:
         """Send every record of `cohort`; return what happened to them (never raises on HTTP errors)."""
@@ -154,7 +175,7 @@ class Sender:
         for n, event in enumerate(session.events):
             body = json.dumps(event.model_dump(mode="json"), separators=(",", ":")).encode()
             response = await self._request("PUT", "/SendEvent", body, f"{session.session_id}.{n}", 1, report, "events")
-            if isinstance(response, httpx.Response):
+            if isinstance(response, Answer):
                 report.event_ids.append(response.json()["EventId"])
             elif response == "failed":
                 skipped = len(session.events) - n - 1
@@ -164,7 +185,7 @@ class Sender:
 
     async def _send_purchases(self, key: str, count: int, body: bytes, report: Report) -> None:
         response = await self._request("POST", "/PurchasedItems", body, key, count, report, "purchases")
-        if isinstance(response, httpx.Response):
+        if isinstance(response, Answer):
             report.event_ids.extend(response.json()["EventIds"])
 
     def _count(self, report: Report, kind: str, name: str, n: int) -> None:
@@ -186,35 +207,37 @@ class Sender:
                 delay = max(delay, min(float(retry_after), self.backoff_max_s))
         return delay
 
+    async def _attempt(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Answer:
+        assert self._session is not None  # checked by `_request`
+        async with self._session.request(method, self.api_url + path, data=body, headers=headers) as r:
+            return Answer(r.status, r.headers, await r.read())
+
     async def _request(
         self, method: str, path: str, body: bytes, key: str, count: int, report: Report, kind: str
-    ) -> httpx.Response | Literal["rejected", "failed"]:
-        """The 2xx response, or what the records were counted as."""
-        if not self._clients:
+    ) -> Answer | Literal["rejected", "failed"]:
+        """The 2xx answer, or what the records were counted as."""
+        if self._session is None:
             raise RuntimeError("use Sender as `async with Sender(...)`")
         headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(httpx.TransportError)
-            | retry_if_result(lambda r: r.status_code in RETRY_STATUSES),
+            retry=retry_if_exception_type(TRANSPORT_ERRORS) | retry_if_result(lambda r: r.status in RETRY_STATUSES),
             stop=stop_after_attempt(self.attempts),
             wait=self._wait,
             before_sleep=lambda _: self._count(report, kind, "retried", 1),
             retry_error_callback=_last_outcome,  # the last answer, or its exception
         )
-        client = await self._lanes.get()  # held during backoff too: a struggling API gets fewer requests
-        self._count(report, kind, "sent", count)
-        try:
-            response: httpx.Response = await retrying(client.request, method, path, content=body, headers=headers)
-        except httpx.TransportError as e:
-            self._count(report, kind, "failed", count)
-            self._error(report, f"{method} {path} [{key}]: {type(e).__name__}: {e}")
-            return "failed"
-        finally:
-            self._lanes.put_nowait(client)
-        if response.is_success:
+        async with self._lanes:  # held during backoff too: a struggling API gets fewer requests
+            self._count(report, kind, "sent", count)
+            try:
+                response: Answer = await retrying(self._attempt, method, path, body, headers)
+            except TRANSPORT_ERRORS as e:
+                self._count(report, kind, "failed", count)
+                self._error(report, f"{method} {path} [{key}]: {type(e).__name__}: {e}")
+                return "failed"
+        if response.ok:
             self._count(report, kind, "accepted", count)
             return response
-        verdict: Literal["rejected", "failed"] = "rejected" if response.is_client_error else "failed"
+        verdict: Literal["rejected", "failed"] = "rejected" if 400 <= response.status < 500 else "failed"
         self._count(report, kind, verdict, count)
-        self._error(report, f"{method} {path} [{key}]: {response.status_code} {response.text[:300]}")
+        self._error(report, f"{method} {path} [{key}]: {response.status} {response.text[:300]}")
         return verdict
