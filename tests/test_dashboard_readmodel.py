@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 
 from shopstream_dashboard.readmodel import ReadModel
+from shopstream_dashboard.routes import bucket_seconds
 
 NAMES = ["PageVisited", "AddedBasket", "CheckedProductReviews"]
 TS = pa.timestamp("us", tz="UTC")
@@ -109,10 +110,10 @@ def test_events_read_again_are_counted_once_across_a_reopen(tmp_path: Path, now:
     assert model.events_cursor() == (settled, events[-1]["StoredAt"])
     model.add_events(events_table(events[1_500:]), now, settled, cursor=(settled, events[-1]["StoredAt"]))
     assert model.counts()["events"] == len(events)
-    for minutes, bucket_s in ((15, 10), (60, 40), (180, 120)):  # the chart's buckets (the route's sizes)
+    for minutes in (15, 60, 180):  # each chart with the route's bucket
         since = now - timedelta(minutes=minutes)
         expected = Counter(e["EventName"] for e in events if e["TimeStamp"] >= since)
-        assert rates(model, now, minutes, bucket_s) == expected, minutes
+        assert rates(model, now, minutes, bucket_seconds(minutes)) == expected, minutes
     for window, span in (("15m", timedelta(minutes=15)), ("1h", timedelta(hours=1)), ("all", None)):
         since = now - span if span else datetime(1, 1, 1, tzinfo=UTC)
         assert [s["users"] for s in model.funnel(now, window)] == funnel_users(events, [], since, now)
@@ -139,13 +140,19 @@ def test_the_longest_chart_adds_up_to_its_events_one_per_bucket(tmp_path: Path, 
     """The 3-hour chart's 120 s buckets, each holding one event: its rates times the bucket size
     add up to the events exactly (rates rounded to 3 decimals lost 0.04 of an event a bucket)."""
     model = ReadModel(tmp_path / "readmodel.duckdb", "stores")
+    bucket_s = bucket_seconds(180)  # the route's, 120 s
     events = [
-        {"EventId": f"e{i}", "UserId": "u1", "EventName": "PageVisited", "StoredAt": now}
-        | {"TimeStamp": now - timedelta(seconds=60 + 120 * i)}
+        {
+            "EventId": f"e{i}",
+            "UserId": "u1",
+            "EventName": "PageVisited",
+            "StoredAt": now,
+            "TimeStamp": now - timedelta(seconds=bucket_s // 2 + bucket_s * i),
+        }
         for i in range(60)
     ]
     model.add_events(events_table(events), now, now, cursor=(now, now))
-    assert rates(model, now, 180, 120) == Counter({"PageVisited": 60})
+    assert rates(model, now, 180, bucket_s) == Counter({"PageVisited": 60})
 
 
 def test_the_longest_chart_finds_its_oldest_second_when_a_sync_ran_after_its_as_of(tmp_path: Path, now: datetime):

@@ -41,12 +41,17 @@ def config(request: Request) -> dict[str, Any]:
     return {"refresh_s": _state(request).settings.dashboard.refresh_s}
 
 
+def bucket_seconds(minutes: int) -> int:
+    """The activity chart's bucket over `minutes`: about 90 points, a multiple of 5 s."""
+    return max(5, minutes * 60 // 90 // 5 * 5)
+
+
 @router.get("/activity", response_model=schemas.Activity)
 def activity(request: Request, minutes: Annotated[int, Query(ge=1, le=ACTIVITY_MAX_MINUTES)] = 15) -> dict[str, Any]:
     """Events per second by EventName and purchases (with revenue) per minute, over the last `minutes`."""
     st = _state(request)
     now = datetime.now(UTC).replace(microsecond=0)  # a whole second: the read model counts per second
-    bucket_s = max(5, minutes * 60 // 90 // 5 * 5)  # about 90 points on the chart
+    bucket_s = bucket_seconds(minutes)
     return {
         "as_of": now,
         "minutes": minutes,
