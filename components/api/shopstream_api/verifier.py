@@ -160,32 +160,29 @@ class Verifier:
         with self._reading:
             if self._closing.is_set():
                 raise TimeoutError("the API is stopping")
-            return self._read_with_consumer(topic, partition, offsets)
-
-    def _read_with_consumer(self, topic: str, partition: int, offsets: list[int]) -> dict[int, int]:
-        if self._consumer is None:
-            self._consumer = rd_consumer(
-                self.settings.kafka,
-                **{
-                    "client.id": "shopstream-api-journal",
-                    "group.id": "shopstream-api-journal",  # required by the client; never joined nor committed
-                    "enable.auto.commit": False,
-                    "enable.auto.offset.store": False,
-                    "auto.offset.reset": "earliest",  # below the log's start: read on, those offsets are missing
-                    "fetch.wait.max.ms": 100,
-                    # it fetches ahead of what is consumed; a check wants a range, often far from the end
-                    "queued.min.messages": READ_CHUNK,
-                    "queued.max.messages.kbytes": 4096,
-                    "socket.timeout.ms": 10_000,
-                    "logger": log,
-                },
-            )
-        consumer = self._consumer
-        try:
-            return _read(consumer, topic, partition, offsets, time.monotonic() + READ_TIMEOUT_S, self._closing)
-        finally:
-            # an assigned partition is fetched in the background until the next check: unassign it
-            consumer.unassign()
+            if self._consumer is None:
+                self._consumer = rd_consumer(
+                    self.settings.kafka,
+                    **{
+                        "client.id": "shopstream-api-journal",
+                        "group.id": "shopstream-api-journal",  # required by the client; never joined nor committed
+                        "enable.auto.commit": False,
+                        "enable.auto.offset.store": False,
+                        "auto.offset.reset": "earliest",  # below the log's start: read on, those offsets are missing
+                        "fetch.wait.max.ms": 100,
+                        # it fetches ahead of what is consumed; a check wants a range, often far from the end
+                        "queued.min.messages": READ_CHUNK,
+                        "queued.max.messages.kbytes": 4096,
+                        "socket.timeout.ms": 10_000,
+                        "logger": log,
+                    },
+                )
+            consumer = self._consumer
+            try:
+                return _read(consumer, topic, partition, offsets, time.monotonic() + READ_TIMEOUT_S, self._closing)
+            finally:
+                # an assigned partition is fetched in the background until the next check: unassign it
+                consumer.unassign()
 
     async def _close_consumer(self) -> None:
         await asyncio.to_thread(self._close_sync)
