@@ -7,7 +7,7 @@ its data across restarts. It presents itself as a one-member replica set, hence
 
 It runs without `--sync-on-commit` (`SYNC_ON_COMMIT`): every write the pipeline depends on
 already asks for `j: true`, which SecantusDB fsyncs before it answers (and the aggregation's
-per-pair upserts, sent without it, are flushed by the journaled write that marks their batch applied),
+per-pair writes, sent without it, are flushed by the journaled write that marks their batch applied),
 so the flag buys nothing we rely on and costs an fsync at every other commit, one per
 pair document the aggregation writes included (`invoke bench`: `insert_many` by 100 documents at 1.01x
 the default write concern's rate with `j: true`, 1.00x with the flag, 1.04x with both, all
