@@ -111,16 +111,20 @@ def generate(
     iterable=["only"],
     help={
         "quick": "smaller data sets (a smoke run, not the reference figures)",
-        "only": "run just the benchmarks whose title has this word: API, batch, streaming, analysis, dashboard, "
-        "footprint",
+        "only": "run just the benchmarks whose title has this word, in any case: api, batch, streaming, analysis, "
+        "dashboard, footprint",
         "footprint_seconds": "the footprint's window over the running stack (default 300; 120 with --quick)",
     },
 )
 def bench(c, quick=False, only=None, footprint_seconds=None):
     """Run the benchmarks, each on an isolated embedded stack; reports go to reports/bench/."""
     from shopstream.settings import REPO_ROOT
-    from shopstream_bench.run import main
+    from shopstream_bench.run import NoSuchBenchmark, main, selected
 
+    try:
+        selected(only or None)  # before the set-up: a word that matches nothing fails at once
+    except NoSuchBenchmark as e:
+        raise Exit(f"shopstream: {e}", code=2) from None
     _run(commands.setup, for_bench=True)  # wrk, Spark's S3 jars
     window = float(footprint_seconds) if footprint_seconds else None
     main(REPO_ROOT / "reports" / "bench", quick=quick, only=only or None, footprint_s=window)

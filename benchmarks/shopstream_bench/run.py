@@ -42,14 +42,31 @@ BENCHMARKS: list[tuple[str, list[str], Callable[[Settings, bool], list[Figure]]]
 ]
 
 
+class NoSuchBenchmark(ValueError):
+    pass
+
+
+def selected(only: list[str] | None) -> list[tuple[str, list[str], Callable[[Settings, bool], list[Figure]]]]:
+    """The benchmarks whose title has one of the words in `only`, in any case (every one
+    without `only`); a word no title has is an error, not an empty report."""
+    if not only:
+        return BENCHMARKS
+    unknown = [w for w in only if not any(w.lower() in title.lower() for title, _, _ in BENCHMARKS)]
+    if unknown:
+        raise NoSuchBenchmark(
+            f"no benchmark's title has {', '.join(map(repr, unknown))}; the titles: "
+            + "; ".join(title for title, _, _ in BENCHMARKS)
+        )
+    return [b for b in BENCHMARKS if any(w.lower() in b[0].lower() for w in only)]
+
+
 def main(out_dir: Path, quick: bool = False, only: list[str] | None = None, footprint_s: float | None = None) -> Path:
     """`footprint_s`: the footprint's window (default 5 minutes, 2 with `quick`)."""
+    chosen = selected(only)
     if footprint_s:
         footprint.WINDOW_S = footprint.QUICK_WINDOW_S = footprint_s
     figures: list[Figure] = []
-    for title, servers, run in BENCHMARKS:
-        if only and not any(word in title for word in only):
-            continue
+    for title, servers, run in chosen:
         console.rule(f"[bold]{title}[/bold]")
         t0 = time.monotonic()
         with isolated_stack(servers) as settings:
