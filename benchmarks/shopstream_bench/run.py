@@ -26,7 +26,8 @@ def _aggregation(settings: Settings, quick: bool) -> list[Figure]:
 
 
 # (title, servers, run(settings, quick))
-BENCHMARKS: list[tuple[str, list[str], Callable[[Settings, bool], list[Figure]]]] = [
+Benchmark = tuple[str, list[str], Callable[[Settings, bool], list[Figure]]]
+BENCHMARKS: list[Benchmark] = [
     ("API: PUT /SendEvent and POST /PurchasedItems under wrk", api.SERVERS, api.run),
     ("batch: drain UserEvents into MongoDB", drain.SERVERS, drain.run),
     ("batch: aggregation on a small and a large history", ["mongo"], _aggregation),
@@ -46,18 +47,18 @@ class NoSuchBenchmark(ValueError):
     pass
 
 
-def selected(only: list[str] | None) -> list[tuple[str, list[str], Callable[[Settings, bool], list[Figure]]]]:
+def selected(only: list[str] | None) -> list[Benchmark]:
     """The benchmarks whose title has one of the words in `only`, in any case (every one
     without `only`); a word no title has is an error, not an empty report."""
     if not only:
         return BENCHMARKS
-    unknown = [w for w in only if not any(w.lower() in title.lower() for title, _, _ in BENCHMARKS)]
-    if unknown:
+    words = {w: [b for b in BENCHMARKS if w.lower() in b[0].lower()] for w in only}
+    if unknown := [w for w, hits in words.items() if not hits]:
         raise NoSuchBenchmark(
             f"no benchmark's title has {', '.join(map(repr, unknown))}; the titles: "
             + "; ".join(title for title, _, _ in BENCHMARKS)
         )
-    return [b for b in BENCHMARKS if any(w.lower() in b[0].lower() for w in only)]
+    return [b for b in BENCHMARKS if any(b in hits for hits in words.values())]
 
 
 def main(out_dir: Path, quick: bool = False, only: list[str] | None = None, footprint_s: float | None = None) -> Path:

@@ -55,7 +55,7 @@ from shopstream.adapters.mongo import Collections, database, mongo_client
 from shopstream.settings import Settings, get_settings
 
 from .budget import Budget
-from .store import ensure_collections
+from .store import DUPLICATE_KEY, ensure_collections
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,7 @@ APPLIED_WINDOW = 200  # batches remembered per pair; a retry comes long before 2
 # ids per claiming update: the embedded server's cost grows with the square of an `$in`
 # list's length (10k ids: 128 s; 100 ids at a time: 6 s, at any history size)
 _IN_CHUNK = 100
-_UPSERT_CHUNK = 1000  # pairs per bulk write
-_DUPLICATE_KEY = 11000
+_PAIR_CHUNK = 1000  # pairs per bulk write
 # events in a run's first batch, which times the server for the next ones (and the smallest
 # batch: below a few thousand events, merging into the pairs they touch costs about as much)
 FIRST_BATCH = 2000
@@ -268,8 +267,8 @@ def apply(colls: Collections, batch_id: str) -> Merged:
     unjournaled = WriteConcern(**{**colls.counts.write_concern.document, "j": False})
     counts = colls.counts.with_options(write_concern=unjournaled)
     now = datetime.now(UTC)
-    for i in range(0, len(pairs), _UPSERT_CHUNK):
-        chunk = pairs[i : i + _UPSERT_CHUNK]
+    for i in range(0, len(pairs), _PAIR_CHUNK):
+        chunk = pairs[i : i + _PAIR_CHUNK]
         new = [{**pair, "EventCount": n, "Applied": [batch_id], "UpdatedAt": now} for pair, n in chunk]
         ops = [
             UpdateOne({**pair, "Applied": {"$ne": batch_id}}, _add(batch_id, n), upsert=True)
@@ -296,7 +295,7 @@ def _refused(counts: Collection, docs: list[dict[str, Any]]) -> list[int]:
 def _only_duplicates(e: BulkWriteError) -> None:
     """Re-raise `e` unless each of its errors is a duplicate key."""
     if e.details.get("writeConcernErrors") or any(
-        w.get("code") != _DUPLICATE_KEY for w in e.details.get("writeErrors", [])
+        w.get("code") != DUPLICATE_KEY for w in e.details.get("writeErrors", [])
     ):
         raise e
 
