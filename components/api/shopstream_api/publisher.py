@@ -74,7 +74,7 @@ class _Producer:
                 "enable.idempotence": True,  # broker-side retries never duplicate a record
                 "linger.ms": api.linger_ms,
                 "message.timeout.ms": int(api.publish_timeout_s * 1000),  # then failed, never sent later
-                "compression.type": "gzip",
+                "compression.type": api.compression,
                 "error_cb": self._on_error,
                 "logger": log,  # librdkafka's own log lines go through logging, not straight to stderr
             },
