@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from enum import Enum
 from functools import lru_cache
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, Field, SecretStr
