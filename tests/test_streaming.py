@@ -237,7 +237,9 @@ def unlisted_files(settings: Settings) -> set[str]:
         o.object_name for o in s3.list_objects(bucket, prefix=f"{settings.streaming.output_path}/", recursive=True)
     ]
     listed = set()
-    for name in (n for n in names if "/_spark_metadata/" in n):
+    # the log's entries, not the temporary files it writes them through (`.<batch>.<uuid>.tmp`,
+    # renamed away at any moment)
+    for name in (n for n in names if "/_spark_metadata/" in n and not n.rsplit("/", 1)[1].startswith(".")):
         response = s3.get_object(bucket, name)
         listed |= {json.loads(line)["path"].split(f"/{bucket}/", 1)[1] for line in response.read().splitlines()[1:]}
         response.close()
