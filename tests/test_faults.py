@@ -197,10 +197,12 @@ class Client(threading.Thread):
                 i += 1
 
 
-def wait_for(what: str, check, timeout_s: float) -> float:
+def wait_for(what: str, check, timeout_s: float, explain=None) -> float:
+    """Poll `check` until true; on timeout fail, saying `what` and, if given, what `explain()` finds."""
     deadline = time.monotonic() + timeout_s
     while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {what}" + (f": {explain()}" if explain else ""))
         time.sleep(0.05)
     return time.monotonic()
 

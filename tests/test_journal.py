@@ -67,6 +67,18 @@ def in_kafka(cfg: Settings) -> Counter[str]:
     return ids
 
 
+def not_in_kafka(cfg: Settings, api_url: str, **groups: set[str]) -> str:
+    """Which acknowledged EventIds Kafka lacks, by group, and what the API's journal says."""
+    held = set(in_kafka(cfg))
+    missing = {name: sorted(ids - held) for name, ids in groups.items() if ids - held}
+    counters = (
+        "shopstream_journal_records ",
+        "shopstream_journal_republished_records_total",
+        "shopstream_broker_losses",
+    )
+    return f"missing {missing}; journal {[(c.strip(), metric(api_url, c)) for c in counters]}"
+
+
 def metric(api_url: str, name: str) -> float:
     text = httpx.get(f"{api_url}/metrics", timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
@@ -140,7 +152,10 @@ def test_records_the_broker_forgets_are_published_again_and_new_ones_at_their_of
         # new records now take the offsets the forgotten ones had
         after = post_some(http, f"{run}-after", 10)
         wait_for(
-            "every acknowledged record back in Kafka", lambda: before | forgotten | after <= set(in_kafka(cfg)), 90
+            "every acknowledged record back in Kafka",
+            lambda: before | forgotten | after <= set(in_kafka(cfg)),
+            90,
+            explain=lambda: not_in_kafka(cfg, api.url, before=before, forgotten=forgotten, after=after),
         )
         wait_for(
             "the journal to empty (every record checked twice)",
