@@ -89,8 +89,8 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = 1_048_576  # larger bodies get 413
     publish_timeout_s: float = 5.0  # no broker acknowledgement by then: 503
     linger_ms: int = 5  # producer batching window
-    # of the producer's batches: lz4 costs a fraction of gzip's CPU (at 2 workers on 2 cores, 1.1x
-    # the events/s and 1.3x the purchases/s of gzip); kafka-python reads it with the lz4 package
+    # the producer's codec: at 2 workers on 2 cores, lz4 gave 1.1x the events/s and 1.3x the
+    # purchases/s of gzip (README, Ingestion API); kafka-python reads it with the lz4 package
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
     max_json_depth: int = Field(32, ge=2)  # deeper bodies get 400 (the contracts nest 3 levels)
     # The acknowledgement journal: every record the broker acknowledged is appended (fsync,
