@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections import Counter
@@ -19,7 +22,7 @@ from shopstream_batch import drain as drain_module
 from shopstream_batch.aggregate import update_event_counts
 from shopstream_batch.budget import Budget
 from shopstream_batch.check import check_counts
-from shopstream_batch.drain import DrainReport, Message, drain_user_events, store
+from shopstream_batch.drain import DrainReport, Message, drain_user_events, member_id, store
 from shopstream_batch.store import ensure_collections
 from shopstream_stack import commands
 from test_batch_properties import record
@@ -181,8 +184,11 @@ def test_a_drain_that_gets_no_partitions_reports_every_waiting_record(isolated):
 
 
 def test_partitions_another_member_holds_are_counted_as_remaining(isolated):
-    """Another consumer of the group holds some partitions (a run that has not left yet): the
-    drain stores what it was given and counts the rest, from the group's committed offsets."""
+    """Another drain member of the group (member 1, a run that has not ended yet) holds some
+    partitions: member 0 stores what it was given and counts the rest, from the group's
+    committed offsets. Member 1 then stops without leaving (a static member never sends a
+    LeaveGroup), and the next runs of both members, side by side, store the rest: every
+    record once."""
     cfg = isolated
     topic, parts = cfg.kafka.user_events_topic, cfg.kafka.partitions
     producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap_servers, acks="all")
@@ -193,11 +199,12 @@ def test_partitions_another_member_holds_are_counted_as_remaining(isolated):
     held: set[int] = set()
     stop = threading.Event()
 
-    def member() -> None:  # joins the group and polls, but never commits
+    def member() -> None:  # joins the group as member 1 and polls, but never commits
         rival = KafkaConsumer(
             topic,
             bootstrap_servers=cfg.kafka.bootstrap_servers,
             group_id=cfg.batch.consumer_group,
+            group_instance_id=member_id(1),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
@@ -222,8 +229,69 @@ def test_partitions_another_member_holds_are_counted_as_remaining(isolated):
     assert report.unassigned and not report.done, report
     assert report.stored == 20 * (parts - len(report.unassigned)), report
     assert report.remaining == 20 * len(report.unassigned) and report.remaining_known, report
-    rest = drain_user_events(cfg)
-    assert rest.done and report.stored + rest.stored == 20 * parts, rest
+    rest: dict[int, DrainReport] = {}
+    runs = [threading.Thread(target=lambda m=m: rest.update({m: drain_user_events(cfg, member=m)})) for m in (0, 1)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(600)
+    assert sorted(rest) == [0, 1], rest
+    assert report.stored + sum(r.stored for r in rest.values()) == 20 * parts, rest
+    assert sum(r.duplicates for r in rest.values()) == 0, rest
+    assert committed_total(cfg) == 20 * parts and db(cfg)[cfg.batch.events_collection].count_documents({}) == 20 * parts
+
+
+SLOW_DRAIN = """
+import json, sys, time
+from shopstream_batch import drain
+
+stored = drain.store
+
+def store_then_stall(colls, batch, report):  # each batch stored, then a stall before its commit
+    stored(colls, batch, report)
+    print("stored", len(batch), flush=True)
+    time.sleep(float(sys.argv[1]))
+
+drain.store = store_then_stall
+print("report", json.dumps(drain.drain_user_events().as_dict()), flush=True)
+"""
+
+
+def slow_drain(cfg, stall_s: float) -> subprocess.Popen:
+    """A drain run in a process of its own whose batches each stall `stall_s` before the commit."""
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOW_DRAIN, str(stall_s)],
+        env={**os.environ, **cfg.to_env()},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_drain_killed_with_kill_9_holds_up_no_later_run(isolated):
+    """A drain killed mid-run (no LeaveGroup, its batch stored but not committed): the next
+    run of the same member takes its place in the group at once, with every partition, and
+    the runs after it store every record once (the killed run's batch comes back as counted
+    duplicates). A dynamic member would stay in the group, and on a broker that never
+    expires members no later run would get a partition."""
+    cfg = isolated.model_copy(update={"batch": isolated.batch.model_copy(update={"batch_size": 100})})
+    n = 1000
+    produce(cfg, [record(f"k{i}", f"u{i % 7}", "PageVisited") for i in range(n)])
+    killed = slow_drain(cfg, 600)
+    try:
+        line = killed.stdout.readline() if killed.stdout else ""
+        assert line.startswith("stored"), f"the drain to be killed stopped first (exit {killed.poll()})"
+    finally:
+        killed.kill()
+        killed.wait(60)
+    first_stored = int(line.split()[1])
+    runs = [drain_user_events(cfg)]
+    assert runs[0].unassigned == [] and runs[0].stored > 0, runs[0]
+    while not runs[-1].done:
+        assert len(runs) < 20, [r.as_dict() for r in runs]
+        runs.append(drain_user_events(cfg))
+    assert first_stored + sum(r.stored for r in runs) == n, [r.as_dict() for r in runs]
+    assert sum(r.duplicates for r in runs) == first_stored, [r.as_dict() for r in runs]
+    assert committed_total(cfg) == n and db(cfg)[cfg.batch.events_collection].count_documents({}) == n
 
 
 def test_dag_runs_through_airflow_and_counts_what_the_api_accepted(airflow_db, isolated, monkeypatch):
@@ -276,3 +344,30 @@ def test_dag_runs_through_airflow_and_counts_what_the_api_accepted(airflow_db, i
         f"{users[0]}/PageVisited": (got[(users[0], "PageVisited")], got[(users[0], "PageVisited")] + 1)
     }
     assert not commands.batch_check(cfg)
+
+
+def test_a_second_run_of_the_same_member_fences_the_first_and_nothing_is_lost(isolated):
+    """Two runs of drain member 0 at once (a manual drain beside the DAG's, say): the newer
+    takes the member's place, the older stops at its next poll or commit and reports what it
+    did, and every record is stored once; the older run's uncommitted batch comes back to
+    the newer as counted duplicates."""
+    cfg = isolated.model_copy(update={"batch": isolated.batch.model_copy(update={"batch_size": 100})})
+    n = 1000
+    produce(cfg, [record(f"f{i}", f"u{i % 7}", "PageVisited") for i in range(n)])
+    older = slow_drain(cfg, 1.0)
+    try:
+        line = older.stdout.readline() if older.stdout else ""
+        assert line.startswith("stored"), f"the older run stopped first (exit {older.poll()})"
+        runs = [drain_user_events(cfg)]
+        out, _ = older.communicate(timeout=300)
+    finally:
+        older.kill()
+    assert older.returncode == 0, out
+    reports = [json.loads(row.split(" ", 1)[1]) for row in out.splitlines() if row.startswith("report ")]
+    assert len(reports) == 1 and not reports[0]["done"], out
+    first = reports[0]
+    while not runs[-1].done:
+        assert len(runs) < 20, [r.as_dict() for r in runs]
+        runs.append(drain_user_events(cfg))
+    assert first["stored"] + sum(r.stored for r in runs) == n, (first, [r.as_dict() for r in runs])
+    assert committed_total(cfg) == n and db(cfg)[cfg.batch.events_collection].count_documents({}) == n

@@ -20,6 +20,15 @@ What it leaves is in the report's `remaining`, counted on every partition of the
 one the run never got (the group join outlasted the budget, or another member held it)
 counts from the group's committed offset, read without joining the group. `done` is
 true only when nothing is left for certain.
+
+A run joins the group as a static member (`group.instance.id`, `member_id(member)`): a
+run that ends, or dies with kill -9, stays a member without leaving, and the next run of
+the same member takes its place at once, with its partitions. A dynamic member that
+vanishes without a LeaveGroup (killed, or its LeaveGroup stuck behind its own pending
+JoinGroup) stays in the group until its session times out, and a broker that never
+expires members (the embedded one) would hold every later join back for good. Two runs of
+one member at once: the newer fences the older, which stops at its next poll or commit; what
+it stored uncommitted comes back to the newer as counted duplicates.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, FencedInstanceIdError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from shopstream.adapters.kafka import kafka_consumer, record_fingerprints
@@ -124,10 +133,16 @@ def store(colls: Collections, messages: list[Message], report: DrainReport) -> N
     report.batches += 1
 
 
-def _consumer(settings: Settings) -> KafkaConsumer:
+def member_id(member: int) -> str:
+    """The drain's `group.instance.id` for member `member` (0 unless drains run side by side)."""
+    return f"shopstream-batch-drain-{member}"
+
+
+def _consumer(settings: Settings, member: int) -> KafkaConsumer:
     return kafka_consumer(
         settings.kafka,
         group_id=settings.batch.consumer_group,
+        group_instance_id=member_id(member),
         client_id="shopstream-batch",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -138,9 +153,14 @@ def _consumer(settings: Settings) -> KafkaConsumer:
 def _wait_for_assignment(
     consumer: KafkaConsumer, deadline: float, clock: Callable[[], float] = time.monotonic
 ) -> set[TopicPartition]:
-    """Poll until the group gives this consumer partitions, or the deadline; what it has then."""
-    while not consumer.assignment() and clock() < deadline:
-        consumer.poll(timeout_ms=200, max_records=1, update_offsets=False)
+    """Poll until the group gives this consumer partitions, or the deadline; what it has then
+    (nothing, if a newer run of the same member fenced this one)."""
+    try:
+        while not consumer.assignment() and clock() < deadline:
+            consumer.poll(timeout_ms=200, max_records=1, update_offsets=False)
+    except FencedInstanceIdError:
+        log.warning("a newer run of this drain member took its place before it got partitions")
+        return set()
     return set(consumer.assignment())
 
 
@@ -199,7 +219,7 @@ def verify_positions(
         report.rewound += len(rewound)
         try:
             consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in rewound.items()})
-        except CommitFailedError as e:  # a rebalance took the partitions: the next run finds the rewind again
+        except (CommitFailedError, FencedInstanceIdError) as e:  # they are another run's now: it finds the rewind again
             log.warning("could not commit the rewound offsets (the next run finds them again): %s", e)
             return marks
         for tp in rewound:
@@ -238,16 +258,17 @@ def _waiting(
         probe.close()
 
 
-def drain_user_events(settings: Settings | None = None, budget: Budget | None = None) -> DrainReport:
+def drain_user_events(settings: Settings | None = None, budget: Budget | None = None, member: int = 0) -> DrainReport:
     """Drain what waits in UserEvents now into MongoDB, within `budget` (by default
-    `batch.max_seconds` from now)."""
+    `batch.max_seconds` from now), as group member `member` (drains run side by side
+    each need their own: Airflow's map index, say)."""
     settings = settings or get_settings()
     cfg = settings.batch
     budget = budget or Budget(cfg.max_seconds)
     topic = settings.kafka.user_events_topic
     client = mongo_client(settings.mongo)
     colls = ensure_collections(database(client, settings.mongo), cfg)
-    consumer = _consumer(settings)
+    consumer = _consumer(settings, member)
     report = DrainReport()
     try:
         consumer.subscribe([topic])
@@ -268,7 +289,11 @@ def drain_user_events(settings: Settings | None = None, budget: Budget | None = 
             if not size:
                 break
             t0 = budget.clock()
-            polled = consumer.poll(timeout_ms=1000, max_records=size)
+            try:
+                polled = consumer.poll(timeout_ms=1000, max_records=size)
+            except FencedInstanceIdError:
+                log.warning("a newer run of this drain member took its place: stopping")
+                break
             batch: list[Message] = []
             last: dict[TopicPartition, Message] = {}
             for tp, records in polled.items():
@@ -287,7 +312,7 @@ def drain_user_events(settings: Settings | None = None, budget: Budget | None = 
             next_offsets = {tp: m.offset + 1 for tp, m in last.items()}
             try:
                 consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()})
-            except CommitFailedError as e:  # a rebalance took the partitions; they will be redelivered
+            except (CommitFailedError, FencedInstanceIdError) as e:  # another member or run has them now
                 log.warning("offset commit failed after storing the batch (it will be seen again): %s", e)
                 break
             budget.took(len(batch), budget.clock() - t0)
