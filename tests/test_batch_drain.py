@@ -16,13 +16,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from shopstream.adapters.kafka import ensure_topics
 from shopstream.adapters.mongo import mongo_client
-from shopstream.settings import get_settings
+from shopstream.settings import Settings, get_settings
 from shopstream_api.examples import USER_EVENT_EXAMPLE
 from shopstream_batch import drain as drain_module
 from shopstream_batch.aggregate import update_event_counts
 from shopstream_batch.budget import Budget
 from shopstream_batch.check import check_counts
-from shopstream_batch.drain import DrainReport, Message, drain_user_events, member_id, store
+from shopstream_batch.drain import DrainReport, Message, drain_user_events, store
 from shopstream_batch.store import ensure_collections
 from shopstream_stack import commands
 from test_batch_properties import record
@@ -184,11 +184,11 @@ def test_a_drain_that_gets_no_partitions_reports_every_waiting_record(isolated):
 
 
 def test_partitions_another_member_holds_are_counted_as_remaining(isolated):
-    """Another drain member of the group (member 1, a run that has not ended yet) holds some
-    partitions: member 0 stores what it was given and counts the rest, from the group's
-    committed offsets. Member 1 then stops without leaving (a static member never sends a
-    LeaveGroup), and the next runs of both members, side by side, store the rest: every
-    record once."""
+    """Another consumer of the group (a dynamic member) holds some partitions: the drain
+    stores what it was given and counts the rest, from the group's committed offsets. The
+    drain, a static member, ends without a LeaveGroup, so no rebalance is under way when
+    the other consumer leaves, and the drain's next run takes its place with every
+    partition and stores the rest: every record once."""
     cfg = isolated
     topic, parts = cfg.kafka.user_events_topic, cfg.kafka.partitions
     producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap_servers, acks="all")
@@ -199,12 +199,11 @@ def test_partitions_another_member_holds_are_counted_as_remaining(isolated):
     held: set[int] = set()
     stop = threading.Event()
 
-    def member() -> None:  # joins the group as member 1 and polls, but never commits
+    def member() -> None:  # joins the group and polls, but never commits
         rival = KafkaConsumer(
             topic,
             bootstrap_servers=cfg.kafka.bootstrap_servers,
             group_id=cfg.batch.consumer_group,
-            group_instance_id=member_id(1),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
@@ -229,18 +228,13 @@ def test_partitions_another_member_holds_are_counted_as_remaining(isolated):
     assert report.unassigned and not report.done, report
     assert report.stored == 20 * (parts - len(report.unassigned)), report
     assert report.remaining == 20 * len(report.unassigned) and report.remaining_known, report
-    rest: dict[int, DrainReport] = {}
-    runs = [threading.Thread(target=lambda m=m: rest.update({m: drain_user_events(cfg, member=m)})) for m in (0, 1)]
-    for run in runs:
-        run.start()
-    for run in runs:
-        run.join(600)
-    assert sorted(rest) == [0, 1], rest
-    assert report.stored + sum(r.stored for r in rest.values()) == 20 * parts, rest
-    assert sum(r.duplicates for r in rest.values()) == 0, rest
-    assert committed_total(cfg) == 20 * parts and db(cfg)[cfg.batch.events_collection].count_documents({}) == 20 * parts
+    rest = drain_user_events(cfg)
+    assert rest.unassigned == [] and rest.done, rest
+    assert report.stored + rest.stored == 20 * parts and rest.duplicates == 0, rest
+    assert committed_total(cfg) == 20 * parts
 
 
+BACKLOG = 1000  # records waiting for the slow drains below
 SLOW_DRAIN = """
 import json, sys, time
 from shopstream_batch import drain
@@ -257,14 +251,32 @@ print("report", json.dumps(drain.drain_user_events().as_dict()), flush=True)
 """
 
 
-def slow_drain(cfg, stall_s: float) -> subprocess.Popen:
-    """A drain run in a process of its own whose batches each stall `stall_s` before the commit."""
-    return subprocess.Popen(
+def slow_drain_started(isolated, stall_s: float) -> tuple[Settings, subprocess.Popen, int]:
+    """BACKLOG records waiting, and a drain in a process of its own whose batches each stall
+    `stall_s` before their commit, once it has stored its first: (settings, process, that
+    batch's size)."""
+    cfg = isolated.model_copy(update={"batch": isolated.batch.model_copy(update={"batch_size": 100})})
+    produce(cfg, [record(f"s{i}", f"u{i % 7}", "PageVisited") for i in range(BACKLOG)])
+    proc = subprocess.Popen(
         [sys.executable, "-c", SLOW_DRAIN, str(stall_s)],
         env={**os.environ, **cfg.to_env()},
         stdout=subprocess.PIPE,
         text=True,
     )
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line.startswith("stored"):
+        proc.kill()
+        raise AssertionError(f"the slow drain stopped before storing a batch (exit {proc.wait(60)})")
+    return cfg, proc, int(line.split()[1])
+
+
+def drained(cfg, first: DrainReport) -> list[DrainReport]:
+    """`first` and the runs after it, until one reports nothing left."""
+    runs = [first]
+    while not runs[-1].done:
+        assert len(runs) < 20, [r.as_dict() for r in runs]
+        runs.append(drain_user_events(cfg))
+    return runs
 
 
 def test_a_drain_killed_with_kill_9_holds_up_no_later_run(isolated):
@@ -273,25 +285,16 @@ def test_a_drain_killed_with_kill_9_holds_up_no_later_run(isolated):
     the runs after it store every record once (the killed run's batch comes back as counted
     duplicates). A dynamic member would stay in the group, and on a broker that never
     expires members no later run would get a partition."""
-    cfg = isolated.model_copy(update={"batch": isolated.batch.model_copy(update={"batch_size": 100})})
-    n = 1000
-    produce(cfg, [record(f"k{i}", f"u{i % 7}", "PageVisited") for i in range(n)])
-    killed = slow_drain(cfg, 600)
-    try:
-        line = killed.stdout.readline() if killed.stdout else ""
-        assert line.startswith("stored"), f"the drain to be killed stopped first (exit {killed.poll()})"
-    finally:
-        killed.kill()
-        killed.wait(60)
-    first_stored = int(line.split()[1])
-    runs = [drain_user_events(cfg)]
-    assert runs[0].unassigned == [] and runs[0].stored > 0, runs[0]
-    while not runs[-1].done:
-        assert len(runs) < 20, [r.as_dict() for r in runs]
-        runs.append(drain_user_events(cfg))
-    assert first_stored + sum(r.stored for r in runs) == n, [r.as_dict() for r in runs]
+    cfg, killed, first_stored = slow_drain_started(isolated, 600)
+    killed.kill()
+    killed.wait(60)
+    first = drain_user_events(cfg)
+    assert first.unassigned == [] and first.stored > 0, first
+    runs = drained(cfg, first)
+    assert first_stored + sum(r.stored for r in runs) == BACKLOG, [r.as_dict() for r in runs]
     assert sum(r.duplicates for r in runs) == first_stored, [r.as_dict() for r in runs]
-    assert committed_total(cfg) == n and db(cfg)[cfg.batch.events_collection].count_documents({}) == n
+    assert committed_total(cfg) == BACKLOG
+    assert db(cfg)[cfg.batch.events_collection].count_documents({}) == BACKLOG
 
 
 def test_dag_runs_through_airflow_and_counts_what_the_api_accepted(airflow_db, isolated, monkeypatch):
@@ -351,23 +354,16 @@ def test_a_second_run_of_the_same_member_fences_the_first_and_nothing_is_lost(is
     takes the member's place, the older stops at its next poll or commit and reports what it
     did, and every record is stored once; the older run's uncommitted batch comes back to
     the newer as counted duplicates."""
-    cfg = isolated.model_copy(update={"batch": isolated.batch.model_copy(update={"batch_size": 100})})
-    n = 1000
-    produce(cfg, [record(f"f{i}", f"u{i % 7}", "PageVisited") for i in range(n)])
-    older = slow_drain(cfg, 1.0)
+    cfg, older, _ = slow_drain_started(isolated, 1.0)
     try:
-        line = older.stdout.readline() if older.stdout else ""
-        assert line.startswith("stored"), f"the older run stopped first (exit {older.poll()})"
-        runs = [drain_user_events(cfg)]
+        newer = drain_user_events(cfg)
         out, _ = older.communicate(timeout=300)
     finally:
         older.kill()
     assert older.returncode == 0, out
     reports = [json.loads(row.split(" ", 1)[1]) for row in out.splitlines() if row.startswith("report ")]
     assert len(reports) == 1 and not reports[0]["done"], out
-    first = reports[0]
-    while not runs[-1].done:
-        assert len(runs) < 20, [r.as_dict() for r in runs]
-        runs.append(drain_user_events(cfg))
-    assert first["stored"] + sum(r.stored for r in runs) == n, (first, [r.as_dict() for r in runs])
-    assert committed_total(cfg) == n and db(cfg)[cfg.batch.events_collection].count_documents({}) == n
+    runs = drained(cfg, newer)
+    assert reports[0]["stored"] + sum(r.stored for r in runs) == BACKLOG, (reports[0], [r.as_dict() for r in runs])
+    assert committed_total(cfg) == BACKLOG
+    assert db(cfg)[cfg.batch.events_collection].count_documents({}) == BACKLOG
