@@ -21,7 +21,7 @@ one the run never got (the group join outlasted the budget, or another member he
 counts from the group's committed offset, read without joining the group. `done` is
 true only when nothing is left for certain.
 
-A run joins the group as a static member (`group.instance.id`, `member_id(member)`): a
+A run joins the group as a static member (`group.instance.id` shopstream-batch-drain-<member>): a
 run that ends, or dies with kill -9, stays a member without leaving, and the next run of
 the same member takes its place at once, with its partitions. A dynamic member that
 vanishes without a LeaveGroup (killed, or its LeaveGroup stuck behind its own pending
@@ -133,16 +133,11 @@ def store(colls: Collections, messages: list[Message], report: DrainReport) -> N
     report.batches += 1
 
 
-def member_id(member: int) -> str:
-    """The drain's `group.instance.id` for member `member` (0 unless drains run side by side)."""
-    return f"shopstream-batch-drain-{member}"
-
-
 def _consumer(settings: Settings, member: int) -> KafkaConsumer:
     return kafka_consumer(
         settings.kafka,
         group_id=settings.batch.consumer_group,
-        group_instance_id=member_id(member),
+        group_instance_id=f"shopstream-batch-drain-{member}",  # 0 unless drains run side by side
         client_id="shopstream-batch",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
