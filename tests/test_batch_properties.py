@@ -3,9 +3,12 @@
 Hypothesis draws sequences of operations: deliveries of message batches (with
 duplicate records, redelivered batches — an insert whose offset commit never
 happened — and bad records), aggregation runs, runs whose time budget runs out
-after a few batches, runs that crash after claiming or after merging, and two runs
-overlapping. After every sequence (and runs until nothing is left uncounted) the
-counts must equal the number of distinct stored events per (UserId, EventName).
+after a few batches, runs that crash after claiming or after merging, two runs
+overlapping, drains that die before closing the batch their events went in (before or
+after an aggregation abandons it), a frozen drain that inserts into a batch abandoned under
+it, and events stored uncounted (by something else than the drain). After every sequence
+(and runs until nothing is left uncounted) the counts must equal the number of distinct
+stored events per (UserId, EventName).
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from hypothesis import strategies as st
 
 from shopstream.adapters.mongo import mongo_client
 from shopstream_batch.aggregate import AggregateReport, apply, claim, finish, uncounted, update_event_counts
+from shopstream_batch.batches import close_batch, not_counted, open_batch
 from shopstream_batch.budget import Budget
-from shopstream_batch.drain import DrainReport, Message, store
-from shopstream_batch.store import ensure_collections
+from shopstream_batch.drain import DrainReport, Message, split, store
+from shopstream_batch.store import ensure_collections, insert_new
 
 pytestmark = pytest.mark.services
 
@@ -60,6 +64,11 @@ messages = st.lists(
 operations = st.lists(
     st.one_of(
         st.tuples(st.just("deliver"), messages),
+        st.tuples(st.just("deliver_uncounted"), messages),
+        st.tuples(st.just("drain_dies_storing"), messages),
+        st.tuples(st.just("drain_dies_abandoned"), messages),
+        st.tuples(st.just("frozen_drain"), messages),
+        st.tuples(st.just("slow_drain"), messages),
         st.just(("redeliver",)),
         st.just(("aggregate",)),
         st.tuples(st.just("aggregate_until"), st.integers(min_value=1, max_value=40)),
@@ -69,7 +78,7 @@ operations = st.lists(
         st.just(("overlap",)),
     ),
     min_size=1,
-    max_size=14,
+    max_size=16,
 )
 
 
@@ -119,9 +128,30 @@ def test_counts_equal_distinct_stored_events_after_any_sequence(mongo, settings,
             "batch": settings.batch.model_copy(update={"aggregate_batch_events": 5}),
         }
     )
+    # an aggregation that takes any batch still being stored for a dead drain's
+    abandoning = cfg.model_copy(
+        update={"batch": cfg.batch.model_copy(update={"max_seconds": 1e-3, "overrun_seconds": 1e-3})}
+    )
     colls = ensure_collections(mongo[cfg.mongo.database], cfg.batch)
     stored: set[tuple[str, str, str]] = set()  # the model: distinct valid events stored
     offset, last_batch = 0, None
+
+    def new_messages(drawn) -> list[Message]:
+        nonlocal offset
+        batch = []
+        for kind, item in drawn:
+            value = record(*item) if kind == "ok" else item
+            batch.append(Message("UserEvents", 0, offset, b"k", value))
+            offset += 1
+            if kind == "ok":
+                stored.add(item)
+        return batch
+
+    def insert_into(batch_id: str | None, drawn) -> int:
+        """A drain's insert into `batch_id` (None: uncounted), without its batch's opening or closing."""
+        docs, _ = split(new_messages(drawn), batch_id)
+        return insert_new(colls.events, docs)[0]
+
     try:
         for op in ops:
             if op[0] in ("deliver", "redeliver"):
@@ -130,15 +160,24 @@ def test_counts_equal_distinct_stored_events_after_any_sequence(mongo, settings,
                         continue
                     batch = last_batch  # the same Kafka records again: the earlier commit never happened
                 else:
-                    batch = []
-                    for kind, item in op[1]:
-                        value = record(*item) if kind == "ok" else item
-                        batch.append(Message("UserEvents", 0, offset, b"k", value))
-                        offset += 1
-                        if kind == "ok":
-                            stored.add(item)
-                    last_batch = batch
+                    batch = last_batch = new_messages(op[1])
                 store(colls, batch, DrainReport())
+            elif op[0] == "deliver_uncounted":
+                insert_into(None, op[1])
+            elif op[0] == "drain_dies_storing":  # killed between its insert and its batch's closing
+                insert_into(open_batch(colls), op[1])
+            elif op[0] == "drain_dies_abandoned":  # frozen long enough to be abandoned, then killed after inserting
+                batch_id = open_batch(colls)
+                update_event_counts(abandoning)
+                insert_into(batch_id, op[1])
+            elif op[0] == "frozen_drain":  # its batch abandoned under it: it finds out when it closes it
+                batch_id = open_batch(colls)
+                update_event_counts(abandoning)
+                assert not close_batch(colls, batch_id, insert_into(batch_id, op[1]))
+            elif op[0] == "slow_drain":  # an aggregation runs while it stores: its batch is left to it
+                batch_id = open_batch(colls)
+                update_event_counts(cfg)
+                assert close_batch(colls, batch_id, insert_into(batch_id, op[1]))
             elif op[0] == "aggregate":
                 update_event_counts(cfg)
             elif op[0] == "aggregate_until":  # a run whose budget runs out after `ticks` looks at the clock
@@ -155,15 +194,15 @@ def test_counts_equal_distinct_stored_events_after_any_sequence(mongo, settings,
                     t.start()
                 for t in threads:
                     t.join()
-        runs = [update_event_counts(cfg)]
+        runs = [update_event_counts(abandoning)]  # by now every drain that left a batch open is gone
         while runs[-1].remaining:  # a run takes what fits in its budget; the next ones the rest
             assert len(runs) < 20, [r.as_dict() for r in runs]
-            runs.append(update_event_counts(cfg))
+            runs.append(update_event_counts(abandoning))
         expected = Counter((user, name) for _, user, name in stored)
         got = {(d["UserId"], d["EventName"]): d["EventCount"] for d in colls.counts.find()}
         assert got == dict(expected)
         assert colls.events.count_documents({}) == len(stored)
-        assert colls.events.count_documents({"AggBatch": None}) == 0
+        assert not_counted(colls) == 0
     finally:
         mongo.drop_database(cfg.mongo.database)
 
@@ -171,12 +210,11 @@ def test_counts_equal_distinct_stored_events_after_any_sequence(mongo, settings,
 def test_a_batch_applied_twice_is_counted_once(mongo, settings):
     cfg = settings.model_copy(update={"mongo": settings.mongo.model_copy(update={"database": "twice"})})
     colls = ensure_collections(mongo[cfg.mongo.database], cfg.batch)
-    store(
+    batch_id = store(
         colls,
         [Message("UserEvents", 0, i, b"k", record(f"t{i}", "u1", "PageVisited")) for i in range(5)],
         DrainReport(),
     )
-    batch_id = claim(colls)
     apply(colls, batch_id)
     report = AggregateReport()
     finish(colls, {"_id": batch_id, "state": "claimed"}, report)  # the retry
@@ -193,19 +231,19 @@ def test_a_reader_sees_every_pair_whole_while_batches_are_applied(mongo, setting
     colls = ensure_collections(mongo[cfg.mongo.database], cfg.batch)
     users, rounds = [f"u{i}" for i in range(40)], 12
 
-    def deliver(r: int) -> None:
+    def deliver(r: int) -> str:
         messages = [record(f"r{r}-{u}", u, "PageVisited") for u in users]
-        store(colls, [Message("UserEvents", 0, r * 100 + i, b"k", m) for i, m in enumerate(messages)], DrainReport())
+        return store(
+            colls, [Message("UserEvents", 0, r * 100 + i, b"k", m) for i, m in enumerate(messages)], DrainReport()
+        )
 
-    deliver(0)
-    apply(colls, claim(colls))
+    apply(colls, deliver(0))
     done, seen, reads = threading.Event(), {u: 1 for u in users}, 0
 
     def aggregate() -> None:
         try:
             for r in range(1, rounds):
-                deliver(r)
-                apply(colls, claim(colls))
+                apply(colls, deliver(r))
         finally:
             done.set()
 

@@ -1,6 +1,7 @@
 """The aggregation's cost follows the new events, not the history (issue: batch layer).
 
-Same new batch (10k events) counted on top of 10k and of 1M already-counted events.
+Same new batch (10k events, stored as the drain stores them) counted on top of 10k and of
+1M already-counted events.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rich.progress import Progress
 from shopstream.adapters.mongo import mongo_client
 from shopstream.settings import Settings
 from shopstream_batch.aggregate import update_event_counts
+from shopstream_batch.batches import close_batch, open_batch
 from shopstream_batch.store import Collections, ensure_collections
 
 from .harness import Figure, median_seconds
@@ -24,7 +26,7 @@ NAMES = ["PageVisited", "AddedBasket", "CheckedProductReviews"]
 USERS = 2000
 
 
-def _events(n: int, prefix: str) -> list[dict]:
+def _events(n: int, prefix: str, batch: str | None = None) -> list[dict]:
     now = datetime.now(UTC)
     return [
         {
@@ -38,7 +40,7 @@ def _events(n: int, prefix: str) -> list[dict]:
             "KafkaPartition": i % 3,
             "KafkaOffset": i,
             "StoredAt": now,
-            "AggBatch": None,
+            "AggBatch": batch,
         }
         for i in range(n)
     ]
@@ -48,8 +50,11 @@ HISTORY = "history"
 
 
 def _new_batch(colls: Collections, n: int) -> None:
-    """The new events the aggregation counts, under a new prefix each time."""
-    colls.events.insert_many(_events(n, f"n-{uuid.uuid4().hex[:8]}"), ordered=False)
+    """The new events the aggregation counts, under a new prefix each time, stored as the
+    drain stores them: in an aggregation batch it opens before the insert and closes after."""
+    batch_id = open_batch(colls)
+    colls.events.insert_many(_events(n, f"n-{uuid.uuid4().hex[:8]}", batch_id), ordered=False)
+    close_batch(colls, batch_id, n)
 
 
 def _fill(colls, n: int, progress: Progress, label: str) -> None:

@@ -1,10 +1,14 @@
 """Task 2: EventCount per (UserId, EventName), exact under retries and overlapping runs.
 
 Only events not counted yet are read, so the cost follows the run's new events,
-not the history. Each run, holding a lease so aggregations never interleave:
+not the history. The drain stores its new events already in an aggregation batch of their
+own (`AggBatch`, `shopstream_batch.batches`), so the aggregation counts them as they are.
+Each run, holding a lease so aggregations never interleave:
 
-1. claims the uncounted events into a new aggregation batch (`AggBatch` = batch id);
-2. adds the batch's per-pair counts to the counts collection, one single-document write per
+1. takes the batches the drain has closed, oldest first (events of a batch whose drain
+   died before closing it, or stored by something else than the drain, are uncounted
+   instead: the run claims those into a new batch of its own, `AggBatch` = batch id);
+2. adds each batch's per-pair counts to the counts collection, one single-document write per
    pair (an insert for a new pair, else an upsert), where a pair document remembers the last
    batches applied to it, so re-applying a batch (a retry after a crash between steps 2
    and 3) changes nothing;
@@ -12,9 +16,9 @@ not the history. Each run, holding a lease so aggregations never interleave:
 
 A batch left unfinished by a crashed run is finished first by the next one.
 
-A run has a time budget (`BatchSettings.aggregate_max_seconds`): its first batch is
-small, and each next one holds what the rate measured so far says fits in the time
-left (`shopstream_batch.budget`). What it leaves uncounted is in the report's
+A run has a time budget (`BatchSettings.aggregate_max_seconds`): it takes the next
+batch only while the rate measured so far says it fits in the time left, and its first
+claim is small, each next one as large as fits (`shopstream_batch.budget`). What it leaves uncounted is in the report's
 `remaining`, for the next run. A run stopped anywhere (its budget, a timeout, a crash)
 leaves the counts exact: a batch is claimed, merged and marked applied in that order,
 and whatever of it was left undone is finished by the next run.
@@ -54,6 +58,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from shopstream.adapters.mongo import Collections, database, mongo_client
 from shopstream.settings import Settings, get_settings
 
+from .batches import CLAIMED, IN_CHUNK, abandon_stale, new_batch_id, storing
 from .budget import Budget
 from .store import DUPLICATE_KEY, ensure_collections
 
@@ -61,9 +66,6 @@ log = logging.getLogger(__name__)
 
 LEASE = "aggregate-event-counts"
 APPLIED_WINDOW = 200  # batches remembered per pair; a retry comes long before 200 more runs
-# ids per claiming update: the embedded server's cost grows with the square of an `$in`
-# list's length (10k ids: 128 s; 100 ids at a time: 6 s, at any history size)
-_IN_CHUNK = 100
 _PAIR_CHUNK = 1000  # pairs per bulk write
 # events in a run's first batch, which times the server for the next ones (and the smallest
 # batch: below a few thousand events, merging into the pairs they touch costs about as much)
@@ -348,9 +350,9 @@ def _claim_some(colls: Collections, batch_id: str, limit: int, upto: datetime | 
         return colls.events.update_many({"AggBatch": None}, mark, bypass_document_validation=True).modified_count
     ids = [d["_id"] for d in colls.events.find({"AggBatch": None}, {"_id": 1}).limit(limit)]
     claimed = 0
-    for i in range(0, len(ids), _IN_CHUNK):
+    for i in range(0, len(ids), IN_CHUNK):
         claimed += colls.events.update_many(
-            {"_id": {"$in": ids[i : i + _IN_CHUNK]}, "AggBatch": None}, mark, bypass_document_validation=True
+            {"_id": {"$in": ids[i : i + IN_CHUNK]}, "AggBatch": None}, mark, bypass_document_validation=True
         ).modified_count
     return claimed
 
@@ -358,7 +360,7 @@ def _claim_some(colls: Collections, batch_id: str, limit: int, upto: datetime | 
 def claim(colls: Collections, lease: Lease | None = None, limit: int = 0, upto: datetime | None = None) -> str:
     """Step 1: put uncounted events into a new batch: those stored at or before `upto`, or
     else at most `limit` (0: all); returns its id (the batch document says how many it `claimed`)."""
-    batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    batch_id = new_batch_id()
     if lease is not None:
         lease.check()
     colls.agg_batches.insert_one(
@@ -391,7 +393,8 @@ def uncounted(colls: Collections) -> tuple[list[datetime], int]:
 
 
 def unfinished(colls: Collections) -> list[dict[str, Any]]:
-    return list(colls.agg_batches.find({"state": {"$ne": "applied"}}).sort("created", 1))
+    """Batches to apply, oldest first: those the drain closed, and those a run left unfinished."""
+    return list(colls.agg_batches.find({"state": {"$in": ["claiming", CLAIMED]}}).sort("created", 1))
 
 
 def update_event_counts(
@@ -411,12 +414,22 @@ def update_event_counts(
         lease = Lease(colls, owner, cfg.lease_seconds)
         try:
             lease.acquire(budget.left() if wait_for_lease_s is None else wait_for_lease_s)
-            for batch in unfinished(colls):
-                log.info("finishing batch %s left %s by an earlier run", batch["_id"], batch["state"])
+            if back := abandon_stale(colls, cfg.storing_abandoned_after_s):
+                log.warning("%d events of drain batches never closed are uncounted again", back)
+            cap, first = cfg.aggregate_batch_events, min(cfg.aggregate_batch_events, FIRST_BATCH)
+            left = 0  # events in the batches this run leaves to the next
+            for batch in unfinished(colls):  # oldest first: one a run left half-applied before any newer
+                size = batch.get("claimed") or 0
+                if left or (report.batches and (size > (fits := budget.size(cap, first)) or not fits)):
+                    left += size
+                    continue
+                if batch["state"] == "claiming" or batch.get("token") is not None:
+                    log.info("finishing batch %s left %s by an earlier run", batch["_id"], batch["state"])
+                t0, counted = budget.clock(), report.events_counted
                 finish(colls, batch, report, lease)
-            cap = cfg.aggregate_batch_events
+                budget.took(report.events_counted - counted, budget.clock() - t0)
             times, unstamped = uncounted(colls)  # what is left now: new events wait for the next run
-            while (times or unstamped) and (size := budget.size(cap, first=min(cap, FIRST_BATCH))):
+            while (times or unstamped) and (size := budget.size(cap, first=first)):
                 # the oldest `size` events, by when they were stored (a few more on a tie); events
                 # without a StoredAt (written by something else than the drain) by `_id` lists
                 upto = None if unstamped else times[min(size, len(times)) - 1]
@@ -431,7 +444,9 @@ def update_event_counts(
                     times = times[bisect.bisect_right(times, upto) :]
                 else:  # which ones it took is not known: look again
                     times, unstamped = uncounted(colls) if claimed >= size else ([], 0)
-            report.remaining = len(times) + unstamped
+            open_ids = storing(colls)  # batches a drain is still writing: stored, not countable yet
+            in_open = colls.events.count_documents({"AggBatch": {"$in": open_ids}}) if open_ids else 0
+            report.remaining = left + len(times) + unstamped + in_open
         finally:
             lease.release()
     finally:

@@ -17,6 +17,8 @@ from shopstream.adapters.mongo import collections, database, mongo_client
 from shopstream.contracts import UserEventRecord
 from shopstream.settings import Settings
 
+from .batches import not_counted
+
 
 @dataclass
 class CountCheck:
@@ -76,7 +78,7 @@ def check_counts(settings: Settings) -> CountCheck:
     try:
         colls = collections(database(client, settings.mongo), settings.batch)
         result.stored_events = colls.events.count_documents({})
-        result.uncounted = colls.events.count_documents({"AggBatch": None})
+        result.uncounted = not_counted(colls)
         got = {(d["UserId"], d["EventName"]): d["EventCount"] for d in colls.counts.find({}, {"Applied": 0})}
     finally:
         client.close()

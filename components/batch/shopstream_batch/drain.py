@@ -52,6 +52,7 @@ from shopstream.marks import Mark, Verdict, check, remember
 from shopstream.rewinds import DRAIN, Rewind, drain_document
 from shopstream.settings import Settings, get_settings
 
+from .batches import close_batch, open_batch
 from .budget import Budget
 from .store import ensure_collections, event_document, insert_new, load_marks, save_marks
 
@@ -98,8 +99,8 @@ class Message:
     timestamp: int = -1  # Kafka's, in ms: part of the offset mark
 
 
-def split(messages: list[Message]) -> tuple[list[dict], list[dict]]:
-    """Parse and validate: (event documents, dead letters). Pure; no I/O."""
+def split(messages: list[Message], batch: str | None = None) -> tuple[list[dict], list[dict]]:
+    """Parse and validate: (event documents in aggregation batch `batch`, dead letters). Pure; no I/O."""
     docs, dead = [], []
     for m in messages:
         try:
@@ -118,19 +119,28 @@ def split(messages: list[Message]) -> tuple[list[dict], list[dict]]:
                 }
             )
             continue
-        docs.append(event_document(record, m.partition, m.offset))
+        docs.append(event_document(record, m.partition, m.offset, batch))
     return docs, dead
 
 
-def store(colls: Collections, messages: list[Message], report: DrainReport) -> None:
-    """Insert one batch (events, then dead letters); idempotent, so a redelivered batch is harmless."""
-    docs, dead = split(messages)
+def store(colls: Collections, messages: list[Message], report: DrainReport) -> str:
+    """Insert one batch (events, then dead letters); idempotent, so a redelivered batch is harmless.
+
+    Returns the aggregation batch (`batches`) the new events went in: a duplicate keeps the
+    batch it was stored in."""
+    batch_id = open_batch(colls)
+    docs, dead = split(messages, batch_id)
     stored, dups = insert_new(colls.events, docs, validated=True)  # `split` validated every one
+    if not close_batch(colls, batch_id, stored):
+        log.warning(
+            "aggregation batch %s was abandoned before the drain closed it: its events wait uncounted", batch_id
+        )
     dl_new, _ = insert_new(colls.dead_letters, dead)
     report.stored += stored
     report.duplicates += dups
     report.dead_lettered += dl_new
     report.batches += 1
+    return batch_id
 
 
 def _consumer(settings: Settings, member: int) -> KafkaConsumer:

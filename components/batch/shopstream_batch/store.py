@@ -51,6 +51,7 @@ def ensure_collections(db: Database, cfg: BatchSettings) -> Collections:
         c.events.drop_index(_AGG_BATCH_ALONE)
     c.events.create_index([("StoredAt", ASCENDING)])  # readers that follow what was stored since (the dashboard)
     c.counts.create_index([("UserId", ASCENDING), ("EventName", ASCENDING)], unique=True)
+    c.agg_batches.create_index([("state", ASCENDING), ("created", ASCENDING)])  # the few not applied, oldest first
     return c
 
 
@@ -62,11 +63,12 @@ def _mongo_value(value: Any) -> Any:
     return value
 
 
-def event_document(record: UserEventRecord, partition: int, offset: int) -> dict[str, Any]:
+def event_document(record: UserEventRecord, partition: int, offset: int, batch: str | None = None) -> dict[str, Any]:
+    """The stored form of an event; `batch`: the aggregation batch it is stored in (None: uncounted)."""
     doc = _mongo_value(record.model_dump(mode="python"))
     doc["_id"] = doc.pop("EventId")
     doc["EventName"] = record.EventName.value
-    doc.update(KafkaPartition=partition, KafkaOffset=offset, StoredAt=datetime.now(UTC), AggBatch=None)
+    doc.update(KafkaPartition=partition, KafkaOffset=offset, StoredAt=datetime.now(UTC), AggBatch=batch)
     return doc
 
 

@@ -151,6 +151,13 @@ class BatchSettings(BaseModel):
         """The aggregate task's execution_timeout."""
         return self.aggregate_max_seconds + self.overrun_seconds
 
+    @property
+    def storing_abandoned_after_s(self) -> float:
+        """A drain batch still being stored this long after it was opened belongs to a drain
+        that is gone (Airflow stops a drain task by then): the aggregation counts its events
+        through its own claims. The counts stay exact whatever this is; it sets how soon."""
+        return self.drain_timeout_s
+
 
 class DashboardSettings(BaseModel):
     """The live dashboard (components/dashboard): where it listens and how often it looks."""
