@@ -472,9 +472,7 @@ def test_mongo_stopped_mid_aggregation_fails_the_run_and_the_next_run_counts_exa
         own,
         cfg,
         monkeypatch,
-        lambda db: (
-            db[f"{cfg.batch.counts_collection}_batches"].find_one(AGGREGATION_AT_WORK) is not None
-        ),
+        lambda db: db[f"{cfg.batch.counts_collection}_batches"].find_one(AGGREGATION_AT_WORK) is not None,
     )
     assert state == "failed", tasks
     assert tasks["drain"] == ("success", 1), tasks
