@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import jsonschema
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shopstream.contracts import Purchase, PurchaseRecord, UserEvent, UserEventRecord, json_schemas
+from shopstream.contracts import Purchase, PurchaseRecord, Stamp, UserEvent, UserEventRecord, json_schemas
 from strategies import purchases, user_events
 
 SCHEMAS = json_schemas()
@@ -47,6 +47,22 @@ def test_records_round_trip_with_their_envelope(raw, uid):
     record = UserEventRecord.model_validate({**raw, "EventId": str(uid), "IngestedAt": "2026-01-01T00:00:00Z"})
     assert UserEventRecord.model_validate_json(record.model_dump_json()) == record
     jsonschema.validate(json.loads(record.model_dump_json()), SCHEMAS["UserEventRecord"])
+
+
+@given(
+    st.one_of(
+        user_events().map(lambda r: (UserEvent, UserEventRecord, r)),
+        purchases().map(lambda r: (Purchase, PurchaseRecord, r)),
+    ),
+    st.one_of(st.uuids().map(str), st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.:@-]{0,120}\Z")),
+    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31), timezones=st.just(UTC)),
+)
+def test_a_stamped_record_is_written_exactly_as_its_record_model_writes_it(case, event_id, now):
+    """The API publishes `Stamp.json`, not the record model: the bytes must be the same."""
+    client_model, record_model, raw = case
+    client = client_model.model_validate_json(json.dumps(raw))
+    record = record_model.model_validate({**raw, "EventId": event_id, "IngestedAt": now})
+    assert Stamp(now).json(client, event_id) == record.model_dump_json().encode()
 
 
 # Each breaker spoils exactly one field; the error must name that field (its path).

@@ -2,10 +2,10 @@
 
 Served by `IngestRoute` (the body parsed and validated once, no per-request dependency
 solving); the signatures below are what FastAPI documents. The published record is the
-validated client model plus what the server adds, built without validating it again
-(`model_construct`: its fields come from a validated model, a validated key or a random
-UUID from `uuid_utils`, the standard format in a twentieth of `uuid.uuid4`'s time), and
-written as JSON by pydantic-core.
+validated client model plus what the server adds (`shopstream.contracts.Stamp`: the
+client model's JSON, written by pydantic-core, with the EventId and IngestedAt appended),
+never validated again: its fields come from a validated model, a validated key or a random
+UUID from `uuid_utils`, the standard format in a twentieth of `uuid.uuid4`'s time.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from pydantic import BaseModel, Field
 from shopstream.contracts import (
     MAX_PURCHASES_PER_REQUEST,
     Purchase,
-    PurchaseRecord,
+    Stamp,
     UserEvent,
-    UserEventRecord,
 )
 
 from ..examples import PURCHASE_EXAMPLE, USER_EVENT_EXAMPLE
@@ -84,11 +83,9 @@ def _unavailable(e: BrokerUnavailable | JournalFull | JournalUnavailable) -> HTT
     )
 
 
-async def _publish(ingestor: Ingestor, topic: str, records: list[UserEventRecord] | list[PurchaseRecord]):
+async def _publish(ingestor: Ingestor, topic: str, records: list[Outgoing]):
     try:
-        return await ingestor.publish(
-            topic, [Outgoing(r.UserId.encode(), r.__pydantic_serializer__.to_json(r), r.EventId) for r in records]
-        )
+        return await ingestor.publish(topic, records)
     except (BrokerUnavailable, JournalFull, JournalUnavailable) as e:
         raise _unavailable(e) from e
 
@@ -100,12 +97,11 @@ async def send_event(
     idempotency_key: IdempotencyKey = None,
 ) -> SendEventResponse:
     state = request.app.state
-    record = UserEventRecord.model_construct(
-        **event.__dict__, EventId=idempotency_key or str(uuid_utils.uuid4()), IngestedAt=datetime.now(UTC)
-    )
+    stamp, event_id = Stamp(datetime.now(UTC)), idempotency_key or str(uuid_utils.uuid4())
+    record = Outgoing(event.UserId.encode(), stamp.json(event, event_id), event_id)
     (ack,) = await _publish(state.ingestor, state.settings.kafka.user_events_topic, [record])
     return SendEventResponse.model_construct(
-        EventId=record.EventId, IngestedAt=record.IngestedAt, Partition=ack.partition, Offset=ack.offset
+        EventId=event_id, IngestedAt=stamp.ingested_at, Partition=ack.partition, Offset=ack.offset
     )
 
 
@@ -125,14 +121,8 @@ async def purchased_items(
     idempotency_key: IdempotencyKey = None,
 ) -> PurchasedItemsResponse:
     state = request.app.state
-    now = datetime.now(UTC)
-    records = [
-        PurchaseRecord.model_construct(
-            **p.__dict__,
-            EventId=f"{idempotency_key}:{i}" if idempotency_key else str(uuid_utils.uuid4()),
-            IngestedAt=now,
-        )
-        for i, p in enumerate(purchases)
-    ]
+    stamp = Stamp(datetime.now(UTC))
+    ids = [f"{idempotency_key}:{i}" if idempotency_key else str(uuid_utils.uuid4()) for i in range(len(purchases))]
+    records = [Outgoing(p.UserId.encode(), stamp.json(p, e), e) for p, e in zip(purchases, ids, strict=True)]
     await _publish(state.ingestor, state.settings.kafka.purchases_topic, records)
-    return PurchasedItemsResponse.model_construct(Accepted=len(records), EventIds=[r.EventId for r in records])
+    return PurchasedItemsResponse.model_construct(Accepted=len(records), EventIds=[r.event_id for r in records])

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from .events import EventAttributes, EventName, UserEvent
 from .purchases import MAX_LINES, MAX_PURCHASES_PER_REQUEST, PaymentType, ProductLine, Purchase, lines_total
 from .reasons import why_invalid
-from .records import EventId, PurchaseRecord, UserEventRecord
+from .records import EventId, PurchaseRecord, Stamp, UserEventRecord
 
 CLIENT_MODELS: tuple[type[BaseModel], ...] = (UserEvent, Purchase)
 RECORD_MODELS: tuple[type[BaseModel], ...] = (UserEventRecord, PurchaseRecord)
@@ -36,6 +36,7 @@ __all__ = [
     "ProductLine",
     "Purchase",
     "PurchaseRecord",
+    "Stamp",
     "UserEvent",
     "UserEventRecord",
     "json_schemas",
