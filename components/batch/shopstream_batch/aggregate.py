@@ -16,10 +16,10 @@ Each run, holding a lease so aggregations never interleave:
 
 A batch left unfinished by a crashed run is finished first by the next one.
 
-A run has a time budget (`BatchSettings.aggregate_max_seconds`): it takes the next
-batch only while the rate measured so far says it fits in the time left, and its first
-claim is small, each next one as large as fits (`shopstream_batch.budget`). What it leaves uncounted is in the report's
-`remaining`, for the next run. A run stopped anywhere (its budget, a timeout, a crash)
+A run has a time budget (`BatchSettings.aggregate_max_seconds`): it takes the next batch
+only while the rate measured so far says it fits in the time left, and its first claim is
+small, each next one as large as fits (`shopstream_batch.budget`). What it leaves uncounted
+is in the report's `remaining`, for the next run. A run stopped anywhere (its budget, a timeout, a crash)
 leaves the counts exact: a batch is claimed, merged and marked applied in that order,
 and whatever of it was left undone is finished by the next run.
 
