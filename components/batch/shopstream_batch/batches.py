@@ -9,16 +9,21 @@ A batch document goes through these states:
 - `claimed`: closed by the drain once its insert has returned, so no event joins it any
   more; the aggregation applies it as one of its own (`aggregate.finish`);
 - `applied`: counted;
-- `abandoned`: still `storing` long after the drain that opened it must have ended
-  (`BatchSettings.storing_abandoned_after_s`): the aggregation gives its events back to the
-  uncounted (`AggBatch` null), and its own claims count them.
+- `abandoned`: its drain is gone. A new run of the same drain member abandons what an earlier
+  run of it left open when it starts (a member's runs never overlap for long: the newer fences
+  the older in the consumer group), and the aggregation abandons a batch still `storing`
+  long after any drain that opened it must have ended
+  (`BatchSettings.storing_abandoned_after_s`, for a member that never runs again). The
+  aggregation gives an abandoned batch's events back to the uncounted (`AggBatch` null),
+  and its own claims count them.
 
 A drain and the aggregation change a `storing` batch only from that state, so exactly one of
 them decides its fate. A drain that finds its batch abandoned when it comes to close it
 gives its events back itself. Events a frozen drain inserts into a batch after it was
 abandoned are given back by every later aggregation run, which looks at each abandoned batch
 again. So no event ends in a batch that is never applied, and none is counted twice,
-whatever the timing: the threshold only sets how soon a dead drain's events are counted.
+whatever the timing: who abandons a batch, and when, only sets how soon a dead drain's
+events are counted.
 """
 
 from __future__ import annotations
@@ -40,11 +45,21 @@ def new_batch_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
-def open_batch(colls: Collections) -> str:
-    """A new `storing` batch for the events the drain is about to insert."""
+def open_batch(colls: Collections, member: int = 0) -> str:
+    """A new `storing` batch for the events drain member `member` is about to insert."""
     batch_id = new_batch_id()
-    colls.agg_batches.insert_one({"_id": batch_id, "state": STORING, "created": datetime.now(UTC), "token": None})
+    colls.agg_batches.insert_one(
+        {"_id": batch_id, "state": STORING, "created": datetime.now(UTC), "token": None, "member": member}
+    )
     return batch_id
+
+
+def abandon_left_open(colls: Collections, member: int) -> int:
+    """A new run of drain member `member` starts: what earlier runs of it left `storing`
+    belongs to a run that is gone, or is being fenced; how many batches."""
+    return colls.agg_batches.update_many(
+        {"state": STORING, "member": member}, {"$set": {"state": ABANDONED, "abandoned_at": datetime.now(UTC)}}
+    ).modified_count
 
 
 def close_batch(colls: Collections, batch_id: str, stored: int) -> bool:

@@ -52,7 +52,7 @@ from shopstream.marks import Mark, Verdict, check, remember
 from shopstream.rewinds import DRAIN, Rewind, drain_document
 from shopstream.settings import Settings, get_settings
 
-from .batches import close_batch, open_batch
+from .batches import abandon_left_open, close_batch, open_batch
 from .budget import Budget
 from .store import ensure_collections, event_document, insert_new, load_marks, save_marks
 
@@ -123,12 +123,12 @@ def split(messages: list[Message], batch: str | None = None) -> tuple[list[dict]
     return docs, dead
 
 
-def store(colls: Collections, messages: list[Message], report: DrainReport) -> str:
+def store(colls: Collections, messages: list[Message], report: DrainReport, member: int = 0) -> str:
     """Insert one batch (events, then dead letters); idempotent, so a redelivered batch is harmless.
 
     Returns the aggregation batch (`batches`) the new events went in: a duplicate keeps the
     batch it was stored in."""
-    batch_id = open_batch(colls)
+    batch_id = open_batch(colls, member)
     docs, dead = split(messages, batch_id)
     stored, dups = insert_new(colls.events, docs, validated=True)  # `split` validated every one
     if not close_batch(colls, batch_id, stored):
@@ -273,6 +273,10 @@ def drain_user_events(settings: Settings | None = None, budget: Budget | None = 
     topic = settings.kafka.user_events_topic
     client = mongo_client(settings.mongo)
     colls = ensure_collections(database(client, settings.mongo), cfg)
+    if left_open := abandon_left_open(colls, member):
+        log.warning(
+            "%d batch(es) an earlier run of this member left open: the aggregation claims their events", left_open
+        )
     consumer = _consumer(settings, member)
     report = DrainReport()
     try:
@@ -308,7 +312,7 @@ def drain_user_events(settings: Settings | None = None, budget: Budget | None = 
                         last[tp] = batch[-1]
             if not batch:
                 continue
-            store(colls, batch, report)
+            store(colls, batch, report, member)
             # the marks of the new positions, before the commit: a commit is never unmarked
             for tp, m in last.items():
                 marks[tp] = remember(marks.get(tp, ()), Mark.of(m.offset + 1, m.value, m.timestamp))
