@@ -49,9 +49,10 @@ def test_a_backlog_left_by_a_mongodb_outage_is_worked_off_run_by_run_within_budg
     cfg = scoped(own.settings, "catchup")
     stored, counted = Work(), Work()
 
-    def slow_store(colls, messages, report):
-        store(colls, messages, report)
+    def slow_store(colls, messages, report, member):
+        batch_id = store(colls, messages, report, member)
         stored.charge(STORE_COST_S * len(messages))
+        return batch_id
 
     def slow_apply(colls, batch_id):
         merged = apply(colls, batch_id)

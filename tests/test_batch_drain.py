@@ -142,10 +142,11 @@ class SlowStore:
         self.budget, self.late = Budget(seconds, self.clock), []
         return self.budget
 
-    def __call__(self, colls, messages, report) -> None:
-        store(colls, messages, report)
+    def __call__(self, colls, messages, report, member=0) -> str:
+        batch_id = store(colls, messages, report, member)
         self.offset += self.cost * len(messages)
         self.late.append(self.clock() > self.budget.deadline)
+        return batch_id
 
 
 def test_a_large_backlog_is_drained_run_by_run_each_within_its_budget(isolated, monkeypatch):
@@ -241,10 +242,11 @@ from shopstream_batch import drain
 
 stored = drain.store
 
-def store_then_stall(colls, batch, report):  # each batch stored, then a stall before its commit
-    stored(colls, batch, report)
+def store_then_stall(colls, batch, report, member):  # each batch stored, then a stall before its commit
+    batch_id = stored(colls, batch, report, member)
     print("stored", len(batch), flush=True)
     time.sleep(float(sys.argv[1]))
+    return batch_id
 
 drain.store = store_then_stall
 print("report", json.dumps(drain.drain_user_events().as_dict()), flush=True)
