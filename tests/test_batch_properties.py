@@ -208,6 +208,20 @@ def test_counts_equal_distinct_stored_events_after_any_sequence(mongo, settings,
         mongo.drop_database(cfg.mongo.database)
 
 
+def test_one_run_counts_many_small_drain_batches_that_fit_its_budget(mongo, settings):
+    """Small drain batches (a trickle of events) are judged by their own size: a run whose
+    first batch held 2 events must not think a batch of 2 more needs as long as a claim of
+    thousands, and leave every other batch to the next runs."""
+    cfg = settings.model_copy(update={"mongo": settings.mongo.model_copy(update={"database": "trickle"})})
+    colls = ensure_collections(mongo[cfg.mongo.database], cfg.batch)
+    for b in range(5):
+        messages = [record(f"k{b}-{i}", USERS[i], "PageVisited") for i in range(2)]
+        store(colls, [Message("UserEvents", 0, b * 2 + i, b"k", m) for i, m in enumerate(messages)], DrainReport())
+    report = update_event_counts(cfg, budget=Budget(60, ticking()))  # every step takes 1 s by this clock
+    assert (report.batches, report.events_counted, report.remaining) == (5, 10, 0), report.as_dict()
+    mongo.drop_database(cfg.mongo.database)
+
+
 def test_a_batch_applied_twice_is_counted_once(mongo, settings):
     cfg = settings.model_copy(update={"mongo": settings.mongo.model_copy(update={"database": "twice"})})
     colls = ensure_collections(mongo[cfg.mongo.database], cfg.batch)

@@ -420,7 +420,7 @@ def update_event_counts(
             left = 0  # events in the batches this run leaves to the next
             for batch in unfinished(colls):  # oldest first: one a run left half-applied before any newer
                 size = batch.get("claimed") or 0
-                if left or (report.batches and (size > (fits := budget.size(cap, first)) or not fits)):
+                if left or (report.batches and not budget.fits(max(1, size))):
                     left += size
                     continue
                 if batch["state"] == "claiming" or batch.get("token") is not None:

@@ -58,6 +58,11 @@ class Budget:
             return 0
         return max(first, min(cap, int(self.rate * left * SHARE)))
 
+    def fits(self, items: int) -> bool:
+        """Whether a step of `items` (a size fixed already, such as a batch the drain stored)
+        fits in SHARE of the time left, judged by the first step as `size` judges it."""
+        return self.size(items, first=items) > 0
+
     def _cost_of(self, items: int) -> float:
         """What a step of `items` may cost, at most, judged by the first step."""
         return (self.first_s or 0.0) * max(1.0, items / max(1, self.first_items))
