@@ -226,12 +226,17 @@ def test_partitions_another_member_holds_are_counted_as_remaining(isolated):
     finally:
         stop.set()
         thread.join(60)
+    # what the run left, on its partitions and the other member's, is all that is not committed
+    # (a rebalance of the rival's own, which kafka-python can start twice in a row on the
+    # embedded broker, may fail a commit and end the run early: its batch comes back below)
+    committed = committed_total(cfg)
     assert report.unassigned and not report.done, report
-    assert report.stored == 20 * (parts - len(report.unassigned)), report
-    assert report.remaining == 20 * len(report.unassigned) and report.remaining_known, report
+    assert report.remaining == 20 * parts - committed and report.remaining_known, (committed, report)
+    assert committed <= report.stored <= 20 * (parts - len(report.unassigned)), (committed, report)
     rest = drain_user_events(cfg)
     assert rest.unassigned == [] and rest.done, rest
-    assert report.stored + rest.stored == 20 * parts and rest.duplicates == 0, rest
+    # every record stored once; what was stored but not committed is seen again, as duplicates
+    assert report.stored + rest.stored == 20 * parts and rest.duplicates == report.stored - committed, rest
     assert committed_total(cfg) == 20 * parts
 
 
