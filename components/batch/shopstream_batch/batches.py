@@ -57,9 +57,7 @@ def open_batch(colls: Collections, member: int = 0) -> str:
 def abandon_left_open(colls: Collections, member: int) -> int:
     """A new run of drain member `member` starts: what earlier runs of it left `storing`
     belongs to a run that is gone, or is being fenced; how many batches."""
-    return colls.agg_batches.update_many(
-        {"state": STORING, "member": member}, {"$set": {"state": ABANDONED, "abandoned_at": datetime.now(UTC)}}
-    ).modified_count
+    return colls.agg_batches.update_many({"state": STORING, "member": member}, _abandon()).modified_count
 
 
 def close_batch(colls: Collections, batch_id: str, stored: int) -> bool:
@@ -70,6 +68,10 @@ def close_batch(colls: Collections, batch_id: str, stored: int) -> bool:
     if not closed:
         give_back(colls, [batch_id])
     return closed
+
+
+def _abandon() -> dict:
+    return {"$set": {"state": ABANDONED, "abandoned_at": datetime.now(UTC)}}
 
 
 def give_back(colls: Collections, batch_ids: Iterable[str]) -> int:
@@ -86,10 +88,7 @@ def abandon_stale(colls: Collections, older_than_s: float) -> int:
     """Abandon `storing` batches opened more than `older_than_s` ago, and give back the
     events of every abandoned batch (late inserts included); how many events came back."""
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
-    colls.agg_batches.update_many(
-        {"state": STORING, "created": {"$lt": cutoff}},
-        {"$set": {"state": ABANDONED, "abandoned_at": datetime.now(UTC)}},
-    )
+    colls.agg_batches.update_many({"state": STORING, "created": {"$lt": cutoff}}, _abandon())
     return give_back(colls, (d["_id"] for d in colls.agg_batches.find({"state": ABANDONED}, {"_id": 1})))
 
 
