@@ -197,11 +197,13 @@ def test_the_drain_and_the_streaming_job_give_a_bad_record_the_same_reason():
 
 def test_the_streaming_job_checks_a_batch_of_records_as_it_checks_each():
     """The job's Arrow UDF takes a whole batch per call: each record gets the verdict it gets
-    alone, in its place, and a valid one comes back as the contract writes it."""
+    alone, in its place, and a valid one comes back as the contract reads it, in the Arrow
+    type Spark expects for the schema derived from the contract."""
     import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_type
 
     from shopstream_api.examples import PURCHASE_EXAMPLE
-    from shopstream_streaming.job import check_contract, check_contracts
+    from shopstream_streaming.job import CHECK, check_contract, check_contracts
 
     good = {**PURCHASE_EXAMPLE, "EventId": "ok-1", "IngestedAt": "2026-11-22T12:21:31.5+01:00"}
     values = [
@@ -211,11 +213,46 @@ def test_the_streaming_job_checks_a_batch_of_records_as_it_checks_each():
         json.dumps({**good, "TotalPrice": 1.0}).encode(),
         json.dumps({**good, "EventId": "ok-2"}).encode(),
     ]
-    checked = check_contracts(pa.array(values, pa.binary())).to_pylist()
-    assert [(c["reason"], c["json"]) for c in checked] == [check_contract(v) for v in values]
-    assert [c["reason"] is None for c in checked] == [True, False, False, False, True]
-    assert (
-        PurchaseRecord.model_validate_json(checked[0]["json"]).IngestedAt.isoformat()
-        == "2026-11-22T11:21:31.500000+00:00"
-    )
+    checked = check_contracts(pa.array(values, pa.binary()))
+    assert checked.type == to_arrow_type(CHECK, timezone="UTC")
+    rows = checked.to_pylist()
+    assert [c["reason"] for c in rows] == [check_contract(v)[0] for v in values]
+    for value, row in zip(values, rows, strict=True):
+        if row["reason"] is None:
+            assert row["record"] == PurchaseRecord.model_validate_json(value).model_dump()
+        else:
+            assert row["record"] is None
+    assert [c["reason"] is None for c in rows] == [True, False, False, False, True]
+    assert rows[0]["record"]["IngestedAt"].isoformat() == "2026-11-22T11:21:31.500000+00:00"
     assert check_contracts(pa.array([], pa.binary())).to_pylist() == []
+    only_bad = check_contracts(pa.array([None, b"x"], pa.binary()))
+    assert only_bad.type == checked.type and [c["record"] for c in only_bad.to_pylist()] == [None, None]
+
+
+def test_a_valid_record_the_lake_schema_cannot_hold_is_rejected_with_the_reason_not_nulled(monkeypatch):
+    """Should the Spark schema ever drift from the contract, what Arrow cannot hold in it is
+    rejected with the reason, alone: the records beside it in the batch are kept."""
+    import pyarrow as pa
+
+    from shopstream_api.examples import PURCHASE_EXAMPLE
+    from shopstream_streaming import job
+
+    good = {**PURCHASE_EXAMPLE, "IngestedAt": "2026-11-22T12:21:31.5Z"}
+    values = [json.dumps({**good, "EventId": f"ok-{i}"}).encode() for i in range(3)]
+    narrow = pa.struct(
+        [f if f.name != "TotalPrice" else pa.field(f.name, pa.decimal128(3, 2), False) for f in job.RECORD_ARROW]
+    )
+    monkeypatch.setattr(job, "RECORD_ARROW", narrow)
+    monkeypatch.setattr(job, "_ARROW_JSON", job.pa_json.ParseOptions(explicit_schema=pa.schema(list(narrow))))
+    fits = json.dumps(
+        {
+            **good,
+            "EventId": "ok-small",
+            "TotalPrice": 5.0,
+            "Products": [{**good["Products"][0], "ItemCount": 1, "ItemPrice": 5.0, "ItemDiscount": 0.0}],
+        }
+    ).encode()
+    rows = job.check_contracts(pa.array([*values, fits], pa.binary())).to_pylist()
+    assert [r["reason"] is None for r in rows] == [False, False, False, True]
+    assert all(r["reason"].startswith(job.UNREADABLE) and "decimal" in r["reason"] for r in rows[:3]), rows[0]
+    assert rows[3]["record"]["EventId"] == "ok-small"

@@ -377,6 +377,15 @@ def test_a_backlog_is_split_across_tasks_of_at_least_the_task_size_and_every_rec
     assert len(pack(ranges, 10**9)) == 1  # a small batch: one task
     assert len(pack(ranges, 1)) == len(ranges)  # never more tasks than ranges
     assert pack([], 20_000) == []
+    # a multiple of the cores where the ranges allow, so no core idles while the last task runs
+    assert len(pack(ranges, 20_000, cores=2)) == 4
+    assert len(pack(ranges, 25_000, cores=2)) == 4  # 3 tasks' worth, rounded up
+    assert len(pack(ranges, 20_000, cores=3)) == 5  # 6 would be more tasks than ranges
+    assert len(pack(ranges, 10**9, cores=2)) == 1  # a small batch: still one task
+    for cores in (2, 3):
+        assert sorted((r.partition, r.start) for t in pack(ranges, 20_000, cores) for r in t.ranges) == sorted(
+            (r.partition, r.start) for r in ranges
+        )
 
 
 # -- the Spark schema is derived from the contract ----------------------------------------

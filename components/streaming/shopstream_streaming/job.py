@@ -19,19 +19,23 @@ between the two writes, so the topic is read, and the contract checked, once per
 (Two queries, one per output, did both twice.)
 
 The contract decides validity (Pydantic, the same model the API validates with), over a
-whole Arrow batch per call; the Spark schema is derived from it. A record Pydantic accepts
-but Spark could not read into that schema goes to quarantine too, never silently to nulls.
+whole Arrow batch per call; the Spark schema is derived from it. The UDF hands Spark the
+valid records already in that schema: their JSON, as the contract writes it, read by
+Arrow's JSON reader in one pass per batch (no JSON parsing per row in the JVM). A record
+Pydantic accepts but Arrow cannot hold in that schema goes to quarantine too, with the
+reason, never silently to nulls. Only a rejected record keeps its raw bytes past the check.
 """
 
 from __future__ import annotations
 
-from functools import reduce
 from typing import Any
 
 import pyarrow as pa
+from pyarrow import json as pa_json
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.streaming import StreamingQuery
 
 from shopstream.contracts import PurchaseRecord, why_invalid
@@ -40,8 +44,8 @@ from shopstream.locations import PURCHASES, QUARANTINE, checkpoint_url, output_u
 from shopstream.rewinds import streaming_file
 from shopstream.settings import Settings
 
+from .kafka_source import CORES, QUERY, REWINDS_FILE, KafkaSource
 from .kafka_source import NAME as PYTHON_SOURCE
-from .kafka_source import QUERY, REWINDS_FILE, KafkaSource
 
 COORDINATES = {
     "topic": "KafkaTopic",
@@ -52,6 +56,7 @@ COORDINATES = {
 RECORD_SCHEMA = spark_schema(PurchaseRecord)
 NAME = PURCHASES  # the query's name (the status file's key) and its checkpoint's folder
 OUTPUTS = {PURCHASES: output_url, QUARANTINE: quarantine_url}  # where each output is (shopstream.locations)
+ONE_FILE_ROWS = 20_000  # a batch of fewer rows writes one file per date per output (`BatchWriter`)
 
 
 # -- reading --------------------------------------------------------------------------
@@ -76,35 +81,80 @@ def read_topic(spark: SparkSession, settings: Settings, query: str | None = None
     )
     if st.kafka_source == "python":
         reader = reader.option(REWINDS_FILE, str(streaming_file(settings)))
+        reader = reader.option(CORES, str(spark.sparkContext.defaultParallelism))
         if query:
             reader = reader.option(QUERY, query)
     return reader.load()
 
 
 # -- the contract ---------------------------------------------------------------------
-CHECK = T.StructType([T.StructField("reason", T.StringType()), T.StructField("json", T.StringType())])
+# The record as Spark's Arrow exchange holds RECORD_SCHEMA (timestamps as UTC instants)
+RECORD_ARROW = pa.struct(list(to_arrow_schema(RECORD_SCHEMA, timezone="UTC")))
+CHECK = T.StructType([T.StructField("reason", T.StringType()), T.StructField("record", RECORD_SCHEMA)])
+_ARROW_JSON = pa_json.ParseOptions(explicit_schema=pa.schema(list(RECORD_ARROW)), unexpected_field_behavior="error")
+UNREADABLE = "valid, but Spark could not read it: "
 
 
-def check_contract(value: bytes | None) -> tuple[str | None, str | None]:
-    """(why the Kafka value is not a PurchaseRecord, None) or (None, the record as the API
-    writes it). Spark parses the latter only, so it reads exactly what the contract
-    understood (a timestamp with an offset as its UTC instant, money as the decimal it is)."""
+def check_contract(value: bytes | None) -> tuple[str | None, bytes | None]:
+    """(why the Kafka value is not a PurchaseRecord, None) or (None, the record's JSON as the
+    contract writes it). Only the latter is read into Spark's schema, so Spark gets exactly
+    what the contract understood (a timestamp with an offset as its UTC instant, money as
+    the decimal it is)."""
     if value is None:
         return "empty record (no value)", None
     try:
         record = PurchaseRecord.model_validate_json(value)
     except Exception as e:  # noqa: BLE001 - one record, whatever is wrong with it, never fails the query
         return why_invalid(e), None
-    return None, record.model_dump_json()
+    return None, record.__pydantic_serializer__.to_json(record)
+
+
+def _read_records(lines: list[bytes]) -> tuple[pa.StructArray, list[str | None]]:
+    """The valid records' JSON read into RECORD_ARROW by Arrow's JSON reader, all in one pass:
+    (the records, and for each one the reason it could not be read, or None). Arrow holds
+    the schema strictly (a required field absent, a decimal that does not fit): should the
+    schema ever drift from the contract, such a record goes to quarantine, never to nulls."""
+    try:
+        table = pa_json.read_json(pa.py_buffer(b"\n".join(lines)), parse_options=_ARROW_JSON)
+        # the reader checks the schema's non-null fields but reports nested ones as nullable
+        return table.combine_chunks().to_struct_array().combine_chunks().cast(RECORD_ARROW), [None] * len(lines)
+    except pa.ArrowInvalid:  # one at a time, to find the ones it cannot hold
+        rows: list[dict | None] = []
+        reasons: list[str | None] = []
+        for line in lines:
+            try:
+                (row,) = pa_json.read_json(pa.py_buffer(line), parse_options=_ARROW_JSON).to_pylist()
+                rows.append(row)
+                reasons.append(None)
+            except pa.ArrowInvalid as e:
+                rows.append(None)
+                reasons.append(f"{UNREADABLE}{e}")
+        return pa.array(rows, RECORD_ARROW), reasons
 
 
 def check_contracts(values: pa.Array) -> pa.Array:
     """`check_contract` over an Arrow batch of Kafka values (Spark hands over up to 10,000 a
-    call): one call from the JVM per batch, not per record."""
-    checked = [check_contract(v) for v in values.to_pylist()]
+    call), the valid records parsed into Spark's schema by Arrow: one call from the JVM per
+    batch, and no JSON parsing per row in the JVM."""
+    reasons: list[str | None] = []
+    lines: list[bytes] = []
+    at: list[int | None] = []  # each value's row among the lines
+    for value in values.to_pylist():
+        reason, line = check_contract(value)
+        reasons.append(reason)
+        at.append(None if line is None else len(lines))
+        if line is not None:
+            lines.append(line)
+    if not lines:
+        return pa.StructArray.from_arrays(
+            [pa.array(reasons, pa.string()), pa.nulls(len(reasons), RECORD_ARROW)], names=CHECK.fieldNames()
+        )
+    records, unread = _read_records(lines)
+    for i, row in enumerate(at):
+        if row is not None and unread[row] is not None:
+            reasons[i], at[i] = unread[row], None
     return pa.StructArray.from_arrays(
-        [pa.array([c[0] for c in checked], pa.string()), pa.array([c[1] for c in checked], pa.string())],
-        names=CHECK.fieldNames(),
+        [pa.array(reasons, pa.string()), records.take(pa.array(at, pa.int64()))], names=CHECK.fieldNames()
     )
 
 
@@ -115,41 +165,17 @@ def check_contracts(values: pa.Array) -> pa.Array:
 check_contracts_udf = F.arrow_udf(check_contracts, CHECK).asNondeterministic()  # type: ignore[call-overload]
 
 
-def _has_missing(col: Column, dtype: T.DataType, nullable: bool) -> Column:
-    """True where a value the schema says cannot be null is null, at any depth."""
-    checks = [] if nullable else [col.isNull()]
-    if isinstance(dtype, T.StructType):
-        inner = [_has_missing(col[f.name], f.dataType, f.nullable) for f in dtype.fields]
-        checks.append(col.isNotNull() & reduce(Column.__or__, inner))
-    elif isinstance(dtype, T.ArrayType):
-        checks.append(
-            F.coalesce(F.exists(col, lambda x: _has_missing(x, dtype.elementType, dtype.containsNull)), F.lit(False))
-        )
-    return reduce(Column.__or__, checks) if checks else F.lit(False)
-
-
 def classify(kafka_rows: DataFrame) -> DataFrame:
-    """Kafka rows plus `record` (parsed with the Spark schema derived from the contract)
-    and `reason` (null for a valid record). Were that schema ever to drift from the
-    contract, the rows it cannot hold go to quarantine instead of turning into nulls."""
-    unreadable = F.concat_ws(
-        ", ",
-        *[
-            F.when(_has_missing(F.col("record")[f.name], f.dataType, f.nullable), F.lit(f.name))
-            for f in RECORD_SCHEMA.fields
-        ],
-    )
-    return (
-        kafka_rows.withColumn("check", check_contracts_udf("value"))
-        .withColumn("record", F.from_json("check.json", RECORD_SCHEMA))
-        .withColumn(
-            "reason",
-            F.coalesce(
-                "check.reason",
-                F.when(unreadable != "", F.concat(F.lit("valid, but Spark could not read "), unreadable)),
-            ),
-        )
-        .drop("check")
+    """Kafka rows plus `record` (the contract's record in the Spark schema derived from it)
+    and `reason` (null for a valid record). Only a rejected record keeps its raw key and
+    value (the quarantine's): a valid one is shuffled and cached in its parsed form only."""
+    rejected = F.col("check.reason").isNotNull()
+    return kafka_rows.withColumn("check", check_contracts_udf("value")).select(
+        F.when(rejected, F.col("key")).alias("key"),
+        F.when(rejected, F.col("value")).alias("value"),
+        *[c for c in kafka_rows.columns if c not in ("key", "value")],
+        F.col("check.record").alias("record"),
+        F.col("check.reason").alias("reason"),
     )
 
 
@@ -180,27 +206,22 @@ def _coordinates() -> list[Column]:
 
 
 def purchases(batch: DataFrame) -> DataFrame:
-    """The valid records of a batch, as the lake holds them; one file per date."""
+    """The valid records of a batch, as the lake holds them."""
     return (
         batch.where(F.col("reason").isNull())
         .select("record.*", *_coordinates())
         .withColumn("date", F.to_date("IngestedAt"))
-        .coalesce(1)
     )
 
 
 def quarantined(batch: DataFrame) -> DataFrame:
-    """The rejected records of a batch, with the reason; one file per date."""
-    return (
-        batch.where(F.col("reason").isNotNull())
-        .select(
-            F.col("reason").alias("Reason"),
-            F.col("key").alias("Key"),
-            F.col("value").alias("Value"),
-            *_coordinates(),
-            F.to_date("timestamp").alias("date"),
-        )
-        .coalesce(1)
+    """The rejected records of a batch, with the reason."""
+    return batch.where(F.col("reason").isNotNull()).select(
+        F.col("reason").alias("Reason"),
+        F.col("key").alias("Key"),
+        F.col("value").alias("Value"),
+        *_coordinates(),
+        F.to_date("timestamp").alias("date"),
     )
 
 
@@ -234,7 +255,12 @@ def file_sink(spark: SparkSession, path: str) -> Any:
 
 
 class BatchWriter:
-    """The query's foreachBatch: the batch kept in memory, each output written from it."""
+    """The query's foreachBatch: the batch kept in memory, each output written from it.
+
+    The batch is first counted, which computes and keeps it with all its partitions at
+    once. A batch of fewer than `ONE_FILE_ROWS` rows (the stack at rest) then writes one
+    file per date per output; a larger one (a catch-up) writes its purchases from every
+    partition at once, one file per partition and date."""
 
     def __init__(self, spark: SparkSession, settings: Settings) -> None:
         self.sinks = {name: file_sink(spark, url(settings)) for name, url in OUTPUTS.items()}
@@ -242,8 +268,10 @@ class BatchWriter:
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         batch.persist()
         try:
+            small = batch.count() < ONE_FILE_ROWS
             for name, sink in self.sinks.items():
-                sink.addBatch(batch_id, OUTPUT_ROWS[name](batch)._jdf)
+                rows = OUTPUT_ROWS[name](batch)
+                sink.addBatch(batch_id, (rows.coalesce(1) if small or name == QUARANTINE else rows)._jdf)
         finally:
             batch.unpersist()
 

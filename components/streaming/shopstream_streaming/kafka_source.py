@@ -49,6 +49,7 @@ Offsets = dict[str, dict[str, int]]  # topic -> partition (as a string: JSON key
 MARKS, FROM = "@marks", "@from"  # extra keys of our offset JSON; no topic name has an "@"
 # options of this source only: where it records its rewinds, and the query's name for them
 REWINDS_FILE, QUERY = "shopstream.rewindsFile", "shopstream.query"
+CORES = "shopstream.cores"  # option: the cores the query's tasks run on (`pack`)
 TASK_RECORDS = 20_000  # records a task reads before a batch is split across more tasks (`pack`)
 
 
@@ -85,16 +86,20 @@ class KafkaTask(InputPartition):
         return f"KafkaTask({', '.join(map(repr, self.ranges))})"
 
 
-def pack(ranges: list[KafkaRange], per_task: int) -> list[KafkaTask]:
+def pack(ranges: list[KafkaRange], per_task: int, cores: int = 1) -> list[KafkaTask]:
     """The ranges as tasks of about `per_task` records or more, one range per task at most
     as many tasks as ranges. A task costs a Python worker's round trip, a consumer and its
     connection whatever it reads: a batch of a few records per partition (the stack at rest:
     about 40 in 5 s over 6 partitions) is read by one task, not one per partition, and a
-    backlog is still split across the cores. Ranges go largest first to the task with the
-    fewest records; each task reads its ranges in topic and partition order."""
+    backlog is still split across the cores. A batch of more than one task has a multiple of
+    `cores` tasks where the ranges allow (5 tasks on 2 cores leave one core idle while the
+    last runs). Ranges go largest first to the task with the fewest records; each task reads
+    its ranges in topic and partition order."""
     if not ranges:
         return []
     n = max(1, min(len(ranges), math.ceil(sum(map(len, ranges)) / per_task)))
+    if n > 1:
+        n = min(len(ranges), math.ceil(n / cores) * cores)
     tasks: list[list[KafkaRange]] = [[] for _ in range(n)]
     sizes = [0] * n
     for r in sorted(ranges, key=len, reverse=True):
@@ -135,6 +140,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self.client_timeouts = {"request_timeout_ms": timeout_ms, "bootstrap_timeout_ms": timeout_ms}
         self.rewinds_file = options.get(REWINDS_FILE) or None
         self.query = options.get(QUERY) or None
+        self.cores = int(options.get(CORES) or 1)
         self._consumer = None  # metadata client, on the driver only
         self._target: Offsets | None = None  # Trigger.AvailableNow: stop here
 
@@ -341,7 +347,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             for p, e in sorted(parts.items(), key=lambda kv: int(kv[0]))
             if e > frm.get(t, {}).get(p, 0)
         ]
-        return pack(ranges, TASK_RECORDS)
+        return pack(ranges, TASK_RECORDS, self.cores)
 
     def commit(self, end: dict[str, Any]) -> None:
         """Spark's checkpoint holds the offsets; nothing to tell Kafka."""
