@@ -215,13 +215,17 @@ def purchases(batch: DataFrame) -> DataFrame:
 
 
 def quarantined(batch: DataFrame) -> DataFrame:
-    """The rejected records of a batch, with the reason."""
-    return batch.where(F.col("reason").isNotNull()).select(
-        F.col("reason").alias("Reason"),
-        F.col("key").alias("Key"),
-        F.col("value").alias("Value"),
-        *_coordinates(),
-        F.to_date("timestamp").alias("date"),
+    """The rejected records of a batch, with the reason; one file per date (they are few)."""
+    return (
+        batch.where(F.col("reason").isNotNull())
+        .select(
+            F.col("reason").alias("Reason"),
+            F.col("key").alias("Key"),
+            F.col("value").alias("Value"),
+            *_coordinates(),
+            F.to_date("timestamp").alias("date"),
+        )
+        .coalesce(1)
     )
 
 
@@ -271,7 +275,7 @@ class BatchWriter:
             small = batch.count() < ONE_FILE_ROWS
             for name, sink in self.sinks.items():
                 rows = OUTPUT_ROWS[name](batch)
-                sink.addBatch(batch_id, (rows.coalesce(1) if small or name == QUARANTINE else rows)._jdf)
+                sink.addBatch(batch_id, (rows.coalesce(1) if small else rows)._jdf)
         finally:
             batch.unpersist()
 
