@@ -21,7 +21,7 @@ from shopstream.adapters.mongo import database, mongo_client
 from shopstream.adapters.postgres import pg_engine
 from shopstream.adapters.s3 import ensure_bucket, s3_client, s3_health
 from shopstream.settings import EmbeddedSettings, Settings
-from shopstream_stack.isolated import free_ports
+from shopstream_stack.isolated import LOWEST_PORT, ephemeral_low, free_ports
 from shopstream_stack.process import PortInUse, StackError
 from shopstream_stack.s3 import PORT_FLAGS
 from shopstream_stack.stack import SERVICE_TYPES
@@ -226,6 +226,13 @@ def test_free_ports_taken_together_never_repeat():
     for _ in range(20):
         ports = free_ports(300)
         assert len(set(ports)) == len(ports)
+
+
+def test_free_ports_are_below_the_ephemeral_range():
+    """A test server's port must not be one the kernel can hand to a client's connection
+    (fresh-clone CI once found its API port taken by a Spark JVM started beside it)."""
+    low = ephemeral_low()
+    assert all(LOWEST_PORT <= p < low for p in free_ports(50))
 
 
 def _write_marker(name, settings, marker):

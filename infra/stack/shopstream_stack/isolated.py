@@ -5,6 +5,7 @@ The tests and the benchmarks use it, so they never touch a developer's `.run/` o
 
 from __future__ import annotations
 
+import random
 import socket
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,15 +23,37 @@ from shopstream.settings import (
     Settings,
 )
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 20_000
+
+
+def ephemeral_low() -> int:
+    """Where the kernel's ephemeral ports start (Linux's default when it cannot be read)."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
 
 def free_ports(n: int) -> list[int]:
-    """n different ports free now: every socket stays bound until all are chosen (ports
-    taken one at a time can repeat, since a closed socket's port is free again at once)."""
+    """n different ports free now, below the ephemeral range: a port from that range can be
+    handed to any outgoing connection (once a Spark JVM's) before our server binds it.
+    Every socket stays bound until all are chosen, so none repeats."""
+    high = ephemeral_low()
     with ExitStack() as bound:
-        socks = [bound.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+        ports: list[int] = []
+        for port in random.SystemRandom().sample(range(LOWEST_PORT, high), k=high - LOWEST_PORT):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            bound.enter_context(s)
+            ports.append(port)
+            if len(ports) == n:
+                return ports
+    raise OSError(f"fewer than {n} free ports between {LOWEST_PORT} and {high}")
 
 
 def free_port() -> int:
