@@ -225,7 +225,7 @@ class StreamingSettings(BaseModel):
     # one micro-batch, so one Parquet file per date, at most this often; 5 s keeps p95 freshness
     # (API 2xx -> readable in the lake) under 10 s, measured by `invoke bench`
     trigger_interval_s: float = Field(5.0, gt=0)
-    max_records_per_trigger: int = Field(300_000, ge=1)  # caps a catch-up batch
+    max_records_per_trigger: int = Field(500_000, ge=1)  # caps a catch-up batch
     # how long the job's Kafka clients wait for a broker that does not answer (to connect, or
     # for a request); then the query fails, and is restarted from its checkpoint with backoff
     kafka_timeout_s: float = Field(30.0, gt=1)
