@@ -24,7 +24,7 @@ from shopstream.settings import (
 )
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-LOWEST_PORT = 20_000
+LOWEST_PORT = 28_000  # above every default port of the stack (MongoDB's 27017 is the highest)
 
 
 def ephemeral_low() -> int:
