@@ -39,7 +39,8 @@ def listening_process(port: int) -> psutil.Process:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def _cpu_s(proc: psutil.Process) -> float:
+def cpu_seconds(proc: psutil.Process) -> float:
+    """The CPU time (user + system) a process has used so far."""
     t = proc.cpu_times()
     return t.user + t.system
 
@@ -60,10 +61,10 @@ def _drain_run(settings: Settings, n: int) -> None:
 
 def _window(settings: Settings, server: psutil.Process, rate: int, period: float) -> float:
     """MongoDB's CPU (share of a core) over one drain period that starts with a drain run."""
-    c0, t0 = _cpu_s(server), time.monotonic()
+    c0, t0 = cpu_seconds(server), time.monotonic()
     _drain_run(settings, int(rate * period))
     time.sleep(max(0.0, period - (time.monotonic() - t0)))
-    return (_cpu_s(server) - c0) / (time.monotonic() - t0)
+    return (cpu_seconds(server) - c0) / (time.monotonic() - t0)
 
 
 def _history(settings: Settings, n: int) -> None:

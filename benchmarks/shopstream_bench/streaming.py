@@ -62,7 +62,7 @@ from shopstream.settings import Settings
 from shopstream.streaming_status import read_status, status_path
 
 from .api import PURCHASE_CONNECTIONS, PURCHASES_PER_REQUEST, run_wrk
-from .dashboard_polling import listening_process
+from .dashboard_polling import cpu_seconds, listening_process
 from .harness import Figure, percentile, spark_for
 
 SERVERS = ["kafka", "s3"]
@@ -152,10 +152,10 @@ def _broker_quiet(settings: Settings, timeout_s: float = 60, busy: float = 0.1) 
     at a full core (about 5 s after 600,000 purchases): ingest work, not the job's."""
     broker = listening_process(int(settings.kafka.bootstrap_servers.rsplit(":", 1)[1]))
     t0 = time.perf_counter()
-    last = sum(broker.cpu_times()[:2])
+    last = cpu_seconds(broker)
     while time.perf_counter() - t0 < timeout_s:
         time.sleep(1)
-        now = sum(broker.cpu_times()[:2])
+        now = cpu_seconds(broker)
         if now - last < busy:
             break
         last = now
@@ -311,7 +311,7 @@ class _Poller:
         return False
 
 
-def _cpu_seconds(leader: psutil.Process) -> dict[int, float]:
+def _family_cpu_seconds(leader: psutil.Process) -> dict[int, float]:
     """CPU seconds (user + system) so far of the job's process and everything it started (the
     JVM, the Python workers), by pid."""
     from shopstream_stack.process import Proc
@@ -319,8 +319,7 @@ def _cpu_seconds(leader: psutil.Process) -> dict[int, float]:
     out = {}
     for p in [leader, *Proc.family(leader)]:
         with contextlib.suppress(psutil.Error):
-            t = p.cpu_times()
-            out[p.pid] = t.user + t.system
+            out[p.pid] = cpu_seconds(p)
     return out
 
 
@@ -377,7 +376,7 @@ def freshness(settings: Settings, window_s: float, windows: int, trigger_s: floa
                     sent.append(post_one())
                     time.sleep(random.uniform(0, 2 / pace))
 
-            cpu0, t0 = _cpu_seconds(leader), time.monotonic()
+            cpu0, t0 = _family_cpu_seconds(leader), time.monotonic()
             t = threading.Thread(target=sender, args=(sent, stop), daemon=True)
             t.start()
             while t.is_alive():
@@ -385,7 +384,7 @@ def freshness(settings: Settings, window_s: float, windows: int, trigger_s: floa
                 batch_times()
                 time.sleep(POLL_PAUSE_S)
             stop.set()
-            cpu1, t1 = _cpu_seconds(leader), time.monotonic()
+            cpu1, t1 = _family_cpu_seconds(leader), time.monotonic()
             cpu_shares.append(sum(v - cpu0.get(pid, 0.0) for pid, v in cpu1.items()) / (t1 - t0))
             if not poller.until(sent, 120):
                 missing = [i for i in sent if i not in poller.seen]
