@@ -21,9 +21,9 @@ batches' rate is at least the API's highest purchase rate in the same run; the r
 
 Other limits for throughput, same run. The job is read + validate + write; neither end alone
 is the whole of it, so both ends are shown:
-- kafka-python alone (the library the job's source is built on) reading the same records in
-  one consumer: what getting the bytes off the broker costs in Python, with no Spark, no
-  validation and no writing.
+- librdkafka alone (confluent-kafka, the client the job's source reads with) reading the same
+  records in one consumer: what getting the bytes off the broker costs in Python, with no
+  Spark, no validation and no writing.
 - a Spark batch writing the same rows as Parquet to the same bucket (read from the job's
   output, partitioned by date): the sink's cost with no Kafka and no validation.
 
@@ -56,7 +56,8 @@ import httpx
 import psutil
 from rich.console import Console
 
-from shopstream.adapters.kafka import end_offsets, kafka_consumer
+from shopstream.adapters.kafka import end_offsets
+from shopstream.adapters.kafka_rd import rd_consumer
 from shopstream.locations import PURCHASES, output_url, s3a_url
 from shopstream.settings import Settings
 from shopstream.streaming_status import read_status, status_path
@@ -162,26 +163,26 @@ def _broker_quiet(settings: Settings, timeout_s: float = 60, busy: float = 0.1) 
     return time.perf_counter() - t0
 
 
-def _kafka_python_read(settings: Settings, start: dict[int, int], end: dict[int, int]) -> float:
-    """Seconds for one kafka-python consumer to read [start, end) of every partition."""
-    from kafka import TopicPartition
+def _kafka_read(settings: Settings, start: dict[int, int], end: dict[int, int]) -> float:
+    """Seconds for one librdkafka consumer (the client the source's tasks read with) to read
+    [start, end) of every partition."""
+    from confluent_kafka import TopicPartition
 
     topic = settings.kafka.purchases_topic
-    consumer = kafka_consumer(
-        settings.kafka, enable_auto_commit=False, client_id="shopstream-bench-read", max_poll_records=5000
+    consumer = rd_consumer(
+        settings.kafka,
+        **{"group.id": "shopstream-bench-read", "enable.auto.commit": False, "client.id": "shopstream-bench-read"},
     )
-    tps = [TopicPartition(topic, p) for p in start]
     try:
         t0 = time.perf_counter()
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, start[tp.partition])
+        consumer.assign([TopicPartition(topic, p, o) for p, o in start.items()])
         got, need = 0, sum(end[p] - start[p] for p in start)
         while got < need:
-            for tp, records in consumer.poll(timeout_ms=1000).items():
-                got += sum(1 for r in records if r.offset < end[tp.partition] and r.value is not None)
+            for r in consumer.consume(5000, timeout=1.0):
+                at, p = r.offset(), r.partition()
+                got += r.error() is None and at is not None and p is not None and at < end[p]
             if time.perf_counter() - t0 > 600:
-                raise TimeoutError(f"kafka-python read {got} of {need} records")
+                raise TimeoutError(f"librdkafka read {got} of {need} records")
         return time.perf_counter() - t0
     finally:
         consumer.close()
@@ -211,7 +212,7 @@ def throughput(spark, settings: Settings, seconds: float, repeats: int) -> Figur
             rows = out.count()
             if rows != n:
                 problems.append(f"run {i + 1}: {rows:,} rows for {n:,} purchases")
-            read_s.append(_kafka_python_read(settings, start, end))
+            read_s.append(_kafka_read(settings, start, end))
             t0 = time.perf_counter()
             out.write.partitionBy("date").mode("overwrite").parquet(s3a_url(cfg, f"bench/{uuid.uuid4().hex[:8]}/copy"))
             write_s.append(time.perf_counter() - t0)
@@ -219,7 +220,7 @@ def throughput(spark, settings: Settings, seconds: float, repeats: int) -> Figur
                 f"  run {i + 1}/{repeats}: API {rate:,.0f} purchases/s (wrk {seconds:g} s, {n:,} purchases; "
                 f"the broker busy {quiet_s[-1]:.0f} s after); "
                 f"job {n / batch_s[-1]:,.0f} purchases/s in its batches ({batch_s[-1]:.1f} s), "
-                f"{n / job_s[-1]:,.0f}/s from its start ({job_s[-1]:.1f} s), kafka-python {n / read_s[-1]:,.0f}/s, "
+                f"{n / job_s[-1]:,.0f}/s from its start ({job_s[-1]:.1f} s), librdkafka {n / read_s[-1]:,.0f}/s, "
                 f"Parquet batch write {n / write_s[-1]:,.0f}/s"
             )
     finally:
@@ -247,7 +248,7 @@ def throughput(spark, settings: Settings, seconds: float, repeats: int) -> Figur
         limit_value=api_top,
         other_limits={
             "the job from its start (query start included)": from_start,
-            "kafka-python alone reading them": read_rate,
+            "librdkafka alone reading them": read_rate,
             "Spark batch writing the same rows as Parquet": write_rate,
         },
         target=">= the API's purchase rate; every purchase written once",

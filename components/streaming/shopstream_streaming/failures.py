@@ -31,7 +31,8 @@ FATAL = re.compile(
 TRANSIENT = re.compile(
     "|".join(
         [
-            # the broker did not answer (kafka-python, in the source on the driver or in a task)
+            # the broker did not answer (kafka-python, in the source on the driver; librdkafka in
+            # its tasks retries on its own, and a task that gets nothing ends in the TimeoutError below)
             r"KafkaTimeoutError",
             r"NoBrokersAvailable",
             r"KafkaConnectionError",
