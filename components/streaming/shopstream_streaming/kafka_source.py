@@ -165,7 +165,10 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if not wanted:
             return {}
         got = record_fingerprints(
-            self.bootstrap, {TopicPartition(t, int(p)): o for (t, p), o in wanted.items()}, "shopstream-spark-marks"
+            self.bootstrap,
+            {TopicPartition(t, int(p)): o for (t, p), o in wanted.items()},
+            "shopstream-spark-marks",
+            timeout_s=self.client_timeouts["request_timeout_ms"] / 1000,  # as patient as the source's other calls
         )
         return {(tp.topic, str(tp.partition)): fp for tp, fp in got.items()}
 
