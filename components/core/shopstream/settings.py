@@ -44,6 +44,12 @@ class KafkaSettings(BaseModel):
         return [self.user_events_topic, self.purchases_topic]
 
 
+def bootstrap_servers(where: KafkaSettings | str) -> str:
+    """The broker of the settings, or a bootstrap string as given (a Spark Python worker gets
+    options, not settings): every Kafka client's adapter takes either."""
+    return where.bootstrap_servers if isinstance(where, KafkaSettings) else where
+
+
 class MongoSettings(BaseModel):
     uri: str = "mongodb://127.0.0.1:27017/?directConnection=true"
     database: str = "shopstream"

@@ -395,34 +395,33 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         from confluent_kafka import TopicPartition
 
         tp = TopicPartition(r.topic, r.partition, r.start)
-        consumer.assign([tp])
-        try:
-            deadline = time.monotonic() + self.poll_timeout_s
-            at = r.start
-            while True:
-                # consume() waits for as many records as asked, up to its timeout: ask for what is left
-                batch = consumer.consume(max(1, min(READ_CHUNK, r.end - at)), timeout=0.5)
-                if batch:
-                    deadline = time.monotonic() + self.poll_timeout_s
-                for m in batch:
-                    if m.error() is not None:  # librdkafka retries on its own; the deadline bounds it
-                        log.warning("%r: %s", r, m.error())
+        consumer.assign([tp])  # in place of the previous range's
+        deadline = time.monotonic() + self.poll_timeout_s
+        at = r.start
+        while True:
+            # consume() waits for as many records as asked, up to its timeout: ask for what is left
+            batch = consumer.consume(min(READ_CHUNK, r.end - at), timeout=0.5)
+            if batch:
+                deadline = time.monotonic() + self.poll_timeout_s
+            records = []
+            for m in batch:
+                if m.error() is not None:  # librdkafka retries on its own; the deadline bounds it
+                    log.warning("%r: %s", r, m.error())
                 # past the end: not this range's; before the start: re-read from the log's start
                 # after an out-of-range reset
-                records = [m for m in batch if m.error() is None and r.start <= m.offset() < r.end]
-                if records:
-                    yield arrow_batch(records)
-                    at = records[-1].offset() + 1
-                    if at >= r.end:
-                        return
-                elif consumer.position([tp])[0].offset >= r.end:  # a gap up to the end
+                elif r.start <= m.offset() < r.end:
+                    records.append(m)
+            if records:
+                yield arrow_batch(records)
+                at = records[-1].offset() + 1
+                if at >= r.end:
                     return
-                elif time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"{r!r}: no records from {self.bootstrap} for {self.poll_timeout_s:.0f} s at offset {at}"
-                    )
-        finally:
-            consumer.unassign()
+            elif consumer.position([tp])[0].offset >= r.end:  # a gap up to the end
+                return
+            elif time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{r!r}: no records from {self.bootstrap} for {self.poll_timeout_s:.0f} s at offset {at}"
+                )
 
 
 ARROW_SCHEMA = pa.schema(

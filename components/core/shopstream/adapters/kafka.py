@@ -16,11 +16,7 @@ from kafka.admin import NewTopic
 from kafka.errors import OffsetOutOfRangeError, TopicAlreadyExistsError
 
 from shopstream.marks import Fingerprint, fingerprint
-from shopstream.settings import KafkaSettings
-
-
-def _servers(where: KafkaSettings | str) -> str:
-    return where.bootstrap_servers if isinstance(where, KafkaSettings) else where
+from shopstream.settings import KafkaSettings, bootstrap_servers
 
 
 def admin_client(
@@ -34,12 +30,12 @@ def admin_client(
 
 def kafka_consumer(where: KafkaSettings | str, *topics: str, **options) -> KafkaConsumer:
     """A consumer of the settings' broker (or of a bootstrap string); `options` go to KafkaConsumer."""
-    return KafkaConsumer(*topics, bootstrap_servers=_servers(where), **options)
+    return KafkaConsumer(*topics, bootstrap_servers=bootstrap_servers(where), **options)
 
 
 def kafka_producer(where: KafkaSettings | str, **options) -> KafkaProducer:
     """A producer to the settings' broker (or to a bootstrap string); `options` go to KafkaProducer."""
-    return KafkaProducer(bootstrap_servers=_servers(where), **options)
+    return KafkaProducer(bootstrap_servers=bootstrap_servers(where), **options)
 
 
 def kafka_health(admin: KafkaAdminClient) -> str:

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 from confluent_kafka import Consumer, Producer
 
-from shopstream.settings import KafkaSettings
-
-
-def _servers(where: KafkaSettings | str) -> str:
-    return where.bootstrap_servers if isinstance(where, KafkaSettings) else where
+from shopstream.settings import KafkaSettings, bootstrap_servers
 
 
 def rd_producer(cfg: KafkaSettings, **config: object) -> Producer:
@@ -25,4 +21,4 @@ def rd_producer(cfg: KafkaSettings, **config: object) -> Producer:
 def rd_consumer(where: KafkaSettings | str, **config: object) -> Consumer:
     """A consumer of the settings' broker (or of a bootstrap string, in a Spark Python worker);
     `config` are librdkafka properties (dots as in its docs)."""
-    return Consumer({"bootstrap.servers": _servers(where), **config})
+    return Consumer({"bootstrap.servers": bootstrap_servers(where), **config})
