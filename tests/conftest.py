@@ -144,10 +144,15 @@ class ServerThread:
 
 @pytest.fixture(scope="session")
 def api_server(stack, settings) -> Iterator[ServerThread]:
-    """The ingestion API (real uvicorn) publishing to the session's broker."""
+    """The ingestion API (real uvicorn) publishing to the session's broker, behind a proxy on
+    this host as far as it knows (127.0.0.1 is trusted), so a test can name a client's address
+    with X-Forwarded-For; without the header the client is the peer itself."""
+    import ipaddress
+
     from shopstream_api.main import create_app
 
-    with ServerThread(create_app(settings)) as server:
+    behind_proxy = settings.api.model_copy(update={"trusted_proxies": [ipaddress.ip_network("127.0.0.1/32")]})
+    with ServerThread(create_app(settings.model_copy(update={"api": behind_proxy}))) as server:
         yield server
 
 

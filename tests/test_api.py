@@ -45,7 +45,26 @@ def test_accepted_event_is_in_its_topic_keyed_by_user(api_server, settings):
     published = json.loads(msg.value)
     assert published.pop("EventId") == ack["EventId"]
     assert published.pop("IngestedAt")
+    # the envelope: the connection's peer (127.0.0.1), truncated to its /24, and the User-Agent sent
+    assert published.pop("ClientIp") == "127.0.0.0"
+    assert published.pop("UserAgent") == r.request.headers["user-agent"]
     assert UserEvent.model_validate(published) == UserEvent.model_validate(body)
+
+
+def test_behind_a_trusted_proxy_the_record_names_the_forwarded_client_truncated(api_server, settings):
+    """The test server trusts 127.0.0.1 as a proxy: the client is the last address in
+    X-Forwarded-For that is not a trusted proxy, whatever the client itself put before it."""
+    topic = settings.kafka.user_events_topic
+    before = end_offsets(settings, topic)
+    body = event()
+    agent = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) Version/17.1 Mobile/15E148 Safari/604.1"
+    headers = {"X-Forwarded-For": "6.6.6.6, 89.160.20.128, 127.0.0.1", "User-Agent": agent + "x" * 600}
+    r = httpx.put(f"{api_server.url}/SendEvent", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    (msg,) = [m for m in read_from(settings, topic, before) if m.key == body["UserId"].encode()]
+    published = json.loads(msg.value)
+    assert published["ClientIp"] == "89.160.20.0"
+    assert published["UserAgent"] == (agent + "x" * 600)[:512]  # cut to the contract's limit
 
 
 def test_purchases_are_published_with_idempotency_key_ids(api_server, settings):

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from shopstream.contracts import Purchase, PurchaseRecord, Stamp, UserEvent, UserEventRecord, json_schemas
+from shopstream.contracts.records import ADDED, MAX_USER_AGENT
 from strategies import purchases, user_events
 
 SCHEMAS = json_schemas()
@@ -56,13 +57,17 @@ def test_records_round_trip_with_their_envelope(raw, uid):
     ),
     st.one_of(st.uuids().map(str), st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.:@-]{0,120}\Z")),
     st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31), timezones=st.just(UTC)),
+    st.none() | st.ip_addresses().map(str),
+    st.none() | st.text(max_size=MAX_USER_AGENT + 10),
 )
-def test_a_stamped_record_is_written_exactly_as_its_record_model_writes_it(case, event_id, now):
-    """The API publishes `Stamp.json`, not the record model: the bytes must be the same."""
+def test_a_stamped_record_is_written_exactly_as_its_record_model_writes_it(case, event_id, now, ip, user_agent):
+    """The API publishes `Stamp.json`, not the record model: the bytes must be the same
+    (a User-Agent past the contract's limit is cut to it)."""
     client_model, record_model, raw = case
     client = client_model.model_validate_json(json.dumps(raw))
-    record = record_model.model_validate({**raw, "EventId": event_id, "IngestedAt": now})
-    assert Stamp(now).json(client, event_id) == record.model_dump_json().encode()
+    envelope = {"ClientIp": ip, "UserAgent": None if user_agent is None else user_agent[:MAX_USER_AGENT]}
+    record = record_model.model_validate({**raw, "EventId": event_id, "IngestedAt": now, **envelope})
+    assert Stamp(now, ip, user_agent).json(client, event_id) == record.model_dump_json().encode()
 
 
 # Each breaker spoils exactly one field; the error must name that field (its path).
@@ -144,7 +149,7 @@ def test_timestamps_are_normalised_to_utc():
 def test_records_schemas_extend_client_schemas():
     for name in ("UserEvent", "Purchase"):
         client, record = SCHEMAS[name], SCHEMAS[f"{name}Record"]
-        assert set(record["properties"]) == set(client["properties"]) | {"EventId", "IngestedAt"}
+        assert set(record["properties"]) == set(client["properties"]) | set(ADDED)
         assert client["additionalProperties"] is False
 
 

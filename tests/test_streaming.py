@@ -33,6 +33,7 @@ from shopstream_stack.process import Proc
 from shopstream_stack.streaming import StreamingService
 from shopstream_streaming import job
 from shopstream_streaming.status import rows_written
+from test_enrichment import CHROME_WINDOWS
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("stack")]
 
@@ -68,8 +69,12 @@ def purchase(run: str, i: int) -> dict:
     }
 
 
+# the sender every test purchase comes from (the API trusts the tests' X-Forwarded-For)
+SENDER = {"X-Forwarded-For": "81.2.69.160", "User-Agent": CHROME_WINDOWS}
+
+
 def post(api_url: str, bodies: list[dict], key: str | None) -> list[str]:
-    headers = {"Idempotency-Key": key} if key else {}
+    headers = {**SENDER, **({"Idempotency-Key": key} if key else {})}
     r = httpx.post(f"{api_url}/PurchasedItems", json=bodies, headers=headers, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()["EventIds"]
@@ -105,7 +110,7 @@ def test_posted_purchases_come_back_from_parquet_field_for_field(spark, settings
 
     df = spark.read.parquet(locations.output_url(st))
     contract = spark_schema(PurchaseRecord)
-    assert df.columns == [*contract.fieldNames(), *COORDINATES, "date"]
+    assert df.columns == [*contract.fieldNames(), "Enrichment", *COORDINATES, "date"]
     # the same types (Parquet itself makes every column nullable)
     assert df.schema.simpleString().startswith(contract.simpleString()[:-1])
     rows = df.collect()
@@ -132,6 +137,17 @@ def test_posted_purchases_come_back_from_parquet_field_for_field(spark, settings
         assert as_utc(row.KafkaTimestamp) == datetime.fromtimestamp(m.timestamp / 1000, UTC)
         ingested = datetime.fromisoformat(json.loads(m.value)["IngestedAt"])
         assert as_utc(row.IngestedAt) == ingested and row.date == ingested.date()
+        # the envelope as the API captured it (the address truncated), enriched beside it
+        assert (row.ClientIp, row.UserAgent) == ("81.2.69.0", CHROME_WINDOWS)
+        assert row.Enrichment.asDict() == {
+            "Browser": "Chrome",
+            "Os": "Windows",
+            "Device": "desktop",
+            "IsBot": False,
+            "Country": "GB",
+            "Region": "England",
+            "City": "Willesden",
+        }
 
 
 def test_malformed_and_contract_breaking_records_land_in_quarantine_with_the_reason(spark, settings):
@@ -411,9 +427,12 @@ def test_spark_schema_is_derived_from_the_contract():
         "PaymentType": T.StringType(),
         "EventId": T.StringType(),
         "IngestedAt": T.TimestampType(),
+        "ClientIp": T.StringType(),
+        "UserAgent": T.StringType(),
     }
     assert line.fieldNames() == list(ProductLine.model_fields)
-    assert not any(f.nullable for f in schema.fields)  # every field of the contract is required
+    # every field of the contract is required; the envelope's sender fields are null in older records
+    assert {f.name for f in schema.fields if f.nullable} == {"ClientIp", "UserAgent"}
 
 
 def test_schema_derivation_covers_optional_and_other_types():

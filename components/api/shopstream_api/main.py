@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from shopstream.settings import Settings, get_settings
 
 from .app import IngestApi
+from .client import ClientIdentity
 from .ingestor import Ingestor
 from .journal import Journal
 from .limits import MaxBodySize
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> IngestApi:
     )
     app.state.settings, app.state.publisher, app.state.metrics = settings, publisher, metrics
     app.state.ingestor, app.state.journal = Ingestor(publisher, journal), journal
+    app.state.client = ClientIdentity(settings.api)
     app.include_router(ingest.router)
     app.include_router(health.router)
     app.add_api_route("/metrics", metrics_endpoint, tags=["health"], summary="Prometheus metrics (all workers)")

@@ -20,7 +20,9 @@ from pymongo.errors import BulkWriteError, CollectionInvalid
 
 from shopstream.adapters.mongo import Collections, collections
 from shopstream.contracts import UserEventRecord
+from shopstream.contracts.enrichment import Enrichment
 from shopstream.contracts.mongo import mongo_validator
+from shopstream.enrichment import enrich
 from shopstream.marks import Mark
 from shopstream.settings import BatchSettings
 
@@ -32,6 +34,7 @@ STORE_FIELDS: dict[str, dict[str, Any]] = {
     "KafkaOffset": {"bsonType": ["int", "long"]},
     "StoredAt": {"bsonType": "date"},
     "AggBatch": {"bsonType": ["string", "null"]},  # which aggregation batch counted it
+    "Enrichment": mongo_validator(Enrichment)["$jsonSchema"],  # from ClientIp and UserAgent
 }
 
 
@@ -64,11 +67,13 @@ def _mongo_value(value: Any) -> Any:
 
 
 def event_document(record: UserEventRecord, partition: int, offset: int, batch: str | None = None) -> dict[str, Any]:
-    """The stored form of an event; `batch`: the aggregation batch it is stored in (None: uncounted)."""
+    """The stored form of an event, its envelope enriched; `batch`: the aggregation batch it is
+    stored in (None: uncounted)."""
     doc = _mongo_value(record.model_dump(mode="python"))
     doc["_id"] = doc.pop("EventId")
     doc["EventName"] = record.EventName.value
     doc.update(KafkaPartition=partition, KafkaOffset=offset, StoredAt=datetime.now(UTC), AggBatch=batch)
+    doc["Enrichment"] = enrich(record.ClientIp, record.UserAgent).model_dump(mode="json")
     return doc
 
 

@@ -9,6 +9,7 @@ same code runs in compose or on a cluster by changing variables only.
 
 from __future__ import annotations
 
+import json
 import os
 from enum import Enum
 from functools import lru_cache
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -110,6 +111,13 @@ class ApiSettings(BaseModel):
     journal_verify_interval_s: float = Field(2.0, gt=0)  # how often the broker's copy is read back
     # the ledger: the EventId of every acknowledged record, kept this long (what `invoke audit` checks)
     ledger_retention_hours: float = Field(24.0, gt=0)
+    # Whose address a record's ClientIp is: the connection's peer, or, when the peer is one of
+    # these proxies (JSON list of addresses or networks), the last address in X-Forwarded-For
+    # that is not one of them.
+    trusted_proxies: list[IPvAnyNetwork] = []
+    # Privacy: an IPv4 address is kept without its last octet, an IPv6 one to its /48, before
+    # it is published; nothing stores the full address. False keeps it whole.
+    truncate_ips: bool = True
 
     @property
     def base_url(self) -> str:
@@ -316,6 +324,8 @@ class Settings(BaseSettings):
                     value = value.get_secret_value()
                 elif isinstance(value, Enum):
                     value = value.value
+                elif isinstance(value, list | tuple):  # read back as JSON
+                    value = json.dumps([str(v) for v in value])
                 env[f"{prefix}{name.upper()}"] = str(value)
 
         put("SHOPSTREAM_", self)

@@ -39,7 +39,9 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.streaming import StreamingQuery
 
 from shopstream.contracts import PurchaseRecord, why_invalid
+from shopstream.contracts.enrichment import Enrichment
 from shopstream.contracts.spark import spark_schema
+from shopstream.enrichment import enrich
 from shopstream.locations import PURCHASES, QUARANTINE, checkpoint_url, output_url, quarantine_url
 from shopstream.rewinds import streaming_file
 from shopstream.settings import Settings
@@ -90,7 +92,15 @@ def read_topic(spark: SparkSession, settings: Settings, query: str | None = None
 # -- the contract ---------------------------------------------------------------------
 # The record as Spark's Arrow exchange holds RECORD_SCHEMA (timestamps as UTC instants)
 RECORD_ARROW = pa.struct(list(to_arrow_schema(RECORD_SCHEMA, timezone="UTC")))
-CHECK = T.StructType([T.StructField("reason", T.StringType()), T.StructField("record", RECORD_SCHEMA)])
+ENRICHMENT_SCHEMA = spark_schema(Enrichment)
+ENRICHMENT_ARROW = pa.struct(list(to_arrow_schema(ENRICHMENT_SCHEMA)))
+CHECK = T.StructType(
+    [
+        T.StructField("reason", T.StringType()),
+        T.StructField("record", RECORD_SCHEMA),
+        T.StructField("enrichment", ENRICHMENT_SCHEMA),
+    ]
+)
 _ARROW_JSON = pa_json.ParseOptions(explicit_schema=pa.schema(list(RECORD_ARROW)), unexpected_field_behavior="error")
 UNREADABLE = "valid, but Spark could not read it: "
 
@@ -147,15 +157,28 @@ def check_contracts(values: pa.Array) -> pa.Array:
             lines.append(line)
     if not lines:
         return pa.StructArray.from_arrays(
-            [pa.array(reasons, pa.string()), pa.nulls(len(reasons), RECORD_ARROW)], names=CHECK.fieldNames()
+            [
+                pa.array(reasons, pa.string()),
+                pa.nulls(len(reasons), RECORD_ARROW),
+                pa.nulls(len(reasons), ENRICHMENT_ARROW),
+            ],
+            names=CHECK.fieldNames(),
         )
     records, unread = _read_records(lines)
     for i, row in enumerate(at):
         if row is not None and unread[row] is not None:
             reasons[i], at[i] = unread[row], None
+    rows = pa.array(at, pa.int64())
     return pa.StructArray.from_arrays(
-        [pa.array(reasons, pa.string()), records.take(pa.array(at, pa.int64()))], names=CHECK.fieldNames()
+        [pa.array(reasons, pa.string()), records.take(rows), _enrichments(records).take(rows)],
+        names=CHECK.fieldNames(),
     )
+
+
+def _enrichments(records: pa.StructArray) -> pa.StructArray:
+    """Each record's envelope enriched (`shopstream.enrichment`), as the lake keeps it beside the record."""
+    pairs = zip(records.field("ClientIp").to_pylist(), records.field("UserAgent").to_pylist(), strict=True)
+    return pa.array([enrich(ip, ua).model_dump(mode="json") for ip, ua in pairs], ENRICHMENT_ARROW)
 
 
 # Marked nondeterministic only so the optimizer never copies it into the filters below
@@ -175,6 +198,7 @@ def classify(kafka_rows: DataFrame) -> DataFrame:
         F.when(rejected, F.col("value")).alias("value"),
         *[c for c in kafka_rows.columns if c not in ("key", "value")],
         F.col("check.record").alias("record"),
+        F.col("check.enrichment").alias("enrichment"),
         F.col("check.reason").alias("reason"),
     )
 
@@ -209,7 +233,7 @@ def purchases(batch: DataFrame) -> DataFrame:
     """The valid records of a batch, as the lake holds them."""
     return (
         batch.where(F.col("reason").isNull())
-        .select("record.*", *_coordinates())
+        .select("record.*", F.col("enrichment").alias("Enrichment"), *_coordinates())
         .withColumn("date", F.to_date("IngestedAt"))
     )
 

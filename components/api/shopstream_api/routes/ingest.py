@@ -3,7 +3,8 @@
 Served by `IngestRoute` (the body parsed and validated once, no per-request dependency
 solving); the signatures below are what FastAPI documents. The published record is the
 validated client model plus what the server adds (`shopstream.contracts.Stamp`: the
-client model's JSON, written by pydantic-core, with the EventId and IngestedAt appended),
+client model's JSON, written by pydantic-core, with the EventId, IngestedAt, ClientIp and
+UserAgent appended; the address as `client.ClientIdentity` reads and truncates it),
 never validated again: its fields come from a validated model, a validated key or a random
 UUID from `uuid_utils`, the standard format in a twentieth of `uuid.uuid4`'s time.
 """
@@ -83,6 +84,12 @@ def _unavailable(e: BrokerUnavailable | JournalFull | JournalUnavailable) -> HTT
     )
 
 
+def _stamp(request: Request) -> Stamp:
+    """The envelope of this request's records: now, and who sent them."""
+    headers = request.headers
+    return Stamp(datetime.now(UTC), request.app.state.client.address(request.scope, headers), headers.get("user-agent"))
+
+
 async def _publish(ingestor: Ingestor, topic: str, records: list[Outgoing]):
     try:
         return await ingestor.publish(topic, records)
@@ -97,7 +104,7 @@ async def send_event(
     idempotency_key: IdempotencyKey = None,
 ) -> SendEventResponse:
     state = request.app.state
-    stamp, event_id = Stamp(datetime.now(UTC)), idempotency_key or str(uuid_utils.uuid4())
+    stamp, event_id = _stamp(request), idempotency_key or str(uuid_utils.uuid4())
     record = Outgoing(event.UserId.encode(), stamp.json(event, event_id), event_id)
     (ack,) = await _publish(state.ingestor, state.settings.kafka.user_events_topic, [record])
     return SendEventResponse.model_construct(
@@ -121,7 +128,7 @@ async def purchased_items(
     idempotency_key: IdempotencyKey = None,
 ) -> PurchasedItemsResponse:
     state = request.app.state
-    stamp = Stamp(datetime.now(UTC))
+    stamp = _stamp(request)
     ids = [f"{idempotency_key}:{i}" if idempotency_key else str(uuid_utils.uuid4()) for i in range(len(purchases))]
     records = [Outgoing(p.UserId.encode(), stamp.json(p, e), e) for p, e in zip(purchases, ids, strict=True)]
     await _publish(state.ingestor, state.settings.kafka.purchases_topic, records)

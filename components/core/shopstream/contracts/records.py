@@ -1,8 +1,10 @@
-"""Records as published to Kafka: the client's contract plus what the server adds.
+"""Records as published to Kafka: the client's contract plus what the server adds (the envelope).
 
 EventId is the client's idempotency key when it sent one (so a retried request
 carries the same ids and every store can drop the copy), otherwise a new UUID.
-IngestedAt is when the API accepted the record.
+IngestedAt is when the API accepted the record. ClientIp and UserAgent are the sender's,
+as the API saw them (the IP truncated by default: `api.truncate_ips`); records published
+before the API captured them have null there.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, StringConstraints, TypeAdapter
+from pydantic import BaseModel, Field, StringConstraints, TypeAdapter
 from pydantic_core import to_json
 
 from .events import UserEvent
@@ -18,6 +20,13 @@ from .purchases import Purchase
 from .types import UtcTimestamp
 
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")]
+MAX_USER_AGENT = 512  # longer User-Agent headers are cut to this many characters
+ClientIpText = Annotated[
+    str | None, Field(max_length=45, description="the sender's IP address, or null when not captured")
+]
+UserAgentText = Annotated[
+    str | None, Field(max_length=MAX_USER_AGENT, description="the sender's User-Agent, or null when it sent none")
+]
 
 
 class UserEventRecord(UserEvent):
@@ -25,6 +34,8 @@ class UserEventRecord(UserEvent):
 
     EventId: EventId
     IngestedAt: UtcTimestamp
+    ClientIp: ClientIpText = None
+    UserAgent: UserAgentText = None
 
 
 class PurchaseRecord(Purchase):
@@ -32,10 +43,12 @@ class PurchaseRecord(Purchase):
 
     EventId: EventId
     IngestedAt: UtcTimestamp
+    ClientIp: ClientIpText = None
+    UserAgent: UserAgentText = None
 
 
 # what a record adds to its client model, in this order, after the client's fields
-ADDED = ("EventId", "IngestedAt")
+ADDED = ("EventId", "IngestedAt", "ClientIp", "UserAgent")
 assert all(tuple(m.model_fields)[-len(ADDED) :] == ADDED for m in (UserEventRecord, PurchaseRecord))
 _INGESTED_AT = TypeAdapter(UtcTimestamp)
 
@@ -49,9 +62,17 @@ class Stamp:
     (each record model is its client model plus `ADDED`, last). For 100 purchases this is
     half the time of building and writing the records."""
 
-    def __init__(self, ingested_at: datetime) -> None:
+    def __init__(self, ingested_at: datetime, client_ip: str | None = None, user_agent: str | None = None) -> None:
         self.ingested_at = ingested_at
-        self._tail = b',"IngestedAt":' + _INGESTED_AT.dump_json(ingested_at) + b"}"
+        self._tail = (
+            b',"IngestedAt":'
+            + _INGESTED_AT.dump_json(ingested_at)
+            + b',"ClientIp":'
+            + to_json(client_ip)
+            + b',"UserAgent":'
+            + to_json(user_agent[:MAX_USER_AGENT] if user_agent is not None else None)
+            + b"}"
+        )
 
     def json(self, client: BaseModel, event_id: str) -> bytes:
         return client.__pydantic_serializer__.to_json(client)[:-1] + b',"EventId":' + to_json(event_id) + self._tail
