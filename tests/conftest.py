@@ -116,14 +116,16 @@ def stack(settings) -> Iterator[dict[str, Service]]:
 class ServerThread:
     """A real uvicorn server for an ASGI app, on a free port, in a background thread."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, forwarded_allow_ips: list | None = None) -> None:
         import threading
 
         import uvicorn
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        allowed = None if forwarded_allow_ips is None else [str(a) for a in forwarded_allow_ips]
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", forwarded_allow_ips=allowed)
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ServerThread:
@@ -144,15 +146,12 @@ class ServerThread:
 
 @pytest.fixture(scope="session")
 def api_server(stack, settings) -> Iterator[ServerThread]:
-    """The ingestion API (real uvicorn) publishing to the session's broker, behind a proxy on
-    this host as far as it knows (127.0.0.1 is trusted), so a test can name a client's address
-    with X-Forwarded-For; without the header the client is the peer itself."""
-    import ipaddress
-
+    """The ingestion API (real uvicorn) publishing to the session's broker. Like the stack's, it
+    trusts X-Forwarded-For from this host (`api.trusted_proxies`), so a test can name a client's
+    address with it; without the header the client is the peer itself."""
     from shopstream_api.main import create_app
 
-    behind_proxy = settings.api.model_copy(update={"trusted_proxies": [ipaddress.ip_network("127.0.0.1/32")]})
-    with ServerThread(create_app(settings.model_copy(update={"api": behind_proxy}))) as server:
+    with ServerThread(create_app(settings), forwarded_allow_ips=settings.api.trusted_proxies) as server:
         yield server
 
 

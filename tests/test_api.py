@@ -67,6 +67,17 @@ def test_behind_a_trusted_proxy_the_record_names_the_forwarded_client_truncated(
     assert published["UserAgent"] == (agent + "x" * 600)[:512]  # cut to the contract's limit
 
 
+def test_a_peer_that_is_no_trusted_proxy_cannot_name_another_address(stack, settings):
+    topic = settings.kafka.user_events_topic
+    before = end_offsets(settings, topic)
+    body = event()
+    with ServerThread(create_app(settings), forwarded_allow_ips=[]) as server:  # trusts no proxy
+        r = httpx.put(f"{server.url}/SendEvent", json=body, headers={"X-Forwarded-For": "89.160.20.128"})
+    assert r.status_code == 200, r.text
+    (msg,) = [m for m in read_from(settings, topic, before) if m.key == body["UserId"].encode()]
+    assert json.loads(msg.value)["ClientIp"] == "127.0.0.0"  # the peer, not the header
+
+
 def test_purchases_are_published_with_idempotency_key_ids(api_server, settings):
     topic = settings.kafka.purchases_topic
     before = end_offsets(settings, topic)

@@ -33,13 +33,16 @@ from shopstream.contracts import (
     UserEvent,
     UserEventRecord,
 )
+from shopstream.contracts.enrichment import UNKNOWN, DeviceClass
 from shopstream.contracts.records import ADDED
+from shopstream.enrichment import device, place
 from shopstream.settings import REPO_ROOT
 from shopstream_generator import cli
 from shopstream_generator.catalogue import build_world, seeded_faker
 from shopstream_generator.cohort import Cohort, Session, build_cohort
 from shopstream_generator.runner import Plan, run
 from shopstream_generator.sender import Sender, purchase_batches
+from shopstream_generator.visitors import BROWSERS, CRAWLERS, Visitor
 
 NOW = datetime(2026, 11, 22, 10, 15, 30, 123456, tzinfo=UTC)
 PURCHASES = TypeAdapter(list[Purchase])
@@ -192,20 +195,50 @@ def test_a_cohort_of_50_sessions_builds_in_milliseconds():
 
 
 def test_purchase_batches_split_within_the_api_limits_and_keep_every_order():
-    cohort = cohorts(seed=6, count=1, sessions=300)[0]
-    purchases = cohort.purchases
-    batches = list(purchase_batches(cohort, max_records=25, max_bytes=8_000))
-    assert len(batches) > len(purchases) / 25
-    assert len({key for key, _, _ in batches}) == len(batches)
+    cohort = cohorts(seed=6, count=1, sessions=300, users=20)[0]  # few users: several orders each
+    buyers = {s.session_id: s.visitor for s in cohort.sessions if s.purchase is not None}
+    batches = list(purchase_batches(cohort, max_records=3, max_bytes=2_000))
+    assert len({key for key, *_ in batches}) == len(batches)
     rebuilt = []
-    for _key, count, body in batches:
-        assert count <= 25 and len(body) <= 8_000
+    for _key, count, body, visitor in batches:
+        assert count <= 3 and len(body) <= 2_000
         parsed = PURCHASES.validate_json(body)
         assert len(parsed) == count
+        assert {buyers[p.SessionId] for p in parsed} == {visitor}  # one buyer's purchases per POST
         rebuilt += parsed
-    assert rebuilt == purchases
-    (whole,) = purchase_batches(cohort, MAX_PURCHASES_PER_REQUEST, 10**9)
-    assert whole[1] == len(purchases)
+    assert sorted(p.OrderId for p in rebuilt) == sorted(p.OrderId for p in cohort.purchases)
+    whole = list(purchase_batches(cohort, MAX_PURCHASES_PER_REQUEST, 10**9))
+    assert len(whole) == len(set(buyers.values()))  # unbounded: one POST per buyer
+
+
+def test_every_browser_is_read_as_the_device_it_stands_for_and_every_crawler_as_a_bot():
+    for browser in BROWSERS:
+        _, _, device_class, bot = device(browser.user_agent)
+        assert (device_class, bot) == (browser.device, False), browser.user_agent
+    for crawler in CRAWLERS:
+        assert device(crawler)[2:] == (DeviceClass.bot, True), crawler
+
+
+def test_users_keep_one_browser_and_an_address_in_a_known_city_and_a_few_are_crawlers():
+    world = build_world(21, users=3_000, products=50)
+    assert world == build_world(21, users=3_000, products=50)  # the same seed, the same visitors
+    visitors = [u.visitor for u in world.users]
+    assert all(place(stored_ip(v))[2] != UNKNOWN for v in visitors)  # as the API stores it
+    devices = Counter(DeviceClass.bot if v.is_bot else device(v.user_agent)[2] for v in visitors)
+    shares = {d: n / len(visitors) for d, n in devices.items()}
+    weights = Counter()
+    for b in BROWSERS:
+        weights[b.device] += b.weight
+    for d, w in weights.items():  # within 4 points of the mix the weights give (3,000 draws)
+        assert abs(shares[d] / (1 - shares[DeviceClass.bot]) - w / sum(weights.values())) < 0.04, shares
+    assert 0.01 < shares[DeviceClass.bot] < 0.035
+    assert len({place(stored_ip(v))[2] for v in visitors}) > 500  # many cities
+    # a crawler views many pages, never a basket or a purchase
+    fake = seeded_faker(21)
+    crawled = [s for c in range(40) for s in build_cohort(world, fake, NOW, 50).sessions if s.visitor.is_bot]
+    assert crawled and all(s.purchase is None for s in crawled)
+    assert {e.EventName for s in crawled for e in s.events} == {EventName.PageVisited}
+    assert min(len(s.events) for s in crawled) >= 10
 
 
 # --- delivery through the real API ------------------------------------------------------------------
@@ -250,10 +283,21 @@ def send_cohorts(url: str, batch: list[Cohort], **options):
     return asyncio.run(go())
 
 
-def expected_ids(cohort: Cohort, per_request: int = MAX_PURCHASES_PER_REQUEST) -> set[str]:
-    ids = {f"{s.session_id}.{n}" for s in cohort.sessions for n in range(len(s.events))}
-    ids |= {f"{cohort.tag}.p{i // per_request}:{i % per_request}" for i in range(len(cohort.purchases))}
-    return ids
+def sent_purchases(cohort: Cohort) -> dict[str, tuple[Purchase, Visitor]]:
+    """EventId -> (purchase, who sent it): each POST is one visitor's purchases, the i-th with `<key>:<i>`."""
+    return {
+        f"{key}:{i}": (p, visitor)
+        for key, _, body, visitor in purchase_batches(cohort, MAX_PURCHASES_PER_REQUEST, 1_048_576)
+        for i, p in enumerate(PURCHASES.validate_json(body))
+    }
+
+
+def expected_ids(cohort: Cohort) -> set[str]:
+    return {f"{s.session_id}.{n}" for s in cohort.sessions for n in range(len(s.events))} | set(sent_purchases(cohort))
+
+
+def stored_ip(visitor: Visitor) -> str:
+    return visitor.client_ip.rsplit(".", 1)[0] + ".0"  # as the API truncates it
 
 
 @pytest.mark.services
@@ -271,20 +315,25 @@ def test_cohorts_reach_kafka_through_the_api_exactly_as_built(api_server, settin
     found = consume(settings, returned)
     assert found.keys() == returned
     assert all(len(copies) == 1 for copies in found.values()), "no record published twice"
-    sent_events = {f"{s.session_id}.{n}": e for c in batch for s in c.sessions for n, e in enumerate(s.events)}
-    sent_purchases = {f"{c.tag}.p0:{i}": p for c in batch for i, p in enumerate(c.purchases)}
+    sent_events = {
+        f"{s.session_id}.{n}": (e, s.visitor) for c in batch for s in c.sessions for n, e in enumerate(s.events)
+    }
+    purchases = {i: sent for c in batch for i, sent in sent_purchases(c).items()}
+    record: UserEventRecord | PurchaseRecord
     for event_id, [value] in found.items():
         topic, key = value.pop("_topic"), value.pop("_key")
         if event_id in sent_events:
             assert topic == settings.kafka.user_events_topic
             record = UserEventRecord.model_validate(value)
-            sent = sent_events[event_id]
+            sent, visitor = sent_events[event_id]
         else:
             assert topic == settings.kafka.purchases_topic
             record = PurchaseRecord.model_validate(value)
-            sent = sent_purchases[event_id]
+            sent, visitor = purchases[event_id]
         assert type(sent).model_validate(record.model_dump(exclude=set(ADDED))) == sent
         assert key == record.UserId
+        # sent as the shop's front proxy would: the API records the user's own address and browser
+        assert (record.ClientIp, record.UserAgent) == (stored_ip(visitor), visitor.user_agent)
 
 
 class FlakyProxy:
@@ -336,15 +385,14 @@ def test_503_is_retried_with_the_same_idempotency_key_so_copies_share_one_event_
         (report,), totals = send_cohorts(server.url, batch, backoff_initial_s=0.01, attempts=4)
 
     records = len(batch[0].events) + len(batch[0].purchases)
-    requests = len(batch[0].events) + 1  # one PUT per event, one POST for the purchases
+    posts = {key for key, *_ in purchase_batches(batch[0], MAX_PURCHASES_PER_REQUEST, 1_048_576)}
+    requests = len(batch[0].events) + len(posts)  # one PUT per event, one POST per buyer
     assert (totals.total.accepted, totals.total.rejected, totals.total.failed) == (records, 0, 0)
     assert totals.total.retried == 2 * requests
     tries: dict[str, list[tuple[str, str, bytes]]] = defaultdict(list)
     for method, path, key, body in proxy.seen:
         tries[key].append((method, path, body))
-    assert set(tries) == {f"{s.session_id}.{n}" for s in batch[0].sessions for n in range(len(s.events))} | {
-        f"{batch[0].tag}.p0"
-    }
+    assert set(tries) == {f"{s.session_id}.{n}" for s in batch[0].sessions for n in range(len(s.events))} | posts
     for key, attempts in tries.items():
         assert len(attempts) == 3 and len(set(attempts)) == 1, f"{key}: three identical requests"
     # a session's events went out in order, each only after the previous one was accepted
@@ -373,7 +421,7 @@ def test_a_record_the_api_refuses_is_counted_rejected_and_not_retried(api_server
     cohort = cohorts(seed=13, count=1, sessions=10, now=datetime.now(UTC))[0]
     good = next(s for s in cohort.sessions if s.purchase)
     bad = Purchase.model_construct(**{**good.purchase.__dict__, "TotalPrice": good.purchase.TotalPrice + 5})
-    broken = Cohort(cohort.tag, cohort.now, (Session(good.session_id, good.user_id, good.events, bad),))
+    broken = Cohort(cohort.tag, cohort.now, (Session(good.session_id, good.user_id, good.events, bad, good.visitor),))
     (report,), totals = send_cohorts(api_server.url, [broken], backoff_initial_s=0.01)
     assert (totals.purchases.sent, totals.purchases.rejected, totals.purchases.retried) == (1, 1, 0)
     assert totals.events.accepted == len(good.events) and not totals.ok

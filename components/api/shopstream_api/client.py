@@ -1,8 +1,9 @@
-"""Who sent a request: the client's address and User-Agent, as the records' envelope keeps them.
+"""Who sent a request: the client's address as the records' envelope keeps it.
 
-The address is the connection's peer, unless that peer is a trusted proxy
-(`api.trusted_proxies`): then X-Forwarded-For is read from its end, past every trusted
-proxy, so a client cannot name an address of its choice by sending the header itself. It is
+uvicorn resolves the address (its proxy-headers middleware): the connection's peer, or,
+when the peer is one of `api.trusted_proxies` (uvicorn's `--forwarded-allow-ips`, which the
+stack sets from it), the last address in X-Forwarded-For that is not a trusted proxy, so a
+client cannot name an address of its choice by sending the header itself. Here it is
 truncated before anything stores it (`api.truncate_ips`, on by default): IPv4 to its /24,
 IPv6 to its /48, still enough for a city.
 """
@@ -12,50 +13,28 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 
-from starlette.datastructures import Headers
 from starlette.types import Scope
 
 from shopstream.settings import ApiSettings
 
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 PREFIX = {4: 24, 6: 48}  # bits kept when truncating
 
 
 class ClientIdentity:
     def __init__(self, api: ApiSettings) -> None:
-        self.proxies = tuple(api.trusted_proxies)
         self.truncate = api.truncate_ips
-        self._kept = lru_cache(maxsize=65_536)(self._keep)
+        self.address_of = lru_cache(maxsize=65_536)(self._stored)
 
-    def address(self, scope: Scope, headers: Headers) -> str | None:
+    def address(self, scope: Scope) -> str | None:
         """The client's address as it is stored, or None when the server was not told one."""
         peer = scope.get("client")
-        if not peer:
-            return None
-        address = self._parse(peer[0])
-        if address is None:
-            return None
-        if self.proxies and self._trusted(address):
-            for hop in reversed([h.strip() for h in ",".join(headers.getlist("x-forwarded-for")).split(",")]):
-                forwarded = self._parse(hop)
-                if forwarded is None:
-                    break  # a hop that is not an address: trust nothing before it
-                address = forwarded
-                if not self._trusted(forwarded):
-                    break
-        return self._kept(address)
+        return self.address_of(peer[0]) if peer else None
 
-    def _trusted(self, address: IpAddress) -> bool:
-        return any(address in network for network in self.proxies)
-
-    @staticmethod
-    def _parse(text: str) -> IpAddress | None:
+    def _stored(self, host: str) -> str | None:
         try:
-            return ipaddress.ip_address(text)
-        except ValueError:
+            address = ipaddress.ip_address(host)
+        except ValueError:  # a Unix socket's peer, or a forwarded value that is no address
             return None
-
-    def _keep(self, address: IpAddress) -> str:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         if not self.truncate:

@@ -9,6 +9,7 @@ same code runs in compose or on a cluster by changing variables only.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from enum import Enum
@@ -113,8 +114,11 @@ class ApiSettings(BaseModel):
     ledger_retention_hours: float = Field(24.0, gt=0)
     # Whose address a record's ClientIp is: the connection's peer, or, when the peer is one of
     # these proxies (JSON list of addresses or networks), the last address in X-Forwarded-For
-    # that is not one of them.
-    trusted_proxies: list[IPvAnyNetwork] = []
+    # that is not one of them (uvicorn's --forwarded-allow-ips; its default: this host's loopback,
+    # as for a proxy on the same machine, which the generator plays for its visitors).
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=lambda: [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")]
+    )
     # Privacy: an IPv4 address is kept without its last octet, an IPv6 one to its /48, before
     # it is published; nothing stores the full address. False keeps it whole.
     truncate_ips: bool = True

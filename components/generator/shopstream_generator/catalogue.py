@@ -2,7 +2,8 @@
 
 The same seed and sizes always give the same world. Users come back (activity
 weights are heavy-tailed, so a few users shop a lot), each has favourite products
-they buy again and again, and a preferred payment type.
+they buy again and again, a preferred payment type, and one browser at one address
+(`visitors`; a few are crawlers).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from itertools import accumulate
 from faker import Faker
 
 from shopstream.contracts import PaymentType
+
+from .visitors import Visitor, draw_visitor
 
 CENT = Decimal("0.01")
 LOCALE = "en_US"  # fixed, so the world does not depend on the machine's locale
@@ -47,6 +50,7 @@ class User:
     user_id: str
     favourites: tuple[Product, ...]  # what this user keeps coming back for
     payment_type: PaymentType  # used for most of this user's orders
+    visitor: Visitor  # their browser and address, for good
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,8 @@ def build_world(seed: int, users: int = 500, products: int = 200) -> World:
     rnd.shuffle(popularity)
     product_cum = tuple(accumulate(popularity))
 
+    # drawn from their own seed, so the users and products above stay as they were before
+    visitors = seeded_faker(f"visitors:{seed}")
     pool = []
     for n in rnd.sample(range(1_000, 1_000 + 20 * users), users):
         k = min(products, rnd.randint(2, 5))
@@ -108,7 +114,7 @@ def build_world(seed: int, users: int = 500, products: int = 200) -> World:
             if p not in favourites:
                 favourites.append(p)
         payment = rnd.choices(PAYMENT_TYPES, cum_weights=PAYMENT_CUM_WEIGHTS)[0]
-        pool.append(User(f"user-{n}", tuple(favourites), payment))
+        pool.append(User(f"user-{n}", tuple(favourites), payment, draw_visitor(visitors)))
     # Heavy-tailed activity: some users return every few seconds, most now and then.
     activity = tuple(accumulate(min(rnd.paretovariate(1.5), 25.0) for _ in range(users)))
 

@@ -2,7 +2,8 @@
 
 A session is a user browsing products (PageVisited, sometimes CheckedProductReviews,
 sometimes AddedBasket), and ending, for some, in a Purchase of (some of) the basket,
-later than every event of the session. Everything random comes from the Faker
+later than every event of the session. A crawler's session is page views only, many of
+them, and never a basket or a purchase. Everything random comes from the Faker
 passed in, and the only time used is `now`: the same world, Faker seed and `now`
 give the same cohort.
 """
@@ -19,6 +20,7 @@ from faker import Faker
 from shopstream.contracts import EventAttributes, EventName, ProductLine, Purchase, UserEvent, lines_total
 
 from .catalogue import PAYMENT_CUM_WEIGHTS, PAYMENT_TYPES, Product, User, World
+from .visitors import Visitor
 
 PRODUCTS_VIEWED = (1, 2, 3, 4, 5, 6)
 PRODUCTS_VIEWED_CUM = tuple(accumulate((22, 24, 20, 16, 11, 7)))
@@ -31,6 +33,8 @@ P_CHECKOUT = 0.55  # a non-empty basket is bought
 P_KEEP_IN_ORDER = 0.85  # a basket item is still in the order at checkout
 P_PREFERRED_PAYMENT = 0.8
 EVENT_GAP_MS = (500, 15_000)  # between two events of a session
+CRAWLED_PAGES = (10, 30)  # a crawler's page views per session
+CRAWL_GAP_MS = (50, 1_000)
 CHECKOUT_GAP_MS = (2_000, 30_000)  # from the last event to the purchase
 
 
@@ -40,6 +44,7 @@ class Session:
     user_id: str
     events: tuple[UserEvent, ...]  # in time order
     purchase: Purchase | None  # after the last event, of products added to the basket
+    visitor: Visitor  # who sends it: the user's browser and address
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +96,28 @@ def _viewed_products(world: World, fake: Faker, user: User) -> list[Product]:
     return list(viewed.values())
 
 
+def _crawl(world: World, fake: Faker, user: User, session_id: str, end: datetime) -> Session:
+    rnd = fake.random
+    pages = min(len(world.products), rnd.randint(*CRAWLED_PAGES))
+    products = rnd.sample(world.products, pages)
+    offsets = [0, *accumulate(rnd.randint(*CRAWL_GAP_MS) for _ in products[1:])]
+    start = end - timedelta(milliseconds=offsets[-1])
+    events = tuple(
+        UserEvent(
+            UserId=user.user_id,
+            SessionId=session_id,
+            EventName=EventName.PageVisited,
+            TimeStamp=start + timedelta(milliseconds=offset),
+            Attributes=_attributes(product),
+        )
+        for product, offset in zip(products, offsets, strict=True)
+    )
+    return Session(session_id, user.user_id, events, None, user.visitor)
+
+
 def _session(world: World, fake: Faker, user: User, session_id: str, order_id: str, end: datetime) -> Session:
+    if user.visitor.is_bot:
+        return _crawl(world, fake, user, session_id, end)
     rnd = fake.random
     favourite_ids = {p.product_id for p in user.favourites}
     steps: list[tuple[EventName, Product]] = []
@@ -121,7 +147,7 @@ def _session(world: World, fake: Faker, user: User, session_id: str, order_id: s
         for (name, product), offset in zip(steps, offsets, strict=False)  # offsets is [0] with no steps
     )
     purchase = _purchase(fake, user, session_id, order_id, ordered, end) if buys else None
-    return Session(session_id, user.user_id, events, purchase)
+    return Session(session_id, user.user_id, events, purchase, user.visitor)
 
 
 def _purchase(fake: Faker, user: User, session_id: str, order_id: str, items: list[Product], at: datetime) -> Purchase:

@@ -34,6 +34,7 @@ from tenacity import (
 from shopstream.contracts import MAX_PURCHASES_PER_REQUEST
 
 from .cohort import Cohort, Session
+from .visitors import Visitor
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_ERRORS_KEPT = 20
@@ -101,20 +102,28 @@ def _last_outcome(state: RetryCallState) -> Answer:
     return state.outcome.result()
 
 
-def purchase_batches(cohort: Cohort, max_records: int, max_bytes: int) -> Iterator[tuple[str, int, bytes]]:
-    """(Idempotency-Key, record count, JSON array body) per POST, within both limits."""
-    encoded = [json.dumps(p.model_dump(mode="json"), separators=(",", ":")).encode() for p in cohort.purchases]
-    batch: list[bytes] = []
-    size = 2  # the brackets
+def purchase_batches(cohort: Cohort, max_records: int, max_bytes: int) -> Iterator[tuple[str, int, bytes, Visitor]]:
+    """(Idempotency-Key, record count, JSON array body, sender) per POST, within both limits.
+
+    One visitor's purchases per POST, sent with their address and browser (as a shop's
+    front proxy forwards each checkout), so each purchase's envelope is its buyer's."""
+    by_visitor: dict[Visitor, list[bytes]] = {}
+    for s in cohort.sessions:
+        if s.purchase is not None:
+            one = json.dumps(s.purchase.model_dump(mode="json"), separators=(",", ":")).encode()
+            by_visitor.setdefault(s.visitor, []).append(one)
     number = 0
-    for item in encoded:
-        if batch and (len(batch) >= max_records or size + len(item) + 1 > max_bytes):
-            yield f"{cohort.tag}.p{number}", len(batch), b"[" + b",".join(batch) + b"]"
-            batch, size, number = [], 2, number + 1
-        batch.append(item)
-        size += len(item) + 1
-    if batch:
-        yield f"{cohort.tag}.p{number}", len(batch), b"[" + b",".join(batch) + b"]"
+    for visitor, encoded in by_visitor.items():
+        batch: list[bytes] = []
+        size = 2  # the brackets
+        for item in encoded:
+            if batch and (len(batch) >= max_records or size + len(item) + 1 > max_bytes):
+                yield f"{cohort.tag}.p{number}", len(batch), b"[" + b",".join(batch) + b"]", visitor
+                batch, size, number = [], 2, number + 1
+            batch.append(item)
+            size += len(item) + 1
+        yield f"{cohort.tag}.p{number}", len(batch), b"[" + b",".join(batch) + b"]", visitor
+        number += 1
 
 
 class Sender:
@@ -163,7 +172,7 @@ class Sender:
         batches = purchase_batches(cohort, self.purchases_per_request, self.max_body_bytes)
         await asyncio.gather(
             *(self._send_session(s, report) for s in cohort.sessions),
-            *(self._send_purchases(key, n, body, report) for key, n, body in batches),
+            *(self._send_purchases(key, n, body, visitor, report) for key, n, body, visitor in batches),
         )
         report.cohorts = 1
         self.totals.cohorts += 1
@@ -174,7 +183,8 @@ class Sender:
         # Once one fails (the API is unreachable), the rest are not tried: no gaps, no waiting per event.
         for n, event in enumerate(session.events):
             body = json.dumps(event.model_dump(mode="json"), separators=(",", ":")).encode()
-            response = await self._request("PUT", "/SendEvent", body, f"{session.session_id}.{n}", 1, report, "events")
+            key = f"{session.session_id}.{n}"
+            response = await self._request("PUT", "/SendEvent", body, key, 1, report, "events", session.visitor)
             if isinstance(response, Answer):
                 report.event_ids.append(response.json()["EventId"])
             elif response == "failed":
@@ -183,8 +193,8 @@ class Sender:
                 self._count(report, "events", "failed", skipped)
                 return
 
-    async def _send_purchases(self, key: str, count: int, body: bytes, report: Report) -> None:
-        response = await self._request("POST", "/PurchasedItems", body, key, count, report, "purchases")
+    async def _send_purchases(self, key: str, count: int, body: bytes, visitor: Visitor, report: Report) -> None:
+        response = await self._request("POST", "/PurchasedItems", body, key, count, report, "purchases", visitor)
         if isinstance(response, Answer):
             report.event_ids.extend(response.json()["EventIds"])
 
@@ -213,12 +223,12 @@ class Sender:
             return Answer(r.status, r.headers, await r.read())
 
     async def _request(
-        self, method: str, path: str, body: bytes, key: str, count: int, report: Report, kind: str
+        self, method: str, path: str, body: bytes, key: str, count: int, report: Report, kind: str, visitor: Visitor
     ) -> Answer | Literal["rejected", "failed"]:
         """The 2xx answer, or what the records were counted as."""
         if self._session is None:
             raise RuntimeError("use Sender as `async with Sender(...)`")
-        headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
+        headers = {"Idempotency-Key": key, "Content-Type": "application/json", **visitor.headers}
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TRANSPORT_ERRORS) | retry_if_result(lambda r: r.status in RETRY_STATUSES),
             stop=stop_after_attempt(self.attempts),

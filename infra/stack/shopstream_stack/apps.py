@@ -66,7 +66,8 @@ class ApiService(UvicornApp):
 
     def procs(self) -> list[Proc]:
         (proc,) = super().procs()
-        proc.argv += ["--workers", str(self.settings.api.workers)]
+        api = self.settings.api
+        proc.argv += ["--workers", str(api.workers), "--forwarded-allow-ips", ",".join(map(str, api.trusted_proxies))]
         proc.env = {**proc.env, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
         return [proc]
 

@@ -86,8 +86,7 @@ def _unavailable(e: BrokerUnavailable | JournalFull | JournalUnavailable) -> HTT
 
 def _stamp(request: Request) -> Stamp:
     """The envelope of this request's records: now, and who sent them."""
-    headers = request.headers
-    return Stamp(datetime.now(UTC), request.app.state.client.address(request.scope, headers), headers.get("user-agent"))
+    return Stamp(datetime.now(UTC), request.app.state.client.address(request.scope), request.headers.get("user-agent"))
 
 
 async def _publish(ingestor: Ingestor, topic: str, records: list[Outgoing]):
