@@ -34,6 +34,7 @@ records straight to the broker from as many concurrent senders as wrk has connec
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -164,6 +165,26 @@ def _settled_end(settings: Settings, topic: str, timeout_s: float) -> int:
 
 
 # -- the Kafka client limit --------------------------------------------------------------------
+VISITORS = 2_000  # distinct senders (browser and address) among the records' 20,000 users
+
+
+@functools.cache
+def _visitors() -> list[tuple[str, str]]:
+    """(stored ClientIp, UserAgent) of VISITORS visitors drawn as the generator draws them."""
+    from shopstream_generator.catalogue import seeded_faker
+    from shopstream_generator.visitors import draw_visitor
+
+    fake = seeded_faker("bench-visitors")
+    drawn = [draw_visitor(fake) for _ in range(VISITORS)]
+    return [(v.client_ip.rsplit(".", 1)[0] + ".0", v.user_agent) for v in drawn]
+
+
+def envelope(user: int) -> dict[str, str]:
+    """The ClientIp and UserAgent a user's records carry (one visitor per user, as generated)."""
+    ip, agent = _visitors()[user % VISITORS]
+    return {"ClientIp": ip, "UserAgent": agent}
+
+
 def event_records(n: int, tag: str) -> list[tuple[bytes, bytes]]:
     from shopstream.contracts import UserEventRecord
 
@@ -172,8 +193,9 @@ def event_records(n: int, tag: str) -> list[tuple[bytes, bytes]]:
     names = ["PageVisited", "AddedBasket", "CheckedProductReviews"]
     out = []
     for i in range(n):
+        user = (i * 7919) % 20000
         r = UserEventRecord(
-            UserId=f"user-{(i * 7919) % 20000}",
+            UserId=f"user-{user}",
             SessionId=f"sess-{tag}-{i}",
             EventName=names[i % 3],
             TimeStamp=t0 + timedelta(milliseconds=i),
@@ -184,6 +206,7 @@ def event_records(n: int, tag: str) -> list[tuple[bytes, bytes]]:
             },
             EventId=str(uuid.uuid4()),
             IngestedAt=now,
+            **envelope(user),
         )
         out.append((r.UserId.encode(), r.model_dump_json().encode()))
     return out
@@ -198,11 +221,11 @@ def purchase_records(n: int, tag: str) -> list[tuple[bytes, bytes]]:
     kinds = list(PaymentType)
     out = []
     for k in range(n):
-        a, b = 1 + k % 300, 1 + (k * 7) % 200
+        a, b, user = 1 + k % 300, 1 + (k * 7) % 200, (k * 7919) % 20000
         r = PurchaseRecord(
             SessionId=f"sess-{tag}-{k}",
             TimeStamp=t0 + timedelta(seconds=k % 3600),
-            UserId=f"user-{(k * 7919) % 20000}",
+            UserId=f"user-{user}",
             TotalPrice=Decimal(2 * a + b),
             OrderId=f"order-{tag}-{k}",
             PaymentType=kinds[k % 8],
@@ -222,6 +245,7 @@ def purchase_records(n: int, tag: str) -> list[tuple[bytes, bytes]]:
             ],
             EventId=str(uuid.uuid4()),
             IngestedAt=now,
+            **envelope(user),
         )
         out.append((r.UserId.encode(), r.model_dump_json().encode()))
     return out
