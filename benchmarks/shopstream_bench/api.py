@@ -171,12 +171,13 @@ VISITORS = 2_000  # distinct senders (browser and address) among the records' 20
 @functools.cache
 def _visitors() -> list[tuple[str, str]]:
     """(stored ClientIp, UserAgent) of VISITORS visitors drawn as the generator draws them."""
+    from shopstream_api.client import stored_address
     from shopstream_generator.catalogue import seeded_faker
     from shopstream_generator.visitors import draw_visitor
 
     fake = seeded_faker("bench-visitors")
     drawn = [draw_visitor(fake) for _ in range(VISITORS)]
-    return [(v.client_ip.rsplit(".", 1)[0] + ".0", v.user_agent) for v in drawn]
+    return [(stored_address(v.client_ip) or "", v.user_agent) for v in drawn]
 
 
 def envelope(user: int) -> dict[str, str]:

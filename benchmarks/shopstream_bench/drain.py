@@ -37,7 +37,7 @@ from rich.console import Console
 
 from shopstream.adapters.mongo import mongo_client
 from shopstream.contracts import UserEventRecord
-from shopstream.enrichment import device, enrich
+from shopstream.enrichment import device, enrich, enrichment_fields
 from shopstream.settings import Settings
 from shopstream_batch.drain import drain_user_events
 from shopstream_batch.store import ensure_collections, event_document
@@ -67,7 +67,7 @@ def _enrichment_seconds(records: list[UserEventRecord]) -> float:
     device.cache_clear()
     t0 = time.perf_counter()
     for r in records:
-        enrich(r.ClientIp, r.UserAgent).model_dump(mode="json")
+        enrichment_fields(r.ClientIp, r.UserAgent)
     return time.perf_counter() - t0
 
 

@@ -22,7 +22,7 @@ from shopstream.adapters.mongo import Collections, collections
 from shopstream.contracts import UserEventRecord
 from shopstream.contracts.enrichment import Enrichment
 from shopstream.contracts.mongo import mongo_validator
-from shopstream.enrichment import enrich
+from shopstream.enrichment import enrichment_fields
 from shopstream.marks import Mark
 from shopstream.settings import BatchSettings
 
@@ -73,7 +73,7 @@ def event_document(record: UserEventRecord, partition: int, offset: int, batch: 
     doc["_id"] = doc.pop("EventId")
     doc["EventName"] = record.EventName.value
     doc.update(KafkaPartition=partition, KafkaOffset=offset, StoredAt=datetime.now(UTC), AggBatch=batch)
-    doc["Enrichment"] = enrich(record.ClientIp, record.UserAgent).model_dump(mode="json")
+    doc["Enrichment"] = enrichment_fields(record.ClientIp, record.UserAgent)
     return doc
 
 

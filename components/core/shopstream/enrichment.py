@@ -90,3 +90,8 @@ def enrich(client_ip: str | None, user_agent: str | None) -> Enrichment:
     return Enrichment(
         Browser=browser, Os=os_name, Device=device_class, IsBot=bot, Country=country, Region=region, City=city
     )
+
+
+def enrichment_fields(client_ip: str | None, user_agent: str | None) -> dict[str, str | bool]:
+    """`enrich` as the stores keep it (MongoDB's Enrichment document, the lake's column): a new dict."""
+    return enrich(client_ip, user_agent).model_dump(mode="json")

@@ -96,22 +96,29 @@ def _viewed_products(world: World, fake: Faker, user: User) -> list[Product]:
     return list(viewed.values())
 
 
+def _events(
+    user: User, session_id: str, steps: list[tuple[EventName, Product]], offsets: list[int], start: datetime
+) -> tuple[UserEvent, ...]:
+    """A session's events: each step at its offset in ms from `start`."""
+    return tuple(
+        UserEvent(
+            UserId=user.user_id,
+            SessionId=session_id,
+            EventName=name,
+            TimeStamp=start + timedelta(milliseconds=offset),
+            Attributes=_attributes(product),
+        )
+        for (name, product), offset in zip(steps, offsets, strict=False)  # offsets is [0] with no steps
+    )
+
+
 def _crawl(world: World, fake: Faker, user: User, session_id: str, end: datetime) -> Session:
     rnd = fake.random
     pages = min(len(world.products), rnd.randint(*CRAWLED_PAGES))
     products = rnd.sample(world.products, pages)
     offsets = [0, *accumulate(rnd.randint(*CRAWL_GAP_MS) for _ in products[1:])]
-    start = end - timedelta(milliseconds=offsets[-1])
-    events = tuple(
-        UserEvent(
-            UserId=user.user_id,
-            SessionId=session_id,
-            EventName=EventName.PageVisited,
-            TimeStamp=start + timedelta(milliseconds=offset),
-            Attributes=_attributes(product),
-        )
-        for product, offset in zip(products, offsets, strict=True)
-    )
+    steps = [(EventName.PageVisited, p) for p in products]
+    events = _events(user, session_id, steps, offsets, end - timedelta(milliseconds=offsets[-1]))
     return Session(session_id, user.user_id, events, None, user.visitor)
 
 
@@ -135,17 +142,7 @@ def _session(world: World, fake: Faker, user: User, session_id: str, order_id: s
     # Offsets in ms from the first event; the session ends (last event or purchase) at `end`.
     offsets = [0, *accumulate(rnd.randint(*EVENT_GAP_MS) for _ in steps[1:])]
     last = offsets[-1] + (rnd.randint(*CHECKOUT_GAP_MS) if buys else 0)
-    start = end - timedelta(milliseconds=last)
-    events = tuple(
-        UserEvent(
-            UserId=user.user_id,
-            SessionId=session_id,
-            EventName=name,
-            TimeStamp=start + timedelta(milliseconds=offset),
-            Attributes=_attributes(product),
-        )
-        for (name, product), offset in zip(steps, offsets, strict=False)  # offsets is [0] with no steps
-    )
+    events = _events(user, session_id, steps, offsets, end - timedelta(milliseconds=last))
     purchase = _purchase(fake, user, session_id, order_id, ordered, end) if buys else None
     return Session(session_id, user.user_id, events, purchase, user.visitor)
 

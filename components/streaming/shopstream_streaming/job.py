@@ -41,7 +41,7 @@ from pyspark.sql.streaming import StreamingQuery
 from shopstream.contracts import PurchaseRecord, why_invalid
 from shopstream.contracts.enrichment import Enrichment
 from shopstream.contracts.spark import spark_schema
-from shopstream.enrichment import enrich
+from shopstream.enrichment import enrichment_fields
 from shopstream.locations import PURCHASES, QUARANTINE, checkpoint_url, output_url, quarantine_url
 from shopstream.rewinds import streaming_file
 from shopstream.settings import Settings
@@ -178,7 +178,7 @@ def check_contracts(values: pa.Array) -> pa.Array:
 def _enrichments(records: pa.StructArray) -> pa.StructArray:
     """Each record's envelope enriched (`shopstream.enrichment`), as the lake keeps it beside the record."""
     pairs = zip(records.field("ClientIp").to_pylist(), records.field("UserAgent").to_pylist(), strict=True)
-    return pa.array([enrich(ip, ua).model_dump(mode="json") for ip, ua in pairs], ENRICHMENT_ARROW)
+    return pa.array([enrichment_fields(ip, ua) for ip, ua in pairs], ENRICHMENT_ARROW)
 
 
 # Marked nondeterministic only so the optimizer never copies it into the filters below
