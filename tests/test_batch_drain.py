@@ -343,6 +343,10 @@ def test_dag_runs_through_airflow_and_counts_what_the_api_accepted(airflow_db, i
     counts = db(cfg)[cfg.batch.counts_collection]
     got = {(d["UserId"], d["EventName"]): d["EventCount"] for d in counts.find()}
     assert got == dict(expected)
+    # the sessions task ran after the aggregation: every counted event is in its session
+    sessions = list(db(cfg)[cfg.batch.sessions_collection].find())
+    assert sum(d["Events"] for d in sessions) == 31
+    assert {d["_id"] for d in sessions} == {USER_EVENT_EXAMPLE["SessionId"]}
     # and `invoke batch-check`'s independent recount agrees, and notices a count that is off
     result = check_counts(cfg)
     assert result.ok and result.lag == 0 and result.uncounted == 0 and result.distinct_events == 31, result

@@ -1,9 +1,10 @@
-"""Every 2 minutes: drain UserEvents from Kafka into MongoDB, then update per-user event counts.
+"""Every 2 minutes: drain UserEvents from Kafka into MongoDB, update per-user event counts,
+then the sessions (with their daily metrics and product engagement).
 
 Thin on purpose (Airflow's TaskFlow style): the logic lives in `shopstream_batch`,
 where it is tested; settings come from the SHOPSTREAM_* environment, the schedule and
 the timeouts included (`BatchSettings`): each task works within its budget
-(`SHOPSTREAM_BATCH__MAX_SECONDS`, `__AGGREGATE_MAX_SECONDS`) and leaves the rest for the
+(`SHOPSTREAM_BATCH__MAX_SECONDS`, `__AGGREGATE_MAX_SECONDS`, `__SESSIONS_MAX_SECONDS`) and leaves the rest for the
 next run, which starts as soon as this one ends while a backlog lasts (one run at a time,
 no catch-up runs); its execution_timeout is that budget plus `__OVERRUN_SECONDS`, for a
 server that hangs.
@@ -44,7 +45,14 @@ def user_events_batch():
 
         return update_event_counts().as_dict()
 
-    drain() >> aggregate()
+    @task(execution_timeout=timedelta(seconds=BATCH.sessions_timeout_s))
+    def sessions() -> dict:
+        """Merge the newly counted events and the lake's new purchases into the sessions, within its budget."""
+        from shopstream_batch.sessions import update_sessions
+
+        return update_sessions().as_dict()
+
+    drain() >> aggregate() >> sessions()
 
 
 user_events_batch()

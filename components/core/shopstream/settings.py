@@ -147,10 +147,14 @@ class BatchSettings(BaseModel):
     events_collection: str = "user_events"
     counts_collection: str = "user_event_counts"
     dead_letter_collection: str = "user_events_dead_letter"
+    # one document per session; its day sums, per-day users and product engagement are
+    # `<name>_days`, `<name>_day_users` and `<name>_products`
+    sessions_collection: str = "sessions"
     period_seconds: float = Field(120.0, gt=0)  # the DAG runs this often
     batch_size: int = Field(5000, ge=1)  # at most, records per MongoDB insert and offset commit
     max_seconds: float = Field(60.0, gt=0)  # drain budget per run; the rest waits for the next run
     aggregate_max_seconds: float = Field(60.0, gt=0)  # aggregation budget per run, lease wait included
+    sessions_max_seconds: float = Field(60.0, gt=0)  # the sessions task's budget per run
     # past its budget, what a task may take before Airflow's execution_timeout stops it: start-up
     # (imports, the group join), the batch under way when the budget ran out, closing
     overrun_seconds: float = Field(60.0, gt=0)
@@ -168,6 +172,11 @@ class BatchSettings(BaseModel):
     def aggregate_timeout_s(self) -> float:
         """The aggregate task's execution_timeout."""
         return self.aggregate_max_seconds + self.overrun_seconds
+
+    @property
+    def sessions_timeout_s(self) -> float:
+        """The sessions task's execution_timeout."""
+        return self.sessions_max_seconds + self.overrun_seconds
 
     @property
     def storing_abandoned_after_s(self) -> float:

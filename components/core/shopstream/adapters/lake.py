@@ -80,8 +80,8 @@ class LakeFiles:
             self._log_seen = batch
         return set(self._committed)
 
-    def read(self, keys: Iterable[str], threads: int = 8) -> pa.Table | None:
-        """The files' rows (the purchase columns), as one table."""
+    def read(self, keys: Iterable[str], threads: int = 8, columns: list[str] = COLUMNS) -> pa.Table | None:
+        """The files' rows (the purchase columns, or `columns`), as one table."""
 
         def one(key: str) -> pa.Table:
             resp = self.client.get_object(self.bucket, key)
@@ -90,7 +90,7 @@ class LakeFiles:
             finally:
                 resp.close()
                 resp.release_conn()
-            return pq.read_table(io.BytesIO(data), columns=COLUMNS)
+            return pq.read_table(io.BytesIO(data), columns=columns)
 
         keys = list(keys)
         if not keys:

@@ -57,6 +57,11 @@ class Collections:
     leases: Collection
     marks: Collection
     rewinds: Collection
+    sessions: Collection
+    session_days: Collection
+    session_day_users: Collection
+    product_engagement: Collection
+    session_lake_files: Collection  # the lake files whose orders the sessions have
 
 
 def collections(db: Database, cfg: BatchSettings) -> Collections:
@@ -69,4 +74,9 @@ def collections(db: Database, cfg: BatchSettings) -> Collections:
         leases=db[LEASES_COLLECTION],
         marks=db[MARKS_COLLECTION],
         rewinds=db[DRAIN_REWINDS_COLLECTION],
+        sessions=db[cfg.sessions_collection],
+        session_days=db[f"{cfg.sessions_collection}_days"],
+        session_day_users=db[f"{cfg.sessions_collection}_day_users"],
+        product_engagement=db[f"{cfg.sessions_collection}_products"],
+        session_lake_files=db[f"{cfg.sessions_collection}_lake_files"],
     )

@@ -1,0 +1,213 @@
+"""Task 3: sessions, their daily metrics and product engagement, kept up to date incrementally.
+
+Each run reads only what is new since the last one:
+- the aggregation batches applied since (their events, by the (AggBatch, StoredAt) index):
+  every stored event is in exactly one applied batch, once the aggregation has counted it;
+- the lake's committed files not read yet (their purchases; `shopstream.adapters.lake`).
+
+Each new piece is merged into the sessions it touches (`sessionize`), a hundred sessions to
+a MongoDB transaction that also applies what the change does to the day sums, the per-day
+users and the product engagement. A merge remembers what it merged (the batch in the
+session's `Batches`, the order in its `Orders`), so a piece merged again after a crash, or by
+a retry, changes nothing: the figures stay exact whatever stops a run. A batch or a file is
+marked done once all of its sessions are. What the run's budget
+(`BatchSettings.sessions_max_seconds`) leaves is the next run's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from pymongo import ASCENDING, ReplaceOne, ReturnDocument, UpdateOne
+from pymongo.client_session import ClientSession
+from pymongo.database import Database
+from pymongo.errors import CollectionInvalid
+
+from shopstream.adapters.lake import LakeFiles
+from shopstream.adapters.mongo import Collections, database, mongo_client
+from shopstream.adapters.s3 import s3_client
+from shopstream.contracts.mongo import mongo_validator
+from shopstream.contracts.sessions import SessionRecord
+from shopstream.settings import Settings, get_settings
+
+from .batches import APPLIED, IN_CHUNK
+from .sessionize import Deltas, cents, merge_events, merge_orders
+from .store import ensure_collections
+
+log = logging.getLogger(__name__)
+
+EVENT_FIELDS = {"UserId": 1, "SessionId": 1, "EventName": 1, "TimeStamp": 1, "Attributes.ProductId": 1, "Enrichment": 1}
+LAKE_COLUMNS = ["SessionId", "OrderId", "UserId", "TimeStamp", "TotalPrice", "Products"]
+BOOKKEEPING: dict[str, dict[str, Any]] = {  # fields the merge keeps beside the contract's
+    "FirstEventId": {"bsonType": ["string", "null"]},
+    "EventsEnd": {"bsonType": ["date", "null"]},
+    "Batches": {"bsonType": "array"},
+}
+
+
+@dataclass
+class SessionsReport:
+    batches: int = 0
+    events: int = 0
+    files: int = 0
+    orders: int = 0
+    sessions_written: int = 0
+    remaining_batches: int = 0
+    remaining_files: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ensure_session_collections(db: Database, colls: Collections) -> None:
+    """The sessions' validator (from the contract) and the indexes their readers use (idempotent)."""
+    validator = mongo_validator(SessionRecord, rename={"SessionId": "_id"}, extra=BOOKKEEPING)
+    try:
+        db.create_collection(colls.sessions.name, validator=validator)
+    except CollectionInvalid:
+        db.command("collMod", colls.sessions.name, validator=validator)
+    colls.sessions.create_index([("Start", ASCENDING)])
+    colls.sessions.create_index([("UserId", ASCENDING), ("Start", ASCENDING)])
+    colls.session_day_users.create_index([("Day", ASCENDING)])
+    # the applied batches the sessions have not merged yet, oldest first
+    colls.agg_batches.create_index([("Sessions", ASCENDING), ("state", ASCENDING), ("created", ASCENDING)])
+
+
+def _apply(colls: Collections, s: ClientSession, changes: list[tuple[dict | None, dict]]) -> None:
+    """Write changed sessions and what they change in the sums, in the transaction `s`."""
+    deltas = Deltas()
+    for old, new in changes:
+        deltas.change(old, new)
+    colls.sessions.bulk_write([ReplaceOne({"_id": new["_id"]}, new, upsert=True) for _, new in changes], session=s)
+    users_by_day: dict[str, int] = defaultdict(int)
+    for (day, user), n in deltas.user_incs():  # a user counts in a day while any session of theirs does
+        after = colls.session_day_users.find_one_and_update(
+            {"_id": f"{day}|{user}"},
+            {"$inc": {"N": n}, "$setOnInsert": {"Day": day, "UserId": user}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+            session=s,
+        )
+        assert after is not None  # an upsert returning the document AFTER it always has one
+        was, now = after["N"] - n > 0, after["N"] > 0
+        users_by_day[day] += int(now) - int(was)
+    days = dict(deltas.day_incs())
+    for day, n in users_by_day.items():
+        if n:
+            days.setdefault(day, {})["Users"] = n
+    if days:
+        colls.session_days.bulk_write(
+            [UpdateOne({"_id": d}, {"$inc": inc, "$setOnInsert": {"Day": d}}, upsert=True) for d, inc in days.items()],
+            session=s,
+        )
+    if products := [UpdateOne({"_id": p}, {"$inc": inc}, upsert=True) for p, inc in deltas.product_incs()]:
+        colls.product_engagement.bulk_write(products, session=s)
+
+
+def _merge(
+    colls: Collections, pieces: dict[str, list[dict[str, Any]]], merge: Callable[[dict | None, str, list], dict | None]
+) -> int:
+    """Merge each session's piece, IN_CHUNK sessions to a transaction; how many sessions changed."""
+    ids, written = list(pieces), 0
+    client = colls.sessions.database.client
+    for i in range(0, len(ids), IN_CHUNK):
+        chunk = ids[i : i + IN_CHUNK]
+
+        def step(s: ClientSession, chunk: list[str] = chunk) -> int:
+            old = {d["_id"]: d for d in colls.sessions.find({"_id": {"$in": chunk}}, session=s)}
+            changes = [(old.get(sid), new) for sid in chunk if (new := merge(old.get(sid), sid, pieces[sid]))]
+            if changes:
+                _apply(colls, s, changes)
+            return len(changes)
+
+        with client.start_session() as s:
+            written += s.with_transaction(step)
+    return written
+
+
+def merge_batch(colls: Collections, batch_id: str) -> tuple[int, int]:
+    """Merge one applied aggregation batch's events; (events, sessions changed)."""
+    pieces: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    n = 0
+    for e in colls.events.find({"AggBatch": batch_id}, EVENT_FIELDS):
+        pieces[e["SessionId"]].append(e)
+        n += 1
+    written = _merge(colls, pieces, lambda doc, _sid, events: merge_events(doc, events, batch_id))
+    colls.agg_batches.update_one({"_id": batch_id}, {"$set": {"Sessions": datetime.now(UTC)}})
+    return n, written
+
+
+def orders_by_session(table: pa.Table) -> dict[str, list[dict[str, Any]]]:
+    """The lake's purchase rows as orders, grouped by SessionId."""
+    pieces: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in table.select(LAKE_COLUMNS).to_pylist():
+        at = r["TimeStamp"] if r["TimeStamp"].tzinfo else r["TimeStamp"].replace(tzinfo=UTC)
+        at = at.replace(microsecond=at.microsecond // 1000 * 1000)  # as MongoDB will keep it
+        pieces[r["SessionId"]].append(
+            {
+                "OrderId": r["OrderId"],
+                "UserId": r["UserId"],
+                "At": at,
+                "Cents": cents(r["TotalPrice"]),
+                "Products": sorted({line["ProductId"] for line in r["Products"]}),
+            }
+        )
+    return pieces
+
+
+def merge_orders_of(colls: Collections, table: pa.Table) -> tuple[int, int]:
+    """Merge a table of lake purchases; (orders, sessions changed)."""
+    pieces = orders_by_session(table)
+    return table.num_rows, _merge(colls, pieces, merge_orders)
+
+
+def _pending_batches(colls: Collections) -> Iterator[dict[str, Any]]:
+    return colls.agg_batches.find({"Sessions": None, "state": APPLIED}, {"_id": 1}).sort("created", ASCENDING)
+
+
+def update_sessions(settings: Settings | None = None, budget_s: float | None = None) -> SessionsReport:
+    """Merge what is new (applied batches, committed lake files) into the sessions, within the budget.
+    Batches and files alternate, so neither side waits for the other's backlog."""
+    settings = settings or get_settings()
+    cfg = settings.batch
+    started = time.monotonic()
+    deadline = started + (cfg.sessions_max_seconds if budget_s is None else budget_s)
+    client = mongo_client(settings.mongo)
+    report = SessionsReport()
+    try:
+        db = database(client, settings.mongo)
+        colls = ensure_collections(db, cfg)
+        ensure_session_collections(db, colls)
+        lake = LakeFiles(s3_client(settings.s3), settings)
+        done = {d["_id"] for d in colls.session_lake_files.find({}, {"_id": 1})}
+        files = sorted(lake.committed() - done)
+        batches = [b["_id"] for b in _pending_batches(colls)]
+        longest = 0.0  # the longest step so far: another starts only while twice that is left
+        while (batches or files) and (not longest or deadline - time.monotonic() > 2 * longest):
+            t0 = time.monotonic()
+            if batches:
+                events, written = merge_batch(colls, batches.pop(0))
+                report.batches, report.events = report.batches + 1, report.events + events
+                report.sessions_written += written
+            if files:
+                key = files.pop(0)
+                table = lake.read([key], columns=LAKE_COLUMNS)
+                orders, written = merge_orders_of(colls, table) if table is not None else (0, 0)
+                colls.session_lake_files.update_one({"_id": key}, {"$set": {"At": datetime.now(UTC)}}, upsert=True)
+                report.files, report.orders = report.files + 1, report.orders + orders
+                report.sessions_written += written
+            longest = max(longest, time.monotonic() - t0)
+        report.remaining_batches, report.remaining_files = len(batches), len(files)
+    finally:
+        client.close()
+    report.seconds = round(time.monotonic() - started, 3)
+    log.info("sessions done: %s", report.as_dict())
+    return report
