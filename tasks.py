@@ -170,6 +170,13 @@ def batch_check(c):
         raise Exit(code=1)
 
 
+@task(help={"days": "the latest days shown (default: 7)"})
+def sessions(c, days=7):
+    """Print the daily session metrics (sessions, users, duration, bounce and conversion rates) and product engagement."""  # noqa: E501 - invoke --list shows a docstring's first line only
+    if _run(commands.sessions, days=int(days)):
+        raise Exit(code=1)
+
+
 @task(help={"samples": "missing and doubled EventIds shown per stage (default: 10)"})
 def audit(c, samples=None):
     """Find every acknowledged record in Kafka, MongoDB, the counts and the lake; exit 1 if one is missing or doubled."""  # noqa: E501 - invoke --list shows a docstring's first line only

@@ -32,6 +32,7 @@ from shopstream_batch.sessions import merge_batch, update_sessions
 from shopstream_batch.store import ensure_collections, event_document, insert_new
 from shopstream_generator.catalogue import build_world, seeded_faker
 from shopstream_generator.cohort import Session, build_cohort
+from shopstream_stack import commands
 
 T0 = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
 HUMAN = {"Device": "desktop", "Browser": "Chrome", "Os": "Windows", "Country": "GB", "Region": "England"}
@@ -259,7 +260,7 @@ def stored(cfg) -> tuple[dict, dict, dict]:
 
 
 @pytest.mark.services
-def test_generated_traffic_stored_in_pieces_gives_the_independent_answers(isolated):
+def test_generated_traffic_stored_in_pieces_gives_the_independent_answers(isolated, capfd):
     cfg = isolated
     sessions = generated_sessions(cohorts=6)
     assert any(s.visitor.is_bot for s in sessions) and any(s.purchase for s in sessions)
@@ -294,3 +295,10 @@ def test_generated_traffic_stored_in_pieces_gives_the_independent_answers(isolat
     metrics = SessionDay(**doc).metrics()
     assert metrics["Sessions"] == want_days[day]["Sessions"]
     assert Decimal(metrics["Revenue"]) == Decimal(want_days[day]["RevenueCents"]) / 100
+    # and `invoke sessions` prints them
+    capfd.readouterr()
+    assert commands.sessions(cfg) == 0
+    out = capfd.readouterr().out
+    assert day in out and f"{want_days[day]['Sessions']:,}" in out and metrics["Revenue"] in out
+    top = max(want_products.items(), key=lambda kv: (kv[1].get("Viewed", 0), [-ord(c) for c in kv[0]]))[0]
+    assert top in out

@@ -1,7 +1,10 @@
-"""`python -m shopstream_batch check` (`invoke batch-check`): does MongoDB agree with Kafka?
+"""The batch's command line (`python -m shopstream_batch`).
 
-Recounts UserEvents from the topic (`check.check_counts`) and prints how that compares with
-MongoDB's stored events and counts. Exit code 0 when they agree, 1 when they do not.
+- `check` (`invoke batch-check`): does MongoDB agree with Kafka? Recounts UserEvents from the
+  topic (`check.check_counts`) and prints how that compares with MongoDB's stored events and
+  counts. Exit code 0 when they agree, 1 when they do not.
+- `sessions` (`invoke sessions`): the daily session metrics and the products' engagement, as
+  the DAG's sessions task keeps them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shopstream.adapters.mongo import collections, database, mongo_client
+from shopstream.contracts.sessions import ProductEngagement, SessionDay
 from shopstream.settings import Settings
 
 from .check import CountCheck, check_counts
@@ -60,6 +65,38 @@ def check() -> None:
     r = check_counts(Settings())
     render(r)
     raise typer.Exit(0 if r.ok else 1)
+
+
+@app.command()
+def sessions(
+    days: int = typer.Option(7, min=1, help="the latest days shown"),
+    products: int = typer.Option(10, min=1, help="the most viewed products shown"),
+) -> None:
+    """Print the daily session metrics and the most viewed products' click-through."""
+    settings = Settings()
+    client = mongo_client(settings.mongo)
+    try:
+        colls = collections(database(client, settings.mongo), settings.batch)
+        day_docs = list(colls.session_days.find({}, {"_id": 0}).sort("Day", -1).limit(days))
+        product_docs = list(colls.product_engagement.find().sort([("Viewed", -1), ("_id", 1)]).limit(products))
+    finally:
+        client.close()
+    table = Table(title="Sessions per day (UTC, by start; bots apart)")
+    rows = [SessionDay(**d).metrics() for d in reversed(day_docs)]
+    for column in SessionDay.model_fields if not rows else rows[0]:
+        table.add_column(column, justify="left" if column == "Day" else "right")
+    for row in rows:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
+    console.print(table)
+    table = Table(title="Product engagement: sessions that viewed, added to the basket, bought")
+    rates = [ProductEngagement(ProductId=d.pop("_id"), **d).rates() for d in product_docs]
+    for column in ProductEngagement.model_fields if not rates else rates[0]:
+        table.add_column(column, justify="left" if column == "ProductId" else "right")
+    for row in rates:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
+    console.print(table)
+    if not rows:
+        say("no sessions yet: the DAG's sessions task fills these after its first run")
 
 
 def main(argv: list[str] | None = None) -> None:

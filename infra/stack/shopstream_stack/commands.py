@@ -271,6 +271,11 @@ def batch_check(settings: Settings) -> bool:
     return run_component(settings, "shopstream_batch", "check") == 0
 
 
+def sessions(settings: Settings, days: int = 7) -> int:
+    """Print the daily session metrics and product engagement; the exit code."""
+    return run_component(settings, "shopstream_batch", "sessions", "--days", str(days))
+
+
 def analyze(settings: Settings, as_of: str | None = None, spark_cluster: bool = False) -> int:
     """Execute the notebooks against the stack and write their reports (on the embedded Spark
     cluster with `spark_cluster`); the exit code."""
