@@ -1,7 +1,12 @@
 """The dashboard against the real stores: events and purchases go through the API, the drain,
 the aggregation and the streaming job into MongoDB and the lake, repeat buyers into
 PostgreSQL; every number the JSON API and the page in headless Chromium show is checked
-against the same shop computed here in plain Python."""
+against the same shop computed here in plain Python.
+
+Each user sends from one known browser and address (as the shop's front proxy forwards them:
+User-Agent, X-Forwarded-For), whose browser, device and city are known answers
+(test_enrichment's); one more user is a crawler, which the funnel, sales, places and shares
+leave out by default."""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from shopstream_batch.aggregate import update_event_counts
 from shopstream_batch.drain import drain_user_events
 from shopstream_batch.store import ensure_collections, event_document
 from shopstream_stack.isolated import free_port
+from test_enrichment import CHROME_ANDROID_PHONE, CHROME_WINDOWS, FIREFOX_MAC, GOOGLEBOT, SAFARI_IPAD, SAFARI_IPHONE
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("stack")]
 
@@ -35,11 +41,39 @@ NAMES = ["PageVisited", "AddedBasket", "CheckedProductReviews"]
 PAYMENTS = ["CreditCard", "PayPal", "ApplePay", "GiftCard"]
 CENT = Decimal("0.01")
 USERS = 14
+# user agent, forwarded address -> the browser, device and place enrichment gives (known answers)
+SENDERS = [
+    (CHROME_WINDOWS, "81.2.69.160", "Chrome", "desktop", ("GB", "England", "Willesden")),
+    (SAFARI_IPHONE, "89.160.20.128", "Mobile Safari", "mobile", ("SE", "Stockholm", "Stockholm")),
+    (CHROME_ANDROID_PHONE, "128.101.101.101", "Chrome Mobile", "mobile", ("US", "Minnesota", "Minneapolis")),
+    (FIREFOX_MAC, "81.2.69.160", "Firefox", "desktop", ("GB", "England", "Willesden")),
+    (SAFARI_IPAD, "8.8.8.8", "Mobile Safari", "tablet", ("US", "unknown", "unknown")),
+]
+CRAWLER = (GOOGLEBOT, "89.160.20.128", "Googlebot", "bot", ("SE", "Stockholm", "Stockholm"))
+
+
+def is_bot(user_id: str) -> bool:
+    return user_id.startswith("bot-")
+
+
+def sender(user_id: str) -> tuple:
+    """The user's one browser and address: the crawler's, or one of SENDERS by the user's number."""
+    return CRAWLER if is_bot(user_id) else SENDERS[int(user_id[1:3]) % len(SENDERS)]
+
+
+def headers(user_id: str) -> dict[str, str]:
+    """As the shop's front proxy sends a user's requests (the API trusts it: loopback)."""
+    agent, address, *_ = sender(user_id)
+    return {"User-Agent": agent, "X-Forwarded-For": address}
+
+
+def humans(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if not is_bot(r["UserId"])]
 
 
 def make_shop(run: str, now: datetime) -> tuple[list[dict], list[dict]]:
     """Events and purchases of 14 users: some within the last 15 minutes, some 30-300 minutes
-    ago (so the funnel's windows differ), none near a window's edge."""
+    ago (so the funnel's windows differ), none near a window's edge; and a crawler's page views."""
     rnd = random.Random(20261122)
     ago = lambda: now - timedelta(seconds=rnd.choice([rnd.randint(60, 600), rnd.randint(1800, 18000)]))  # noqa: E731
     events = []
@@ -55,6 +89,16 @@ def make_shop(run: str, now: datetime) -> tuple[list[dict], list[dict]]:
                     "Attributes": {"ProductId": f"p{rnd.randint(0, 20):02d}", "Price": 10.5, "Discount": 0.5},
                 }
             )
+    for _ in range(5):
+        events.append(
+            {
+                "UserId": f"bot-{run}",
+                "SessionId": f"bot-{run}",
+                "EventName": "PageVisited",
+                "TimeStamp": ago().isoformat(),
+                "Attributes": {"ProductId": f"p{rnd.randint(0, 20):02d}", "Price": 10.5, "Discount": 0.5},
+            }
+        )
     orders = []
     for i in range(40):
         lines = []
@@ -131,9 +175,13 @@ def expected_sales(orders: list[dict], n: int) -> dict:
 
 
 def expected_funnel(events: list[dict], orders: list[dict], since: datetime | None) -> list[int]:
+    """The funnel of the users who are no bots."""
+
     def users(rows, name=None):
         return {
-            r["UserId"] for r in rows if (since is None or ts(r) > since) and (name is None or r["EventName"] == name)
+            r["UserId"]
+            for r in humans(rows)
+            if (since is None or ts(r) > since) and (name is None or r["EventName"] == name)
         }
 
     visited = users(events, "PageVisited")
@@ -188,13 +236,13 @@ def shop(settings, spark):
     events, orders = make_shop(run, now)
     from shopstream_api.main import create_app as api_app
 
-    api = ServerThread(api_app(cfg)).__enter__()
+    api = ServerThread(api_app(cfg), forwarded_allow_ips=cfg.api.trusted_proxies).__enter__()
     cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update={"port": api.port})})
     with httpx.Client(base_url=api.url, timeout=30) as client:
         for e in events:
-            client.put("/SendEvent", json=e).raise_for_status()
-        for i in range(0, len(orders), 8):
-            client.post("/PurchasedItems", json=orders[i : i + 8]).raise_for_status()
+            client.put("/SendEvent", json=e, headers=headers(e["UserId"])).raise_for_status()
+        for o in orders:  # one POST per buyer, as the shop's front proxy sends them
+            client.post("/PurchasedItems", json=[o], headers=headers(o["UserId"])).raise_for_status()
     assert drain_user_events(cfg).stored == len(events)
     assert update_event_counts(cfg).events_counted == len(events)
     run_until_caught_up(spark, cfg)
@@ -229,7 +277,7 @@ def dashboard(shop):
 
     cfg = dashboard_settings(shop["cfg"])
     with ServerThread(create_app(cfg)) as server:
-        visited = {e["UserId"] for e in shop["events"] if e["EventName"] == "PageVisited"}
+        visited = {e["UserId"] for e in humans(shop["events"]) if e["EventName"] == "PageVisited"}
         wait_synced(server.url, len(shop["orders"]), len(visited))
         yield server
 
@@ -314,7 +362,7 @@ def test_health_reports_each_store_lag_and_api_traffic(dashboard, shop):
     late = [{**e, "SessionId": "late"} for e in shop["events"][:3]]
     with httpx.Client(base_url=shop["api"].url, timeout=30) as client:
         for e in late:  # three more events: the batch group is 3 behind
-            client.put("/SendEvent", json=e).raise_for_status()
+            client.put("/SendEvent", json=e, headers=headers(e["UserId"])).raise_for_status()
     deadline = time.monotonic() + 30
     while True:
         # traffic that publishes nothing: an invalid event, answered 422
@@ -388,6 +436,61 @@ def test_stores_that_are_down_show_as_down_and_the_rest_keeps_working(shop):
         assert states["mongodb"] == states["postgresql"] == "down" and states["s3"] == states["kafka"] == "up"
 
 
+def expected_places(events: list[dict], orders: list[dict]) -> tuple[Counter, dict]:
+    """Events (clicks) and revenue per (country, region, city), by each user's known sender."""
+    clicks, revenue = Counter(), defaultdict(Decimal)
+    for e in events:
+        clicks[sender(e["UserId"])[4]] += 1
+    for o in orders:
+        revenue[sender(o["UserId"])[4]] += sum((amount(x) for x in o["Products"]), Decimal(0))
+    return clicks, {k: money(v) for k, v in revenue.items()}
+
+
+def test_places_shares_bots_and_the_lookup_follow_the_senders(dashboard, shop):
+    """A known browser from an address in a known city: that browser and city in MongoDB, in
+    the user lookup and in the places; the shares of users by browser and device; the bots'
+    share, and the crawler counted only when asked."""
+    cfg = shop["cfg"]
+    user = Counter(o["UserId"] for o in shop["orders"]).most_common(1)[0][0]
+    _, _, browser, device, (country, region, city) = sender(user)
+    client = mongo_client(cfg.mongo)
+    try:
+        stored = ensure_collections(client[cfg.mongo.database], cfg.batch).events.find_one({"UserId": user})
+    finally:
+        client.close()
+    assert (stored["Enrichment"]["Browser"], stored["Enrichment"]["City"]) == (browser, city)
+    agent = get(dashboard, f"/api/users/{user}")["agent"]
+    assert (agent["Browser"], agent["Device"], agent["IsBot"]) == (browser, device, False)
+    assert (agent["Country"], agent["Region"], agent["City"]) == (country, region, city)
+
+    for include in (False, True):
+        events = shop["events"] if include else humans(shop["events"])
+        clicks, revenue = expected_places(events, shop["orders"])
+        got = get(dashboard, "/api/places", n=100, include_bots=include)
+        assert got["include_bots"] is include and [s["state"] for s in got["sources"]] == ["up", "up"]
+        assert {(r["Country"], r["Region"], r["City"]): r["Events"] for r in got["cities_by_events"]} == clicks
+        assert {(r["Country"], r["Region"], r["City"]): r["Revenue"] for r in got["cities_by_revenue"]} == revenue
+        countries = Counter()
+        for (c, _, _), n in clicks.items():
+            countries[c] += n
+        assert {r["Country"]: r["Events"] for r in got["countries_by_events"]} == countries
+
+        users = {e["UserId"] for e in events}
+        audience = get(dashboard, "/api/audience", include_bots=include)
+        assert audience["users"] == len(users)
+        assert {s["Name"]: s["Users"] for s in audience["browsers"]} == Counter(sender(u)[2] for u in users)
+        assert {s["Name"]: s["Users"] for s in audience["devices"]} == Counter(sender(u)[3] for u in users)
+        bots = audience["bots"]
+        everyone = {e["UserId"] for e in shop["events"]}
+        assert (bots["users"], bots["all_users"]) == (sum(map(is_bot, everyone)), len(everyone)) == (1, USERS + 1)
+        bot_events = sum(is_bot(e["UserId"]) for e in shop["events"])
+        assert (bots["events"], bots["all_events"]) == (bot_events, len(shop["events"]))
+        assert bots["event_share"] == round(bot_events / len(shop["events"]), 4)
+    # the crawler's page views count in the funnel only when asked
+    with_bots = get(dashboard, "/api/funnel", window="all", include_bots=True)["steps"][0]["users"]
+    assert with_bots == get(dashboard, "/api/funnel", window="all")["steps"][0]["users"] + 1
+
+
 def test_openapi_documents_every_data_call(dashboard):
     spec = get(dashboard, "/openapi.json")
     for path in (
@@ -397,6 +500,8 @@ def test_openapi_documents_every_data_call(dashboard):
         "/api/sales",
         "/api/repeat-buyers",
         "/api/users/{user_id}",
+        "/api/places",
+        "/api/audience",
         "/api/health",
     ):
         ok = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
@@ -412,6 +517,10 @@ def test_page_in_chromium_shows_the_stores_numbers_and_looks_up_a_user(dashboard
     funnel_all = expected_funnel(shop["events"], shop["orders"], None)
     user = Counter(o["UserId"] for o in shop["orders"]).most_common(1)[0][0]
     counts = Counter(e["EventName"] for e in shop["events"] if e["UserId"] == user)
+    clicks, _ = expected_places(humans(shop["events"]), shop["orders"])
+    top_city = sorted(clicks.items(), key=lambda x: (-x[1], x[0]))[0][0]
+    everyone = {e["UserId"] for e in shop["events"]}
+    bot_events = sum(is_bot(e["UserId"]) for e in shop["events"])
     errors: list[str] = []
     with chromium_page() as page:
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -430,8 +539,40 @@ def test_page_in_chromium_shows_the_stores_numbers_and_looks_up_a_user(dashboard
             "chart-top-revenue",
             "chart-top-units",
             "chart-payments",
+            "chart-places-events",
+            "chart-places-revenue",
+            "chart-browsers",
+            "chart-devices",
         ):
             page.wait_for_selector(f"#{chart} .main-svg", timeout=15_000)
+        # the city chart names the user's known city, and the top one first (top to bottom)
+        city_ticks = (
+            "els => els.map(e => [e.getBoundingClientRect().top, e.textContent]).sort((a, b) => a[0] - b[0])"
+            ".map(x => x[1])"
+        )
+        label = lambda place: f"{place[2]}, {place[0]}" if place[2] != "unknown" else f"unknown, {place[0]}"  # noqa: E731
+        page.wait_for_function(
+            f"[...document.querySelectorAll('#chart-places-events .ytick text')].map(e => e.textContent)"
+            f".includes({label(sender(user)[4])!r})",
+            timeout=15_000,
+        )
+        assert page.eval_on_selector_all("#chart-places-events .ytick text", city_ticks)[0] == label(top_city)
+        assert page.locator("#chart-places-events .bars .point").count() == len(clicks)
+        # the shares: one slice per browser of the users who are no bots, and the bots' share
+        browsers = {sender(u)[2] for u in everyone if not is_bot(u)}
+        assert page.locator("#chart-browsers .slice").count() == len(browsers)
+        page.wait_for_function(
+            f"document.querySelector('#bots-share').dataset.botEvents === '{bot_events}'", timeout=15_000
+        )
+        assert page.text_content("#bots-share").startswith(
+            f"bots: {100 / len(everyone):.1f}% of users (1 of {len(everyone)}), "
+        )
+        page.select_option("#places-level", "countries")
+        page.wait_for_function(
+            f"[...document.querySelectorAll('#chart-places-events .ytick text')].map(e => e.textContent)"
+            f".includes({sender(user)[4][0]!r})",
+            timeout=15_000,
+        )
         bars = page.locator("#chart-top-revenue .bars .point").count()
         assert bars == len(sales["by_revenue"])
         users = lambda step: page.text_content(f"#funnel-table tr[data-step={step}] .users").strip()  # noqa: E731
@@ -448,6 +589,13 @@ def test_page_in_chromium_shows_the_stores_numbers_and_looks_up_a_user(dashboard
             timeout=15_000,
         )
         assert [users(s) for s in ("PageVisited", "AddedBasket", "Purchased")] == [f"{n:,}" for n in funnel_all]
+        page.check("#include-bots")  # the crawler's page views count too
+        page.wait_for_function(
+            f"document.querySelector('#funnel-table tr[data-step=PageVisited] .users')?.textContent.trim() === "
+            f"'{funnel_all[0] + 1:,}'",
+            timeout=15_000,
+        )
+        page.uncheck("#include-bots")
         page.wait_for_selector("#repeat-buyers tbody tr", timeout=15_000)
         assert page.text_content("#repeat-total").strip() == f"{len(shop['repeats']):,}"
         page.wait_for_selector("#services .badge[data-service=mongodb].up", timeout=15_000)
@@ -456,12 +604,16 @@ def test_page_in_chromium_shows_the_stores_numbers_and_looks_up_a_user(dashboard
         page.fill("#user-id", user)
         page.click("#user-form [type=submit]")
         page.wait_for_selector("#user-counts tr[data-event]", timeout=15_000)
+        _, _, browser, device, (_, _, city) = sender(user)
+        assert page.get_attribute("#user-agent dd[data-browser]", "data-browser") == browser
+        assert page.get_attribute("#user-agent dd[data-device]", "data-device") == device
+        assert page.get_attribute("#user-agent dd[data-city]", "data-city") == city
         shown = {name: page.text_content(f"#user-counts tr[data-event={name}] .count").strip() for name in counts}
         assert shown == {name: f"{n:,}" for name, n in counts.items()}
         assert page.locator("#user-purchases tbody tr").count() == sum(o["UserId"] == user for o in shop["orders"])
 
         # every store behind these panels answers (airflow and streaming, in the health card, do not run here)
-        for panel in ("activity", "funnel", "sales", "repeat", "user"):
+        for panel in ("activity", "funnel", "sales", "places", "audience", "repeat", "user"):
             assert page.locator(f".card.down[data-panel={panel}]").count() == 0, page.text_content(
                 f".card[data-panel={panel}] .panel-error"
             )
@@ -534,8 +686,15 @@ def stored_events(events: list[dict], stored_at: datetime, offset: int) -> list[
     """The documents the drain would store for these events, stamped `stored_at`."""
     docs = []
     for i, e in enumerate(events):
+        agent, address, *_ = sender(e["UserId"])
         record = UserEventRecord.model_validate(
-            {**e, "EventId": str(uuid.uuid4()), "IngestedAt": datetime.now(UTC).isoformat()}
+            {
+                **e,
+                "EventId": str(uuid.uuid4()),
+                "IngestedAt": datetime.now(UTC).isoformat(),
+                "ClientIp": address.rsplit(".", 1)[0] + ".0",  # as the API stores it: its /24
+                "UserAgent": agent,
+            }
         )
         doc = event_document(record, 0, offset + i)
         doc["StoredAt"] = stored_at
@@ -587,7 +746,7 @@ def test_a_restart_resumes_from_the_read_model_and_counts_each_event_once(shop):
     events.delete_one({"_id": events.find_one({}, sort=[("StoredAt", 1)])["_id"]})
     with ServerThread(create_app(dash)) as server:
         wait_events(server.url, len(shop["events"]))  # exactly: a copy counted twice would overshoot
-        visited = {e["UserId"] for e in shop["events"] if e["EventName"] == "PageVisited"}
+        visited = {e["UserId"] for e in humans(shop["events"]) if e["EventName"] == "PageVisited"}
         wait_synced(server.url, len(shop["orders"]), len(visited))  # the lake too
         funnel = get_url(server.url, "/api/funnel", window="all")
         assert [s["users"] for s in funnel["steps"]] == expected_funnel(shop["events"], shop["orders"], None)

@@ -1,7 +1,8 @@
 """The dashboard's read model on its own (a DuckDB file, no store): its rollups give the
 numbers a plain computation over every event and purchase gives, however often an event is
-read again, across a reopen of the file, for events stamped ahead of the clock and for an
-order that comes back in a later purchase."""
+read again, across a reopen of the file, for events stamped ahead of the clock, for an
+order that comes back in a later purchase, and with enriched events and purchases (bots
+left out, places, browser and device shares, events and files from before enrichment)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from shopstream_dashboard.readmodel import ReadModel
+from shopstream_dashboard.readmodel import ENRICHMENT, ReadModel
 from shopstream_dashboard.routes import bucket_seconds
 
 NAMES = ["PageVisited", "AddedBasket", "CheckedProductReviews"]
@@ -30,21 +31,26 @@ LINE = pa.struct(
 )
 
 
-def events_table(events: list[dict]) -> pa.Table:
-    return pa.table(
-        {
-            "EventId": pa.array([e["EventId"] for e in events], pa.string()),
-            "UserId": pa.array([e["UserId"] for e in events], pa.string()),
-            "EventName": pa.array([e["EventName"] for e in events], pa.string()),
-            "TimeStamp": pa.array([e["TimeStamp"] for e in events], TS),
-            "StoredAt": pa.array([e["StoredAt"] for e in events], TS),
-        }
-    )
+def events_table(events: list[dict], enriched: bool = False) -> pa.Table:
+    """As the sync hands events over; `enriched`: with their Enrichment (None: stored before it)."""
+    columns = {
+        "EventId": pa.array([e["EventId"] for e in events], pa.string()),
+        "UserId": pa.array([e["UserId"] for e in events], pa.string()),
+        "EventName": pa.array([e["EventName"] for e in events], pa.string()),
+        "TimeStamp": pa.array([e["TimeStamp"] for e in events], TS),
+        "StoredAt": pa.array([e["StoredAt"] for e in events], TS),
+    }
+    if enriched:
+        columns["Enrichment"] = pa.array([e["Enrichment"] for e in events], ENRICHMENT)
+    return pa.table(columns)
 
 
-def purchases_table(orders: list[dict]) -> pa.Table:
+def purchases_table(orders: list[dict], enriched: bool = False) -> pa.Table:
+    """As the lake's files hold them; `enriched`: with the Enrichment column (older files have none)."""
+    extra = {"Enrichment": pa.array([o["Enrichment"] for o in orders], ENRICHMENT)} if enriched else {}
     return pa.table(
         {
+            **extra,
             "EventId": [o["EventId"] for o in orders],
             "OrderId": [o["OrderId"] for o in orders],
             "UserId": [o["UserId"] for o in orders],
@@ -248,3 +254,157 @@ def test_sales_rollups_count_an_order_that_comes_back_once(tmp_path: Path, now: 
     for window, span in (("1h", timedelta(hours=1)), ("all", None)):
         since = now - span if span else datetime(1, 1, 1, tzinfo=UTC)
         assert [s["users"] for s in model.funnel(now, window)] == funnel_users(events, orders, since, now)
+
+
+# -- enrichment: places, shares, bots -------------------------------------------------------
+UNKNOWN_PLACE = {"Country": "unknown", "Region": "unknown", "City": "unknown"}
+AGENTS = [  # browser, OS, device, bot
+    ("Chrome", "Windows", "desktop", False),
+    ("Mobile Safari", "iOS", "mobile", False),
+    ("Chrome Mobile", "Android", "mobile", False),
+    ("Mobile Safari", "iOS", "tablet", False),
+    ("Googlebot", "unknown", "bot", True),
+]
+PLACES = [
+    {"Country": "GB", "Region": "England", "City": "Willesden"},
+    {"Country": "SE", "Region": "Stockholm", "City": "Stockholm"},
+    {"Country": "US", "Region": "Minnesota", "City": "Minneapolis"},
+    {"Country": "US", "Region": "unknown", "City": "unknown"},
+]
+
+
+def enrichment(agent: tuple, place: dict) -> dict:
+    browser, os, device, bot = agent
+    return {"Browser": browser, "Os": os, "Device": device, "IsBot": bot, **place}
+
+
+def unknown(e: dict | None) -> dict:
+    return e or enrichment(("unknown", "unknown", "unknown", False), UNKNOWN_PLACE)
+
+
+def enriched_shop(now: datetime) -> tuple[list[dict], list[dict]]:
+    """40 users, each with an agent and a place (some switch browser halfway, a fifth are bots);
+    a tenth of the events stored before enrichment (none); purchases by non-bots and a few by bots."""
+    rnd = random.Random(17)
+    users = {f"u{i}": (rnd.choice(AGENTS), rnd.choice(PLACES)) for i in range(40)}
+    events = []
+    for i in range(3_000):
+        user = f"u{rnd.randint(0, 39)}"
+        agent, place = users[user]
+        if i > 1_500 and not agent[3] and int(user[1:]) % 3 == 0:  # switched to another (non-bot) browser
+            agent = AGENTS[(AGENTS.index(agent) + 1) % 4]
+        events.append(
+            {
+                "EventId": f"e{i:05d}",
+                "UserId": user,
+                "EventName": "PageVisited" if agent[3] else rnd.choice(NAMES),
+                "TimeStamp": now - timedelta(seconds=rnd.randint(1, 20_000)),
+                "StoredAt": now - timedelta(seconds=20) + timedelta(milliseconds=i),
+                "Enrichment": None if rnd.random() < 0.1 else enrichment(agent, place),
+            }
+        )
+    orders = []
+    for i in range(200):
+        user = f"u{rnd.randint(0, 39)}"
+        agent, place = users[user]
+        lines = [
+            {
+                "ProductId": f"p{rnd.randint(0, 9)}",
+                "ItemCount": rnd.randint(1, 3),
+                "ItemPrice": Decimal(rnd.randint(100, 9_999)) / 100,
+                "ItemDiscount": Decimal(rnd.choice([0, 50])) / 100,
+            }
+            for _ in range(rnd.randint(1, 3))
+        ]
+        orders.append(
+            {
+                "EventId": f"x{i}",
+                # some orders in more than one purchase; a bot's are its own (an order is a bot's or not)
+                "OrderId": f"{'b' if agent[3] else 'o'}{rnd.randint(0, 150)}",
+                "UserId": user,
+                "TimeStamp": now - timedelta(seconds=rnd.randint(1, 7_200)),
+                "TotalPrice": sum(x["ItemCount"] * (x["ItemPrice"] - x["ItemDiscount"]) for x in lines),
+                "PaymentType": rnd.choice(["PayPal", "CreditCard"]),
+                "Products": lines,
+                "Enrichment": enrichment(agent, place),
+            }
+        )
+    return events, orders
+
+
+def test_enriched_rollups_leave_bots_out_and_add_up_places_and_shares(tmp_path: Path, now: datetime):
+    events, orders = enriched_shop(now)
+    orders[-30:] = [{**o, "Enrichment": None} for o in orders[-30:]]  # a file from before enrichment
+    bot = lambda x: unknown(x["Enrichment"])["IsBot"]  # noqa: E731
+    assert any(bot(e) for e in events) and any(bot(o) for o in orders) and not all(bot(e) for e in events)
+    path = tmp_path / "readmodel.duckdb"
+    model = ReadModel(path, "stores")
+    settled = now - timedelta(seconds=30)
+    for lo, hi in [(0, 1_200), (900, 2_000), (0, 3_000)]:  # read again and again: counted once
+        newest = events[hi - 1]["StoredAt"]
+        model.add_events(events_table(events[lo:hi], enriched=True), now, settled, cursor=(settled, newest))
+    model.add_purchases(purchases_table(orders[:100], enriched=True), ["a"])
+    model.close()
+    model = ReadModel(path, "stores")
+    model.add_purchases(purchases_table(orders[100:170], enriched=True), ["b"])
+    model.add_purchases(purchases_table(orders[170:]), ["old"])  # no Enrichment column: unknown, no bot
+
+    for include in (False, True):
+        ev = [e for e in events if include or not bot(e)]
+        od = [o for o in orders if include or not bot(o)]
+        since = datetime(1, 1, 1, tzinfo=UTC)
+        assert [s["users"] for s in model.funnel(now, "all", include)] == funnel_users(ev, od, since, now)
+        sales = model.sales(100, include)
+        amount = lambda x: x["ItemCount"] * (x["ItemPrice"] - x["ItemDiscount"])  # noqa: E731
+        assert sales["purchases"] == len(od)
+        assert sales["orders"] == len({o["OrderId"] for o in od})
+        assert sales["revenue"] == float(sum(amount(x) for o in od for x in o["Products"]))
+        units = Counter()
+        for o in od:
+            for x in o["Products"]:
+                units[x["ProductId"]] += x["ItemCount"]
+        assert {r["ProductId"]: r["Units"] for r in sales["by_units"]} == units
+        assert sum(p["Orders"] for p in sales["payment_types"]) == len({(o["OrderId"], o["PaymentType"]) for o in od})
+
+        def key(x: dict) -> tuple:
+            e = unknown(x["Enrichment"])
+            return e["Country"], e["Region"], e["City"]
+
+        clicks, revenue = Counter(key(e) for e in ev), Counter()
+        for o in od:
+            revenue[key(o)] += sum(amount(x) for x in o["Products"])
+        places = model.places(100, include)
+        assert {(r["Country"], r["Region"], r["City"]): r["Events"] for r in places["cities_by_events"]} == clicks
+        assert {(r["Country"], r["Region"], r["City"]): r["Revenue"] for r in places["cities_by_revenue"]} == {
+            k: float(v) for k, v in revenue.items()
+        }
+        assert [(r["Country"], r["Region"], r["City"]) for r in model.places(3, include)["cities_by_events"]] == [
+            k for k, _ in sorted(clicks.items(), key=lambda x: (-x[1], x[0]))[:3]
+        ]
+        countries = Counter()
+        for (country, _, _), n in clicks.items():
+            countries[country] += n
+        assert {r["Country"]: r["Events"] for r in places["countries_by_events"]} == countries
+        assert [r["Country"] for r in model.places(2, include)["countries_by_events"]] == [
+            c for c, _ in sorted(countries.items(), key=lambda x: (-x[1], x[0]))[:2]
+        ]
+
+    # per user, the newest event (by TimeStamp, then EventId) decides browser, device, bot and place
+    newest = {}
+    for e in sorted(events, key=lambda e: (e["TimeStamp"], e["EventId"])):
+        newest[e["UserId"]] = unknown(e["Enrichment"])
+    for include in (False, True):
+        counted = [n for n in newest.values() if include or not n["IsBot"]]
+        got = model.audience(include)
+        assert got["users"] == len(counted)
+        assert {s["Name"]: s["Users"] for s in got["browsers"]} == Counter(n["Browser"] for n in counted)
+        assert {s["Name"]: s["Users"] for s in got["devices"]} == Counter(n["Device"] for n in counted)
+        assert sum(s["Share"] for s in got["devices"]) == pytest.approx(1, abs=0.001)
+        bots = got["bots"]
+        assert (bots["users"], bots["all_users"]) == (sum(n["IsBot"] for n in newest.values()), len(newest))
+        assert (bots["events"], bots["all_events"]) == (sum(bot(e) for e in events), len(events))
+        assert bots["event_share"] == round(bots["events"] / len(events), 4)
+    for user, n in newest.items():
+        got = model.user_agent(user)
+        assert got is not None and {k: got[k] for k in n} == n, user
+    assert model.user_agent("nobody") is None

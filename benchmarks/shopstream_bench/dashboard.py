@@ -145,6 +145,8 @@ def _calls(settings: Settings, label: str, calls: int, note: str) -> list[Figure
         "funnel (1 h)": "/api/funnel?window=1h",
         "funnel (all)": "/api/funnel?window=all",
         "sales": "/api/sales?n=10",
+        "places": "/api/places?n=10",
+        "audience (browsers, devices, bots)": "/api/audience",
         "repeat buyers (PostgreSQL)": "/api/repeat-buyers?n=10",
         "user lookup": f"/api/users/{user}",
         "health": "/api/health",

@@ -4,11 +4,19 @@ Asking MongoDB or Spark for a funnel over millions of events on every refresh wo
 seconds; the sync threads (`sync.py`) fold what is new in the stores into this database
 every few seconds instead, and every data call is one DuckDB query over small tables.
 
-Raw events are not kept. Each new event adds to two rollups whose size does not grow with
-the history: per second x EventName counts over the longest activity window (the activity
-chart), and per user the newest PageVisited and AddedBasket time (the funnel). Purchases are
-kept on disk (the user lookup lists them) with their rollups updated as they arrive: sales
-per product and per payment type, and per user the newest purchase (the funnel).
+Raw events are not kept. Each new event adds to rollups whose size does not grow with the
+history: per second x EventName counts over the longest activity window (the activity chart),
+per user the newest PageVisited and AddedBasket time (the funnel), events per place (country,
+region, city), and per user the newest event's enrichment (browser, device, city: the user
+lookup) with the users per browser x device it adds up to (the shares). Purchases are kept on
+disk (the user lookup lists them) with their rollups updated as they arrive: sales per product,
+per payment type and per place, and per user the newest purchase (the funnel).
+
+Bots (`Enrichment.IsBot`, by the user agent) are counted apart in every rollup but the activity
+chart's (which shows the traffic as it came): the funnel, the sales and the places leave them
+out unless asked (`include_bots`), so their share can be shown without skewing the shop's
+figures. An event or purchase stored before enrichment has no `Enrichment`: it counts as
+"unknown" everywhere, and not as a bot.
 The database lives in a file (`DashboardSettings.read_model`) with the syncs' cursors in the
 same transactions as the rollups, so a restart resumes where it stopped, and DuckDB's memory
 limit (`memory_limit_mb`) bounds the RAM whatever the history.
@@ -19,7 +27,8 @@ again), an order seen before (same OrderId) is not counted again in the distinct
 figures, and an event stamped ahead of the clock waits in `early_steps` until its time.
 Definitions follow the analysis (`shopstream_analysis.sales`): a line's amount is
 ItemCount x (ItemPrice - ItemDiscount), revenue sums line amounts, orders are distinct
-OrderIds, ties are broken by identifier. Times are stored as UTC.
+OrderIds (an order is a bot's or not by its purchases), ties are broken by identifier.
+Times are stored as UTC.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import duckdb
 import pyarrow as pa
 
 from shopstream.contracts import EventName
+from shopstream.contracts.enrichment import UNKNOWN, Enrichment
 
 EVENT_NAMES = tuple(e.value for e in EventName)  # from the contract
 FUNNEL_EVENTS = ("PageVisited", "AddedBasket")
@@ -44,7 +54,11 @@ ACTIVITY_MAX_MINUTES = 180  # the longest activity chart; older per-second count
 # is a little before a sync's clock (a whole second, or a sync that committed just before the
 # chart's query) still finds every second it asks for
 ACTIVITY_KEPT = timedelta(minutes=ACTIVITY_MAX_MINUTES + 1)
-VERSION = "3"  # of the tables below: a file of another version is rebuilt from the stores
+VERSION = "4"  # of the tables below: a file of another version is rebuilt from the stores
+# the stores' Enrichment (a MongoDB subdocument, a lake struct column) as the syncs hand it over
+ENRICHMENT = pa.struct(
+    [(name, pa.bool_() if f.annotation is bool else pa.string()) for name, f in Enrichment.model_fields.items()]
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (Key VARCHAR PRIMARY KEY, Value VARCHAR NOT NULL);
@@ -59,10 +73,25 @@ CREATE TABLE IF NOT EXISTS event_seconds (
     Sec TIMESTAMPTZ NOT NULL, EventName VARCHAR NOT NULL, N BIGINT NOT NULL, PRIMARY KEY (Sec, EventName)
 );
 CREATE TABLE IF NOT EXISTS user_steps (
-    UserId VARCHAR NOT NULL, EventName VARCHAR NOT NULL, Last TIMESTAMPTZ NOT NULL, PRIMARY KEY (UserId, EventName)
+    UserId VARCHAR NOT NULL, EventName VARCHAR NOT NULL, IsBot BOOLEAN NOT NULL, Last TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (UserId, EventName, IsBot)
 );
 CREATE TABLE IF NOT EXISTS early_steps (
-    UserId VARCHAR NOT NULL, EventName VARCHAR NOT NULL, TimeStamp TIMESTAMPTZ NOT NULL
+    UserId VARCHAR NOT NULL, EventName VARCHAR NOT NULL, IsBot BOOLEAN NOT NULL, TimeStamp TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS place_events (
+    Country VARCHAR NOT NULL, Region VARCHAR NOT NULL, City VARCHAR NOT NULL, IsBot BOOLEAN NOT NULL,
+    Events BIGINT NOT NULL, PRIMARY KEY (Country, Region, City, IsBot)
+);
+-- per user, the newest event's enrichment (newest by TimeStamp, then EventId), and what the users add up to
+CREATE TABLE IF NOT EXISTS user_agents (
+    UserId VARCHAR PRIMARY KEY, Last TIMESTAMPTZ NOT NULL, LastId VARCHAR NOT NULL,
+    Browser VARCHAR NOT NULL, Os VARCHAR NOT NULL, Device VARCHAR NOT NULL, IsBot BOOLEAN NOT NULL,
+    Country VARCHAR NOT NULL, Region VARCHAR NOT NULL, City VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agent_users (
+    Browser VARCHAR NOT NULL, Device VARCHAR NOT NULL, IsBot BOOLEAN NOT NULL, Users BIGINT NOT NULL,
+    PRIMARY KEY (Browser, Device, IsBot)
 );
 -- the lake's purchases and their sales rollups
 CREATE TABLE IF NOT EXISTS lake_files (Key VARCHAR PRIMARY KEY);
@@ -75,7 +104,11 @@ CREATE TABLE IF NOT EXISTS purchases (
     TotalPrice  DECIMAL(18, 2) NOT NULL,
     PaymentType VARCHAR NOT NULL,
     Items       BIGINT NOT NULL,
-    Amount      DECIMAL(18, 2) NOT NULL  -- sum of the lines' amounts
+    Amount      DECIMAL(18, 2) NOT NULL,  -- sum of the lines' amounts
+    IsBot       BOOLEAN NOT NULL,
+    Country     VARCHAR NOT NULL,
+    Region      VARCHAR NOT NULL,
+    City        VARCHAR NOT NULL
 );
 -- the user lookup: a user's few purchases found by the index, not by a scan of them all
 CREATE INDEX IF NOT EXISTS purchases_user ON purchases (UserId);
@@ -86,21 +119,42 @@ CREATE TABLE IF NOT EXISTS lines (
     TimeStamp  TIMESTAMPTZ NOT NULL,
     ProductId  VARCHAR NOT NULL,
     ItemCount  BIGINT NOT NULL,
-    LineAmount DECIMAL(18, 2) NOT NULL
+    LineAmount DECIMAL(18, 2) NOT NULL,
+    IsBot      BOOLEAN NOT NULL
 );
-CREATE TABLE IF NOT EXISTS user_bought (UserId VARCHAR PRIMARY KEY, Last TIMESTAMPTZ NOT NULL);
-CREATE TABLE IF NOT EXISTS early_bought (UserId VARCHAR NOT NULL, TimeStamp TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS user_bought (
+    UserId VARCHAR NOT NULL, IsBot BOOLEAN NOT NULL, Last TIMESTAMPTZ NOT NULL, PRIMARY KEY (UserId, IsBot)
+);
+CREATE TABLE IF NOT EXISTS early_bought (
+    UserId VARCHAR NOT NULL, IsBot BOOLEAN NOT NULL, TimeStamp TIMESTAMPTZ NOT NULL
+);
+-- one row for the bots' purchases, one for the others'
 CREATE TABLE IF NOT EXISTS sales_totals (
-    Purchases BIGINT NOT NULL, Orders BIGINT NOT NULL, Revenue DECIMAL(18, 2) NOT NULL
+    IsBot BOOLEAN PRIMARY KEY, Purchases BIGINT NOT NULL, Orders BIGINT NOT NULL, Revenue DECIMAL(18, 2) NOT NULL
 );
 CREATE TABLE IF NOT EXISTS product_sales (
-    ProductId VARCHAR PRIMARY KEY, Units BIGINT NOT NULL, Revenue DECIMAL(18, 2) NOT NULL, Orders BIGINT NOT NULL
+    ProductId VARCHAR NOT NULL, IsBot BOOLEAN NOT NULL, Units BIGINT NOT NULL, Revenue DECIMAL(18, 2) NOT NULL,
+    Orders BIGINT NOT NULL, PRIMARY KEY (ProductId, IsBot)
 );
 CREATE TABLE IF NOT EXISTS payment_sales (
-    PaymentType VARCHAR PRIMARY KEY, Orders BIGINT NOT NULL, Revenue DECIMAL(18, 2) NOT NULL
+    PaymentType VARCHAR NOT NULL, IsBot BOOLEAN NOT NULL, Orders BIGINT NOT NULL, Revenue DECIMAL(18, 2) NOT NULL,
+    PRIMARY KEY (PaymentType, IsBot)
+);
+CREATE TABLE IF NOT EXISTS place_sales (
+    Country VARCHAR NOT NULL, Region VARCHAR NOT NULL, City VARCHAR NOT NULL, IsBot BOOLEAN NOT NULL,
+    Purchases BIGINT NOT NULL, Revenue DECIMAL(18, 2) NOT NULL, PRIMARY KEY (Country, Region, City, IsBot)
 );
 """
-EVENT_TABLES = ("events_cursor", "recent_ids", "event_seconds", "user_steps", "early_steps")
+EVENT_TABLES = (
+    "events_cursor",
+    "recent_ids",
+    "event_seconds",
+    "user_steps",
+    "early_steps",
+    "place_events",
+    "user_agents",
+    "agent_users",
+)
 LAKE_TABLES = (
     "lake_files",
     "purchases",
@@ -110,8 +164,16 @@ LAKE_TABLES = (
     "sales_totals",
     "product_sales",
     "payment_sales",
+    "place_sales",
 )
 _FUNNEL_IN = ", ".join(f"'{n}'" for n in FUNNEL_EVENTS)
+# a row's enrichment fields, "unknown" (and not a bot) where it has none: stored before enrichment
+_ENRICHED = ", ".join(
+    f"coalesce(Enrichment.{name}, {'false' if t == pa.bool_() else repr(UNKNOWN)}) AS {name}"
+    for name, t in zip(ENRICHMENT.names, (f.type for f in ENRICHMENT), strict=True)
+)
+# keeps the bots out unless the (one) parameter is true
+_BOTS = "(? OR NOT IsBot)"
 
 
 def _utc(ts: datetime) -> datetime:
@@ -120,6 +182,17 @@ def _utc(ts: datetime) -> datetime:
 
 def _money(x: Any) -> float:
     return round(float(x or 0), 2)
+
+
+def with_enrichment(table: pa.Table) -> pa.Table:
+    """`table` with an `Enrichment` column: all null (unknown) when it has none (read before enrichment)."""
+    if "Enrichment" in table.column_names:
+        return table
+    return table.append_column("Enrichment", pa.nulls(table.num_rows, ENRICHMENT))
+
+
+def _share(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
 
 
 def _run(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[tuple]:
@@ -160,7 +233,7 @@ class ReadModel:
         if "events_cursor" in tables:
             _run(self._db, "INSERT INTO events_cursor VALUES (NULL, NULL, 0)")
         if "sales_totals" in tables:
-            _run(self._db, "INSERT INTO sales_totals VALUES (0, 0, 0)")
+            _run(self._db, "INSERT INTO sales_totals VALUES (false, 0, 0, 0), (true, 0, 0, 0)")
         _run(self._db, "COMMIT")
 
     def get_meta(self, key: str) -> str | None:
@@ -226,18 +299,18 @@ class ReadModel:
         settled: datetime,
         cursor: tuple[datetime, datetime | None] | None = None,
     ) -> int:
-        """Fold events (EventId, UserId, EventName, TimeStamp, StoredAt) into the rollups; returns
-        how many were new. Those stored after `settled` are remembered by EventId (a later sync may
-        read them again); with `cursor`, the sync's (settled, newest) is saved in the same transaction
-        and what it makes unnecessary is dropped."""
+        """Fold events (EventId, UserId, EventName, TimeStamp, StoredAt, and Enrichment if they have
+        it) into the rollups; returns how many were new. Those stored after `settled` are remembered
+        by EventId (a later sync may read them again); with `cursor`, the sync's (settled, newest) is
+        saved in the same transaction and what it makes unnecessary is dropped."""
         now = _utc(now)
         horizon = now - ACTIVITY_KEPT
-        with self._transaction(read_events=batch) as con:
+        with self._transaction(read_events=with_enrichment(batch)) as con:
             _run(
                 con,
-                """
+                f"""
                 CREATE OR REPLACE TEMP TABLE fresh AS
-                SELECT * FROM (SELECT DISTINCT ON (EventId) EventId, UserId, EventName, TimeStamp, StoredAt
+                SELECT * FROM (SELECT DISTINCT ON (EventId) EventId, UserId, EventName, TimeStamp, StoredAt, {_ENRICHED}
                                FROM read_events) r
                 WHERE NOT EXISTS (SELECT 1 FROM recent_ids k WHERE k.EventId = r.EventId)
             """,
@@ -254,7 +327,7 @@ class ReadModel:
             )
             _run(
                 con,
-                f"INSERT INTO early_steps SELECT UserId, EventName, TimeStamp FROM fresh "
+                f"INSERT INTO early_steps SELECT UserId, EventName, IsBot, TimeStamp FROM fresh "
                 f"WHERE EventName IN ({_FUNNEL_IN}) AND TimeStamp > ?",
                 [now],
             )
@@ -262,8 +335,9 @@ class ReadModel:
                 con,
                 f"""
                 INSERT INTO user_steps
-                SELECT UserId, EventName, max(TimeStamp) FROM (
-                    SELECT UserId, EventName, TimeStamp FROM fresh WHERE EventName IN ({_FUNNEL_IN}) AND TimeStamp <= ?
+                SELECT UserId, EventName, IsBot, max(TimeStamp) FROM (
+                    SELECT UserId, EventName, IsBot, TimeStamp FROM fresh
+                    WHERE EventName IN ({_FUNNEL_IN}) AND TimeStamp <= ?
                     UNION ALL SELECT * FROM early_steps WHERE TimeStamp <= ?
                 ) GROUP BY ALL
                 ON CONFLICT DO UPDATE SET Last = greatest(Last, EXCLUDED.Last)
@@ -271,6 +345,14 @@ class ReadModel:
                 [now, now],
             )
             _run(con, "DELETE FROM early_steps WHERE TimeStamp <= ?", [now])
+            _run(
+                con,
+                """
+                INSERT INTO place_events SELECT Country, Region, City, IsBot, count(*) FROM fresh GROUP BY ALL
+                ON CONFLICT DO UPDATE SET Events = Events + EXCLUDED.Events
+            """,
+            )
+            self._fold_agents(con)
             _run(con, "INSERT INTO recent_ids SELECT EventId, StoredAt FROM fresh WHERE StoredAt > ?", [settled])
             _run(con, "DROP TABLE fresh")
             _run(con, "UPDATE events_cursor SET Events = Events + ?", [added])
@@ -280,27 +362,75 @@ class ReadModel:
                 _run(con, "DELETE FROM event_seconds WHERE Sec < ?", [horizon])
         return int(added)
 
+    @staticmethod
+    def _fold_agents(con: duckdb.DuckDBPyConnection) -> None:
+        """Each user's newest event in `fresh` (by TimeStamp, then EventId) takes the place of the one
+        in `user_agents` if it is newer, and `agent_users` moves the user from the browser x device
+        they had to the new one: the shares' counts follow the users, whatever the events."""
+        _run(
+            con,
+            """
+            CREATE OR REPLACE TEMP TABLE seen AS
+            SELECT n.*, o.UserId IS NOT NULL AS Known, o.Browser AS OldBrowser, o.Device AS OldDevice,
+                   o.IsBot AS OldIsBot
+            FROM (SELECT DISTINCT ON (UserId) UserId, TimeStamp AS Last, EventId AS LastId,
+                         Browser, Os, Device, IsBot, Country, Region, City
+                  FROM fresh ORDER BY UserId, TimeStamp DESC, EventId DESC) n
+            LEFT JOIN user_agents o USING (UserId)
+            WHERE o.UserId IS NULL OR n.Last > o.Last OR (n.Last = o.Last AND n.LastId > o.LastId)
+        """,
+        )
+        _run(
+            con,
+            """
+            INSERT INTO agent_users
+            SELECT Browser, Device, IsBot, sum(d)::BIGINT FROM (
+                SELECT Browser, Device, IsBot, 1 AS d FROM seen
+                UNION ALL SELECT OldBrowser, OldDevice, OldIsBot, -1 FROM seen WHERE Known
+            ) GROUP BY ALL
+            ON CONFLICT DO UPDATE SET Users = Users + EXCLUDED.Users
+        """,
+        )
+        _run(con, "DELETE FROM agent_users WHERE Users = 0")
+        _run(
+            con,
+            """
+            INSERT INTO user_agents
+            SELECT UserId, Last, LastId, Browser, Os, Device, IsBot, Country, Region, City FROM seen
+            ON CONFLICT DO UPDATE SET Last = EXCLUDED.Last, LastId = EXCLUDED.LastId, Browser = EXCLUDED.Browser,
+                Os = EXCLUDED.Os, Device = EXCLUDED.Device, IsBot = EXCLUDED.IsBot, Country = EXCLUDED.Country,
+                Region = EXCLUDED.Region, City = EXCLUDED.City
+        """,
+        )
+        _run(con, "DROP TABLE seen")
+
     # -- purchases ----------------------------------------------------------------------
     def lake_files(self) -> set[str]:
         return {k for (k,) in _run(self._con(), "SELECT Key FROM lake_files")}
 
     def add_purchases(self, batch: pa.Table | None, files: list[str]) -> int:
-        """Add purchases as the streaming job writes them (PurchaseRecord columns, Products nested),
-        read from `files`, and update the sales rollups, in one transaction: a file is counted once."""
+        """Add purchases as the streaming job writes them (PurchaseRecord columns, Products nested,
+        Enrichment if the file has it), read from `files`, and update the sales rollups, in one
+        transaction: a file is counted once."""
         new_files = pa.table({"Key": pa.array(files, pa.string())})
         if batch is None or not batch.num_rows:
             with self._transaction(new_files=new_files) as con:
                 _run(con, "INSERT OR IGNORE INTO lake_files SELECT Key FROM new_files")
             return 0
-        with self._transaction(new_purchases=batch, new_files=new_files) as con:
+        with self._transaction(read_purchases=with_enrichment(batch), new_files=new_files) as con:
+            _run(
+                con,
+                f"CREATE OR REPLACE TEMP TABLE new_purchases AS SELECT * EXCLUDE (Enrichment), {_ENRICHED} "
+                "FROM read_purchases",
+            )
             _run(
                 con,
                 """
                 CREATE OR REPLACE TEMP TABLE new_lines AS
                 SELECT EventId, OrderId, UserId, TimeStamp, l.ProductId AS ProductId,
                        l.ItemCount::BIGINT AS ItemCount,
-                       (l.ItemCount * (l.ItemPrice - l.ItemDiscount))::DECIMAL(18, 2) AS LineAmount
-                FROM (SELECT EventId, OrderId, UserId, TimeStamp, UNNEST(Products) AS l FROM new_purchases)
+                       (l.ItemCount * (l.ItemPrice - l.ItemDiscount))::DECIMAL(18, 2) AS LineAmount, IsBot
+                FROM (SELECT EventId, OrderId, UserId, TimeStamp, IsBot, UNNEST(Products) AS l FROM new_purchases)
             """,
             )
             _run(
@@ -309,46 +439,49 @@ class ReadModel:
                 CREATE OR REPLACE TEMP TABLE new_p AS
                 SELECT p.EventId, p.OrderId, p.UserId, p.TimeStamp, p.IngestedAt,
                        p.TotalPrice::DECIMAL(18, 2) AS TotalPrice, p.PaymentType,
-                       coalesce(s.Items, 0)::BIGINT AS Items, coalesce(s.Amount, 0)::DECIMAL(18, 2) AS Amount
+                       coalesce(s.Items, 0)::BIGINT AS Items, coalesce(s.Amount, 0)::DECIMAL(18, 2) AS Amount,
+                       p.IsBot, p.Country, p.Region, p.City
                 FROM new_purchases p LEFT JOIN (
                     SELECT EventId, sum(ItemCount) AS Items, sum(LineAmount) AS Amount FROM new_lines GROUP BY EventId
                 ) s USING (EventId)
             """,
             )
-            # the orders (and order x product, order x payment type) already counted: a scan of
-            # one column probing the batch's few OrderIds
+            # the orders (and order x product, order x payment type) already counted, bots' and
+            # others' apart: a scan of one column probing the batch's few OrderIds
             _run(
                 con,
                 """
                 CREATE OR REPLACE TEMP TABLE old_orders AS
-                SELECT DISTINCT OrderId, PaymentType FROM purchases WHERE OrderId IN (SELECT OrderId FROM new_p)
+                SELECT DISTINCT OrderId, PaymentType, IsBot FROM purchases WHERE OrderId IN (SELECT OrderId FROM new_p)
             """,
             )
             _run(
                 con,
                 """
                 CREATE OR REPLACE TEMP TABLE old_pairs AS
-                SELECT DISTINCT ProductId, OrderId FROM lines WHERE OrderId IN (SELECT OrderId FROM new_p)
+                SELECT DISTINCT ProductId, OrderId, IsBot FROM lines WHERE OrderId IN (SELECT OrderId FROM new_p)
             """,
             )
             _run(
                 con,
                 """
-                UPDATE sales_totals SET
-                    Purchases = Purchases + (SELECT count(*) FROM new_p),
-                    Orders = Orders + (SELECT count(DISTINCT OrderId) FROM new_p
-                                       WHERE OrderId NOT IN (SELECT OrderId FROM old_orders)),
-                    Revenue = Revenue + (SELECT coalesce(sum(Amount), 0) FROM new_p)
+                INSERT INTO sales_totals
+                SELECT p.IsBot, count(*), count(DISTINCT p.OrderId) FILTER (
+                           WHERE p.OrderId NOT IN (SELECT OrderId FROM old_orders o WHERE o.IsBot = p.IsBot)
+                       ), coalesce(sum(p.Amount), 0)
+                FROM new_p p GROUP BY p.IsBot
+                ON CONFLICT DO UPDATE SET Purchases = Purchases + EXCLUDED.Purchases, Orders = Orders + EXCLUDED.Orders,
+                                          Revenue = Revenue + EXCLUDED.Revenue
             """,
             )
             _run(
                 con,
                 """
                 INSERT INTO product_sales
-                SELECT l.ProductId, sum(l.ItemCount), sum(l.LineAmount),
+                SELECT l.ProductId, l.IsBot, sum(l.ItemCount), sum(l.LineAmount),
                        count(DISTINCT l.OrderId) FILTER (WHERE o.OrderId IS NULL)
-                FROM new_lines l LEFT JOIN old_pairs o USING (ProductId, OrderId)
-                GROUP BY l.ProductId
+                FROM new_lines l LEFT JOIN old_pairs o USING (ProductId, OrderId, IsBot)
+                GROUP BY l.ProductId, l.IsBot
                 ON CONFLICT DO UPDATE SET Units = Units + EXCLUDED.Units, Revenue = Revenue + EXCLUDED.Revenue,
                                           Orders = Orders + EXCLUDED.Orders
             """,
@@ -357,22 +490,32 @@ class ReadModel:
                 con,
                 """
                 INSERT INTO payment_sales
-                SELECT p.PaymentType, count(DISTINCT p.OrderId) FILTER (WHERE o.OrderId IS NULL), sum(p.TotalPrice)
-                FROM new_p p LEFT JOIN old_orders o USING (PaymentType, OrderId)
-                GROUP BY p.PaymentType
+                SELECT p.PaymentType, p.IsBot, count(DISTINCT p.OrderId) FILTER (WHERE o.OrderId IS NULL),
+                       sum(p.TotalPrice)
+                FROM new_p p LEFT JOIN old_orders o USING (PaymentType, OrderId, IsBot)
+                GROUP BY p.PaymentType, p.IsBot
                 ON CONFLICT DO UPDATE SET Orders = Orders + EXCLUDED.Orders, Revenue = Revenue + EXCLUDED.Revenue
             """,
             )
+            _run(
+                con,
+                """
+                INSERT INTO place_sales
+                SELECT Country, Region, City, IsBot, count(*), sum(Amount) FROM new_p GROUP BY ALL
+                ON CONFLICT DO UPDATE SET Purchases = Purchases + EXCLUDED.Purchases,
+                                          Revenue = Revenue + EXCLUDED.Revenue
+            """,
+            )
             now = datetime.now(UTC)
-            _run(con, "INSERT INTO early_bought SELECT UserId, TimeStamp FROM new_p WHERE TimeStamp > ?", [now])
+            _run(con, "INSERT INTO early_bought SELECT UserId, IsBot, TimeStamp FROM new_p WHERE TimeStamp > ?", [now])
             _run(
                 con,
                 """
                 INSERT INTO user_bought
-                SELECT UserId, max(TimeStamp) FROM (
-                    SELECT UserId, TimeStamp FROM new_p WHERE TimeStamp <= ?
+                SELECT UserId, IsBot, max(TimeStamp) FROM (
+                    SELECT UserId, IsBot, TimeStamp FROM new_p WHERE TimeStamp <= ?
                     UNION ALL SELECT * FROM early_bought WHERE TimeStamp <= ?
-                ) GROUP BY UserId
+                ) GROUP BY UserId, IsBot
                 ON CONFLICT DO UPDATE SET Last = greatest(Last, EXCLUDED.Last)
             """,
                 [now, now],
@@ -381,14 +524,14 @@ class ReadModel:
             _run(con, "INSERT INTO purchases SELECT * FROM new_p")
             _run(con, "INSERT INTO lines SELECT * FROM new_lines")
             _run(con, "INSERT OR IGNORE INTO lake_files SELECT Key FROM new_files")
-            for t in ("new_lines", "new_p", "old_orders", "old_pairs"):
+            for t in ("new_purchases", "new_lines", "new_p", "old_orders", "old_pairs"):
                 _run(con, f"DROP TABLE {t}")
         return batch.num_rows
 
     def counts(self) -> dict[str, int]:
         row = _run(
             self._con(),
-            "SELECT (SELECT Events FROM events_cursor), (SELECT Purchases FROM sales_totals)",
+            "SELECT (SELECT Events FROM events_cursor), (SELECT sum(Purchases) FROM sales_totals)",
         )[0]
         return {"events": int(row[0]), "purchases": int(row[1] or 0)}
 
@@ -437,8 +580,9 @@ class ReadModel:
             for m in range(minutes)
         ]
 
-    def funnel(self, as_of: datetime, window: str) -> list[dict[str, Any]]:
-        """Users with PageVisited in the window; of them, with AddedBasket; of those, with a purchase.
+    def funnel(self, as_of: datetime, window: str, include_bots: bool = False) -> list[dict[str, Any]]:
+        """Users with PageVisited in the window; of them, with AddedBasket; of those, with a purchase;
+        the bots' events and purchases left out unless `include_bots`.
 
         A user has an event of a name (or a purchase) in (start, end] exactly when their newest one
         up to now (`user_steps`, `user_bought`) or one stamped ahead of the last sync
@@ -448,19 +592,21 @@ class ReadModel:
         start = end - span if span is not None else datetime(1, 1, 1, tzinfo=UTC)
         row = _run(
             self._con(),
-            """
+            f"""
             WITH steps AS (
-                     SELECT UserId, EventName FROM user_steps WHERE Last > ? AND Last <= ?
+                     SELECT UserId, EventName FROM user_steps WHERE Last > ? AND Last <= ? AND {_BOTS}
                      UNION ALL SELECT UserId, EventName FROM early_steps WHERE TimeStamp > ? AND TimeStamp <= ?
-                     UNION ALL SELECT UserId, 'Purchased' FROM user_bought WHERE Last > ? AND Last <= ?
-                     UNION ALL SELECT UserId, 'Purchased' FROM early_bought WHERE TimeStamp > ? AND TimeStamp <= ?),
+                                                                                AND {_BOTS}
+                     UNION ALL SELECT UserId, 'Purchased' FROM user_bought WHERE Last > ? AND Last <= ? AND {_BOTS}
+                     UNION ALL SELECT UserId, 'Purchased' FROM early_bought WHERE TimeStamp > ? AND TimeStamp <= ?
+                                                                                  AND {_BOTS}),
                  users AS (SELECT bool_or(EventName = 'PageVisited') AS v, bool_or(EventName = 'AddedBasket') AS b,
                                   bool_or(EventName = 'Purchased') AS p
                            FROM steps GROUP BY UserId)
             SELECT count(*) FILTER (WHERE v), count(*) FILTER (WHERE v AND b), count(*) FILTER (WHERE v AND b AND p)
             FROM users
         """,
-            [start, end] * 4,
+            [start, end, include_bots] * 4,
         )[0]
         steps, first = [], row[0]
         for i, (name, users) in enumerate(zip(("PageVisited", "AddedBasket", "Purchased"), row, strict=True)):
@@ -475,21 +621,32 @@ class ReadModel:
             )
         return steps
 
-    def sales(self, n: int) -> dict[str, Any]:
-        """Totals, the n best sellers by revenue and by units, payment types: read from the rollups
-        the lake's sync keeps, so the answer costs the same however many purchases there are."""
-        purchases, orders, revenue = _run(self._con(), "SELECT Purchases, Orders, Revenue FROM sales_totals")[0]
+    def sales(self, n: int, include_bots: bool = False) -> dict[str, Any]:
+        """Totals, the n best sellers by revenue and by units, payment types, the bots' purchases left
+        out unless `include_bots`: read from the rollups the lake's sync keeps, so the answer costs
+        the same however many purchases there are."""
+        purchases, orders, revenue = _run(
+            self._con(),
+            f"SELECT coalesce(sum(Purchases), 0), coalesce(sum(Orders), 0), coalesce(sum(Revenue), 0) "
+            f"FROM sales_totals WHERE {_BOTS}",
+            [include_bots],
+        )[0]
 
         def top(order: str) -> list[dict[str, Any]]:
             return [
-                {**r, "Units": int(r["Units"]), "Revenue": _money(r["Revenue"])}
+                {**r, "Units": int(r["Units"]), "Revenue": _money(r["Revenue"]), "Orders": int(r["Orders"])}
                 for r in self._rows(
-                    f"SELECT ProductId, Units, Revenue, Orders FROM product_sales ORDER BY {order}, ProductId LIMIT ?",
-                    [n],
+                    f"SELECT ProductId, sum(Units) AS Units, sum(Revenue) AS Revenue, sum(Orders) AS Orders "
+                    f"FROM product_sales WHERE {_BOTS} GROUP BY ProductId ORDER BY {order}, ProductId LIMIT ?",
+                    [include_bots, n],
                 )
             ]
 
-        payments = self._rows("SELECT PaymentType, Orders, Revenue FROM payment_sales")
+        payments = self._rows(
+            f"SELECT PaymentType, sum(Orders)::BIGINT AS Orders, sum(Revenue) AS Revenue FROM payment_sales "
+            f"WHERE {_BOTS} GROUP BY PaymentType",
+            [include_bots],
+        )
         all_orders = sum(p["Orders"] for p in payments)
         return {
             "purchases": int(purchases),
@@ -510,6 +667,86 @@ class ReadModel:
                 key=lambda p: (-p["Orders"], p["PaymentType"]),
             ),
         }
+
+    def places(self, n: int, include_bots: bool = False) -> dict[str, Any]:
+        """The n cities and the n countries with the most events (clicks) and with the most revenue
+        (line amounts, as in `sales`), the bots' left out unless `include_bots`."""
+
+        def top(keys: str, order: str) -> list[dict[str, Any]]:
+            rows = self._rows(
+                f"""
+                WITH e AS (SELECT {keys}, sum(Events) AS Events FROM place_events WHERE {_BOTS} GROUP BY ALL),
+                     s AS (SELECT {keys}, sum(Purchases) AS Purchases, sum(Revenue) AS Revenue
+                           FROM place_sales WHERE {_BOTS} GROUP BY ALL)
+                SELECT {keys}, coalesce(Events, 0) AS Events, coalesce(Purchases, 0) AS Purchases,
+                       coalesce(Revenue, 0) AS Revenue
+                FROM e FULL OUTER JOIN s USING ({keys})
+                WHERE {order} > 0
+                ORDER BY {order} DESC, {keys} LIMIT ?
+            """,
+                [include_bots, include_bots, n],
+            )
+            return [
+                {**r, "Events": int(r["Events"]), "Purchases": int(r["Purchases"]), "Revenue": _money(r["Revenue"])}
+                for r in rows
+            ]
+
+        city, country = "Country, Region, City", "Country"
+        return {
+            "include_bots": include_bots,
+            "cities_by_events": top(city, "Events"),
+            "cities_by_revenue": top(city, "Revenue"),
+            "countries_by_events": top(country, "Events"),
+            "countries_by_revenue": top(country, "Revenue"),
+        }
+
+    def audience(self, include_bots: bool = False) -> dict[str, Any]:
+        """Shares of users by browser and by device class (each user counted once, by their newest
+        event), the bots left out unless `include_bots`; and the bots' share of users and of events."""
+        mix = self._rows("SELECT Browser, Device, IsBot, Users FROM agent_users")
+        (events, bot_events), users = (
+            _run(
+                self._con(),
+                "SELECT coalesce(sum(Events), 0), coalesce(sum(Events) FILTER (WHERE IsBot), 0) FROM place_events",
+            )[0],
+            sum(int(r["Users"]) for r in mix),
+        )
+        bot_users = sum(int(r["Users"]) for r in mix if r["IsBot"])
+        counted = [r for r in mix if include_bots or not r["IsBot"]]
+        whole = sum(int(r["Users"]) for r in counted)
+
+        def shares(key: str) -> list[dict[str, Any]]:
+            by: dict[str, int] = {}
+            for r in counted:
+                by[r[key]] = by.get(r[key], 0) + int(r["Users"])
+            return sorted(
+                ({"Name": k, "Users": v, "Share": _share(v, whole)} for k, v in by.items()),
+                key=lambda x: (-x["Users"], x["Name"]),
+            )
+
+        return {
+            "include_bots": include_bots,
+            "users": whole,
+            "browsers": shares("Browser"),
+            "devices": shares("Device"),
+            "bots": {
+                "users": bot_users,
+                "all_users": users,
+                "user_share": _share(bot_users, users),
+                "events": int(bot_events),
+                "all_events": int(events),
+                "event_share": _share(int(bot_events), int(events)),
+            },
+        }
+
+    def user_agent(self, user_id: str) -> dict[str, Any] | None:
+        """The user's newest event's enrichment (browser, OS, device, bot, place) and its time."""
+        rows = self._rows(
+            "SELECT Last AS TimeStamp, Browser, Os, Device, IsBot, Country, Region, City FROM user_agents "
+            "WHERE UserId = ?",
+            [user_id],
+        )
+        return rows[0] if rows else None
 
     def user_purchases(self, user_id: str, limit: int = 50) -> list[dict[str, Any]]:
         # the user's rows first (MATERIALIZED): with the ORDER BY ... LIMIT over the table, DuckDB

@@ -41,6 +41,10 @@ def config(request: Request) -> dict[str, Any]:
     return {"refresh_s": _state(request).settings.dashboard.refresh_s}
 
 
+# the funnel, sales, places and shares leave the bots (Enrichment.IsBot) out unless asked
+IncludeBots = Annotated[bool, Query(description="count the bots' events and purchases too")]
+
+
 def bucket_seconds(minutes: int) -> int:
     """The activity chart's bucket over `minutes`: about 90 points, a multiple of 5 s."""
     return max(5, minutes * 60 // 90 // 5 * 5)
@@ -63,23 +67,46 @@ def activity(request: Request, minutes: Annotated[int, Query(ge=1, le=ACTIVITY_M
 
 
 @router.get("/funnel", response_model=schemas.Funnel)
-def funnel(request: Request, window: schemas.FunnelWindow = "1h") -> dict[str, Any]:
+def funnel(request: Request, window: schemas.FunnelWindow = "1h", include_bots: IncludeBots = False) -> dict[str, Any]:
     """PageVisited -> AddedBasket -> purchase: users at each step in the window, and the conversion."""
     st = _state(request)
     now = datetime.now(UTC)
     return {
         "window": window,
+        "include_bots": include_bots,
         "as_of": now,
-        "steps": st.model.funnel(now, window),
+        "steps": st.model.funnel(now, window, include_bots),
         "sources": [st.events_sync.source.as_dict(), st.lake_sync.source.as_dict()],
     }
 
 
 @router.get("/sales", response_model=schemas.Sales)
-def sales(request: Request, n: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
+def sales(
+    request: Request, n: Annotated[int, Query(ge=1, le=100)] = 10, include_bots: IncludeBots = False
+) -> dict[str, Any]:
     """Best sellers by revenue and by units, and payment type shares, over every purchase in the lake."""
     st = _state(request)
-    return {**st.model.sales(n), "source": st.lake_sync.source.as_dict()}
+    return {**st.model.sales(n, include_bots), "include_bots": include_bots, "source": st.lake_sync.source.as_dict()}
+
+
+@router.get("/places", response_model=schemas.Places)
+def places(
+    request: Request, n: Annotated[int, Query(ge=1, le=100)] = 10, include_bots: IncludeBots = False
+) -> dict[str, Any]:
+    """The top cities and countries by events (clicks, MongoDB) and by revenue (the lake)."""
+    st = _state(request)
+    return {**st.model.places(n, include_bots), "sources": _synced(st)}
+
+
+@router.get("/audience", response_model=schemas.Audience)
+def audience(request: Request, include_bots: IncludeBots = False) -> dict[str, Any]:
+    """Shares of users by browser and by device class, and the bots' share of users and of events."""
+    st = _state(request)
+    return {**st.model.audience(include_bots), "sources": [st.events_sync.source.as_dict()]}
+
+
+def _synced(st: Any) -> list[dict[str, Any]]:
+    return [st.events_sync.source.as_dict(), st.lake_sync.source.as_dict()]
 
 
 @router.get("/repeat-buyers", response_model=schemas.RepeatBuyers)
@@ -117,7 +144,8 @@ def repeat_buyers(request: Request, n: Annotated[int, Query(ge=1, le=100)] = 10)
     responses={404: {"description": "no events and no purchases for this UserId"}},
 )
 def user(request: Request, user_id: Annotated[str, Path(min_length=1, max_length=128)]) -> dict[str, Any]:
-    """A user's EventCount per EventName (MongoDB's counts) and purchases (the lake), newest first."""
+    """A user's EventCount per EventName (MongoDB's counts), purchases (the lake), newest first, and
+    the browser, device and place of their newest event (the read model)."""
     st = _state(request)
     sources = []
     counts: dict[str, int] | None = None
@@ -134,7 +162,13 @@ def user(request: Request, user_id: Annotated[str, Path(min_length=1, max_length
         purchases = None
     if counts == {} and not purchases and all(s["state"] != "down" for s in sources):
         raise HTTPException(404, f"no events and no purchases for UserId {user_id!r}")
-    return {"UserId": user_id, "event_counts": counts, "purchases": purchases, "sources": sources}
+    return {
+        "UserId": user_id,
+        "event_counts": counts,
+        "purchases": purchases,
+        "agent": st.model.user_agent(user_id),
+        "sources": sources,
+    }
 
 
 @router.get("/health", response_model=schemas.Health)

@@ -63,6 +63,7 @@ class Funnel(BaseModel):
     """Users who visited a page in the window; of them, who added to the basket; of those, who bought."""
 
     window: FunnelWindow
+    include_bots: bool = Field(description="false: the bots' events and purchases are left out")
     as_of: datetime
     steps: list[FunnelStep]
     sources: list[Source]
@@ -91,7 +92,56 @@ class Sales(BaseModel):
     by_revenue: list[ProductSales]
     by_units: list[ProductSales]
     payment_types: list[PaymentShare]
+    include_bots: bool = Field(description="false: the bots' purchases are left out")
     source: Source
+
+
+class PlaceFigures(BaseModel):
+    """A place's events (clicks) and purchases, by the sender's address (GeoLite2; "unknown" when not found)."""
+
+    Country: str = Field(description='ISO 3166-1 alpha-2, or "unknown"')
+    Region: str | None = None
+    City: str | None = None
+    Events: int
+    Purchases: int
+    Revenue: float = Field(description="sum of line amounts, as in /api/sales")
+
+
+class Places(BaseModel):
+    """The top cities and countries by events and by revenue, over every event and purchase."""
+
+    include_bots: bool = Field(description="false: the bots' events and purchases are left out")
+    cities_by_events: list[PlaceFigures]
+    cities_by_revenue: list[PlaceFigures]
+    countries_by_events: list[PlaceFigures]
+    countries_by_revenue: list[PlaceFigures]
+    sources: list[Source]
+
+
+class Share(BaseModel):
+    Name: str
+    Users: int
+    Share: float = Field(description="of the users counted")
+
+
+class BotShare(BaseModel):
+    users: int = Field(description="users whose newest event came from a bot's user agent")
+    all_users: int
+    user_share: float
+    events: int = Field(description="events sent by a bot's user agent")
+    all_events: int
+    event_share: float
+
+
+class Audience(BaseModel):
+    """Shares of users (each counted once, by their newest event's user agent), and the bots' share."""
+
+    include_bots: bool = Field(description="false: users whose newest event was a bot's are left out of the shares")
+    users: int = Field(description="users counted in the shares")
+    browsers: list[Share]
+    devices: list[Share] = Field(description="desktop, mobile, tablet, bot, unknown")
+    bots: BotShare
+    sources: list[Source]
 
 
 class RepeatBuyer(BaseModel):
@@ -120,10 +170,24 @@ class UserPurchase(BaseModel):
     Items: int = Field(description="units over all lines")
 
 
+class UserAgent(BaseModel):
+    """The enrichment of the user's newest event."""
+
+    TimeStamp: datetime = Field(description="of that event")
+    Browser: str
+    Os: str
+    Device: str
+    IsBot: bool
+    Country: str
+    Region: str
+    City: str
+
+
 class UserLookup(BaseModel):
     UserId: str
     event_counts: dict[str, int] | None = Field(description="EventCount per EventName from MongoDB; None if it is down")
     purchases: list[UserPurchase] | None = Field(description="newest first, from the lake; None if it is down")
+    agent: UserAgent | None = Field(description="browser, device and place of the newest event read; None before one")
     sources: list[Source]
 
 

@@ -33,11 +33,12 @@ from pymongo.collection import Collection
 from shopstream.adapters.lake import LakeFiles
 from shopstream.settings import Settings
 
-from .readmodel import ReadModel
+from .readmodel import ENRICHMENT, ReadModel
 
 log = logging.getLogger(__name__)
 
-EVENT_FIELDS = {"UserId": 1, "EventName": 1, "TimeStamp": 1, "StoredAt": 1}
+# Enrichment: absent on events stored before enrichment (the read model counts them as unknown)
+EVENT_FIELDS = {"UserId": 1, "EventName": 1, "TimeStamp": 1, "StoredAt": 1, "Enrichment": 1}
 
 
 def _utc(ts: datetime) -> datetime:
@@ -135,7 +136,9 @@ class EventsSync(Loop):
 
     def _read(self, query: dict[str, Any], chunk: int | None = None) -> Iterator[pa.Table]:
         """The events matching `query`, as tables of `chunk` rows at most (all in one without)."""
-        cols: dict[str, list] = {k: [] for k in ("EventId", "UserId", "EventName", "TimeStamp", "StoredAt")}
+        cols: dict[str, list] = {
+            k: [] for k in ("EventId", "UserId", "EventName", "TimeStamp", "StoredAt", "Enrichment")
+        }
 
         def table() -> pa.Table:
             t = pa.table(
@@ -145,6 +148,7 @@ class EventsSync(Loop):
                     "EventName": pa.array(cols["EventName"], pa.string()),
                     "TimeStamp": pa.array(cols["TimeStamp"], pa.timestamp("us", tz="UTC")),
                     "StoredAt": pa.array(cols["StoredAt"], pa.timestamp("us", tz="UTC")),
+                    "Enrichment": pa.array(cols["Enrichment"], ENRICHMENT),
                 }
             )
             for v in cols.values():
@@ -155,6 +159,7 @@ class EventsSync(Loop):
             cols["EventId"].append(str(doc["_id"]))
             for k in ("UserId", "EventName", "TimeStamp", "StoredAt"):
                 cols[k].append(doc[k])
+            cols["Enrichment"].append(doc.get("Enrichment"))
             if chunk and read % chunk == 0:
                 yield table()
         yield table()

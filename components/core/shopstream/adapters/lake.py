@@ -22,6 +22,7 @@ from minio import Minio
 from shopstream.settings import Settings
 
 COLUMNS = ["EventId", "OrderId", "UserId", "TimeStamp", "IngestedAt", "TotalPrice", "PaymentType", "Products"]
+OPTIONAL = ["Enrichment"]  # read where a file has it: files written before enrichment do not
 
 
 def _log_id(name: str) -> int | None:
@@ -81,7 +82,8 @@ class LakeFiles:
         return set(self._committed)
 
     def read(self, keys: Iterable[str], threads: int = 8, columns: list[str] = COLUMNS) -> pa.Table | None:
-        """The files' rows (the purchase columns, or `columns`), as one table."""
+        """The files' rows (the purchase columns, or `columns`, and `OPTIONAL` ones where a file has
+        them), as one table: null in the rows of a file without one."""
 
         def one(key: str) -> pa.Table:
             resp = self.client.get_object(self.bucket, key)
@@ -90,7 +92,9 @@ class LakeFiles:
             finally:
                 resp.close()
                 resp.release_conn()
-            return pq.read_table(io.BytesIO(data), columns=columns)
+            file = pq.ParquetFile(io.BytesIO(data))
+            names = set(file.schema_arrow.names)
+            return file.read(columns=columns + [c for c in OPTIONAL if c in names and c not in columns])
 
         keys = list(keys)
         if not keys:

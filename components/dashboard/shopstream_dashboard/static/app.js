@@ -12,6 +12,8 @@ const API_HISTORY_MS = 15 * 60 * 1000;
 const ACTIVITY_MINUTES = 15;
 const TOP_N = 10;
 const PRODUCT_LABEL_MAX = 16;
+const PLACE_LABEL_MAX = 22;
+const SHARES_SHOWN = 7; // browsers and devices past these are summed as "other"
 
 const PLOTLY_CONFIG = {displayModeBar: false, responsive: true};
 const EVENT_ORDER = ["PageVisited", "AddedBasket", "CheckedProductReviews"];
@@ -365,7 +367,11 @@ function drawChart(id, traces, layout) {
 }
 
 function drawPlaceholders() {
-  for (const id of ["chart-events", "chart-purchases", "chart-funnel", "chart-top-revenue", "chart-top-units", "chart-payments", "chart-api"]) {
+  const ids = [
+    "chart-events", "chart-purchases", "chart-funnel", "chart-top-revenue", "chart-top-units", "chart-payments",
+    "chart-places-events", "chart-places-revenue", "chart-browsers", "chart-devices", "chart-api",
+  ];
+  for (const id of ids) {
     drawChart(id, [], baseLayout({
       // a uirevision of its own: the first data draw must not inherit the empty chart's axis
       // ranges (a funnel would keep a normal y axis and show its last step on top)
@@ -560,6 +566,114 @@ function renderSales(data) {
   renderTopChart("chart-top-units", top(data.by_units), "Units", "#2e9e6b", "int");
   const payments = (data.payment_types || []).slice().sort((a, b) => b.Orders - a.Orders);
   renderPaymentsChart(payments);
+}
+
+/* ---------- 3b. places, browsers and devices (bots left out unless the switch says so) ---------- */
+
+/** "&include_bots=true" when the top bar's switch is on: the funnel, sales, places and shares count bots too. */
+function botsParam() {
+  return byId("include-bots").checked ? "&include_bots=true" : "";
+}
+
+function placeLabel(row) {
+  if (row.City === undefined || row.City === null) {
+    return row.Country;
+  }
+  return row.City === "unknown" ? `unknown, ${row.Country}` : `${row.City}, ${row.Country}`;
+}
+
+function renderPlacesChart(id, rows, key, color, valueFormat) {
+  const labels = rows.map(placeLabel);
+  const trace = {
+    type: "bar",
+    orientation: "h",
+    y: labels,
+    x: rows.map((r) => r[key]),
+    marker: {color},
+    customdata: rows.map((r) => [r.Events, r.Purchases, r.Revenue, r.Region || ""]),
+    hovertemplate: "%{y} %{customdata[3]}<br>clicks %{customdata[0]:,}<br>purchases %{customdata[1]:,}" +
+      "<br>revenue %{customdata[2]:,.2f}<extra></extra>",
+    text: rows.map((r) => (valueFormat === "money" ? fmtMoney(r[key]) : fmtInt(r[key]))),
+    textposition: "auto",
+    cliponaxis: false,
+  };
+  drawChart(id, rows.length ? [trace] : [], baseLayout({
+    margin: {l: 40, r: 12, t: 4, b: 24},
+    yaxis: {
+      type: "category",
+      autorange: "reversed",
+      automargin: true,
+      tickvals: labels,
+      ticktext: labels.map((p) => shorten(p, PLACE_LABEL_MAX)),
+      tickfont: {size: 10},
+      visible: rows.length > 0,
+    },
+    xaxis: {rangemode: "tozero", gridcolor: "#eef0f3", visible: rows.length > 0, tickformat: "~s"},
+    annotations: emptyAnnotation(rows.length === 0),
+  }));
+}
+
+function renderPlaces(data) {
+  const level = byId("places-level").value; // cities or countries
+  for (const node of document.querySelectorAll(".places-noun")) {
+    node.textContent = level;
+  }
+  renderPlacesChart("chart-places-events", data[`${level}_by_events`] || [], "Events", COLOR_BAR, "int");
+  renderPlacesChart("chart-places-revenue", data[`${level}_by_revenue`] || [], "Revenue", "#2e9e6b", "money");
+}
+
+/** The first SHARES_SHOWN names, and the rest summed as "other". */
+function topShares(rows) {
+  const shown = rows.slice(0, SHARES_SHOWN);
+  const rest = rows.slice(SHARES_SHOWN);
+  if (rest.length) {
+    shown.push({
+      Name: "other",
+      Users: rest.reduce((n, r) => n + r.Users, 0),
+      Share: rest.reduce((n, r) => n + r.Share, 0),
+    });
+  }
+  return shown;
+}
+
+function renderSharesChart(id, rows) {
+  const trace = {
+    type: "pie",
+    hole: 0.5,
+    labels: rows.map((r) => r.Name),
+    values: rows.map((r) => r.Users),
+    textinfo: "percent",
+    textposition: "inside",
+    insidetextorientation: "horizontal",
+    hovertemplate: "%{label}<br>%{value:,} users (%{percent})<extra></extra>",
+    marker: {colors: rows.map((r, i) => PALETTE[i % PALETTE.length])},
+    sort: false,
+  };
+  drawChart(id, rows.length ? [trace] : [], baseLayout({
+    margin: {l: 8, r: 8, t: 8, b: 8},
+    showlegend: rows.length > 0,
+    legend: {orientation: "v", x: 1, y: 0.5, yanchor: "middle", font: {size: 10}},
+    annotations: emptyAnnotation(rows.length === 0),
+  }));
+}
+
+function renderAudience(data) {
+  renderSharesChart("chart-browsers", topShares(data.browsers || []));
+  renderSharesChart("chart-devices", topShares(data.devices || []));
+  const bots = data.bots || {};
+  const line = byId("bots-share");
+  line.textContent = `bots: ${fmtPct(bots.user_share)} of users (${fmtInt(bots.users)} of ${fmtInt(bots.all_users)}), ` +
+    `${fmtPct(bots.event_share)} of events (${fmtInt(bots.events)} of ${fmtInt(bots.all_events)})`;
+  line.dataset.botUsers = String(bots.users ?? "");
+  line.dataset.botEvents = String(bots.events ?? "");
+}
+
+/** The notes that say whether the bots are counted, after the switch. */
+function noteBots() {
+  const included = byId("include-bots").checked;
+  for (const node of document.querySelectorAll(".bots-note")) {
+    node.textContent = included ? "bots included" : "bots left out";
+  }
 }
 
 /* ---------- 4. repeat buyers ---------- */
@@ -768,8 +882,14 @@ function renderHealth(data) {
 
 const PANELS = {
   activity: {url: () => `/api/activity?minutes=${ACTIVITY_MINUTES}`, render: renderActivity, controller: null},
-  funnel: {url: () => `/api/funnel?window=${encodeURIComponent(byId("funnel-window").value)}`, render: renderFunnel, controller: null},
-  sales: {url: () => `/api/sales?n=${TOP_N}`, render: renderSales, controller: null, onError: markKpisStale},
+  funnel: {
+    url: () => `/api/funnel?window=${encodeURIComponent(byId("funnel-window").value)}${botsParam()}`,
+    render: renderFunnel,
+    controller: null,
+  },
+  sales: {url: () => `/api/sales?n=${TOP_N}${botsParam()}`, render: renderSales, controller: null, onError: markKpisStale},
+  places: {url: () => `/api/places?n=${TOP_N}${botsParam()}`, render: renderPlaces, controller: null},
+  audience: {url: () => `/api/audience?${botsParam().slice(1)}`, render: renderAudience, controller: null},
   repeat: {url: () => `/api/repeat-buyers?n=${TOP_N}`, render: renderRepeat, controller: null},
   health: {url: () => "/api/health", render: renderHealth, controller: null},
 };
@@ -834,6 +954,7 @@ function refreshAll() {
 /* ---------- 5. user lookup (on submit only) ---------- */
 
 function resetUserResult() {
+  byId("user-agent").replaceChildren();
   byId("user-counts").tBodies[0].replaceChildren();
   byId("user-purchases").tBodies[0].replaceChildren();
   setText("user-counts-note", "");
@@ -894,12 +1015,33 @@ function renderUserPurchases(purchases) {
   replaceRows(table, rows, null, 5);
 }
 
+/** Browser, device and place of the user's newest event (the read model's; none before one is read). */
+function renderUserAgent(agent) {
+  const dl = byId("user-agent");
+  if (!agent) {
+    replaceStats(dl, [["browser", "no event read yet"]]);
+    return;
+  }
+  const place = [agent.City, agent.Region, agent.Country].filter((x) => x && x !== "unknown").join(", ");
+  replaceStats(dl, [
+    ["browser", `${agent.Browser} (${agent.Os})`],
+    ["device", agent.IsBot ? `${agent.Device} (a bot)` : agent.Device],
+    ["place", place || "unknown"],
+    ["as of", fmtTime(agent.TimeStamp)],
+  ]);
+  const dd = dl.querySelectorAll("dd");
+  dd[0].dataset.browser = agent.Browser;
+  dd[1].dataset.device = agent.Device;
+  dd[2].dataset.city = agent.City;
+}
+
 function renderUser(data) {
   const result = byId("user-result");
   result.classList.remove("message-only");
   const title = byId("user-title");
   title.className = "user-title";
   title.textContent = `UserId ${data.UserId}`;
+  renderUserAgent(data.agent);
   renderUserCounts(data.event_counts);
   renderUserPurchases(data.purchases);
   result.hidden = false;
@@ -966,6 +1108,14 @@ function start() {
     warnNoPlotly();
   }
   byId("funnel-window").addEventListener("change", () => refreshPanel("funnel", true));
+  byId("places-level").addEventListener("change", () => refreshPanel("places", true));
+  byId("include-bots").addEventListener("change", () => {
+    noteBots();
+    for (const name of ["funnel", "sales", "places", "audience"]) {
+      refreshPanel(name, true);
+    }
+  });
+  noteBots();
   byId("user-form").addEventListener("submit", lookupUser);
   document.addEventListener("visibilitychange", refreshAll);
   refreshAll();
