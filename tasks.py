@@ -71,6 +71,7 @@ def logs(c, service, lines=50, follow=False):
         "start": "time of the first cohort, ISO 8601 with offset (default: the clock)",
         "api_url": "ingestion API base URL (default: settings)",
         "concurrency": "requests in flight at most (default: 16)",
+        "no_dimensions": "do not publish the products and customers to their Kafka topics first",
     }
 )
 def generate(
@@ -84,6 +85,7 @@ def generate(
     start=None,
     api_url=None,
     concurrency=None,
+    no_dimensions=False,
 ):
     """Send Faker-made shop traffic (events and purchases) to the ingestion API every second; Ctrl-C stops."""
     from shopstream_generator.cli import main as generate_main
@@ -100,6 +102,8 @@ def generate(
         "--concurrency": concurrency,
     }
     argv = [str(arg) for name, value in options.items() if value is not None for arg in (name, value)]
+    if no_dimensions:
+        argv.append("--no-dimensions")
     try:
         generate_main(argv)
     except SystemExit as e:  # typer exits; keep invoke's own exit handling

@@ -29,7 +29,9 @@ FINAL = {"success", "failed"}
 
 
 def batch_code_exists() -> bool:
-    return all(importlib.util.find_spec(f"shopstream_batch.{m}") for m in ("drain", "aggregate"))
+    return all(
+        importlib.util.find_spec(f"shopstream_batch.{m}") for m in ("drain", "aggregate", "sessions", "dimensions")
+    )
 
 
 def airflow_processes(svc: AirflowService) -> list[str]:
@@ -136,6 +138,7 @@ def test_triggered_run_finishes_and_task_logs_are_readable(airflow, api):
     assert state == ("success" if batch_code_exists() else "failed"), summary
     if state == "success":
         assert {ti["state"] for ti in tis} == {"success"}, summary
+        assert set(summary) == {"drain", "aggregate", "sessions", "dimensions"}, summary
 
     for ti in tis:
         if not ti["try_number"]:

@@ -77,6 +77,82 @@ def test_best_sellers_by_units_and_revenue_with_discounts_and_ties(spark):
     assert [r["ProductId"] for r in rows(sales.best_sellers(tie))] == ["a", "b"]
 
 
+CATALOGUE = [("p1", "Kettle", "Kitchen"), ("p2", "Tent", "Outdoors"), ("p3", "Mug", "Kitchen")]  # p4: unknown
+
+
+def catalogue(spark, rows=CATALOGUE):
+    return spark.createDataFrame(rows, warehouse.CATALOGUE_SCHEMA)
+
+
+def by_category(purchases, known):
+    """Revenue by category in plain Python: every line's amount to its product's category."""
+    agg = {}
+    for p in purchases:
+        for x in p["Products"]:
+            category = known.get(x["ProductId"], (None, sales.UNKNOWN))[1]
+            a = agg.setdefault(category, {"Category": category, "Revenue": D(0), "Orders": set(), "Units": 0})
+            a["Revenue"] += x["ItemCount"] * (x["ItemPrice"] - x["ItemDiscount"])
+            a["Orders"].add(p["OrderId"])
+            a["Units"] += x["ItemCount"]
+    rows = [{**a, "Orders": len(a["Orders"])} for a in agg.values()]
+    return sorted(rows, key=lambda r: (-r["Revenue"], r["Category"]))
+
+
+def test_best_sellers_carry_the_catalogues_name_and_category_and_unknown_otherwise(spark):
+    products = sales.with_products(sales.product_sales(frame(spark, DATA)), catalogue(spark))
+    got = rows(sales.top_products(products, by="units"))
+    known = {p: (n, c) for p, n, c in CATALOGUE}
+    assert [(r["ProductId"], r["Name"], r["Category"]) for r in got] == [
+        (p, *known.get(p, (sales.UNKNOWN, sales.UNKNOWN))) for p in ("p3", "p2", "p1", "p4")
+    ]
+    assert [(r["Units"], r["Revenue"]) for r in got] == [
+        (r["Units"], r["Revenue"]) for r in rows(sales.best_sellers(frame(spark, DATA)))
+    ]
+
+
+def test_revenue_by_category_sums_lines_counts_orders_and_breaks_ties_by_name(spark):
+    known = {p: (n, c) for p, n, c in CATALOGUE}
+    got = rows(sales.revenue_by_category(frame(spark, DATA), catalogue(spark)))
+    assert got == by_category(DATA, known)
+    # Kitchen: p1 (28) + p3 (25) = 53 in o1, o3, o4, o7; Outdoors: p2 190; unknown: p4 200
+    assert [(r["Category"], r["Revenue"], r["Orders"]) for r in got] == [
+        ("unknown", D("200.00"), 1),
+        ("Outdoors", D("190.00"), 3),
+        ("Kitchen", D("53.00"), 4),
+    ]
+    tie = [purchase("t1", "x", [("a", 1, "5.00", "0")]), purchase("t2", "y", [("b", 1, "5.00", "0")])]
+    two = catalogue(spark, [("a", "A", "Zebra"), ("b", "B", "Apple")])
+    assert [r["Category"] for r in rows(sales.revenue_by_category(frame(spark, tie), two))] == ["Apple", "Zebra"]
+    assert rows(sales.revenue_by_category(frame(spark, []), two)) == []
+
+
+@pytest.mark.services
+def test_the_catalogue_is_read_from_postgresql_and_empty_before_the_table_exists(spark, stack, settings):
+    from shopstream.adapters.postgres import ensure_database
+    from shopstream.contracts.dimensions import PRODUCTS
+
+    cfg = settings.postgres.model_copy(update={"database": "catalogue_read"})
+    ensure_database(cfg)
+    engine = pg_engine(cfg)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {PRODUCTS.name}"))
+        assert warehouse.read_products(spark, engine).count() == 0
+        with engine.begin() as conn:
+            conn.execute(text(PRODUCTS.ddl))
+            conn.execute(
+                text(PRODUCTS.upsert),
+                [
+                    {"product_id": p, "name": n, "category": c, "brand": "B", "list_price": D("1.00")}
+                    for p, n, c in CATALOGUE
+                ],
+            )
+        got = sorted(tuple(r) for r in warehouse.read_products(spark, engine).collect())
+        assert got == sorted(CATALOGUE)
+    finally:
+        engine.dispose()
+
+
 def test_payment_type_shares(spark):
     got = rows(sales.payment_type_shares(frame(spark, DATA)))
     assert [(r["PaymentType"], r["Orders"]) for r in got] == [("CreditCard", 5), ("PayPal", 2)]

@@ -79,6 +79,37 @@ def lines_of(orders):
             yield o, x, x["ItemCount"] * (x["ItemPrice"] - x["ItemDiscount"])
 
 
+# the catalogue the notebook reads from PostgreSQL: p00-p09 known, p10-p13 not (`unknown`)
+CATALOGUE = {f"p{i:02d}": (f"Product {i}", ["Books", "Garden", "Shoes"][i % 3]) for i in range(10)}
+UNKNOWN = ("unknown", "unknown")
+
+
+def write_catalogue(settings) -> None:
+    from shopstream.contracts.dimensions import PRODUCTS
+
+    rows = [
+        {"product_id": p, "name": n, "category": c, "brand": "B", "list_price": 1} for p, (n, c) in CATALOGUE.items()
+    ]
+    with pg_engine(settings.postgres).begin() as conn:
+        conn.execute(text(PRODUCTS.ddl))
+        conn.execute(text(f"DELETE FROM {PRODUCTS.name} WHERE product_id LIKE 'p__'"))
+        conn.execute(text(PRODUCTS.upsert), rows)
+
+
+def revenue_by_category(orders):
+    agg = defaultdict(lambda: {"Revenue": Decimal(0), "Orders": set(), "Units": 0})
+    for o, x, amount in lines_of(orders):
+        a = agg[CATALOGUE.get(x["ProductId"], UNKNOWN)[1]]
+        a["Revenue"] += amount
+        a["Orders"].add(o["OrderId"])
+        a["Units"] += x["ItemCount"]
+    rows = [
+        {"Category": c, "Revenue": a["Revenue"], "Orders": len(a["Orders"]), "Units": a["Units"]}
+        for c, a in agg.items()
+    ]
+    return sorted(rows, key=lambda r: (-r["Revenue"], r["Category"]))
+
+
 def best_sellers(orders, by):
     agg = defaultdict(lambda: {"Units": 0, "Revenue": Decimal(0), "Orders": set()})
     for o, x, amount in lines_of(orders):
@@ -87,7 +118,14 @@ def best_sellers(orders, by):
         a["Revenue"] += amount
         a["Orders"].add(o["OrderId"])
     rows = [
-        {"ProductId": p, "Units": a["Units"], "Revenue": a["Revenue"], "Orders": len(a["Orders"])}
+        {
+            "ProductId": p,
+            "Name": CATALOGUE.get(p, UNKNOWN)[0],
+            "Category": CATALOGUE.get(p, UNKNOWN)[1],
+            "Units": a["Units"],
+            "Revenue": a["Revenue"],
+            "Orders": len(a["Orders"]),
+        }
         for p, a in agg.items()
     ]
     return sorted(rows, key=lambda r: (-r[by], r["ProductId"]))[:10]
@@ -174,6 +212,7 @@ def test_both_notebooks_answer_what_the_posted_purchases_say(spark, settings, ap
             )
             assert r.status_code == 200, r.text
     run_until_caught_up(spark, st)
+    write_catalogue(st)
 
     messages = []
     html = run_notebooks(st, tmp_path, as_of=AS_OF.isoformat(), say=messages.append)
@@ -184,6 +223,9 @@ def test_both_notebooks_answer_what_the_posted_purchases_say(spark, settings, ap
     assert normalised(first["best_sellers_by_units"], money={"Revenue"}) == best_sellers(orders, "Units")
     assert normalised(first["best_sellers_by_revenue"], money={"Revenue"}) == best_sellers(orders, "Revenue")
     assert normalised(first["payment_types"], money={"Revenue"}) == payment_types(orders)
+    categories = revenue_by_category(orders)
+    assert normalised(first["revenue_by_category"], money={"Revenue"}) == categories
+    assert {r["Category"] for r in categories} == {"Books", "Garden", "Shoes", "unknown"}
     top = top_customers(orders)
     assert normalised(first["top_customers_last_hour"], money={"OrderAmount", "LargestOrder"}) == top
     assert len(top) == 10  # the cut at 10 was exercised
@@ -203,4 +245,5 @@ def test_both_notebooks_answer_what_the_posted_purchases_say(spark, settings, ap
     for page in html:  # Spark's log lines (NativeCodeLoader, WindowExec, ...) are in the kernel log only
         assert not SPARK_LOG_LINE.search(page.read_text()), SPARK_LOG_LINE.search(page.read_text()).group(0)
     charts = [p.read_text().count('class="jp-RenderedImage') for p in html]  # matplotlib figures in outputs
-    assert charts[0] >= 4 and charts[1] >= 1, charts  # best sellers, payment types, top customers, repeats
+    # best sellers, revenue by category, payment types, top customers, repeats
+    assert charts[0] >= 5 and charts[1] >= 1, charts

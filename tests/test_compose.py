@@ -496,11 +496,14 @@ def test_kafka_init_creates_the_settings_topics(scenario: tuple[dict[str, dict],
     services, settings = scenario
     script = _command_text(services["kafka-init"])
     assert "--create" in script
-    assert sorted(re.findall(r"--topic\s+(\S+)", script)) == sorted(settings.kafka.topics)
+    every = settings.kafka.topics + settings.kafka.dimension_topics
+    assert sorted(re.findall(r"--topic\s+(\S+)", script)) == sorted(every)
+    compacted = re.findall(r"--topic\s+(\S+)\s+--config\s+cleanup\.policy=compact", script)
+    assert sorted(compacted) == sorted(settings.kafka.dimension_topics)
     partitions = re.findall(r"--partitions\s+(\S+)", script)
     replication = re.findall(r"--replication-factor\s+(\S+)", script)
-    assert partitions == [str(settings.kafka.partitions)] * len(settings.kafka.topics)
-    assert replication == [str(settings.kafka.replication_factor)] * len(settings.kafka.topics)
+    assert partitions == [str(settings.kafka.partitions)] * len(every)
+    assert replication == [str(settings.kafka.replication_factor)] * len(every)
     internal = _listeners(_environment(services["kafka"])["KAFKA_ADVERTISED_LISTENERS"]).values()
     for server in re.findall(r"--bootstrap-server\s+(\S+)", script):
         assert _host_port(server) in internal, f"kafka-init uses {server}, not an advertised listener"

@@ -437,8 +437,15 @@ def stored_count(cfg: Settings) -> int:
         client.close()
 
 
-def test_mongo_stopped_mid_drain_fails_the_run_and_the_next_run_counts_exactly(own, airflow_db, monkeypatch):
-    cfg = scoped(own.settings, "drain", batch_size=100)
+def with_postgres(own, settings: Settings) -> Settings:
+    """The module's own Kafka and MongoDB, and the session's PostgreSQL: the DAG's dimensions task's."""
+    return own.settings.model_copy(update={"postgres": settings.postgres})
+
+
+def test_mongo_stopped_mid_drain_fails_the_run_and_the_next_run_counts_exactly(
+    own, stack, settings, airflow_db, monkeypatch
+):
+    cfg = scoped(with_postgres(own, settings), "drain", batch_size=100)
     first = events("d", 5000)
     send_events(cfg, first + first[:300])  # 300 copies: clients retrying with the same Idempotency-Key
     state, tasks = run_dag_stopping_mongo(
@@ -447,6 +454,8 @@ def test_mongo_stopped_mid_drain_fails_the_run_and_the_next_run_counts_exactly(o
     assert state == "failed", tasks
     assert tasks["drain"] == ("failed", 3), tasks  # the DAG's 2 retries, all while MongoDB was down
     assert tasks["aggregate"][0] == "upstream_failed", tasks
+    assert tasks["sessions"][0] == "upstream_failed", tasks
+    assert tasks["dimensions"] == ("success", 1), tasks  # beside them, not after: MongoDB is none of its business
     # the drain was cut off mid-way, and committed no offset past what MongoDB had stored
     committed = committed_total(cfg)
     assert 0 < committed < 5300, committed
@@ -458,14 +467,21 @@ def test_mongo_stopped_mid_drain_fails_the_run_and_the_next_run_counts_exactly(o
     send_events(cfg, later)
     state, tasks = run_dag(cfg, monkeypatch)
     assert state == "success", tasks
-    assert tasks == {"drain": ("success", 1), "aggregate": ("success", 1)}
+    assert tasks == {
+        "drain": ("success", 1),
+        "aggregate": ("success", 1),
+        "sessions": ("success", 1),
+        "dimensions": ("success", 1),
+    }
     assert_counts_exact(cfg, first + later)
 
 
-def test_mongo_stopped_mid_aggregation_fails_the_run_and_the_next_run_counts_exactly(own, airflow_db, monkeypatch):
+def test_mongo_stopped_mid_aggregation_fails_the_run_and_the_next_run_counts_exactly(
+    own, stack, settings, airflow_db, monkeypatch
+):
     # the lease the cut-off run cannot release expires within the default 30 s (see
     # test_a_lease_left_by_a_dead_aggregation_does_not_block_the_next_run)
-    cfg = scoped(own.settings, "agg")
+    cfg = scoped(with_postgres(own, settings), "agg")
     first = events("a", 6000)
     send_events(cfg, first)
     state, tasks = run_dag_stopping_mongo(
@@ -477,6 +493,7 @@ def test_mongo_stopped_mid_aggregation_fails_the_run_and_the_next_run_counts_exa
     assert state == "failed", tasks
     assert tasks["drain"] == ("success", 1), tasks
     assert tasks["aggregate"] == ("failed", 3), tasks
+    assert tasks["sessions"][0] == "upstream_failed", tasks
     assert committed_total(cfg) == 6000
     client = mongo_client(cfg.mongo)
     try:
@@ -492,7 +509,12 @@ def test_mongo_stopped_mid_aggregation_fails_the_run_and_the_next_run_counts_exa
     send_events(cfg, later)
     state, tasks = run_dag(cfg, monkeypatch)
     assert state == "success", tasks
-    assert tasks == {"drain": ("success", 1), "aggregate": ("success", 1)}
+    assert tasks == {
+        "drain": ("success", 1),
+        "aggregate": ("success", 1),
+        "sessions": ("success", 1),
+        "dimensions": ("success", 1),
+    }
     assert_counts_exact(cfg, first + later)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 import tomllib
 import uuid
 from collections import Counter, defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from importlib import import_module
 
@@ -37,8 +38,8 @@ from shopstream.contracts.enrichment import UNKNOWN, DeviceClass
 from shopstream.contracts.records import ADDED
 from shopstream.enrichment import device, place
 from shopstream.settings import REPO_ROOT
-from shopstream_generator import cli
-from shopstream_generator.catalogue import build_world, seeded_faker
+from shopstream_generator import cli, dimensions
+from shopstream_generator.catalogue import CATEGORIES, build_world, seeded_faker
 from shopstream_generator.cohort import Cohort, Session, build_cohort
 from shopstream_generator.runner import Plan, run
 from shopstream_generator.sender import Sender, purchase_batches
@@ -115,6 +116,29 @@ def test_same_seed_and_now_give_identical_cohorts_and_another_seed_does_not():
     # ids carry the cohort's time: the same seed later on does not reuse SessionIds or OrderIds
     later = cohorts(7, 1, now=NOW + timedelta(hours=1))[0]
     assert not {s.session_id for s in later.sessions} & {s.session_id for c in first for s in c.sessions}
+
+
+def test_the_catalogue_and_customers_are_labelled_and_the_same_seed_labels_them_the_same():
+    world = build_world(7)
+    ps, cs = dimensions.products(world), dimensions.customers(world)
+    assert (ps, cs) == (dimensions.products(build_world(7)), dimensions.customers(build_world(7)))
+    assert [p.Name for p in ps] != [p.Name for p in dimensions.products(build_world(8))]
+    assert [p.ProductId for p in ps] == [p.product_id for p in world.products]
+    for info, product in zip(ps, world.products, strict=True):
+        assert info.Category in CATEGORIES and info.Name.startswith(f"{info.Brand} ")
+        assert info.Name.endswith(CATEGORIES[info.Category]) and info.ListPrice == product.price
+    assert len({p.Category for p in ps}) == len(CATEGORIES)  # 200 products: every department has some
+    assert len({c.UserId for c in cs}) == len(cs) == len(world.users)
+    assert all(date(2019, 1, 1) <= c.SignupDate < date(2026, 1, 1) for c in cs)
+    assert len({c.SignupDate for c in cs}) > 100
+
+
+def test_a_customers_home_is_where_enrichment_places_their_stored_address():
+    world = build_world(21, users=300)
+    for user, customer in zip(world.users, dimensions.customers(world), strict=True):
+        network = ".".join(user.visitor.client_ip.split(".")[:3]) + ".0"  # the API's /24
+        country, _, city = place(network)
+        assert (customer.HomeCountry, customer.HomeCity) == (country, city) and city != UNKNOWN
 
 
 def test_purchases_come_after_their_sessions_events_and_only_hold_basket_items():
@@ -449,7 +473,9 @@ def test_the_declared_console_script_is_the_cli_main():
 
 @pytest.mark.services
 def test_cli_sends_one_cohort_and_summarises(api_server):
-    result = CliRunner().invoke(cli.app, ["--api-url", api_server.url, "--cohorts", "1", "-n", "8", "--seed", "5"])
+    # the default settings' Kafka is not the session's: the dimensions are published elsewhere (test_dimensions)
+    args = ["--api-url", api_server.url, "--cohorts", "1", "-n", "8", "--seed", "5", "--no-dimensions"]
+    result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 0, result.output
     assert "1 cohorts in" in result.output and "(seed 5)" in result.output
     assert "0 rejected, 0 failed" in result.output
@@ -457,7 +483,8 @@ def test_cli_sends_one_cohort_and_summarises(api_server):
 
 def test_cli_exits_non_zero_when_records_fail():
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    result = CliRunner().invoke(cli.app, ["--api-url", dead, "--cohorts", "1", "-n", "1", "--seed", "1"])
+    args = ["--api-url", dead, "--cohorts", "1", "-n", "1", "--seed", "1", "--no-dimensions"]
+    result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 1, result.output
     assert "0 accepted" in result.output and "ClientConnectorError" in result.output  # aiohttp's, with the reason
 
@@ -472,10 +499,13 @@ def test_ctrl_c_stops_cleanly_after_the_current_cohort(api_server, settings):
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO_ROOT,
+        env={**os.environ, **settings.to_env()},  # the session's Kafka, for the dimension data
     )
     try:
         first_line = proc.stderr.readline()  # printed once started
         assert first_line.startswith("sending 10 sessions/s"), first_line
+        published = proc.stderr.readline()  # before the first cohort
+        assert published.startswith("published 200 products to Products and 500 customers to Customers"), published
         # stopped while it sends: once the API has accepted some of its events (a wait on a
         # condition, not a sleep: a busy machine may take seconds for a cohort)
         deadline = time.monotonic() + 120

@@ -1,5 +1,6 @@
 """Every 2 minutes: drain UserEvents from Kafka into MongoDB, update per-user event counts,
-then the sessions (with their daily metrics and product engagement).
+then the sessions (with their daily metrics and product engagement); beside them, load the
+products and customers (dimension data) from Kafka into PostgreSQL.
 
 Thin on purpose (Airflow's TaskFlow style): the logic lives in `shopstream_batch`,
 where it is tested; settings come from the SHOPSTREAM_* environment, the schedule and
@@ -52,7 +53,15 @@ def user_events_batch():
 
         return update_sessions().as_dict()
 
+    @task(execution_timeout=timedelta(seconds=BATCH.dimensions_timeout_s))
+    def dimensions() -> dict:
+        """Upsert the Products and Customers topics' new records into PostgreSQL."""
+        from shopstream_batch.dimensions import load_dimensions
+
+        return load_dimensions().as_dict()
+
     drain() >> aggregate() >> sessions()
+    dimensions()
 
 
 user_events_batch()

@@ -36,6 +36,10 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:9092"
     user_events_topic: str = "UserEvents"
     purchases_topic: str = "PurchasedItem"
+    # dimension data (shopstream.contracts.dimensions), keyed by id, created compacted: the
+    # broker keeps at least the latest record of every key, so a reader from the start gets all
+    products_topic: str = "Products"
+    customers_topic: str = "Customers"
     # partitions of each topic when created: the most consumer-group members the drain, and the
     # most tasks the streaming job's Kafka source, can use at once (existing topics keep theirs)
     partitions: int = Field(6, ge=1)
@@ -43,7 +47,13 @@ class KafkaSettings(BaseModel):
 
     @property
     def topics(self) -> list[str]:
+        """The event topics: what the API publishes, the audit and the stages account for."""
         return [self.user_events_topic, self.purchases_topic]
+
+    @property
+    def dimension_topics(self) -> list[str]:
+        """The compacted topics of dimension data: the generator publishes, the batch loads."""
+        return [self.products_topic, self.customers_topic]
 
 
 def bootstrap_servers(where: KafkaSettings | str) -> str:
@@ -144,6 +154,7 @@ class BatchSettings(BaseModel):
     timeouts and retries."""
 
     consumer_group: str = "shopstream-batch"
+    dimensions_group: str = "shopstream-dimensions"  # the dimensions task's offsets on Products and Customers
     events_collection: str = "user_events"
     counts_collection: str = "user_event_counts"
     dead_letter_collection: str = "user_events_dead_letter"
@@ -166,6 +177,11 @@ class BatchSettings(BaseModel):
     @property
     def drain_timeout_s(self) -> float:
         """The drain task's execution_timeout."""
+        return self.max_seconds + self.overrun_seconds
+
+    @property
+    def dimensions_timeout_s(self) -> float:
+        """The dimensions task's execution_timeout (its budget is the drain's, `max_seconds`)."""
         return self.max_seconds + self.overrun_seconds
 
     @property

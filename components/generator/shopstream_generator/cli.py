@@ -101,7 +101,7 @@ async def _run_with_progress(plan: Plan, console: Console) -> Outcome:
     try:
         if live is not None:
             live.start()
-        return await run(plan, stop, totals)
+        return await run(plan, stop, totals, say=lambda line: console.print(line, soft_wrap=True, markup=False))
     except asyncio.CancelledError:
         console.print("aborted: the current cohort was not sent completely", style="bold red")
         return Outcome(totals.cohorts, time.monotonic() - began, totals, aborted=True)
@@ -153,6 +153,13 @@ def generate(
         ),
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=1_000, help="Requests in flight at most.")] = 16,
+    dimensions: Annotated[
+        bool,
+        typer.Option(
+            help="Publish the world's products and customers to the settings' compacted Kafka topics "
+            "(kafka.products_topic, kafka.customers_topic) before the first cohort."
+        ),
+    ] = True,
 ) -> None:
     """Send a cohort of Faker-made sessions (events and purchases) to the API every second.
 
@@ -173,6 +180,7 @@ def generate(
         start=_parse_start(start),
         concurrency=concurrency,
         max_body_bytes=settings.api.max_body_bytes,
+        dimensions=settings.kafka if dimensions else None,
     )
     progress, out = Console(stderr=True), Console(highlight=False)
     progress.print(

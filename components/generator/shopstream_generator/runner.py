@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from shopstream.settings import KafkaSettings
+
 from .catalogue import build_world, seeded_faker
 from .cohort import build_cohort
+from .dimensions import publish_world
 from .sender import Report, Sender
 
 COHORT_INTERVAL_S = 1.0
@@ -26,6 +30,8 @@ class Plan:
     start: datetime | None = None  # `now` of the first cohort; None: the clock at each cohort
     concurrency: int = 16
     max_body_bytes: int = 1_048_576
+    # where the world's products and customers are published before the first cohort (None: not)
+    dimensions: KafkaSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -36,12 +42,26 @@ class Outcome:
     aborted: bool = False  # stopped in the middle of a cohort
 
 
-async def run(plan: Plan, stop: asyncio.Event, totals: Report | None = None, **sender_options) -> Outcome:
+async def run(
+    plan: Plan,
+    stop: asyncio.Event,
+    totals: Report | None = None,
+    say: Callable[[str], None] = lambda _: None,
+    **sender_options,
+) -> Outcome:
     """Send cohorts per `plan` until a limit is reached or `stop` is set (after the current cohort).
 
-    `totals` is updated live as answers arrive, for a progress display.
+    `totals` is updated live as answers arrive, for a progress display; `say` gets a line
+    once the dimension data is published.
     """
     world = build_world(plan.seed, plan.users, plan.products)
+    if plan.dimensions is not None:
+        kafka = plan.dimensions
+        n_products, n_customers = await asyncio.to_thread(publish_world, kafka, world)
+        say(
+            f"published {n_products:,} products to {kafka.products_topic} and "
+            f"{n_customers:,} customers to {kafka.customers_topic}"
+        )
     fake = seeded_faker(f"cohorts:{plan.seed}")
     loop = asyncio.get_running_loop()
     number = 0

@@ -10,6 +10,7 @@ passed in, so the same seed gives the same visitors.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -117,6 +118,11 @@ class Visitor:
     user_agent: str
     client_ip: str
     is_bot: bool
+
+    @property
+    def stored_ip(self) -> str:
+        """The address as the API stores it (its /24), which enrichment places."""
+        return str(ipaddress.ip_network(f"{self.client_ip}/24", strict=False).network_address)
 
     @property
     def headers(self) -> dict[str, str]:

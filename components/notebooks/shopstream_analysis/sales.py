@@ -4,8 +4,10 @@ Definitions (the notebooks and the README say the same):
 - a line's amount is ItemCount x (ItemPrice - ItemDiscount); revenue sums line amounts;
 - "last hour" is `as_of - 1 hour < TimeStamp <= as_of` (a purchase exactly one hour old is out);
 - a customer's order amount in the window is the sum of their orders' TotalPrice;
-- "bought the same product more than once" means in two or more different orders.
-Ties are broken by the identifier, so every answer is deterministic.
+- "bought the same product more than once" means in two or more different orders;
+- a product's Name and Category come from the catalogue (PostgreSQL's `products`, read by
+  `warehouse.read_products`); a product the catalogue does not know is `unknown` in both.
+Ties are broken by the identifier (a category by its name), so every answer is deterministic.
 
 Each count of distinct orders is an aggregation by (key, OrderId), then by key. Those first keys
 are nearly unique (an order seldom repeats a product), so a partial aggregation before the
@@ -24,6 +26,7 @@ from pyspark.sql.window import Window
 
 # what the analyses read (read_purchases(...).select(*COLUMNS)): Parquet decodes only these
 COLUMNS = ("OrderId", "UserId", "TimeStamp", "PaymentType", "TotalPrice", "Products")
+UNKNOWN = "unknown"  # the Name and Category of a product the catalogue does not know
 
 
 def _cents(money: Column) -> Column:
@@ -72,6 +75,33 @@ def product_sales(purchases: DataFrame) -> DataFrame:
         .agg(F.sum("ItemCount").alias("Units"), F.sum("Cents").alias("Cents"))
         .groupBy("ProductId")
         .agg(F.sum("Units").alias("Units"), _money(F.sum("Cents")).alias("Revenue"), F.count("*").alias("Orders"))
+    )
+
+
+def _labelled(frame: DataFrame, catalogue: DataFrame, *labels: str) -> DataFrame:
+    """`frame` with the catalogue's `labels` of each ProductId (`unknown` where it has none).
+    The catalogue is small (a row per product): broadcast, not shuffled."""
+    return frame.join(F.broadcast(catalogue.select("ProductId", *labels)), "ProductId", "left").fillna(
+        UNKNOWN, subset=list(labels)
+    )
+
+
+def with_products(products: DataFrame, catalogue: DataFrame) -> DataFrame:
+    """`product_sales` with each product's Name and Category from the catalogue."""
+    return _labelled(products, catalogue, "Name", "Category").select(
+        "ProductId", "Name", "Category", "Units", "Revenue", "Orders"
+    )
+
+
+def revenue_by_category(purchases: DataFrame, catalogue: DataFrame) -> DataFrame:
+    """Revenue, Orders (distinct OrderIds with a line of the category) and Units per Category."""
+    return (
+        _labelled(_lines(purchases), catalogue, "Category")
+        .groupBy("Category", "OrderId")  # distinct orders, counted below
+        .agg(F.sum("ItemCount").alias("Units"), F.sum("Cents").alias("Cents"))
+        .groupBy("Category")
+        .agg(_money(F.sum("Cents")).alias("Revenue"), F.count("*").alias("Orders"), F.sum("Units").alias("Units"))
+        .orderBy(F.desc("Revenue"), F.asc("Category"))
     )
 
 

@@ -1,18 +1,37 @@
-"""Repeat buyers in PostgreSQL: replaced as a whole, in one transaction.
+"""The analyses' PostgreSQL: repeat buyers written, the product catalogue read.
 
-TRUNCATE and INSERT run in the same transaction, so a reader sees either the old
-rows or the new ones, never an empty or half-written table.
+Repeat buyers are replaced as a whole: TRUNCATE and INSERT run in the same transaction,
+so a reader sees either the old rows or the new ones, never an empty or half-written table.
+The catalogue (`products`) is what the batch's dimensions task loads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
 
+from shopstream.contracts.dimensions import PRODUCTS
 from shopstream.contracts.repeat_buyers import COLUMNS, DDL, TABLE
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+CATALOGUE_SCHEMA = "ProductId string, Name string, Category string"
+
+
+def read_products(spark: SparkSession, engine: Engine) -> DataFrame:
+    """The catalogue's ProductId, Name and Category as a Spark DataFrame (empty until the
+    dimensions task has created the table): a row per product, read once through SQLAlchemy."""
+    with engine.connect() as conn:
+        rows = (
+            conn.execute(text(f"SELECT product_id, name, category FROM {PRODUCTS.name}")).all()
+            if inspect(conn).has_table(PRODUCTS.name)
+            else []
+        )
+    return spark.createDataFrame([tuple(r) for r in rows], CATALOGUE_SCHEMA)
 
 
 def replace_repeat_buyers(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> int:

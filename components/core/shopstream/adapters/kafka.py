@@ -43,23 +43,29 @@ def kafka_health(admin: KafkaAdminClient) -> str:
     return f"{len(admin.list_topics())} topics"
 
 
+COMPACTED = {"cleanup.policy": "compact"}  # the dimension topics: the latest record of each key stays
+
+
 def ensure_topics(cfg: KafkaSettings) -> dict[str, int]:
-    """Create the pipeline's topics if missing; return each topic's partition count.
+    """Create the pipeline's topics if missing, the event topics and the compacted dimension
+    topics; return each topic's partition count.
 
     An existing topic is left as it is (its partition count may differ from the
     setting; we report it rather than silently changing it).
     """
     admin = admin_client(cfg)
+    wanted: dict[str, dict[str, str]] = {t: {} for t in cfg.topics} | {t: COMPACTED for t in cfg.dimension_topics}
     try:
         existing = set(admin.list_topics())
-        missing = [t for t in cfg.topics if t not in existing]
-        for topic in missing:
+        for topic, configs in wanted.items():
+            if topic in existing:
+                continue
             with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently by another caller
                 admin.create_topics(
-                    [NewTopic(topic, cfg.partitions, cfg.replication_factor)],
+                    [NewTopic(topic, cfg.partitions, cfg.replication_factor, topic_configs=configs)],
                     validate_only=False,
                 )
-        described = admin.describe_topics(cfg.topics)
+        described = admin.describe_topics(list(wanted))
         return {d["name"]: len(d["partitions"]) for d in described}
     finally:
         admin.close()

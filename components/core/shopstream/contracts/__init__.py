@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from .dimensions import Customer, ProductInfo
 from .events import EventAttributes, EventName, UserEvent
 from .purchases import MAX_LINES, MAX_PURCHASES_PER_REQUEST, PaymentType, ProductLine, Purchase, lines_total
 from .reasons import why_invalid
@@ -17,22 +18,26 @@ from .records import EventId, PurchaseRecord, Stamp, UserEventRecord
 
 CLIENT_MODELS: tuple[type[BaseModel], ...] = (UserEvent, Purchase)
 RECORD_MODELS: tuple[type[BaseModel], ...] = (UserEventRecord, PurchaseRecord)
+DIMENSION_MODELS: tuple[type[BaseModel], ...] = (ProductInfo, Customer)  # the compacted topics' records
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema of every contract, as clients send it and as it is published."""
-    return {m.__name__: m.model_json_schema() for m in (*CLIENT_MODELS, *RECORD_MODELS)}
+    return {m.__name__: m.model_json_schema() for m in (*CLIENT_MODELS, *RECORD_MODELS, *DIMENSION_MODELS)}
 
 
 __all__ = [
     "CLIENT_MODELS",
+    "DIMENSION_MODELS",
     "MAX_LINES",
     "MAX_PURCHASES_PER_REQUEST",
     "RECORD_MODELS",
+    "Customer",
     "EventAttributes",
     "EventId",
     "EventName",
     "PaymentType",
+    "ProductInfo",
     "ProductLine",
     "Purchase",
     "PurchaseRecord",
