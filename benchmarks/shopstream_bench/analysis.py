@@ -79,9 +79,12 @@ def generate(spark, url: str, n: int) -> None:
         F.col("IngestedAt").alias("KafkaTimestamp"),
     ]
     # the contract's column order and types (the nested Products is built with its types above:
-    # a cast to the schema's non-nullable struct is refused; Parquet makes every column nullable anyway)
+    # a cast to the schema's non-nullable struct is refused; Parquet makes every column nullable anyway);
+    # the envelope's sender (ClientIp, UserAgent) is null, as in records from before it was captured
     cols = [
-        F.col(f.name) if f.name == "Products" else F.col(f.name).cast(f.dataType).alias(f.name)
+        F.col(f.name)
+        if f.name == "Products"
+        else (F.col(f.name) if f.name in df.columns else F.lit(None)).cast(f.dataType).alias(f.name)
         for f in RECORD_SCHEMA.fields
     ]
     (
