@@ -27,6 +27,13 @@ grown by at least (2xx answers x records per request); they may grow by a little
 because requests wrk abandons when its time is up are still published, at most one per
 connection. The floor must publish nothing.
 
+Every request comes as the generator sends it, from the shop's front proxy: with the
+User-Agent and X-Forwarded-For of one of `VISITORS` visitors drawn by the generator's own
+`draw_visitor` (`visitors_lua` writes them for the wrk scripts), which the API trusts from
+wrk's loopback (`api.trusted_proxies`' default). What capturing them costs (`capture`): at the
+first worker count, PUT /SendEvent with those headers against the same without them, a few
+short runs in turn.
+
 Also measured: the Kafka client alone, the API's own `KafkaPublisher` publishing pre-serialised
 records straight to the broker from as many concurrent senders as wrk has connections.
 """
@@ -34,21 +41,24 @@ records straight to the broker from as many concurrent senders as wrk has connec
 from __future__ import annotations
 
 import asyncio
+import atexit
+import collections
 import functools
 import json
 import os
 import shutil
 import statistics
 import subprocess
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from rich.console import Console
@@ -58,6 +68,9 @@ from shopstream.settings import Settings
 from shopstream_stack.isolated import free_port
 
 from .harness import Figure, isolated_stack, percentile
+
+if TYPE_CHECKING:
+    from shopstream_generator.visitors import Visitor
 
 SERVERS: list[str] = []  # none shared: each measured run starts its own broker (BROKER)
 BROKER = ["kafka"]
@@ -121,7 +134,12 @@ def wrk_binary() -> str:
     return found
 
 
-def run_wrk(url: str, script: str, seconds: float, connections: int, args: list[str]) -> WrkRun:
+def run_wrk(url: str, script: str, seconds: float, connections: int, args: list[str], visitors: bool = True) -> WrkRun:
+    """wrk with one of our scripts; `args` are the script's run tag and records per request.
+    With `visitors`, every request carries a generated visitor's User-Agent and X-Forwarded-For
+    (`visitors_lua`), which the API trusts from wrk's loopback as from the shop's front proxy;
+    without, it has neither, and the API stores its loopback peer and no user agent."""
+    args = [*args, str(visitors_lua())] if visitors else args
     argv = [
         wrk_binary(),
         f"-t{WRK_THREADS}",
@@ -169,21 +187,69 @@ VISITORS = 2_000  # distinct senders (browser and address) among the records' 20
 
 
 @functools.cache
-def _visitors() -> list[tuple[str, str]]:
-    """(stored ClientIp, UserAgent) of VISITORS visitors drawn as the generator draws them."""
-    from shopstream_api.client import stored_address
+def _drawn() -> list[Visitor]:
+    """VISITORS visitors drawn as the generator draws them (its own function, a fixed seed)."""
     from shopstream_generator.catalogue import seeded_faker
     from shopstream_generator.visitors import draw_visitor
 
     fake = seeded_faker("bench-visitors")
-    drawn = [draw_visitor(fake) for _ in range(VISITORS)]
-    return [(stored_address(v.client_ip) or "", v.user_agent) for v in drawn]
+    return [draw_visitor(fake) for _ in range(VISITORS)]
+
+
+@functools.cache
+def _visitors() -> list[tuple[str, str]]:
+    """(stored ClientIp, UserAgent) of the drawn visitors: what the API keeps of their headers."""
+    from shopstream_api.client import stored_address
+
+    return [(stored_address(v.client_ip) or "", v.user_agent) for v in _drawn()]
 
 
 def envelope(user: int) -> dict[str, str]:
     """The ClientIp and UserAgent a user's records carry (one visitor per user, as generated)."""
     ip, agent = _visitors()[user % VISITORS]
     return {"ClientIp": ip, "UserAgent": agent}
+
+
+def foreign_envelopes(envelopes: Iterable[tuple[str | None, str | None]]) -> set[tuple[str | None, str | None]]:
+    """The (ClientIp, UserAgent) pairs among `envelopes` that are no drawn visitor's: none when
+    every record carries what its sender's headers said, through the API's capture."""
+    return set(envelopes) - set(_visitors())
+
+
+def enrichment_seconds(envelopes: Iterable[tuple[str | None, str | None]]) -> float:
+    """Time to enrich every (ClientIp, UserAgent) as the drain and the streaming job do, caches cold."""
+    from shopstream.enrichment import device, enrich, enrichment_fields
+
+    pairs = list(envelopes)
+    enrich.cache_clear()
+    device.cache_clear()
+    t0 = time.perf_counter()
+    for ip, agent in pairs:
+        enrichment_fields(ip, agent)
+    return time.perf_counter() - t0
+
+
+def _lua_string(text: str) -> str:
+    if not all(" " <= ch <= "~" for ch in text):
+        raise ValueError(f"not printable ASCII, as an HTTP header value should be: {text!r}")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@functools.cache
+def visitors_lua() -> Path:
+    """The drawn visitors as a Lua file the wrk scripts load (common.lua): a list of
+    {X-Forwarded-For, User-Agent}, the headers the generator sends as the shop's front proxy.
+    Visitor k (from 0) is user k's, as in `envelope`, at Lua index k + 1. Written once per
+    process, into a temporary folder removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="shopstream-bench-wrk-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "visitors.lua"
+    rows = []
+    for v in _drawn():
+        h = v.headers
+        rows.append(f"  {{{_lua_string(h['X-Forwarded-For'])}, {_lua_string(h['User-Agent'])}}},")
+    path.write_text("-- written by shopstream_bench.api.visitors_lua\nreturn {\n" + "\n".join(rows) + "\n}\n")
+    return path
 
 
 def event_records(n: int, tag: str) -> list[tuple[bytes, bytes]]:
@@ -293,14 +359,22 @@ def client_load(settings: Settings, topic: str, batches, concurrency: int) -> tu
 
 # -- the benchmark -----------------------------------------------------------------------------
 def _measure(
-    svc, topic: str, script: str, seconds: float, connections: int, per_request: int, label: str
+    svc,
+    topic: str,
+    script: str,
+    seconds: float,
+    connections: int,
+    per_request: int,
+    label: str,
+    visitors: bool = True,
 ) -> tuple[WrkRun, list[str]]:
     """One wrk run against a running app; its 2xx count checked against the topic's end-offset
     growth (none at all for the floor, which must not publish). Returns (run, problems)."""
     settings, problems = svc.settings, []
     publishes = not svc.name.startswith("floor")
     before = _settled_end(settings, topic, 10)
-    r = run_wrk(settings.api.base_url, script, seconds, connections, [uuid.uuid4().hex[:8], str(per_request)])
+    tag = [uuid.uuid4().hex[:8], str(per_request)]
+    r = run_wrk(settings.api.base_url, script, seconds, connections, tag, visitors=visitors)
     msg = (
         f"  {label} {svc.name}: {r.ok:,} x 2xx in {r.seconds:.1f} s = {r.ok_per_s * per_request:,.0f}"
         f"{' purchases' if per_request > 1 else ' requests'}/s, p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms"
@@ -348,6 +422,79 @@ def _side(runs: list[WrkRun], per_request: int) -> Side:
 def _load() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
+def _envelopes(settings: Settings, topic: str) -> collections.Counter[tuple[str | None, str | None]]:
+    """How many of the topic's records carry each (ClientIp, UserAgent), all partitions from the start."""
+    from confluent_kafka import TopicPartition
+
+    from shopstream.adapters.kafka_rd import rd_consumer
+
+    end = end_offsets(settings.kafka, topic)
+    consumer = rd_consumer(settings.kafka, **{"group.id": "shopstream-bench-envelopes", "enable.auto.commit": False})
+    seen: collections.Counter[tuple[str | None, str | None]] = collections.Counter()
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in end])
+        deadline = time.monotonic() + 120
+        while seen.total() < sum(end.values()) and time.monotonic() < deadline:
+            for m in consumer.consume(5000, timeout=1.0):
+                value = m.value()
+                if m.error() is None and value is not None:
+                    record = json.loads(value)
+                    seen[record.get("ClientIp"), record.get("UserAgent")] += 1
+    finally:
+        consumer.close()
+    return seen
+
+
+CAPTURE_SECONDS = 5  # each run of the capture figure: a few short ones, the rest of the stage is long
+
+
+def capture(settings: Settings, workers: int, seconds: float, pairs: int) -> Figure:
+    """What capturing the sender costs the API: PUT /SendEvent as the main case loads it, every
+    request carrying a generated visitor's User-Agent and X-Forwarded-For, against the same
+    without them (uvicorn resolves a forwarded address, the API truncates it and keeps the
+    header); `pairs` of runs, each on a fresh app, the order alternating. Each run's records
+    are read back: with the headers each must carry its visitor's, without them loopback and
+    no user agent."""
+    from shopstream_api.client import stored_address
+
+    topic = settings.kafka.user_events_topic
+    loopback = (stored_address("127.0.0.1"), None)  # wrk's own address, as the API stores it
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    problems: list[str] = []
+    for i in range(pairs):
+        for visitors in (True, False) if i % 2 == 0 else (False, True):
+            label = f"{workers} worker(s), capture {i + 1}/{pairs} {'with' if visitors else 'without'} headers"
+            with _fresh_app(settings, API_FACTORY, "api", workers, {}) as svc:
+                tag = [f"warm{uuid.uuid4().hex[:6]}", "1"]
+                run_wrk(svc.settings.api.base_url, "send_event.lua", 2, EVENT_CONNECTIONS, tag, visitors=visitors)
+                r, bad = _measure(svc, topic, "send_event.lua", seconds, EVENT_CONNECTIONS, 1, label, visitors)
+                seen = _envelopes(svc.settings, topic)
+            rates[visitors].append(r.ok_per_s)
+            problems += bad
+            wrong = foreign_envelopes(seen) if visitors else set(seen) - {loopback}
+            if wrong:
+                example = min(wrong, key=str)
+                count = sum(seen[e] for e in wrong)
+                problems.append(f"{label}: {count:,} records with another envelope, e.g. {example}")
+    med = {v: statistics.median(r) for v, r in rates.items()}
+    ratio = med[True] / med[False] if med[False] else 0.0
+    checked = "every record carried its visitor's ClientIp (/24) and UserAgent; without the headers, loopback and none"
+    return Figure(
+        f"PUT /SendEvent with the senders' headers, {workers} worker{'s' if workers > 1 else ''}",
+        med[True],
+        "requests/s",
+        limit_name="the same API, no User-Agent or X-Forwarded-For",
+        limit_value=med[False],
+        target=">= 0.9 (capturing the sender takes at most 10% of the requests/s)",
+        met=ratio >= 0.9 and not problems,
+        samples=rates[True],
+        note=f"wrk -t{WRK_THREADS} -c{EVENT_CONNECTIONS}, {seconds:g} s x {pairs} each, a fresh app and broker per "
+        f"run, the order alternating; with: {VISITORS:,} visitors drawn as the generator draws them, one per user "
+        f"(without: {', '.join(f'{x:,.0f}' for x in rates[False])} requests/s). "
+        + ("; ".join(problems) if problems else checked),
+    )
 
 
 # (name, uvicorn factory, API settings changed): the apps that take turns
@@ -523,4 +670,5 @@ def run(
                 "twice (SHOPSTREAM_API__JOURNAL)",
             ),
         ]
+    figures.append(capture(settings, workers[0], min(seconds, CAPTURE_SECONDS), repeats))
     return figures

@@ -37,14 +37,13 @@ from rich.console import Console
 
 from shopstream.adapters.mongo import mongo_client
 from shopstream.contracts import UserEventRecord
-from shopstream.enrichment import device, enrich, enrichment_fields
 from shopstream.settings import Settings
 from shopstream_batch.drain import drain_user_events
 from shopstream_batch.store import ensure_collections, event_document
 from shopstream_stack.isolated import free_port
 from shopstream_stack.mongo import MongoServer
 
-from .api import VISITORS, event_records
+from .api import VISITORS, enrichment_seconds, event_records
 from .harness import Figure, produce
 
 SERVERS = ["kafka", "mongo"]
@@ -59,16 +58,6 @@ INSERTS = [
     ("--sync-on-commit", True, False),
     ("j: true and --sync-on-commit", True, True),
 ]
-
-
-def _enrichment_seconds(records: list[UserEventRecord]) -> float:
-    """Time to enrich every record's envelope as the drain's `event_document` does, caches cold."""
-    enrich.cache_clear()
-    device.cache_clear()
-    t0 = time.perf_counter()
-    for r in records:
-        enrichment_fields(r.ClientIp, r.UserAgent)
-    return time.perf_counter() - t0
 
 
 def _with_journal(settings: Settings, journal: bool, **mongo) -> Settings:
@@ -175,7 +164,7 @@ def run(
     finally:
         for server in servers.values():
             server.stop()
-    enrich_s = [_enrichment_seconds(parsed) for _ in range(repeats)]
+    enrich_s = [enrichment_seconds((r.ClientIp, r.UserAgent) for r in parsed) for _ in range(repeats)]
     rate = {journal: n / statistics.median(s) for journal, s in drain_s.items()}
     limit = n / statistics.median(limit_s)
     inserts = {label: len(small) / statistics.median(s) for label, s in insert_s.items()}

@@ -1,4 +1,10 @@
--- Shared by the shopstream wrk scripts: per-thread ids, 2xx counting, one JSON summary line.
+-- Shared by the shopstream wrk scripts: per-thread ids, 2xx counting, one JSON summary line,
+-- and the senders' headers.
+--
+-- The third script argument, when given, is a Lua file of visitors drawn by the generator
+-- (written by shopstream_bench.api.visitors_lua): {X-Forwarded-For, User-Agent} each. A
+-- request then carries its user's visitor's headers (visitor k is user k's, modulo their
+-- number), as the generator sends them as the shop's front proxy; without it, neither.
 --
 -- Each wrk thread has its own Lua state; setup() runs in the main state and keeps the
 -- threads so done() can add up what each one counted.
@@ -14,6 +20,21 @@ function init(args)
   sent, ok, not_ok = 0, 0, 0
   run = args[1] or "run"
   per_request = tonumber(args[2] or "1")
+  senders = {}
+  if args[3] then
+    for k, v in ipairs(dofile(args[3])) do
+      -- wrk.format takes these in place of wrk.headers (it adds Host and Content-Length)
+      local h = {["X-Forwarded-For"] = v[1], ["User-Agent"] = v[2]}
+      for name, value in pairs(wrk.headers) do if name ~= "Host" then h[name] = value end end
+      senders[k] = h
+    end
+  end
+end
+
+-- The headers of a request from `user`: its visitor's, or nil (wrk.headers) without visitors.
+function headers_of(user)
+  if #senders == 0 then return nil end
+  return senders[user % #senders + 1]
 end
 
 function response(status, headers, body)

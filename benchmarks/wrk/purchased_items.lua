@@ -1,6 +1,7 @@
 -- POST /PurchasedItems: an array of N valid purchases per request (N = the second script
--- argument, 100 by default), every OrderId and SessionId unique, totals that add up.
--- wrk -s purchased_items.lua http://host:port -- <run-tag> <N>
+-- argument, 100 by default), every OrderId and SessionId unique, totals that add up; each
+-- request sent as one of the visitors when given their file (common.lua).
+-- wrk -s purchased_items.lua http://host:port -- <run-tag> <N> [visitors.lua]
 dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
 
 wrk.method = "POST"
@@ -25,5 +26,8 @@ function request()
     parts[i] = string.format(fmt, run, id, n, i, k % 60, (k * 13) % 60, (k * 7919 + id * 104729) % 20000,
                              2 * a + b, run, id, n, i, payments[k % 8 + 1], k % 5000, a, (k * 31) % 5000, b)
   end
-  return wrk.format(nil, nil, nil, "[" .. table.concat(parts, ",") .. "]")
+  -- one sender per request, varied as send_event.lua's users (a purchase's user would not do:
+  -- with 100 per request the first ones' fall on 20 visitors a thread)
+  local sender = (n * 7919 + id * 104729) % 20000
+  return wrk.format(nil, nil, headers_of(sender), "[" .. table.concat(parts, ",") .. "]")
 end
