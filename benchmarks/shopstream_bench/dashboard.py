@@ -21,6 +21,7 @@ Last, what its polling costs MongoDB (`dashboard_polling`).
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 import uuid
@@ -34,6 +35,7 @@ from rich.progress import Progress
 
 from shopstream.adapters.mongo import mongo_client
 from shopstream.adapters.postgres import pg_engine
+from shopstream.enrichment import enrichment_fields
 from shopstream.locations import output_url
 from shopstream.settings import Settings
 from shopstream_analysis.warehouse import replace_repeat_buyers
@@ -41,12 +43,21 @@ from shopstream_batch.store import ensure_collections
 
 from .aggregation import _events
 from .analysis import AS_OF, CUSTOMERS, generate
+from .api import envelope
 from .dashboard_polling import listening_process
 from .harness import Figure, percentile, spark_for
 
 SERVERS = ["kafka", "mongo", "postgres", "s3"]
 TARGET_MS = 100
 console = Console()
+
+
+@functools.cache
+def _enrichment(user: int) -> dict:
+    """A user's events' Enrichment, as the drain stores it: from the envelope of the generated
+    visitor the benchmarks give that user, so the places and shares have a real spread."""
+    e = envelope(user)
+    return enrichment_fields(e["ClientIp"], e["UserAgent"])
 
 
 def _fill_events(settings: Settings, start: int, n: int) -> None:
@@ -58,7 +69,9 @@ def _fill_events(settings: Settings, start: int, n: int) -> None:
         for first in range(start, n, 20_000):
             docs = _events(min(20_000, n - first), f"d{first}-{uuid.uuid4().hex[:6]}")
             for i, d in enumerate(docs):
-                d["UserId"] = f"user-{(first + i) * 7 % CUSTOMERS}"
+                user = (first + i) * 7 % CUSTOMERS
+                d["UserId"] = f"user-{user}"
+                d["Enrichment"] = _enrichment(user)
                 d["TimeStamp"] = AS_OF - timedelta(seconds=(first + i) * 7919 % 86_400)
             # as the drain stores them: the contract validated them, the collection's validator is not asked again
             colls.events.insert_many(docs, ordered=False, bypass_document_validation=True)
