@@ -302,3 +302,27 @@ def test_generated_traffic_stored_in_pieces_gives_the_independent_answers(isolat
     assert day in out and f"{want_days[day]['Sessions']:,}" in out and metrics["Revenue"] in out
     top = max(want_products.items(), key=lambda kv: (kv[1].get("Viewed", 0), [-ord(c) for c in kv[0]]))[0]
     assert top in out
+
+
+@pytest.mark.services
+def test_a_lake_that_does_not_answer_holds_up_no_event(isolated):
+    """S3 down: the run merges the events, says why the lake's files wait, and a later run
+    with the lake back merges them."""
+    from shopstream_stack.isolated import free_port
+
+    cfg = isolated
+    sessions = [s for s in generated_sessions(cohorts=1) if s.purchase is not None][:5]
+    store_events(cfg, sessions)
+    write_purchases(cfg, sessions, "while-down")
+    update_event_counts(cfg)
+    down = cfg.model_copy(update={"s3": cfg.s3.model_copy(update={"endpoint_url": f"http://127.0.0.1:{free_port()}"})})
+    report = update_sessions(down)
+    assert report.batches >= 1 and report.files == 0 and report.lake_error, report
+    got, _, _ = stored(cfg)
+    assert set(got) == {s.session_id for s in sessions}
+    assert not any(d["Purchased"] for d in got.values())  # the orders wait in the lake
+
+    report = update_sessions(cfg)
+    assert report.files == 1 and report.lake_error is None, report
+    got, _, _ = stored(cfg)
+    assert got == expected(sessions)[0]

@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from conftest import job_settings
-from shopstream_analysis import answers, lake, sales
+from shopstream.adapters.postgres import pg_engine
+from shopstream_analysis import answers, lake, sales, warehouse
 from shopstream_analysis.report import run_notebooks
 from shopstream_stack.spark_cluster import SparkCluster, master_state, on_cluster
 from test_analysis_notebooks import AS_OF, as_json, best_sellers, shop
@@ -113,9 +114,12 @@ def test_notebooks_run_on_the_cluster_and_answer_as_in_local_mode(streamed, spar
 
     # the same computations in local mode (this process's local Spark) over the same lake
     purchases = lake.read_purchases(spark, st)
+    catalogue = warehouse.read_products(spark, pg_engine(st.postgres))  # as the notebook reads it
+    products = sales.with_products(sales.product_sales(purchases), catalogue)
     local = {
-        "best_sellers_by_units": sales.best_sellers(purchases, by="units"),
-        "best_sellers_by_revenue": sales.best_sellers(purchases, by="revenue"),
+        "best_sellers_by_units": sales.top_products(products, by="units"),
+        "best_sellers_by_revenue": sales.top_products(products, by="revenue"),
+        "revenue_by_category": sales.revenue_by_category(purchases, catalogue),
         "payment_types": sales.payment_type_shares(purchases),
         "top_customers_last_hour": sales.top_customers_last_hour(purchases, AS_OF),
         "repeat_buyers": sales.repeat_buyers(purchases),

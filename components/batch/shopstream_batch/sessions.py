@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import urllib3
+from minio.error import S3Error
 from pymongo import ASCENDING, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
@@ -42,6 +44,9 @@ from .sessionize import Deltas, cents, merge_events, merge_orders
 from .store import ensure_collections
 
 log = logging.getLogger(__name__)
+
+LAKE_TIMEOUT_S = 10.0  # per S3 request: a lake that does not answer holds up no event
+LAKE_ERRORS = (S3Error, urllib3.exceptions.HTTPError, OSError)
 
 EVENT_FIELDS = {"UserId": 1, "SessionId": 1, "EventName": 1, "TimeStamp": 1, "Attributes.ProductId": 1, "Enrichment": 1}
 LAKE_COLUMNS = ["SessionId", "OrderId", "UserId", "TimeStamp", "TotalPrice", "Products"]
@@ -61,6 +66,7 @@ class SessionsReport:
     sessions_written: int = 0
     remaining_batches: int = 0
     remaining_files: int = 0
+    lake_error: str | None = None  # the lake could not be read: its new files wait for the next run
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -186,9 +192,13 @@ def update_sessions(settings: Settings | None = None, budget_s: float | None = N
         db = database(client, settings.mongo)
         colls = ensure_collections(db, cfg)
         ensure_session_collections(db, colls)
-        lake = LakeFiles(s3_client(settings.s3), settings)
+        lake = LakeFiles(s3_client(settings.s3, timeout_s=LAKE_TIMEOUT_S), settings)
         done = {d["_id"] for d in colls.session_lake_files.find({}, {"_id": 1})}
-        files = sorted(lake.committed() - done)
+        try:
+            files = sorted(lake.committed() - done)
+        except LAKE_ERRORS as e:  # the events need not wait for the lake: its files wait for the next run
+            log.warning("the lake is not readable (%s); merging events only", e)
+            report.lake_error, files = f"{type(e).__name__}: {e}"[:300], []
         batches = [b["_id"] for b in _pending_batches(colls)]
         longest = 0.0  # the longest step so far: another starts only while twice that is left
         while (batches or files) and (not longest or deadline - time.monotonic() > 2 * longest):
@@ -199,13 +209,21 @@ def update_sessions(settings: Settings | None = None, budget_s: float | None = N
                 report.sessions_written += written
             if files:
                 key = files.pop(0)
-                table = lake.read([key], columns=LAKE_COLUMNS)
+                try:
+                    table = lake.read([key], columns=LAKE_COLUMNS)
+                except LAKE_ERRORS as e:
+                    log.warning("the lake is not readable (%s); its files wait for the next run", e)
+                    report.lake_error, files = f"{type(e).__name__}: {e}"[:300], [key, *files]
+                    report.remaining_files = len(files)
+                    files = []
+                    continue
                 orders, written = merge_orders_of(colls, table) if table is not None else (0, 0)
                 colls.session_lake_files.update_one({"_id": key}, {"$set": {"At": datetime.now(UTC)}}, upsert=True)
                 report.files, report.orders = report.files + 1, report.orders + orders
                 report.sessions_written += written
             longest = max(longest, time.monotonic() - t0)
-        report.remaining_batches, report.remaining_files = len(batches), len(files)
+        report.remaining_batches = len(batches)
+        report.remaining_files = report.remaining_files or len(files)
     finally:
         client.close()
     report.seconds = round(time.monotonic() - started, 3)
