@@ -1,7 +1,10 @@
 """The dashboard against the real stores: events and purchases go through the API, the drain,
 the aggregation and the streaming job into MongoDB and the lake, repeat buyers into
-PostgreSQL; every number the JSON API and the page in headless Chromium show is checked
-against the same shop computed here in plain Python.
+PostgreSQL, a product catalogue and customers through the dimensions task into PostgreSQL,
+sessions through the sessions task into MongoDB; every number the JSON API and the page in
+headless Chromium show is checked against the same shop computed here in plain Python (the
+session metrics: against the contract's metrics of the documents the pipeline wrote, and
+their sums against the shop).
 
 Each user sends from one known browser and address (as the shop's front proxy forwards them:
 User-Agent, X-Forwarded-For), whose browser, device and city are known answers
@@ -15,7 +18,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -27,11 +30,16 @@ from shopstream.adapters.kafka import ensure_topics
 from shopstream.adapters.mongo import mongo_client
 from shopstream.adapters.postgres import pg_engine
 from shopstream.contracts import UserEventRecord
+from shopstream.contracts.dimensions import Customer, ProductInfo
+from shopstream.contracts.sessions import SessionDay
 from shopstream.settings import REPO_ROOT, Settings
 from shopstream_analysis.warehouse import replace_repeat_buyers
 from shopstream_batch.aggregate import update_event_counts
+from shopstream_batch.dimensions import load_dimensions
 from shopstream_batch.drain import drain_user_events
+from shopstream_batch.sessions import update_sessions
 from shopstream_batch.store import ensure_collections, event_document
+from shopstream_generator.dimensions import publish
 from shopstream_stack.isolated import free_port
 from test_enrichment import CHROME_ANDROID_PHONE, CHROME_WINDOWS, FIREFOX_MAC, GOOGLEBOT, SAFARI_IPAD, SAFARI_IPHONE
 
@@ -50,6 +58,20 @@ SENDERS = [
     (SAFARI_IPAD, "8.8.8.8", "Mobile Safari", "tablet", ("US", "unknown", "unknown")),
 ]
 CRAWLER = (GOOGLEBOT, "89.160.20.128", "Googlebot", "bot", ("SE", "Stockholm", "Stockholm"))
+CATEGORIES = ["Books", "Garden", "Toys"]
+# the catalogue: p00 to p11; p12 and p13 are sold and p14 to p20 viewed, but not in it (shown by id)
+CATALOGUE = {
+    f"p{i:02d}": ProductInfo(
+        ProductId=f"p{i:02d}", Name=f"Lamp no. {i}", Category=CATEGORIES[i % 3], Brand="Acme", ListPrice=Decimal("9.99")
+    )
+    for i in range(12)
+}
+
+
+def named(product_id: str) -> dict[str, str]:
+    """A product's Name and Category as the dashboard shows them: the catalogue's, or its id and "unknown"."""
+    p = CATALOGUE.get(product_id)
+    return {"Name": p.Name, "Category": p.Category} if p else {"Name": product_id, "Category": "unknown"}
 
 
 def is_bot(user_id: str) -> bool:
@@ -117,10 +139,11 @@ def make_shop(run: str, now: datetime) -> tuple[list[dict], list[dict]]:
             Decimal(str(x["ItemCount"])) * (Decimal(str(x["ItemPrice"])) - Decimal(str(x["ItemDiscount"])))
             for x in lines
         )
+        u = rnd.randint(0, USERS - 1)
         orders.append(
             {
-                "SessionId": f"s-{run}-{i}",
-                "UserId": f"u{rnd.randint(0, USERS - 1):02d}-{run}",
+                "SessionId": f"s{u}-{run}",  # bought in the session of their page views
+                "UserId": f"u{u:02d}-{run}",
                 "OrderId": f"o-{run}-{i:02d}",
                 "TimeStamp": ago().isoformat(),
                 "TotalPrice": float(total),
@@ -151,7 +174,8 @@ def expected_sales(orders: list[dict], n: int) -> dict:
             revenue[line["ProductId"]] += amount(line)
             in_orders[line["ProductId"]].add(o["OrderId"])
     rows = [
-        {"ProductId": p, "Units": units[p], "Revenue": money(revenue[p]), "Orders": len(in_orders[p])} for p in units
+        {"ProductId": p, **named(p), "Units": units[p], "Revenue": money(revenue[p]), "Orders": len(in_orders[p])}
+        for p in units
     ]
     pay_orders, pay_revenue = Counter(), defaultdict(Decimal)
     for o in orders:
@@ -215,7 +239,12 @@ def shop(settings, spark):
     run = uuid.uuid4().hex[:8]
     now = datetime.now(UTC)
     kafka = settings.kafka.model_copy(
-        update={"user_events_topic": f"UserEvents-{run}", "purchases_topic": f"PurchasedItem-{run}"}
+        update={
+            "user_events_topic": f"UserEvents-{run}",
+            "purchases_topic": f"PurchasedItem-{run}",
+            "products_topic": f"Products-{run}",
+            "customers_topic": f"Customers-{run}",
+        }
     )
     ensure_topics(kafka)
     cfg = settings.model_copy(
@@ -223,7 +252,10 @@ def shop(settings, spark):
             "run_dir": Path(tempfile.mkdtemp(prefix="shopstream-dash-")),  # no streaming job's status here
             "kafka": kafka,
             "mongo": settings.mongo.model_copy(update={"database": f"dash_{run}"}),
-            "batch": settings.batch.model_copy(update={"consumer_group": f"dash-{run}"}),
+            "postgres": settings.postgres.model_copy(update={"database": f"dash_{run}"}),
+            "batch": settings.batch.model_copy(
+                update={"consumer_group": f"dash-{run}", "dimensions_group": f"dash-dims-{run}"}
+            ),
             "streaming": settings.streaming.model_copy(
                 update={
                     "output_path": f"tests/dash-{run}/purchases",
@@ -246,11 +278,36 @@ def shop(settings, spark):
     assert drain_user_events(cfg).stored == len(events)
     assert update_event_counts(cfg).events_counted == len(events)
     run_until_caught_up(spark, cfg)
+    report = update_sessions(cfg)  # the DAG's sessions task: the batches counted, the lake's files
+    assert not (report.remaining_batches or report.remaining_files), report
+    customers = customers_of(run)
+    publish(cfg.kafka, {cfg.kafka.products_topic: list(CATALOGUE.values()), cfg.kafka.customers_topic: customers})
+    assert load_dimensions(cfg).changed == len(CATALOGUE) + len(customers)  # the DAG's dimensions task
     repeats = expected_repeat_buyers(orders)
     assert repeats, "the shop must have repeat buyers"
     replace_repeat_buyers(pg_engine(cfg.postgres), repeats)
-    yield {"cfg": cfg, "events": events, "orders": orders, "repeats": repeats, "api": api}
+    yield {
+        "cfg": cfg,
+        "events": events,
+        "orders": orders,
+        "repeats": repeats,
+        "api": api,
+        "customers": {c.UserId: c for c in customers},
+    }
     api.__exit__(None, None, None)
+
+
+def customers_of(run: str) -> list[Customer]:
+    """The users but the last (no record: the lookup says so), each at home in their sender's city."""
+    return [
+        Customer(
+            UserId=f"u{u:02d}-{run}",
+            SignupDate=date(2024, 1, 1) + timedelta(days=u),
+            HomeCountry=sender(f"u{u:02d}")[4][0],
+            HomeCity=sender(f"u{u:02d}")[4][2],
+        )
+        for u in range(USERS - 1)
+    ]
 
 
 def dashboard_settings(cfg: Settings, read_model: Path | None = None, **over) -> Settings:
@@ -279,7 +336,21 @@ def dashboard(shop):
     with ServerThread(create_app(cfg)) as server:
         visited = {e["UserId"] for e in humans(shop["events"]) if e["EventName"] == "PageVisited"}
         wait_synced(server.url, len(shop["orders"]), len(visited))
+        wait_until(
+            server.url,
+            "/api/sessions",
+            lambda s: s["days"] and s["products"] and "12 products" in (s["sources"][1]["detail"] or ""),
+        )
         yield server
+
+
+def wait_until(url: str, path: str, ok, timeout_s: float = 60) -> dict:
+    """The answer of `path` once `ok` says yes of it."""
+    deadline = time.monotonic() + timeout_s
+    while not ok(got := get_url(url, path)):
+        assert time.monotonic() < deadline, got
+        time.sleep(0.5)
+    return got
 
 
 def get(server, path: str, **params) -> dict:
@@ -344,6 +415,37 @@ def test_user_lookup_shows_event_counts_and_purchases(dashboard, shop):
         sum(x["ItemCount"] for x in o["Products"])
         for o in sorted(mine, key=lambda o: (-ts(o).timestamp(), o["OrderId"]))
     ]
+    newest_first = sorted(mine, key=lambda o: (-ts(o).timestamp(), o["OrderId"]))
+    assert [[(x["ProductId"], x["Name"]) for x in p["Products"]] for p in got["purchases"]] == [
+        [(x["ProductId"], named(x["ProductId"])["Name"]) for x in o["Products"]] for o in newest_first
+    ]
+    # the user's one session (their page views, with their orders), as the sessions task wrote it
+    client = mongo_client(shop["cfg"].mongo)
+    try:
+        doc = ensure_collections(client[shop["cfg"].mongo.database], shop["cfg"].batch).sessions.find_one(
+            {"UserId": user}
+        )
+    finally:
+        client.close()
+    (session,) = got["sessions"]
+    assert session["SessionId"] == doc["_id"] == f"s{int(user[1:3])}-{user.split('-')[1]}"
+    assert (session["Pages"], session["DurationMs"], session["Purchased"]) == (
+        sum(e["SessionId"] == doc["_id"] and e["EventName"] == "PageVisited" for e in shop["events"]),
+        doc["DurationMs"],
+        True,
+    )
+    assert session["Revenue"] == money(sum((Decimal(str(o["TotalPrice"])) for o in mine), Decimal(0)))
+    assert (session["Device"], session["City"]) == (sender(user)[3], sender(user)[4][2])
+    customer = shop["customers"].get(user)
+    assert got["customer"] == (
+        {
+            "SignupDate": customer.SignupDate.isoformat(),
+            "HomeCountry": customer.HomeCountry,
+            "HomeCity": customer.HomeCity,
+        }
+        if customer
+        else None
+    )
     missing = httpx.get(f"{dashboard.url}/api/users/nobody-{uuid.uuid4().hex[:6]}", timeout=10)
     assert missing.status_code == 404 and "no events and no purchases" in missing.json()["detail"]
 
@@ -352,8 +454,57 @@ def test_repeat_buyers_are_postgresqls_latest_rows(dashboard, shop):
     got = get(dashboard, "/api/repeat-buyers", n=5)
     want = sorted(shop["repeats"], key=lambda r: (-r["LastBought"].timestamp(), r["UserId"], r["ProductId"]))[:5]
     assert got["total"] == len(shop["repeats"])
-    assert [(r["user_id"], r["product_id"], r["orders"], r["units"]) for r in got["rows"]] == [
-        (r["UserId"], r["ProductId"], r["Orders"], r["Units"]) for r in want
+    assert [(r["user_id"], r["product_id"], r["product_name"], r["orders"], r["units"]) for r in got["rows"]] == [
+        (r["UserId"], r["ProductId"], named(r["ProductId"])["Name"], r["Orders"], r["Units"]) for r in want
+    ]
+
+
+def test_revenue_by_category_joins_the_sales_with_the_catalogue(dashboard, shop):
+    revenue, units, sold = defaultdict(Decimal), Counter(), defaultdict(set)
+    for o in shop["orders"]:
+        for line in o["Products"]:
+            category = named(line["ProductId"])["Category"]
+            revenue[category] += amount(line)
+            units[category] += line["ItemCount"]
+            sold[category].add(line["ProductId"])
+    assert "unknown" in revenue and len(revenue) > 2  # products outside the catalogue too
+    got = get(dashboard, "/api/sales")
+    assert [s["state"] for s in got["sources"]] == ["up", "up"] and got["sources"][1]["name"] == "postgresql"
+    assert [(c["Category"], c["Revenue"], c["Units"], c["Products"]) for c in got["by_category"]] == [
+        (c, money(revenue[c]), units[c], len(sold[c])) for c in sorted(revenue, key=lambda c: (-revenue[c], c))
+    ]
+
+
+def session_docs(cfg: Settings) -> tuple[list[dict], list[dict]]:
+    """The session day sums and product engagement the sessions task wrote, as MongoDB holds them."""
+    from shopstream.adapters.mongo import collections, database
+
+    client = mongo_client(cfg.mongo)
+    try:
+        colls = collections(database(client, cfg.mongo), cfg.batch)
+        return list(colls.session_days.find()), list(colls.product_engagement.find())
+    finally:
+        client.close()
+
+
+def day_metrics(doc: dict) -> dict:
+    return SessionDay(**{k: v for k, v in doc.items() if k != "_id"}).metrics()
+
+
+def test_sessions_panel_has_the_batchs_days_and_engagement(dashboard, shop):
+    days, products = session_docs(shop["cfg"])
+    # the documents add up to the shop: one session per user (its orders in it), the crawler's apart
+    humans_ordering = {o["UserId"] for o in shop["orders"]}
+    total = lambda key: sum(d.get(key, 0) for d in days)  # noqa: E731
+    assert (total("Sessions"), total("BotSessions"), total("Converted")) == (USERS, 1, len(humans_ordering))
+    cents = sum(int(Decimal(str(o["TotalPrice"])) * 100) for o in shop["orders"])
+    assert total("RevenueCents") == cents
+    got = get(dashboard, "/api/sessions", days=7, n=5)
+    assert [s["state"] for s in got["sources"]] == ["up", "up"]
+    assert got["days"] == [day_metrics(d) for d in sorted(days, key=lambda d: d["Day"], reverse=True)[:7]]
+    top = sorted(products, key=lambda d: (-d.get("Viewed", 0), d["_id"]))[:5]
+    assert [(p["ProductId"], p["Viewed"], p["Added"], p["Bought"], p["Name"]) for p in got["products"]] == [
+        (d["_id"], d.get("Viewed", 0), d.get("Added", 0), d.get("Bought", 0), named(d["_id"])["Name"]) for d in top
     ]
 
 
@@ -429,7 +580,13 @@ def test_stores_that_are_down_show_as_down_and_the_rest_keeps_working(shop):
         assert repeat["source"]["state"] == "down" and repeat["source"]["error"]
         user = shop["orders"][0]["UserId"]
         lookup = get(server, f"/api/users/{user}")
-        assert lookup["event_counts"] is None and lookup["purchases"]
+        assert lookup["event_counts"] is None and lookup["sessions"] is None and lookup["purchases"]
+        # the sessions and the names: both stores down, said so; the products shown by their ids
+        sessions = wait_until(server.url, "/api/sessions", lambda s: all(x["state"] != "loading" for x in s["sources"]))
+        assert [(x["name"], x["state"]) for x in sessions["sources"]] == [("mongodb", "down"), ("postgresql", "down")]
+        sales = get(server, "/api/sales")
+        assert sales["sources"][1]["state"] == "down"
+        assert all(r["Name"] == r["ProductId"] for r in sales["by_revenue"])
         while not get(server, "/api/health")["services"]:
             time.sleep(0.5)
         states = {s["name"]: s["state"] for s in get(server, "/api/health")["services"]}
@@ -502,6 +659,7 @@ def test_openapi_documents_every_data_call(dashboard):
         "/api/users/{user_id}",
         "/api/places",
         "/api/audience",
+        "/api/sessions",
         "/api/health",
     ):
         ok = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
@@ -521,6 +679,11 @@ def test_page_in_chromium_shows_the_stores_numbers_and_looks_up_a_user(dashboard
     top_city = sorted(clicks.items(), key=lambda x: (-x[1], x[0]))[0][0]
     everyone = {e["UserId"] for e in shop["events"]}
     bot_events = sum(is_bot(e["UserId"]) for e in shop["events"])
+    best = sales["by_revenue"][0]
+    known_best = next(r for r in sales["by_revenue"] if r["ProductId"] in CATALOGUE)
+    days, products = session_docs(shop["cfg"])
+    top_viewed = sorted(products, key=lambda d: (-d.get("Viewed", 0), d["_id"]))[0]["_id"]
+    busiest = day_metrics(max(days, key=lambda d: (d.get("Sessions", 0), d["Day"])))
     errors: list[str] = []
     with chromium_page() as page:
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -539,6 +702,7 @@ def test_page_in_chromium_shows_the_stores_numbers_and_looks_up_a_user(dashboard
             "chart-top-revenue",
             "chart-top-units",
             "chart-payments",
+            "chart-categories",
             "chart-places-events",
             "chart-places-revenue",
             "chart-browsers",
@@ -575,6 +739,20 @@ def test_page_in_chromium_shows_the_stores_numbers_and_looks_up_a_user(dashboard
         )
         bars = page.locator("#chart-top-revenue .bars .point").count()
         assert bars == len(sales["by_revenue"])
+        # best sellers by name (by id where the catalogue has none), the best one on top
+        revenue_ticks = page.eval_on_selector_all("#chart-top-revenue .ytick text", city_ticks)
+        assert revenue_ticks[0] == best["Name"] and known_best["Name"] in revenue_ticks
+        categories = {c for c in (named(r["ProductId"])["Category"] for r in sales["by_revenue"])}
+        assert categories <= set(page.eval_on_selector_all("#chart-categories .ytick text", city_ticks))
+        # the sessions panel: the busiest day's figures as the contract reads its document
+        row = f"#session-days tr[data-day='{busiest['Day']}']"
+        page.wait_for_selector(row, timeout=15_000)
+        assert page.text_content(f"{row} .sessions").strip() == f"{busiest['Sessions']:,}"
+        assert page.text_content(f"{row} .users").strip() == f"{busiest['Users']:,}"
+        for cls, key in (("conversion", "ConversionRate"), ("bounce", "BounceRate"), ("bots", "BotShare")):
+            assert float(page.get_attribute(f"{row} .{cls}", "data-value")) == busiest[key], key
+        assert page.locator("#engagement tbody tr").count() == min(10, len(products))
+        assert page.text_content(f"#engagement tr[data-product={top_viewed}] .product") == named(top_viewed)["Name"]
         users = lambda step: page.text_content(f"#funnel-table tr[data-step={step}] .users").strip()  # noqa: E731
         page.wait_for_function(
             f"document.querySelector('#funnel-table tr[data-step=PageVisited] .users')?.textContent.trim() === "
@@ -611,9 +789,14 @@ def test_page_in_chromium_shows_the_stores_numbers_and_looks_up_a_user(dashboard
         shown = {name: page.text_content(f"#user-counts tr[data-event={name}] .count").strip() for name in counts}
         assert shown == {name: f"{n:,}" for name, n in counts.items()}
         assert page.locator("#user-purchases tbody tr").count() == sum(o["UserId"] == user for o in shop["orders"])
+        assert page.locator("#user-sessions tbody tr").count() == 1  # the user's one session
+        if user in shop["customers"]:
+            assert page.get_attribute("#user-customer dd[data-home-city]", "data-home-city") == city
+        else:
+            assert page.text_content("#user-customer dd") == "no customer record"
 
         # every store behind these panels answers (airflow and streaming, in the health card, do not run here)
-        for panel in ("activity", "funnel", "sales", "places", "audience", "repeat", "user"):
+        for panel in ("activity", "funnel", "sales", "places", "audience", "sessions", "repeat", "user"):
             assert page.locator(f".card.down[data-panel={panel}]").count() == 0, page.text_content(
                 f".card[data-panel={panel}] .panel-error"
             )

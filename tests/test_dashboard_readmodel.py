@@ -2,13 +2,15 @@
 numbers a plain computation over every event and purchase gives, however often an event is
 read again, across a reopen of the file, for events stamped ahead of the clock, for an
 order that comes back in a later purchase, and with enriched events and purchases (bots
-left out, places, browser and device shares, events and files from before enrichment)."""
+left out, places, browser and device shares, events and files from before enrichment); the
+copies of small tables (products, customers, session days, product engagement) name the
+products, give revenue by category and the contracts' session metrics."""
 
 from __future__ import annotations
 
 import random
-from collections import Counter
-from datetime import UTC, datetime, timedelta
+from collections import Counter, defaultdict
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,11 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from shopstream.contracts.dimensions import Customer, ProductInfo
+from shopstream.contracts.sessions import SessionDay
 from shopstream_dashboard.readmodel import ENRICHMENT, ReadModel
 from shopstream_dashboard.routes import bucket_seconds
+from shopstream_dashboard.sync import engagement, session_day
 
 NAMES = ["PageVisited", "AddedBasket", "CheckedProductReviews"]
 TS = pa.timestamp("us", tz="UTC")
@@ -408,3 +413,140 @@ def test_enriched_rollups_leave_bots_out_and_add_up_places_and_shares(tmp_path: 
         got = model.user_agent(user)
         assert got is not None and {k: got[k] for k in n} == n, user
     assert model.user_agent("nobody") is None
+
+
+# -- copies of small tables: names, categories, customers, sessions ---------------------------
+CATEGORIES = ["Books", "Garden", "Toys"]
+
+
+def catalogue(n: int) -> list[ProductInfo]:
+    """Products p0 to p(n-1), in three categories."""
+    return [
+        ProductInfo(
+            ProductId=f"p{i}", Name=f"Lamp no. {i}", Category=CATEGORIES[i % 3], Brand="Acme", ListPrice=Decimal("9.99")
+        )
+        for i in range(n)
+    ]
+
+
+def test_products_are_named_and_revenue_goes_by_category_unknown_where_not_in_the_catalogue(
+    tmp_path: Path, now: datetime
+):
+    _, orders = enriched_shop(now)
+    bot = lambda x: unknown(x["Enrichment"])["IsBot"]  # noqa: E731
+    amount = lambda x: x["ItemCount"] * (x["ItemPrice"] - x["ItemDiscount"])  # noqa: E731
+    path = tmp_path / "readmodel.duckdb"
+    model = ReadModel(path, "stores")
+    model.add_purchases(purchases_table(orders, enriched=True), ["a"])
+    # no catalogue yet (a fresh stack): every product by its id, in "unknown"
+    got = model.sales(100, True)
+    assert [(r["Name"], r["Category"]) for r in got["by_revenue"]] == [
+        (r["ProductId"], "unknown") for r in got["by_revenue"]
+    ]
+    assert [c["Category"] for c in got["by_category"]] == ["unknown"]
+    # a catalogue, replaced as a whole by a smaller one: p7 to p9 are no longer in it
+    model.replace_snapshot("products", catalogue(20))
+    known = {p.ProductId: p for p in catalogue(7)}
+    model.replace_snapshot("products", list(known.values()))
+    model.close()
+    model = ReadModel(path, "stores")  # the copy is in the file
+    assert model.snapshot_rows("products") == 7
+    for include in (False, True):
+        revenue, units, sold = defaultdict(Decimal), Counter(), defaultdict(set)
+        for o in orders:
+            if include or not bot(o):
+                for x in o["Products"]:
+                    category = known[x["ProductId"]].Category if x["ProductId"] in known else "unknown"
+                    revenue[category] += amount(x)
+                    units[category] += x["ItemCount"]
+                    sold[category].add(x["ProductId"])
+        got = model.sales(100, include)
+        assert [c["Category"] for c in got["by_category"]] == sorted(revenue, key=lambda c: (-revenue[c], c))
+        assert {c["Category"]: (c["Revenue"], c["Units"], c["Products"]) for c in got["by_category"]} == {
+            c: (float(revenue[c]), units[c], len(sold[c])) for c in revenue
+        }
+        whole = sum(revenue.values())
+        assert {c["Category"]: c["Share"] for c in got["by_category"]} == {
+            c: round(float(v / whole), 4) for c, v in revenue.items()
+        }
+        for rows in (got["by_revenue"], got["by_units"]):
+            for r in rows:
+                p = known.get(r["ProductId"])
+                assert (r["Name"], r["Category"]) == ((p.Name, p.Category) if p else (r["ProductId"], "unknown"))
+    # a user's purchases name their lines' products, in line order
+    user = orders[0]["UserId"]
+    for got_p in model.user_purchases(user):
+        order = next(o for o in orders if o["OrderId"] == got_p["OrderId"] and o["UserId"] == user)
+        assert [(x["ProductId"], x["Name"]) for x in got_p["Products"]] == [
+            (x["ProductId"], known[x["ProductId"]].Name if x["ProductId"] in known else x["ProductId"])
+            for x in order["Products"]
+        ]
+    assert model.product_names(["p1", "p9"]) == {
+        "p1": {"Name": "Lamp no. 1", "Category": "Garden"},
+        "p9": {"Name": "p9", "Category": "unknown"},
+    }
+    # another store's file: the copies go with the rest
+    assert ReadModel(path, "other stores").snapshot_rows("products") == 0
+
+
+def test_customers_are_looked_up_from_their_copy(tmp_path: Path):
+    model = ReadModel(tmp_path / "readmodel.duckdb", "stores")
+    people = [
+        Customer(UserId=f"u{i}", SignupDate=date(2024, 1, 1 + i), HomeCountry="SE", HomeCity="Lund") for i in range(5)
+    ]
+    model.replace_snapshot("customers", people)
+    assert model.customer("u3") == {"SignupDate": date(2024, 1, 4), "HomeCountry": "SE", "HomeCity": "Lund"}
+    assert model.customer("nobody") is None
+    model.replace_snapshot("customers", [])
+    assert model.customer("u3") is None
+
+
+def test_session_days_and_engagement_read_as_the_contracts_define_them(tmp_path: Path):
+    """Documents as the batch's sessions task leaves them (sums never incremented are absent),
+    copied in: the latest days newest first, each as `SessionDay.metrics()` of its document; the
+    most viewed products with `ProductEngagement.rates()` and their names."""
+    rnd = random.Random(23)
+    day_docs = []
+    for d in range(12):
+        day = (date(2025, 3, 1) + timedelta(days=d)).isoformat()
+        sessions = rnd.randint(0, 40)
+        doc = {"_id": day, "Day": day, "BotSessions": rnd.randint(0, 5)}
+        if sessions:
+            doc |= {
+                "Sessions": sessions,
+                "Users": rnd.randint(1, sessions),
+                "Bounces": rnd.randint(0, sessions),
+                "Converted": rnd.randint(0, sessions),
+                "DurationMs": rnd.randint(0, 10**7),
+                "Pages": rnd.randint(sessions, 5 * sessions),
+                "Orders": rnd.randint(0, sessions),
+                "RevenueCents": rnd.randint(0, 10**6),
+            }
+        day_docs.append(doc)
+    rnd.shuffle(day_docs)
+    product_docs = [
+        {"_id": f"p{i}", "Viewed": v, **({"Added": a} if (a := rnd.randint(0, v)) else {}), "Bought": rnd.randint(0, a)}
+        for i in range(15)
+        for v in [rnd.randint(1, 50)]
+    ]
+    model = ReadModel(tmp_path / "readmodel.duckdb", "stores")
+    model.replace_snapshot("session_days", [session_day(d) for d in day_docs])
+    model.replace_snapshot("product_engagement", [engagement(d) for d in product_docs])
+    model.replace_snapshot("products", catalogue(10))
+    names = {p.ProductId: p for p in catalogue(10)}
+
+    got = model.sessions(7, 5)
+    newest = sorted(day_docs, key=lambda d: d["Day"], reverse=True)[:7]
+    assert got["days"] == [SessionDay(**{k: v for k, v in d.items() if k != "_id"}).metrics() for d in newest]
+    top = sorted(product_docs, key=lambda d: (-d["Viewed"], d["_id"]))[:5]
+    assert [p["ProductId"] for p in got["products"]] == [d["_id"] for d in top]
+    for p, d in zip(got["products"], top, strict=True):
+        assert (p["Viewed"], p["Added"], p["Bought"]) == (d["Viewed"], d.get("Added", 0), d["Bought"])
+        added = d.get("Added", 0)
+        assert p["ViewToBasket"] == round(added / d["Viewed"], 4)
+        assert p["BasketToPurchase"] == (round(d["Bought"] / added, 4) if added else 0.0)
+        known = names.get(d["_id"])
+        assert (p["Name"], p["Category"]) == ((known.Name, known.Category) if known else (d["_id"], "unknown"))
+    # replaced as a whole: a day gone from MongoDB is gone here too
+    model.replace_snapshot("session_days", [session_day(d) for d in newest[1:3]])
+    assert [d["Day"] for d in model.sessions(7, 5)["days"]] == [d["Day"] for d in newest[1:3]]

@@ -160,8 +160,9 @@ def _calls(settings: Settings, label: str, calls: int, note: str) -> list[Figure
         "sales": "/api/sales?n=10",
         "places": "/api/places?n=10",
         "audience (browsers, devices, bots)": "/api/audience",
+        "sessions (days, engagement)": "/api/sessions?days=7&n=10",
         "repeat buyers (PostgreSQL)": "/api/repeat-buyers?n=10",
-        "user lookup": f"/api/users/{user}",
+        "user lookup": f"/api/users/{user}",  # MongoDB's counts and latest sessions too
         "health": "/api/health",
     }
     figures = []

@@ -26,7 +26,7 @@ from . import routes
 from .deps import Clients
 from .health import HealthMonitor
 from .readmodel import ReadModel
-from .sync import EventsSync, LakeSync
+from .sync import DimensionsSync, EventsSync, LakeSync, SessionsSync
 
 log = logging.getLogger("shopstream_dashboard")
 STATIC = Path(__file__).parent / "static"
@@ -42,6 +42,8 @@ class Dashboard:
     model: ReadModel
     events_sync: EventsSync
     lake_sync: LakeSync
+    dimensions_sync: DimensionsSync
+    sessions_sync: SessionsSync
     monitor: HealthMonitor
 
     @classmethod
@@ -65,6 +67,8 @@ class Dashboard:
             model=model,
             events_sync=EventsSync(model, colls.events, cfg.refresh_s, cfg.events_settle_s),
             lake_sync=LakeSync(model, clients.s3, settings, cfg.refresh_s),
+            dimensions_sync=DimensionsSync(model, clients.pg, cfg.refresh_s),
+            sessions_sync=SessionsSync(model, colls.session_days, colls.product_engagement, cfg.refresh_s),
             monitor=HealthMonitor(model, settings, clients, cfg.refresh_s),
         )
 
@@ -73,12 +77,16 @@ class Dashboard:
         return self.clients.collections(self.settings).counts
 
     @property
+    def sessions(self) -> Collection:
+        return self.clients.collections(self.settings).sessions
+
+    @property
     def pg(self) -> Engine:
         return self.clients.pg
 
     @property
     def loops(self):
-        return (self.events_sync, self.lake_sync, self.monitor)
+        return (self.events_sync, self.lake_sync, self.dimensions_sync, self.sessions_sync, self.monitor)
 
     def start(self) -> None:
         for loop in self.loops:

@@ -12,6 +12,12 @@ lookup) with the users per browser x device it adds up to (the shares). Purchase
 disk (the user lookup lists them) with their rollups updated as they arrive: sales per product,
 per payment type and per place, and per user the newest purchase (the funnel).
 
+Beside the rollups, copies of small tables the syncs replace as a whole every few seconds
+(`SNAPSHOTS`, their columns the contracts' fields): PostgreSQL's products and customers (the
+names and categories shown wherever a product appears, a customer's signup and home), and
+MongoDB's session day sums and product engagement (the sessions panel; the batch's `sessions`
+task keeps them exact). A product not in the copy shows as its ProductId, in category "unknown".
+
 Bots (`Enrichment.IsBot`, by the user agent) are counted apart in every rollup but the activity
 chart's (which shows the traffic as it came): the funnel, the sales and the places leave them
 out unless asked (`include_bots`), so their share can be shown without skewing the shop's
@@ -34,17 +40,21 @@ Times are stored as UTC.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+from pydantic import BaseModel
 
 from shopstream.contracts import EventName
+from shopstream.contracts.dimensions import Customer, ProductInfo
 from shopstream.contracts.enrichment import UNKNOWN, Enrichment
+from shopstream.contracts.sessions import ProductEngagement, SessionDay
 
 EVENT_NAMES = tuple(e.value for e in EventName)  # from the contract
 FUNNEL_EVENTS = ("PageVisited", "AddedBasket")
@@ -54,7 +64,7 @@ ACTIVITY_MAX_MINUTES = 180  # the longest activity chart; older per-second count
 # is a little before a sync's clock (a whole second, or a sync that committed just before the
 # chart's query) still finds every second it asks for
 ACTIVITY_KEPT = timedelta(minutes=ACTIVITY_MAX_MINUTES + 1)
-VERSION = "4"  # of the tables below: a file of another version is rebuilt from the stores
+VERSION = "5"  # of the tables below: a file of another version is rebuilt from the stores
 # the stores' Enrichment (a MongoDB subdocument, a lake struct column) as the syncs hand it over
 ENRICHMENT = pa.struct(
     [(name, pa.bool_() if f.annotation is bool else pa.string()) for name, f in Enrichment.model_fields.items()]
@@ -108,7 +118,8 @@ CREATE TABLE IF NOT EXISTS purchases (
     IsBot       BOOLEAN NOT NULL,
     Country     VARCHAR NOT NULL,
     Region      VARCHAR NOT NULL,
-    City        VARCHAR NOT NULL
+    City        VARCHAR NOT NULL,
+    ProductIds  VARCHAR[] NOT NULL  -- its lines' products, in line order (the user lookup names them)
 );
 -- the user lookup: a user's few purchases found by the index, not by a scan of them all
 CREATE INDEX IF NOT EXISTS purchases_user ON purchases (UserId);
@@ -166,6 +177,36 @@ LAKE_TABLES = (
     "payment_sales",
     "place_sales",
 )
+# copies of small tables, replaced as a whole by their syncs: table -> (contract, key field)
+SNAPSHOTS: dict[str, tuple[type[BaseModel], str]] = {
+    "products": (ProductInfo, "ProductId"),
+    "customers": (Customer, "UserId"),
+    "session_days": (SessionDay, "Day"),
+    "product_engagement": (ProductEngagement, "ProductId"),
+}
+_TYPES = {  # a contract field's annotation -> (DuckDB, Arrow) types
+    str: ("VARCHAR", pa.string()),
+    int: ("BIGINT", pa.int64()),
+    Decimal: ("DECIMAL(18, 2)", pa.decimal128(18, 2)),
+    date: ("DATE", pa.date32()),
+}
+
+
+def _snapshot_fields(model: type[BaseModel]) -> dict[str, tuple[str, pa.DataType]]:
+    return {name: _TYPES[f.annotation] for name, f in model.model_fields.items()}  # type: ignore[index]
+
+
+def snapshot_ddl() -> str:
+    """The snapshot tables' DDL, one column per contract field."""
+    return "\n".join(
+        f"CREATE TABLE IF NOT EXISTS {table} ("
+        + ", ".join(f"{name} {sql} NOT NULL" for name, (sql, _) in _snapshot_fields(model).items())
+        + f", PRIMARY KEY ({key}));"
+        for table, (model, key) in SNAPSHOTS.items()
+    )
+
+
+SNAPSHOT_TABLES = tuple(SNAPSHOTS)
 _FUNNEL_IN = ", ".join(f"'{n}'" for n in FUNNEL_EVENTS)
 # a row's enrichment fields, "unknown" (and not a bot) where it has none: stored before enrichment
 _ENRICHED = ", ".join(
@@ -174,6 +215,18 @@ _ENRICHED = ", ".join(
 )
 # keeps the bots out unless the (one) parameter is true
 _BOTS = "(? OR NOT IsBot)"
+
+
+# a product's name and category in a query joining `products p`: its ProductId and "unknown" when not there
+_NAMED = f"coalesce(p.Name, ProductId) AS Name, coalesce(p.Category, '{UNKNOWN}') AS Category"
+
+
+def _nameless(product_id: str) -> dict[str, str]:
+    return {"Name": product_id, "Category": UNKNOWN}
+
+
+def _name_of(row: dict[str, Any]) -> dict[str, str]:
+    return {"Name": row["Name"], "Category": row["Category"]}
 
 
 def _utc(ts: datetime) -> datetime:
@@ -191,7 +244,7 @@ def with_enrichment(table: pa.Table) -> pa.Table:
     return table.append_column("Enrichment", pa.nulls(table.num_rows, ENRICHMENT))
 
 
-def _share(part: int, whole: int) -> float:
+def _share(part: float, whole: float) -> float:
     return round(part / whole, 4) if whole else 0.0
 
 
@@ -215,10 +268,11 @@ class ReadModel:
         _run(self._db, f"SET memory_limit = '{int(memory_limit_mb)}MB'")
         _run(self._db, "SET preserve_insertion_order = false")
         _run(self._db, SCHEMA)
+        _run(self._db, snapshot_ddl())
         stamp = f"{VERSION}|{sources}"
         found = _run(self._db, "SELECT Value FROM meta WHERE Key = 'stamp'")
         if found and found[0][0] != stamp:
-            self._clear(EVENT_TABLES + LAKE_TABLES)
+            self._clear(EVENT_TABLES + LAKE_TABLES + SNAPSHOT_TABLES)
         _run(self._db, "INSERT OR REPLACE INTO meta VALUES ('stamp', ?)", [stamp])
         if not _run(self._db, "SELECT 1 FROM events_cursor WHERE Settled IS NOT NULL"):  # no first read ended
             self._clear(EVENT_TABLES)
@@ -440,7 +494,8 @@ class ReadModel:
                 SELECT p.EventId, p.OrderId, p.UserId, p.TimeStamp, p.IngestedAt,
                        p.TotalPrice::DECIMAL(18, 2) AS TotalPrice, p.PaymentType,
                        coalesce(s.Items, 0)::BIGINT AS Items, coalesce(s.Amount, 0)::DECIMAL(18, 2) AS Amount,
-                       p.IsBot, p.Country, p.Region, p.City
+                       p.IsBot, p.Country, p.Region, p.City,
+                       coalesce(list_transform(p.Products, lambda x: x.ProductId), []::VARCHAR[]) AS ProductIds
                 FROM new_purchases p LEFT JOIN (
                     SELECT EventId, sum(ItemCount) AS Items, sum(LineAmount) AS Amount FROM new_lines GROUP BY EventId
                 ) s USING (EventId)
@@ -527,6 +582,24 @@ class ReadModel:
             for t in ("new_purchases", "new_lines", "new_p", "old_orders", "old_pairs"):
                 _run(con, f"DROP TABLE {t}")
         return batch.num_rows
+
+    # -- snapshots: small tables copied whole --------------------------------------------
+    def replace_snapshot(self, table: str, records: Sequence[BaseModel]) -> int:
+        """Replace `table` (one of SNAPSHOTS) by `records` (its contract's models), in one transaction."""
+        model, _ = SNAPSHOTS[table]
+        fields = _snapshot_fields(model)
+        rows = pa.Table.from_pylist(
+            [r.model_dump() for r in records], schema=pa.schema([(n, t) for n, (_, t) in fields.items()])
+        )
+        with self._transaction(new_rows=rows) as con:
+            _run(con, f"DELETE FROM {table}")
+            _run(con, f"INSERT INTO {table} SELECT {', '.join(fields)} FROM new_rows")
+        return rows.num_rows
+
+    def snapshot_rows(self, table: str) -> int:
+        if table not in SNAPSHOTS:
+            raise KeyError(table)
+        return int(_run(self._con(), f"SELECT count(*) FROM {table}")[0][0])
 
     def counts(self) -> dict[str, int]:
         row = _run(
@@ -636,8 +709,11 @@ class ReadModel:
             return [
                 {**r, "Units": int(r["Units"]), "Revenue": _money(r["Revenue"]), "Orders": int(r["Orders"])}
                 for r in self._rows(
-                    f"SELECT ProductId, sum(Units) AS Units, sum(Revenue) AS Revenue, sum(Orders) AS Orders "
-                    f"FROM product_sales WHERE {_BOTS} GROUP BY ProductId ORDER BY {order}, ProductId LIMIT ?",
+                    f"""
+                    WITH s AS (SELECT ProductId, sum(Units) AS Units, sum(Revenue) AS Revenue, sum(Orders) AS Orders
+                               FROM product_sales WHERE {_BOTS} GROUP BY ProductId ORDER BY {order}, ProductId LIMIT ?)
+                    SELECT s.*, {_NAMED} FROM s LEFT JOIN products p USING (ProductId) ORDER BY {order}, ProductId
+                """,
                     [include_bots, n],
                 )
             ]
@@ -648,6 +724,15 @@ class ReadModel:
             [include_bots],
         )
         all_orders = sum(p["Orders"] for p in payments)
+        categories = self._rows(
+            f"""
+            SELECT coalesce(p.Category, '{UNKNOWN}') AS Category, sum(s.Units)::BIGINT AS Units,
+                   sum(s.Revenue) AS Revenue, count(DISTINCT s.ProductId) AS Products
+            FROM product_sales s LEFT JOIN products p USING (ProductId) WHERE {_BOTS}
+            GROUP BY ALL ORDER BY Revenue DESC, Category
+        """,
+            [include_bots],
+        )
         return {
             "purchases": int(purchases),
             "orders": int(orders),
@@ -666,6 +751,17 @@ class ReadModel:
                 ),
                 key=lambda p: (-p["Orders"], p["PaymentType"]),
             ),
+            # every category (a few dozen at most): revenue by category, and its share of the revenue
+            "by_category": [
+                {
+                    "Category": c["Category"],
+                    "Units": c["Units"],
+                    "Revenue": _money(c["Revenue"]),
+                    "Products": c["Products"],
+                    "Share": _share(float(c["Revenue"]), float(revenue)),
+                }
+                for c in categories
+            ],
         }
 
     def places(self, n: int, include_bots: bool = False) -> dict[str, Any]:
@@ -748,19 +844,66 @@ class ReadModel:
         )
         return rows[0] if rows else None
 
+    def product_names(self, ids: list[str]) -> dict[str, dict[str, str]]:
+        """Name and Category of each of `ids`: the catalogue's, or the ProductId and "unknown"."""
+        if not ids:
+            return {}
+        found = {
+            r["ProductId"]: r
+            for r in self._rows(
+                "SELECT ProductId, Name, Category FROM products WHERE ProductId IN (SELECT unnest(?::VARCHAR[]))",
+                [sorted(set(ids))],
+            )
+        }
+        return {
+            i: {"Name": found[i]["Name"], "Category": found[i]["Category"]} if i in found else _nameless(i) for i in ids
+        }
+
+    def customer(self, user_id: str) -> dict[str, Any] | None:
+        """The user's signup date and home (PostgreSQL's customers, copied), or None if not there."""
+        rows = self._rows("SELECT SignupDate, HomeCountry, HomeCity FROM customers WHERE UserId = ?", [user_id])
+        return rows[0] if rows else None
+
+    def sessions(self, days: int, n: int) -> dict[str, Any]:
+        """The latest `days` days' session metrics, newest first, and the `n` products viewed in the
+        most sessions with their click-through, as the contracts define them (`SessionDay.metrics`,
+        `ProductEngagement.rates`), with the products' names."""
+        day_rows = self._rows("SELECT * FROM session_days ORDER BY Day DESC LIMIT ?", [days])
+        products = self._rows(
+            f"SELECT e.*, {_NAMED} FROM product_engagement e LEFT JOIN products p USING (ProductId) "
+            "ORDER BY Viewed DESC, ProductId LIMIT ?",
+            [n],
+        )
+        return {
+            "days": [SessionDay(**r).metrics() for r in day_rows],
+            "products": [
+                {**ProductEngagement(**{k: r[k] for k in ProductEngagement.model_fields}).rates(), **_name_of(r)}
+                for r in products
+            ],
+        }
+
     def user_purchases(self, user_id: str, limit: int = 50) -> list[dict[str, Any]]:
         # the user's rows first (MATERIALIZED): with the ORDER BY ... LIMIT over the table, DuckDB
         # plans a top-N over a scan of every purchase instead of the index's lookup
         rows = self._rows(
             """
             WITH mine AS MATERIALIZED (
-                SELECT OrderId, TimeStamp, TotalPrice, PaymentType, Items FROM purchases WHERE UserId = ?
+                SELECT OrderId, TimeStamp, TotalPrice, PaymentType, Items, ProductIds FROM purchases WHERE UserId = ?
             )
             SELECT * FROM mine ORDER BY TimeStamp DESC, OrderId LIMIT ?
         """,
             [user_id, limit],
         )
-        return [{**r, "TotalPrice": _money(r["TotalPrice"]), "Items": int(r["Items"])} for r in rows]
+        names = self.product_names([p for r in rows for p in r["ProductIds"]])
+        return [
+            {
+                **{k: v for k, v in r.items() if k != "ProductIds"},
+                "TotalPrice": _money(r["TotalPrice"]),
+                "Items": int(r["Items"]),
+                "Products": [{"ProductId": p, **names[p]} for p in r["ProductIds"]],
+            }
+            for r in rows
+        ]
 
     def newest_ingested(self) -> datetime | None:
         return _run(self._con(), "SELECT max(IngestedAt) FROM purchases")[0][0]

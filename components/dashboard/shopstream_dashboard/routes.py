@@ -84,9 +84,31 @@ def funnel(request: Request, window: schemas.FunnelWindow = "1h", include_bots: 
 def sales(
     request: Request, n: Annotated[int, Query(ge=1, le=100)] = 10, include_bots: IncludeBots = False
 ) -> dict[str, Any]:
-    """Best sellers by revenue and by units, and payment type shares, over every purchase in the lake."""
+    """Best sellers by revenue and by units (with the catalogue's names), revenue by category, and
+    payment type shares, over every purchase in the lake."""
     st = _state(request)
-    return {**st.model.sales(n, include_bots), "include_bots": include_bots, "source": st.lake_sync.source.as_dict()}
+    lake = st.lake_sync.source.as_dict()
+    return {
+        **st.model.sales(n, include_bots),
+        "include_bots": include_bots,
+        "source": lake,
+        "sources": [lake, st.dimensions_sync.source.as_dict()],
+    }
+
+
+@router.get("/sessions", response_model=schemas.Sessions)
+def sessions(
+    request: Request,
+    days: Annotated[int, Query(ge=1, le=60)] = 7,
+    n: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> dict[str, Any]:
+    """The latest days' session metrics and the most viewed products' click-through (the batch's
+    `sessions` task writes them to MongoDB), with the products' names (PostgreSQL's catalogue)."""
+    st = _state(request)
+    return {
+        **st.model.sessions(days, n),
+        "sources": [st.sessions_sync.source.as_dict(), st.dimensions_sync.source.as_dict()],
+    }
 
 
 @router.get("/places", response_model=schemas.Places)
@@ -135,7 +157,42 @@ def repeat_buyers(request: Request, n: Annotated[int, Query(ge=1, le=100)] = 10)
             total = c.execute(text(f"SELECT count(*) FROM {REPEAT_TABLE}")).scalar()
     except SQLAlchemyError as e:
         return {"rows": [], "total": 0, "source": _answered("postgresql", e)}
-    return {"rows": [dict(r) for r in rows], "total": total, "source": _answered("postgresql")}
+    names = st.model.product_names([r["product_id"] for r in rows])
+    return {
+        "rows": [{**r, "product_name": names[r["product_id"]]["Name"]} for r in rows],
+        "total": total,
+        "source": _answered("postgresql"),
+    }
+
+
+SESSIONS_SHOWN = 5  # the user lookup's latest sessions
+SESSION_FIELDS = {
+    "Start": 1,
+    "DurationMs": 1,
+    "Pages": 1,
+    "Purchased": 1,
+    "RevenueCents": 1,
+    "Device": 1,
+    "Browser": 1,
+    "City": 1,
+}
+
+
+def _user_sessions(st: Any, user_id: str) -> list[dict[str, Any]]:
+    """The user's latest sessions with a start, by the (UserId, Start) index, newest first."""
+    docs = (
+        st.sessions.find({"UserId": user_id, "Start": {"$ne": None}}, SESSION_FIELDS)
+        .sort("Start", -1)
+        .limit(SESSIONS_SHOWN)
+    )
+    return [
+        {
+            **{k: d[k] for k in SESSION_FIELDS if k != "RevenueCents"},
+            "SessionId": d["_id"],
+            "Revenue": d["RevenueCents"] / 100,
+        }
+        for d in docs
+    ]
 
 
 @router.get(
@@ -144,14 +201,18 @@ def repeat_buyers(request: Request, n: Annotated[int, Query(ge=1, le=100)] = 10)
     responses={404: {"description": "no events and no purchases for this UserId"}},
 )
 def user(request: Request, user_id: Annotated[str, Path(min_length=1, max_length=128)]) -> dict[str, Any]:
-    """A user's EventCount per EventName (MongoDB's counts), purchases (the lake), newest first, and
-    the browser, device and place of their newest event (the read model)."""
+    """A user's EventCount per EventName (MongoDB's counts), latest sessions (MongoDB's sessions),
+    purchases (the lake) with their products' names, newest first, the browser, device and place
+    of their newest event (the read model) and their customer record (PostgreSQL's, copied)."""
     st = _state(request)
     sources = []
     counts: dict[str, int] | None = None
+    latest: list[dict[str, Any]] | None = None
     try:
         docs = st.counts.find({"UserId": user_id}, {"_id": 0, "EventName": 1, "EventCount": 1})
-        counts = {d["EventName"]: int(d["EventCount"]) for d in docs}
+        found = {d["EventName"]: int(d["EventCount"]) for d in docs}
+        latest = _user_sessions(st, user_id)
+        counts = found
         sources.append(_answered("mongodb"))
     except PyMongoError as e:
         sources.append(_answered("mongodb", e))
@@ -167,6 +228,8 @@ def user(request: Request, user_id: Annotated[str, Path(min_length=1, max_length
         "event_counts": counts,
         "purchases": purchases,
         "agent": st.model.user_agent(user_id),
+        "customer": st.model.customer(user_id),
+        "sessions": latest,
         "sources": sources,
     }
 

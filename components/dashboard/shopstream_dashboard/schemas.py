@@ -7,7 +7,7 @@ Money is in the shop's currency, rounded to cents; times are UTC ISO 8601.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -71,9 +71,19 @@ class Funnel(BaseModel):
 
 class ProductSales(BaseModel):
     ProductId: str
+    Name: str = Field(description="the catalogue's name (PostgreSQL's products), or the ProductId if not there")
+    Category: str = Field(description='the catalogue\'s category, or "unknown"')
     Units: int
     Revenue: float
     Orders: int
+
+
+class CategorySales(BaseModel):
+    Category: str = Field(description='the catalogue\'s category; "unknown" for products not in it')
+    Units: int
+    Revenue: float = Field(description="sum of its products' line amounts")
+    Products: int = Field(description="products of the category sold")
+    Share: float = Field(description="of the revenue")
 
 
 class PaymentShare(BaseModel):
@@ -92,8 +102,10 @@ class Sales(BaseModel):
     by_revenue: list[ProductSales]
     by_units: list[ProductSales]
     payment_types: list[PaymentShare]
+    by_category: list[CategorySales] = Field(description="every category, by revenue")
     include_bots: bool = Field(description="false: the bots' purchases are left out")
-    source: Source
+    source: Source = Field(description="the lake's")
+    sources: list[Source] = Field(description="the lake's, and PostgreSQL's (the products' names)")
 
 
 class PlaceFigures(BaseModel):
@@ -144,9 +156,45 @@ class Audience(BaseModel):
     sources: list[Source]
 
 
+class SessionDayMetrics(BaseModel):
+    """One UTC day's sessions (by start), as `shopstream.contracts.sessions.SessionDay.metrics` defines them."""
+
+    Day: str = Field(description="YYYY-MM-DD (UTC)")
+    Sessions: int = Field(description="the day's sessions, bots' left out")
+    Users: int
+    AvgDurationS: float
+    PagesPerSession: float
+    BounceRate: float = Field(description="sessions of a single page view / sessions")
+    ConversionRate: float = Field(description="sessions with a purchase / sessions")
+    Revenue: str = Field(description="the sessions' orders' TotalPrice, a decimal string")
+    BotShare: float = Field(description="bots' sessions / all sessions")
+
+
+class ProductEngagementRates(BaseModel):
+    """Sessions that viewed a product, added it to the basket, bought it (`ProductEngagement.rates`)."""
+
+    ProductId: str
+    Name: str
+    Category: str
+    Viewed: int
+    Added: int
+    Bought: int
+    ViewToBasket: float
+    BasketToPurchase: float
+
+
+class Sessions(BaseModel):
+    """The batch's session metrics per day and product engagement (MongoDB, copied every refresh)."""
+
+    days: list[SessionDayMetrics] = Field(description="the latest days, newest first")
+    products: list[ProductEngagementRates] = Field(description="the products viewed in the most sessions")
+    sources: list[Source]
+
+
 class RepeatBuyer(BaseModel):
     user_id: str
     product_id: str
+    product_name: str = Field(description="the catalogue's name, or the product_id")
     orders: int
     units: int
     first_bought: datetime
@@ -162,12 +210,41 @@ class RepeatBuyers(BaseModel):
     source: Source
 
 
+class ProductName(BaseModel):
+    ProductId: str
+    Name: str = Field(description="the catalogue's name, or the ProductId")
+    Category: str
+
+
 class UserPurchase(BaseModel):
     OrderId: str
     TimeStamp: datetime
     TotalPrice: float
     PaymentType: str
     Items: int = Field(description="units over all lines")
+    Products: list[ProductName] = Field(description="its lines' products, in line order")
+
+
+class UserSession(BaseModel):
+    """One of the user's sessions (MongoDB's `sessions`, written by the batch)."""
+
+    SessionId: str
+    Start: datetime
+    DurationMs: int
+    Pages: int
+    Purchased: bool
+    Revenue: float = Field(description="its orders' TotalPrice")
+    Device: str
+    Browser: str
+    City: str
+
+
+class CustomerInfo(BaseModel):
+    """The customer's record (PostgreSQL's customers, copied)."""
+
+    SignupDate: date
+    HomeCountry: str
+    HomeCity: str
 
 
 class UserAgent(BaseModel):
@@ -188,6 +265,10 @@ class UserLookup(BaseModel):
     event_counts: dict[str, int] | None = Field(description="EventCount per EventName from MongoDB; None if it is down")
     purchases: list[UserPurchase] | None = Field(description="newest first, from the lake; None if it is down")
     agent: UserAgent | None = Field(description="browser, device and place of the newest event read; None before one")
+    customer: CustomerInfo | None = Field(None, description="None when the customers table has no row for the user")
+    sessions: list[UserSession] | None = Field(
+        None, description="the latest sessions, newest first (at most 5); None if MongoDB is down"
+    )
     sources: list[Source]
 
 

@@ -13,6 +13,12 @@ recognises the copies by EventId. A first look (or one after a long stop) reads 
 history the same way, range by range, saving the cursor after each.
 
 The lake: the newly committed Parquet files, each read once (`shopstream.adapters.lake`).
+
+Small tables are copied whole, each replacing its read-model copy in one transaction:
+PostgreSQL's products and customers (loaded by the batch's `dimensions` task; not there yet
+on a fresh stack, then the copy is empty: products show as their ids), read again only when
+their row count or newest `updated_at` changed; MongoDB's session day sums and product
+engagement (the batch's `sessions` task), a few hundred documents.
 A store that fails is reported down in its `Source`; what was loaded before stays queryable.
 """
 
@@ -23,14 +29,17 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from minio import Minio
 from pymongo.collection import Collection
+from sqlalchemy import Engine, text
 
 from shopstream.adapters.lake import LakeFiles
+from shopstream.contracts.dimensions import CUSTOMERS, PRODUCTS, DimensionTable, column
+from shopstream.contracts.sessions import ProductEngagement, SessionDay
 from shopstream.settings import Settings
 
 from .readmodel import ENRICHMENT, ReadModel
@@ -90,15 +99,17 @@ class SourceState:
 
 
 class Loop:
-    """Runs `step()` every `interval` seconds in a daemon thread until `stop()`."""
+    """Runs `step()` every `interval` seconds in a daemon thread until `stop()`; `source` says
+    how its store (`store`, by default its name) last answered."""
 
     name = "loop"
+    store: str | None = None
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"dashboard-{self.name}", daemon=True)
-        self.source = SourceState(self.name)
+        self.source = SourceState(self.store or self.name)
 
     def start(self) -> None:
         self._thread.start()
@@ -262,3 +273,68 @@ class LakeSync(Loop):
                 time.monotonic() - t0,
             )
         self.source.ok(f"{self.model.counts()['purchases']:,} purchases in {len(self.loaded):,} files")
+
+
+class DimensionsSync(Loop):
+    """PostgreSQL's products and customers -> the read model's copies (names, categories, homes)."""
+
+    name = "dimensions"
+    store = "postgresql"
+    TABLES: ClassVar[dict[str, DimensionTable]] = {
+        "products": PRODUCTS,
+        "customers": CUSTOMERS,
+    }  # the read model's table -> PostgreSQL's
+
+    def __init__(self, model: ReadModel, pg: Engine, interval: float) -> None:
+        super().__init__(interval)
+        self.model, self.pg = model, pg
+        self.seen: dict[str, Any] = {}  # per table, the (rows, newest updated_at) copied last
+
+    def _copy(self, conn: Any, name: str, table: DimensionTable) -> int:
+        if conn.execute(text("SELECT to_regclass(:t)"), {"t": table.name}).scalar() is None:
+            mark: Any = None  # not loaded yet (a fresh stack): nothing to name things by
+            records: list = []
+        else:
+            mark = tuple(conn.execute(text(f"SELECT count(*), max(updated_at) FROM {table.name}")).one())
+            if self.seen.get(name, ()) == mark:
+                return self.model.snapshot_rows(name)
+            fields = {column(f): f for f in table.model.model_fields}
+            rows = conn.execute(text(f"SELECT {', '.join(fields)} FROM {table.name}")).mappings()
+            records = [table.model.model_validate({fields[c]: v for c, v in r.items()}) for r in rows]
+        if self.seen.get(name, ()) != mark:
+            self.model.replace_snapshot(name, records)
+            self.seen[name] = mark
+        return len(records)
+
+    def step(self) -> None:
+        with self.pg.connect() as conn:  # a connection per look: see pg_engine_unpooled
+            counts = {name: self._copy(conn, name, table) for name, table in self.TABLES.items()}
+        self.source.ok(", ".join(f"{n:,} {name}" for name, n in counts.items()))
+
+
+def session_day(doc: dict[str, Any]) -> SessionDay:
+    """A `session_days` document (`_id` is its Day; sums never incremented are absent) as its contract."""
+    return SessionDay(**{k: v for k, v in doc.items() if k != "_id"})
+
+
+def engagement(doc: dict[str, Any]) -> ProductEngagement:
+    """A `product_engagement` document (`_id` is the ProductId) as its contract."""
+    return ProductEngagement(ProductId=doc["_id"], **{k: v for k, v in doc.items() if k != "_id"})
+
+
+class SessionsSync(Loop):
+    """MongoDB's session day sums and product engagement -> the read model's copies."""
+
+    name = "sessions"
+    store = "mongodb"
+
+    def __init__(self, model: ReadModel, days: Collection, products: Collection, interval: float) -> None:
+        super().__init__(interval)
+        self.model, self.days, self.products = model, days, products
+
+    def step(self) -> None:
+        days = [session_day(d) for d in self.days.find()]
+        products = [engagement(d) for d in self.products.find()]
+        self.model.replace_snapshot("session_days", days)
+        self.model.replace_snapshot("product_engagement", products)
+        self.source.ok(f"{len(days):,} days, {len(products):,} products")

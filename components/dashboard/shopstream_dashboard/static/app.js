@@ -11,7 +11,8 @@ const FETCH_TIMEOUT_MS = 20000;
 const API_HISTORY_MS = 15 * 60 * 1000;
 const ACTIVITY_MINUTES = 15;
 const TOP_N = 10;
-const PRODUCT_LABEL_MAX = 16;
+const PRODUCT_LABEL_MAX = 18;
+const SESSION_DAYS = 7;
 const PLACE_LABEL_MAX = 22;
 const SHARES_SHOWN = 7; // browsers and devices past these are summed as "other"
 
@@ -369,7 +370,7 @@ function drawChart(id, traces, layout) {
 function drawPlaceholders() {
   const ids = [
     "chart-events", "chart-purchases", "chart-funnel", "chart-top-revenue", "chart-top-units", "chart-payments",
-    "chart-places-events", "chart-places-revenue", "chart-browsers", "chart-devices", "chart-api",
+    "chart-categories", "chart-places-events", "chart-places-revenue", "chart-browsers", "chart-devices", "chart-api",
   ];
   for (const id of ids) {
     drawChart(id, [], baseLayout({
@@ -505,17 +506,23 @@ function renderKpis(data) {
   setText("kpi-revenue", fmtMoney(data.revenue));
 }
 
+/** A product as the page names it: the catalogue's name, else its id (the API gives the id as Name then). */
+function productName(row) {
+  return row.Name || row.ProductId;
+}
+
 function renderTopChart(id, rows, key, color, valueFormat) {
   const sorted = rows.slice().sort((a, b) => b[key] - a[key]);
-  const ids = sorted.map((r) => r.ProductId);
+  const ids = sorted.map((r) => r.ProductId); // the axis' categories: unique, whatever the names
   const trace = {
     type: "bar",
     orientation: "h",
     y: ids,
     x: sorted.map((r) => r[key]),
     marker: {color},
-    customdata: sorted.map((r) => [r.Units, r.Revenue, r.Orders]),
-    hovertemplate: "%{y}<br>revenue %{customdata[1]:,.2f}<br>units %{customdata[0]:,}<br>orders %{customdata[2]:,}<extra></extra>",
+    customdata: sorted.map((r) => [r.Units, r.Revenue, r.Orders, productName(r), r.Category || "unknown"]),
+    hovertemplate: "%{customdata[3]} (%{y}, %{customdata[4]})<br>revenue %{customdata[1]:,.2f}<br>units %{customdata[0]:,}" +
+      "<br>orders %{customdata[2]:,}<extra></extra>",
     text: sorted.map((r) => (valueFormat === "money" ? fmtMoney(r[key]) : fmtInt(r[key]))),
     textposition: "auto",
     cliponaxis: false,
@@ -527,7 +534,7 @@ function renderTopChart(id, rows, key, color, valueFormat) {
       autorange: "reversed",
       automargin: true,
       tickvals: ids,
-      ticktext: ids.map((p) => shorten(p, PRODUCT_LABEL_MAX)),
+      ticktext: sorted.map((r) => shorten(productName(r), PRODUCT_LABEL_MAX)),
       tickfont: {size: 10},
       visible: sorted.length > 0,
     },
@@ -558,6 +565,37 @@ function renderPaymentsChart(rows) {
   }));
 }
 
+function renderCategoriesChart(rows) {
+  const labels = rows.map((r) => r.Category);
+  const trace = {
+    type: "bar",
+    orientation: "h",
+    y: labels,
+    x: rows.map((r) => r.Revenue),
+    marker: {color: "#7b5cc4"},
+    customdata: rows.map((r) => [r.Units, r.Products, r.Share]),
+    hovertemplate: "%{y}<br>revenue %{x:,.2f} (%{customdata[2]:.1%})<br>units %{customdata[0]:,}" +
+      "<br>products sold %{customdata[1]:,}<extra></extra>",
+    text: rows.map((r) => `${fmtMoney(r.Revenue)} (${fmtPct(r.Share)})`),
+    textposition: "auto",
+    cliponaxis: false,
+  };
+  drawChart("chart-categories", rows.length ? [trace] : [], baseLayout({
+    margin: {l: 40, r: 12, t: 4, b: 24},
+    yaxis: {
+      type: "category",
+      autorange: "reversed",
+      automargin: true,
+      tickvals: labels,
+      ticktext: labels.map((c) => shorten(c, PLACE_LABEL_MAX)),
+      tickfont: {size: 10},
+      visible: rows.length > 0,
+    },
+    xaxis: {rangemode: "tozero", gridcolor: "#eef0f3", visible: rows.length > 0, tickformat: "~s"},
+    annotations: emptyAnnotation(rows.length === 0),
+  }));
+}
+
 function renderSales(data) {
   renderKpis(data);
   byId("kpis").classList.remove("stale");
@@ -566,6 +604,39 @@ function renderSales(data) {
   renderTopChart("chart-top-units", top(data.by_units), "Units", "#2e9e6b", "int");
   const payments = (data.payment_types || []).slice().sort((a, b) => b.Orders - a.Orders);
   renderPaymentsChart(payments);
+  renderCategoriesChart(data.by_category || []);
+}
+
+/* ---------- 3c. sessions (the batch's day sums and product engagement) ---------- */
+
+/** A cell showing `text` with the raw figure in data-value (what the page was given). */
+function valueCell(text, value, className) {
+  return el("td", {className, dataset: {value: String(value)}}, [text]);
+}
+
+function renderSessions(data) {
+  const days = (data.days || []).map((d) => el("tr", {dataset: {day: d.Day}}, [
+    td(d.Day, "day"),
+    valueCell(fmtInt(d.Sessions), d.Sessions, "num sessions"),
+    valueCell(fmtInt(d.Users), d.Users, "num users"),
+    valueCell(fmtDuration(d.AvgDurationS * 1000), d.AvgDurationS, "num duration"),
+    valueCell(fmtNum(d.PagesPerSession, 2), d.PagesPerSession, "num pages"),
+    valueCell(fmtPct(d.BounceRate), d.BounceRate, "num bounce"),
+    valueCell(fmtPct(d.ConversionRate), d.ConversionRate, "num conversion"),
+    valueCell(fmtMoney(Number(d.Revenue)), d.Revenue, "num revenue"),
+    valueCell(fmtPct(d.BotShare), d.BotShare, "num bots"),
+  ]));
+  replaceRows(byId("session-days"), days, "no sessions yet: the DAG's sessions task writes them", 9);
+  const products = (data.products || []).map((p) => el("tr", {dataset: {product: p.ProductId}}, [
+    el("td", {className: "product", title: p.ProductId}, [productName(p)]),
+    td(p.Category, "category"),
+    td(fmtInt(p.Viewed), "num viewed"),
+    td(fmtInt(p.Added), "num added"),
+    td(fmtInt(p.Bought), "num bought"),
+    valueCell(fmtPct(p.ViewToBasket), p.ViewToBasket, "num view-basket"),
+    valueCell(fmtPct(p.BasketToPurchase), p.BasketToPurchase, "num basket-purchase"),
+  ]));
+  replaceRows(byId("engagement"), products, "no product views yet", 7);
 }
 
 /* ---------- 3b. places, browsers and devices (bots left out unless the switch says so) ---------- */
@@ -692,7 +763,7 @@ function latestIso(values) {
 function renderRepeat(data) {
   const rows = (data.rows || []).map((r) => el("tr", {dataset: {user: r.user_id, product: r.product_id}}, [
     td(r.user_id, "id"),
-    td(r.product_id, "id"),
+    el("td", {className: "product", title: r.product_id}, [r.product_name || r.product_id]),
     td(fmtInt(r.orders), "num orders"),
     td(fmtInt(r.units), "num units"),
     timeCell(r.first_bought),
@@ -890,6 +961,7 @@ const PANELS = {
   sales: {url: () => `/api/sales?n=${TOP_N}${botsParam()}`, render: renderSales, controller: null, onError: markKpisStale},
   places: {url: () => `/api/places?n=${TOP_N}${botsParam()}`, render: renderPlaces, controller: null},
   audience: {url: () => `/api/audience?${botsParam().slice(1)}`, render: renderAudience, controller: null},
+  sessions: {url: () => `/api/sessions?days=${SESSION_DAYS}&n=${TOP_N}`, render: renderSessions, controller: null},
   repeat: {url: () => `/api/repeat-buyers?n=${TOP_N}`, render: renderRepeat, controller: null},
   health: {url: () => "/api/health", render: renderHealth, controller: null},
 };
@@ -955,10 +1027,13 @@ function refreshAll() {
 
 function resetUserResult() {
   byId("user-agent").replaceChildren();
+  byId("user-customer").replaceChildren();
   byId("user-counts").tBodies[0].replaceChildren();
   byId("user-purchases").tBodies[0].replaceChildren();
+  byId("user-sessions").tBodies[0].replaceChildren();
   setText("user-counts-note", "");
   setText("user-purchases-note", "");
+  setText("user-sessions-note", "");
 }
 
 function showUserMessage(text, className) {
@@ -1010,9 +1085,51 @@ function renderUserPurchases(purchases) {
     td(fmtMoney(p.TotalPrice), "num total"),
     td(p.PaymentType, "payment"),
     td(fmtInt(p.Items), "num items"),
+    el("td", {className: "products", title: (p.Products || []).map((x) => x.ProductId).join(", ")},
+      [(p.Products || []).map(productName).join(", ")]),
   ]));
   table.hidden = n === 0;
-  replaceRows(table, rows, null, 5);
+  replaceRows(table, rows, null, 6);
+}
+
+/** The user's latest sessions (MongoDB's, newest first); null when MongoDB is down. */
+function renderUserSessions(sessions) {
+  const table = byId("user-sessions");
+  const note = byId("user-sessions-note");
+  if (sessions === null || sessions === undefined) {
+    note.textContent = "MongoDB is down";
+    note.className = "note warn";
+    table.hidden = true;
+    table.tBodies[0].replaceChildren();
+    return;
+  }
+  note.textContent = sessions.length ? "" : "no sessions yet (the DAG's sessions task writes them)";
+  note.className = "note";
+  const rows = sessions.map((x) => el("tr", {dataset: {session: x.SessionId}}, [
+    timeCell(x.Start),
+    td(fmtDuration(x.DurationMs), "num duration"),
+    td(fmtInt(x.Pages), "num pages"),
+    td(x.Purchased ? "yes" : "no", "purchased"),
+    td(fmtMoney(x.Revenue), "num revenue"),
+    td(x.Device, "device"),
+    td(x.City, "city"),
+  ]));
+  table.hidden = sessions.length === 0;
+  replaceRows(table, rows, null, 7);
+}
+
+/** Signup date and home of the customer (PostgreSQL's customers); none when not there yet. */
+function renderUserCustomer(customer) {
+  const dl = byId("user-customer");
+  if (!customer) {
+    replaceStats(dl, [["customer", "no customer record"]]);
+    return;
+  }
+  replaceStats(dl, [
+    ["signed up", customer.SignupDate],
+    ["home", `${customer.HomeCity}, ${customer.HomeCountry}`],
+  ]);
+  dl.querySelectorAll("dd")[1].dataset.homeCity = customer.HomeCity;
 }
 
 /** Browser, device and place of the user's newest event (the read model's; none before one is read). */
@@ -1042,8 +1159,10 @@ function renderUser(data) {
   title.className = "user-title";
   title.textContent = `UserId ${data.UserId}`;
   renderUserAgent(data.agent);
+  renderUserCustomer(data.customer);
   renderUserCounts(data.event_counts);
   renderUserPurchases(data.purchases);
+  renderUserSessions(data.sessions);
   result.hidden = false;
 }
 
