@@ -488,7 +488,7 @@ def session_docs(cfg: Settings) -> tuple[list[dict], list[dict]]:
 
 
 def day_metrics(doc: dict) -> dict:
-    return SessionDay(**{k: v for k, v in doc.items() if k != "_id"}).metrics()
+    return SessionDay(**{k: v for k, v in doc.items() if k != "_id"}).metrics().model_dump()
 
 
 def test_sessions_panel_has_the_batchs_days_and_engagement(dashboard, shop):

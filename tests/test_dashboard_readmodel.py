@@ -203,19 +203,24 @@ def test_events_stamped_ahead_of_the_clock_count_once_their_time_has_come(tmp_pa
     assert [s["users"] for s in model.funnel(later, "all")] == [1, 1, 0]
 
 
+def random_lines(rnd: random.Random) -> list[dict[str, Any]]:
+    """One to three product lines of ten products, some on sale."""
+    return [
+        {
+            "ProductId": f"p{rnd.randint(0, 9)}",
+            "ItemCount": rnd.randint(1, 3),
+            "ItemPrice": Decimal(rnd.randint(100, 9_999)) / 100,
+            "ItemDiscount": Decimal(rnd.choice([0, 50])) / 100,
+        }
+        for _ in range(rnd.randint(1, 3))
+    ]
+
+
 def test_sales_rollups_count_an_order_that_comes_back_once(tmp_path: Path, now: datetime):
     rnd = random.Random(11)
     orders: list[dict[str, Any]] = []
     for i in range(300):
-        lines: list[dict[str, Any]] = [
-            {
-                "ProductId": f"p{rnd.randint(0, 9)}",
-                "ItemCount": rnd.randint(1, 3),
-                "ItemPrice": Decimal(rnd.randint(100, 9_999)) / 100,
-                "ItemDiscount": Decimal(rnd.choice([0, 50])) / 100,
-            }
-            for _ in range(rnd.randint(1, 3))
-        ]
+        lines = random_lines(rnd)
         orders.append(
             {
                 "EventId": f"x{i}",
@@ -312,15 +317,7 @@ def enriched_shop(now: datetime) -> tuple[list[dict], list[dict]]:
     for i in range(200):
         user = f"u{rnd.randint(0, 39)}"
         agent, place = users[user]
-        lines = [
-            {
-                "ProductId": f"p{rnd.randint(0, 9)}",
-                "ItemCount": rnd.randint(1, 3),
-                "ItemPrice": Decimal(rnd.randint(100, 9_999)) / 100,
-                "ItemDiscount": Decimal(rnd.choice([0, 50])) / 100,
-            }
-            for _ in range(rnd.randint(1, 3))
-        ]
+        lines = random_lines(rnd)
         orders.append(
             {
                 "EventId": f"x{i}",
@@ -537,7 +534,9 @@ def test_session_days_and_engagement_read_as_the_contracts_define_them(tmp_path:
 
     got = model.sessions(7, 5)
     newest = sorted(day_docs, key=lambda d: d["Day"], reverse=True)[:7]
-    assert got["days"] == [SessionDay(**{k: v for k, v in d.items() if k != "_id"}).metrics() for d in newest]
+    assert got["days"] == [
+        SessionDay(**{k: v for k, v in d.items() if k != "_id"}).metrics().model_dump() for d in newest
+    ]
     top = sorted(product_docs, key=lambda d: (-d["Viewed"], d["_id"]))[:5]
     assert [p["ProductId"] for p in got["products"]] == [d["_id"] for d in top]
     for p, d in zip(got["products"], top, strict=True):

@@ -98,7 +98,7 @@ def test_a_small_day_by_hand():
     assert (a["Viewed"], a["Added"], a["City"], a["IsBot"]) == (["p1"], ["p1"], "Willesden", False)
     assert s.docs["c"]["DurationMs"] == 60_000
 
-    day = SessionDay(Day="2026-12-04", **dict(s.deltas.days["2026-12-04"]), Users=2).metrics()
+    day = SessionDay(Day="2026-12-04", **dict(s.deltas.days["2026-12-04"]), Users=2).metrics().model_dump()
     assert day == {
         "Day": "2026-12-04",
         "Sessions": 3,
@@ -112,7 +112,7 @@ def test_a_small_day_by_hand():
     }
     products = {p: dict(c) for p, c in s.deltas.products.items()}
     assert products == {"p1": {"Viewed": 2, "Added": 1, "Bought": 1}, "p2": {"Viewed": 2}}
-    assert ProductEngagement(ProductId="p1", **products["p1"]).rates()["ViewToBasket"] == 0.5
+    assert ProductEngagement(ProductId="p1", **products["p1"]).rates().ViewToBasket == 0.5
 
 
 pieces = st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 5), st.booleans()), min_size=1, max_size=25)
@@ -150,6 +150,8 @@ def test_merging_pieces_in_any_order_and_again_gives_the_sums_of_the_final_sessi
         assert dict(s.deltas.day_incs()) == dict(fresh.day_incs())
         assert dict(s.deltas.product_incs()) == dict(fresh.product_incs())
         assert dict(s.deltas.user_incs()) == dict(fresh.user_incs())
+        for p, c in s.deltas.products.items():  # a funnel: an ordered product was in the basket, and seen
+            assert c["Viewed"] >= c["Added"] >= c["Bought"] >= 0, (p, c)
 
 
 # ---- against the real MongoDB and S3 ------------------------------------------------------------
@@ -292,7 +294,7 @@ def test_generated_traffic_stored_in_pieces_gives_the_independent_answers(isolat
     # the stored day reads as the metrics the dashboard shows
     day = next(iter(want_days))
     doc = colls.session_days.find_one({"_id": day}, {"_id": 0})
-    metrics = SessionDay(**doc).metrics()
+    metrics = SessionDay(**doc).metrics().model_dump()
     assert metrics["Sessions"] == want_days[day]["Sessions"]
     assert Decimal(metrics["Revenue"]) == Decimal(want_days[day]["RevenueCents"]) / 100
     # and `invoke sessions` prints them

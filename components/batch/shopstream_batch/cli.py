@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shopstream.adapters.mongo import collections, database, mongo_client
-from shopstream.contracts.sessions import ProductEngagement, SessionDay
+from shopstream.contracts.sessions import DayMetrics, EngagementRates, ProductEngagement, SessionDay
 from shopstream.settings import Settings
 
 from .check import CountCheck, check_counts
@@ -82,15 +82,15 @@ def sessions(
     finally:
         client.close()
     table = Table(title="Sessions per day (UTC, by start; bots apart)")
-    rows = [SessionDay(**d).metrics() for d in reversed(day_docs)]
-    for column in SessionDay.model_fields if not rows else rows[0]:
+    rows = [SessionDay(**d).metrics().model_dump() for d in reversed(day_docs)]
+    for column in DayMetrics.model_fields:
         table.add_column(column, justify="left" if column == "Day" else "right")
     for row in rows:
         table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
     console.print(table)
     table = Table(title="Product engagement: sessions that viewed, added to the basket, bought")
-    rates = [ProductEngagement(ProductId=d.pop("_id"), **d).rates() for d in product_docs]
-    for column in ProductEngagement.model_fields if not rates else rates[0]:
+    rates = [ProductEngagement(ProductId=d.pop("_id"), **d).rates().model_dump() for d in product_docs]
+    for column in EngagementRates.model_fields:
         table.add_column(column, justify="left" if column == "ProductId" else "right")
     for row in rates:
         table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))

@@ -137,14 +137,17 @@ def contribution(doc: dict[str, Any] | None) -> Contribution | None:
         "Orders": len(doc["Orders"]),
         "RevenueCents": doc["RevenueCents"],
     }
-    products: dict[str, dict[str, int]] = defaultdict(dict)
-    for p in doc["Viewed"]:
-        products[p]["Viewed"] = 1
-    for p in doc["Added"]:
+    # each product at the furthest step of the funnel the session took it to, and so at every
+    # step before: a product bought without a basket event (a one-click order) was in the basket,
+    # so view >= basket >= purchase holds for every product and the rates stay below 1
+    bought = {p for o in doc["Orders"] for p in o["Products"]}
+    added = set(doc["Added"]) | bought
+    products = {p: {"Viewed": 1} for p in set(doc["Viewed"]) | added}
+    for p in added:
         products[p]["Added"] = 1
-    for p in {p for o in doc["Orders"] for p in o["Products"]}:
+    for p in bought:
         products[p]["Bought"] = 1
-    return Contribution(day, doc["UserId"], sums, dict(products))
+    return Contribution(day, doc["UserId"], sums, products)
 
 
 def _utc_day(ts: datetime) -> str:

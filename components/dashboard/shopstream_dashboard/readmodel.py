@@ -875,9 +875,12 @@ class ReadModel:
             [n],
         )
         return {
-            "days": [SessionDay(**r).metrics() for r in day_rows],
+            "days": [SessionDay(**r).metrics().model_dump() for r in day_rows],
             "products": [
-                {**ProductEngagement(**{k: r[k] for k in ProductEngagement.model_fields}).rates(), **_name_of(r)}
+                {
+                    **ProductEngagement(**{k: r[k] for k in ProductEngagement.model_fields}).rates().model_dump(),
+                    **_name_of(r),
+                }
                 for r in products
             ],
         }

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from shopstream.contracts.sessions import DayMetrics, EngagementRates
+
 SourceState = Literal["up", "down", "loading"]
 FunnelWindow = Literal["15m", "1h", "24h", "all"]
 
@@ -156,37 +158,17 @@ class Audience(BaseModel):
     sources: list[Source]
 
 
-class SessionDayMetrics(BaseModel):
-    """One UTC day's sessions (by start), as `shopstream.contracts.sessions.SessionDay.metrics` defines them."""
+class ProductEngagementRates(EngagementRates):
+    """A product's engagement (`ProductEngagement.rates`) with its catalogue name and category."""
 
-    Day: str = Field(description="YYYY-MM-DD (UTC)")
-    Sessions: int = Field(description="the day's sessions, bots' left out")
-    Users: int
-    AvgDurationS: float
-    PagesPerSession: float
-    BounceRate: float = Field(description="sessions of a single page view / sessions")
-    ConversionRate: float = Field(description="sessions with a purchase / sessions")
-    Revenue: str = Field(description="the sessions' orders' TotalPrice, a decimal string")
-    BotShare: float = Field(description="bots' sessions / all sessions")
-
-
-class ProductEngagementRates(BaseModel):
-    """Sessions that viewed a product, added it to the basket, bought it (`ProductEngagement.rates`)."""
-
-    ProductId: str
     Name: str
     Category: str
-    Viewed: int
-    Added: int
-    Bought: int
-    ViewToBasket: float
-    BasketToPurchase: float
 
 
 class Sessions(BaseModel):
     """The batch's session metrics per day and product engagement (MongoDB, copied every refresh)."""
 
-    days: list[SessionDayMetrics] = Field(description="the latest days, newest first")
+    days: list[DayMetrics] = Field(description="the latest days, newest first")
     products: list[ProductEngagementRates] = Field(description="the products viewed in the most sessions")
     sources: list[Source]
 

@@ -48,6 +48,20 @@ class SessionRecord(BaseModel):
     IsBot: bool = Field(description="its first event's user agent is a crawler's")
 
 
+class DayMetrics(BaseModel):
+    """One UTC day's sessions (by start), bots' sessions left out of all but `BotShare`."""
+
+    Day: str = Field(description="YYYY-MM-DD (UTC)")
+    Sessions: int
+    Users: int = Field(description="distinct users with a session that day")
+    AvgDurationS: float = Field(description="mean of End - Start, in seconds")
+    PagesPerSession: float
+    BounceRate: float = Field(description="sessions of a single event, a page view / sessions")
+    ConversionRate: float = Field(description="sessions with a purchase / sessions")
+    Revenue: str = Field(description="the sessions' orders' TotalPrice, a decimal string")
+    BotShare: float = Field(description="bots' sessions / all sessions")
+
+
 class SessionDay(BaseModel):
     """Sums over one UTC day's sessions (by Start), bots apart; rates are derived on reading."""
 
@@ -64,24 +78,37 @@ class SessionDay(BaseModel):
     RevenueCents: int = 0
     BotSessions: int = 0
 
-    def metrics(self) -> dict[str, float | int | str]:
+    def metrics(self) -> DayMetrics:
         """The day's session metrics: averages and rates over its (human) sessions."""
-        n = self.Sessions
-        return {
-            "Day": self.Day,
-            "Sessions": n,
-            "Users": self.Users,
-            "AvgDurationS": round(self.DurationMs / n / 1000, 3) if n else 0.0,
-            "PagesPerSession": round(self.Pages / n, 3) if n else 0.0,
-            "BounceRate": round(self.Bounces / n, 4) if n else 0.0,
-            "ConversionRate": round(self.Converted / n, 4) if n else 0.0,
-            "Revenue": f"{self.RevenueCents / 100:.2f}",
-            "BotShare": round(self.BotSessions / (n + self.BotSessions), 4) if n + self.BotSessions else 0.0,
-        }
+        n, everyone = self.Sessions, self.Sessions + self.BotSessions
+        return DayMetrics(
+            Day=self.Day,
+            Sessions=n,
+            Users=self.Users,
+            AvgDurationS=round(self.DurationMs / n / 1000, 3) if n else 0.0,
+            PagesPerSession=round(self.Pages / n, 3) if n else 0.0,
+            BounceRate=round(self.Bounces / n, 4) if n else 0.0,
+            ConversionRate=round(self.Converted / n, 4) if n else 0.0,
+            Revenue=f"{self.RevenueCents / 100:.2f}",
+            BotShare=round(self.BotSessions / everyone, 4) if everyone else 0.0,
+        )
+
+
+class EngagementRates(BaseModel):
+    """A product's click-through: sessions at each step, and the rates between them."""
+
+    ProductId: str
+    Viewed: int
+    Added: int
+    Bought: int
+    ViewToBasket: float = Field(description="Added / Viewed")
+    BasketToPurchase: float = Field(description="Bought / Added")
 
 
 class ProductEngagement(BaseModel):
-    """How many (human) sessions viewed a product, added it to the basket, and bought it."""
+    """How many (human) sessions viewed a product, added it to the basket, and bought it. A
+    session counts at the furthest step it took the product to and at every step before (an
+    order's product was in the basket and was seen), so Viewed >= Added >= Bought."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -90,13 +117,13 @@ class ProductEngagement(BaseModel):
     Added: int = 0
     Bought: int = 0
 
-    def rates(self) -> dict[str, float | int | str]:
+    def rates(self) -> EngagementRates:
         """The shop's click-through: view to basket, and basket to purchase."""
-        return {
-            "ProductId": self.ProductId,
-            "Viewed": self.Viewed,
-            "Added": self.Added,
-            "Bought": self.Bought,
-            "ViewToBasket": round(self.Added / self.Viewed, 4) if self.Viewed else 0.0,
-            "BasketToPurchase": round(self.Bought / self.Added, 4) if self.Added else 0.0,
-        }
+        return EngagementRates(
+            ProductId=self.ProductId,
+            Viewed=self.Viewed,
+            Added=self.Added,
+            Bought=self.Bought,
+            ViewToBasket=round(self.Added / self.Viewed, 4) if self.Viewed else 0.0,
+            BasketToPurchase=round(self.Bought / self.Added, 4) if self.Added else 0.0,
+        )

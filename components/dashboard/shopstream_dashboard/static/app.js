@@ -511,36 +511,53 @@ function productName(row) {
   return row.Name || row.ProductId;
 }
 
-function renderTopChart(id, rows, key, color, valueFormat) {
-  const sorted = rows.slice().sort((a, b) => b[key] - a[key]);
-  const ids = sorted.map((r) => r.ProductId); // the axis' categories: unique, whatever the names
+/**
+ * A horizontal bar chart, largest first from the top: `ids` are the axis' categories (unique),
+ * `labels` what the axis shows for them (shortened to `labelMax`), the rest as plotly's bar trace.
+ */
+function drawBars(id, {ids, labels, labelMax, values, color, customdata, hovertemplate, text}) {
   const trace = {
     type: "bar",
     orientation: "h",
     y: ids,
-    x: sorted.map((r) => r[key]),
+    x: values,
     marker: {color},
-    customdata: sorted.map((r) => [r.Units, r.Revenue, r.Orders, productName(r), r.Category || "unknown"]),
-    hovertemplate: "%{customdata[3]} (%{y}, %{customdata[4]})<br>revenue %{customdata[1]:,.2f}<br>units %{customdata[0]:,}" +
-      "<br>orders %{customdata[2]:,}<extra></extra>",
-    text: sorted.map((r) => (valueFormat === "money" ? fmtMoney(r[key]) : fmtInt(r[key]))),
+    customdata,
+    hovertemplate,
+    text,
     textposition: "auto",
     cliponaxis: false,
   };
-  drawChart(id, sorted.length ? [trace] : [], baseLayout({
+  const shown = ids.length > 0;
+  drawChart(id, shown ? [trace] : [], baseLayout({
     margin: {l: 40, r: 12, t: 4, b: 24},
     yaxis: {
       type: "category",
       autorange: "reversed",
       automargin: true,
       tickvals: ids,
-      ticktext: sorted.map((r) => shorten(productName(r), PRODUCT_LABEL_MAX)),
+      ticktext: labels.map((label) => shorten(label, labelMax)),
       tickfont: {size: 10},
-      visible: sorted.length > 0,
+      visible: shown,
     },
-    xaxis: {rangemode: "tozero", gridcolor: "#eef0f3", visible: sorted.length > 0, tickformat: "~s"},
-    annotations: emptyAnnotation(sorted.length === 0),
+    xaxis: {rangemode: "tozero", gridcolor: "#eef0f3", visible: shown, tickformat: "~s"},
+    annotations: emptyAnnotation(!shown),
   }));
+}
+
+function renderTopChart(id, rows, key, color, valueFormat) {
+  const sorted = rows.slice().sort((a, b) => b[key] - a[key]);
+  drawBars(id, {
+    ids: sorted.map((r) => r.ProductId), // the axis' categories: unique, whatever the names
+    labels: sorted.map(productName),
+    labelMax: PRODUCT_LABEL_MAX,
+    values: sorted.map((r) => r[key]),
+    color,
+    customdata: sorted.map((r) => [r.Units, r.Revenue, r.Orders, productName(r), r.Category || "unknown"]),
+    hovertemplate: "%{customdata[3]} (%{y}, %{customdata[4]})<br>revenue %{customdata[1]:,.2f}<br>units %{customdata[0]:,}" +
+      "<br>orders %{customdata[2]:,}<extra></extra>",
+    text: sorted.map((r) => (valueFormat === "money" ? fmtMoney(r[key]) : fmtInt(r[key]))),
+  });
 }
 
 function renderPaymentsChart(rows) {
@@ -567,33 +584,17 @@ function renderPaymentsChart(rows) {
 
 function renderCategoriesChart(rows) {
   const labels = rows.map((r) => r.Category);
-  const trace = {
-    type: "bar",
-    orientation: "h",
-    y: labels,
-    x: rows.map((r) => r.Revenue),
-    marker: {color: "#7b5cc4"},
+  drawBars("chart-categories", {
+    ids: labels,
+    labels,
+    labelMax: PLACE_LABEL_MAX,
+    values: rows.map((r) => r.Revenue),
+    color: "#7b5cc4",
     customdata: rows.map((r) => [r.Units, r.Products, r.Share]),
     hovertemplate: "%{y}<br>revenue %{x:,.2f} (%{customdata[2]:.1%})<br>units %{customdata[0]:,}" +
       "<br>products sold %{customdata[1]:,}<extra></extra>",
     text: rows.map((r) => `${fmtMoney(r.Revenue)} (${fmtPct(r.Share)})`),
-    textposition: "auto",
-    cliponaxis: false,
-  };
-  drawChart("chart-categories", rows.length ? [trace] : [], baseLayout({
-    margin: {l: 40, r: 12, t: 4, b: 24},
-    yaxis: {
-      type: "category",
-      autorange: "reversed",
-      automargin: true,
-      tickvals: labels,
-      ticktext: labels.map((c) => shorten(c, PLACE_LABEL_MAX)),
-      tickfont: {size: 10},
-      visible: rows.length > 0,
-    },
-    xaxis: {rangemode: "tozero", gridcolor: "#eef0f3", visible: rows.length > 0, tickformat: "~s"},
-    annotations: emptyAnnotation(rows.length === 0),
-  }));
+  });
 }
 
 function renderSales(data) {
@@ -655,33 +656,17 @@ function placeLabel(row) {
 
 function renderPlacesChart(id, rows, key, color, valueFormat) {
   const labels = rows.map(placeLabel);
-  const trace = {
-    type: "bar",
-    orientation: "h",
-    y: labels,
-    x: rows.map((r) => r[key]),
-    marker: {color},
+  drawBars(id, {
+    ids: labels,
+    labels,
+    labelMax: PLACE_LABEL_MAX,
+    values: rows.map((r) => r[key]),
+    color,
     customdata: rows.map((r) => [r.Events, r.Purchases, r.Revenue, r.Region || ""]),
     hovertemplate: "%{y} %{customdata[3]}<br>clicks %{customdata[0]:,}<br>purchases %{customdata[1]:,}" +
       "<br>revenue %{customdata[2]:,.2f}<extra></extra>",
     text: rows.map((r) => (valueFormat === "money" ? fmtMoney(r[key]) : fmtInt(r[key]))),
-    textposition: "auto",
-    cliponaxis: false,
-  };
-  drawChart(id, rows.length ? [trace] : [], baseLayout({
-    margin: {l: 40, r: 12, t: 4, b: 24},
-    yaxis: {
-      type: "category",
-      autorange: "reversed",
-      automargin: true,
-      tickvals: labels,
-      ticktext: labels.map((p) => shorten(p, PLACE_LABEL_MAX)),
-      tickfont: {size: 10},
-      visible: rows.length > 0,
-    },
-    xaxis: {rangemode: "tozero", gridcolor: "#eef0f3", visible: rows.length > 0, tickformat: "~s"},
-    annotations: emptyAnnotation(rows.length === 0),
-  }));
+  });
 }
 
 function renderPlaces(data) {
@@ -1066,14 +1051,19 @@ function renderUserCounts(counts) {
   note.hidden = true;
 }
 
+/** A lookup table whose store is down: emptied and hidden, the note saying why. */
+function showDown(table, note, text) {
+  note.textContent = text;
+  note.className = "note warn";
+  table.hidden = true;
+  table.tBodies[0].replaceChildren();
+}
+
 function renderUserPurchases(purchases) {
   const table = byId("user-purchases");
   const note = byId("user-purchases-note");
   if (purchases === null || purchases === undefined) {
-    note.textContent = "the lake is down";
-    note.className = "note warn";
-    table.hidden = true;
-    table.tBodies[0].replaceChildren();
+    showDown(table, note, "the lake is down");
     return;
   }
   const n = purchases.length;
@@ -1097,10 +1087,7 @@ function renderUserSessions(sessions) {
   const table = byId("user-sessions");
   const note = byId("user-sessions-note");
   if (sessions === null || sessions === undefined) {
-    note.textContent = "MongoDB is down";
-    note.className = "note warn";
-    table.hidden = true;
-    table.tBodies[0].replaceChildren();
+    showDown(table, note, "MongoDB is down");
     return;
   }
   note.textContent = sessions.length ? "" : "no sessions yet (the DAG's sessions task writes them)";
