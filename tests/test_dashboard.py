@@ -737,6 +737,19 @@ def test_page_in_chromium_shows_the_stores_numbers_and_looks_up_a_user(dashboard
             f".includes({sender(user)[4][0]!r})",
             timeout=15_000,
         )
+        # a city found by name, wherever it ranks: its one bar, labelled with its rank
+        page.select_option("#places-level", "cities")
+        ranked = [k for k, _ in sorted(clicks.items(), key=lambda x: (-x[1], x[0]))]
+        rank, place = max((i + 1, k) for i, k in enumerate(ranked) if k[2] != "unknown")
+        page.fill("#places-find", place[2].lower())
+        want = label(place) if rank == 1 else f"#{rank} {label(place)}"
+        page.wait_for_function(
+            "(() => { const t = [...document.querySelectorAll('#chart-places-events .ytick text')]"
+            f".map(e => e.textContent); return t.length === 1 && t[0] === {want!r}; }})()",
+            timeout=15_000,
+        )
+        assert page.text_content(".places-which").startswith("The cities matching")
+        page.fill("#places-find", "")
         bars = page.locator("#chart-top-revenue .bars .point").count()
         assert bars == len(sales["by_revenue"])
         # best sellers by name (by id where the catalogue has none), the best one on top

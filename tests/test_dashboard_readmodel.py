@@ -383,6 +383,11 @@ def test_enriched_rollups_leave_bots_out_and_add_up_places_and_shares(tmp_path: 
         assert [(r["Country"], r["Region"], r["City"]) for r in model.places(3, include)["cities_by_events"]] == [
             k for k, _ in sorted(clicks.items(), key=lambda x: (-x[1], x[0]))[:3]
         ]
+        # found by (part of) its name, in any case, wherever it ranks, with that rank
+        for rank, k in enumerate((k for k, _ in sorted(clicks.items(), key=lambda x: (-x[1], x[0]))), 1):
+            found = model.places(100, include, find=f" {k[2][1:].upper()} ")["cities_by_events"]
+            assert (rank, k) in [(r["Rank"], (r["Country"], r["Region"], r["City"])) for r in found]
+            assert all(k[2][1:].lower() in r["City"].lower() for r in found)
         countries = Counter()
         for (country, _, _), n in clicks.items():
             countries[country] += n

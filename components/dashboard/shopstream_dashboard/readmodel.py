@@ -764,36 +764,48 @@ class ReadModel:
             ],
         }
 
-    def places(self, n: int, include_bots: bool = False) -> dict[str, Any]:
+    def places(self, n: int, include_bots: bool = False, find: str | None = None) -> dict[str, Any]:
         """The n cities and the n countries with the most events (clicks) and with the most revenue
-        (line amounts, as in `sales`), the bots' left out unless `include_bots`."""
+        (line amounts, as in `sales`), the bots' left out unless `include_bots`, each with its
+        `Rank` among all places. With `find`: the first n, by rank, of the places whose name (the
+        city's, or the country code) holds it, in any case, wherever they rank."""
 
-        def top(keys: str, order: str) -> list[dict[str, Any]]:
+        def top(keys: str, name: str, order: str) -> list[dict[str, Any]]:
             rows = self._rows(
                 f"""
                 WITH e AS (SELECT {keys}, sum(Events) AS Events FROM place_events WHERE {_BOTS} GROUP BY ALL),
                      s AS (SELECT {keys}, sum(Purchases) AS Purchases, sum(Revenue) AS Revenue
-                           FROM place_sales WHERE {_BOTS} GROUP BY ALL)
-                SELECT {keys}, coalesce(Events, 0) AS Events, coalesce(Purchases, 0) AS Purchases,
-                       coalesce(Revenue, 0) AS Revenue
-                FROM e FULL OUTER JOIN s USING ({keys})
-                WHERE {order} > 0
-                ORDER BY {order} DESC, {keys} LIMIT ?
+                           FROM place_sales WHERE {_BOTS} GROUP BY ALL),
+                     j AS (SELECT {keys}, coalesce(Events, 0) AS Events, coalesce(Purchases, 0) AS Purchases,
+                                  coalesce(Revenue, 0) AS Revenue
+                           FROM e FULL OUTER JOIN s USING ({keys}))
+                SELECT * FROM (
+                    SELECT *, row_number() OVER (ORDER BY {order} DESC, {keys}) AS Rank FROM j WHERE {order} > 0
+                ) WHERE ? IS NULL OR contains(lower({name}), lower(?))
+                ORDER BY Rank LIMIT ?
             """,
-                [include_bots, include_bots, n],
+                [include_bots, include_bots, find, find, n],
             )
             return [
-                {**r, "Events": int(r["Events"]), "Purchases": int(r["Purchases"]), "Revenue": _money(r["Revenue"])}
+                {
+                    **r,
+                    "Events": int(r["Events"]),
+                    "Purchases": int(r["Purchases"]),
+                    "Revenue": _money(r["Revenue"]),
+                    "Rank": int(r["Rank"]),
+                }
                 for r in rows
             ]
 
+        find = find.strip() or None if find else None
         city, country = "Country, Region, City", "Country"
         return {
             "include_bots": include_bots,
-            "cities_by_events": top(city, "Events"),
-            "cities_by_revenue": top(city, "Revenue"),
-            "countries_by_events": top(country, "Events"),
-            "countries_by_revenue": top(country, "Revenue"),
+            "find": find,
+            "cities_by_events": top(city, "City", "Events"),
+            "cities_by_revenue": top(city, "City", "Revenue"),
+            "countries_by_events": top(country, "Country", "Events"),
+            "countries_by_revenue": top(country, "Country", "Revenue"),
         }
 
     def audience(self, include_bots: bool = False) -> dict[str, Any]:

@@ -113,11 +113,15 @@ def sessions(
 
 @router.get("/places", response_model=schemas.Places)
 def places(
-    request: Request, n: Annotated[int, Query(ge=1, le=100)] = 10, include_bots: IncludeBots = False
+    request: Request,
+    n: Annotated[int, Query(ge=1, le=100)] = 10,
+    include_bots: IncludeBots = False,
+    find: Annotated[str | None, Query(max_length=120, description="only places whose name holds this")] = None,
 ) -> dict[str, Any]:
-    """The top cities and countries by events (clicks, MongoDB) and by revenue (the lake)."""
+    """The top cities and countries by events (clicks, MongoDB) and by revenue (the lake), each
+    with its rank; with `find`, the places whose name holds it, wherever they rank."""
     st = _state(request)
-    return {**st.model.places(n, include_bots), "sources": _synced(st)}
+    return {**st.model.places(n, include_bots, find), "sources": _synced(st)}
 
 
 @router.get("/audience", response_model=schemas.Audience)

@@ -119,12 +119,14 @@ class PlaceFigures(BaseModel):
     Events: int
     Purchases: int
     Revenue: float = Field(description="sum of line amounts, as in /api/sales")
+    Rank: int = Field(description="its place among all places by this list's measure, from 1")
 
 
 class Places(BaseModel):
     """The top cities and countries by events and by revenue, over every event and purchase."""
 
     include_bots: bool = Field(description="false: the bots' events and purchases are left out")
+    find: str | None = Field(description="the places are those whose name holds this (null: the top ones)")
     cities_by_events: list[PlaceFigures]
     cities_by_revenue: list[PlaceFigures]
     countries_by_events: list[PlaceFigures]

@@ -655,10 +655,10 @@ function placeLabel(row) {
 }
 
 function renderPlacesChart(id, rows, key, color, valueFormat) {
-  const labels = rows.map(placeLabel);
+  const ids = rows.map(placeLabel);
   drawBars(id, {
-    ids: labels,
-    labels,
+    ids,
+    labels: rows.map((r, i) => (r.Rank === i + 1 ? placeLabel(r) : `#${r.Rank} ${placeLabel(r)}`)),
     labelMax: PLACE_LABEL_MAX,
     values: rows.map((r) => r[key]),
     color,
@@ -669,10 +669,19 @@ function renderPlacesChart(id, rows, key, color, valueFormat) {
   });
 }
 
+/** What the "find" box asks the places for: "" (the top ones) or "&find=…". */
+function placesFind() {
+  const find = byId("places-find").value.trim();
+  return find ? `&find=${encodeURIComponent(find)}` : "";
+}
+
 function renderPlaces(data) {
   const level = byId("places-level").value; // cities or countries
   for (const node of document.querySelectorAll(".places-noun")) {
     node.textContent = level;
+  }
+  for (const node of document.querySelectorAll(".places-which")) {
+    node.textContent = data.find ? `The ${level} matching “${data.find}”, ranked,` : "Top";
   }
   renderPlacesChart("chart-places-events", data[`${level}_by_events`] || [], "Events", COLOR_BAR, "int");
   renderPlacesChart("chart-places-revenue", data[`${level}_by_revenue`] || [], "Revenue", "#2e9e6b", "money");
@@ -944,7 +953,7 @@ const PANELS = {
     controller: null,
   },
   sales: {url: () => `/api/sales?n=${TOP_N}${botsParam()}`, render: renderSales, controller: null, onError: markKpisStale},
-  places: {url: () => `/api/places?n=${TOP_N}${botsParam()}`, render: renderPlaces, controller: null},
+  places: {url: () => `/api/places?n=${TOP_N}${botsParam()}${placesFind()}`, render: renderPlaces, controller: null},
   audience: {url: () => `/api/audience?${botsParam().slice(1)}`, render: renderAudience, controller: null},
   sessions: {url: () => `/api/sessions?days=${SESSION_DAYS}&n=${TOP_N}`, render: renderSessions, controller: null},
   repeat: {url: () => `/api/repeat-buyers?n=${TOP_N}`, render: renderRepeat, controller: null},
@@ -1215,6 +1224,7 @@ function start() {
   }
   byId("funnel-window").addEventListener("change", () => refreshPanel("funnel", true));
   byId("places-level").addEventListener("change", () => refreshPanel("places", true));
+  byId("places-find").addEventListener("input", () => refreshPanel("places", true));
   byId("include-bots").addEventListener("change", () => {
     noteBots();
     for (const name of ["funnel", "sales", "places", "audience"]) {
