@@ -20,10 +20,13 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from sqlalchemy import text
 
 from shopstream.adapters.mongo import collections, mongo_client
+from shopstream.adapters.postgres import ensure_database, pg_engine
 from shopstream.adapters.s3 import s3_client
 from shopstream.contracts import PurchaseRecord, UserEventRecord
+from shopstream.contracts.dimensions import PRODUCTS, ProductInfo
 from shopstream.contracts.sessions import ProductEngagement, SessionDay
 from shopstream_api.client import stored_address
 from shopstream_batch.aggregate import update_event_counts
@@ -164,8 +167,10 @@ def isolated(stack, settings):
         update={
             "mongo": settings.mongo.model_copy(update={"database": f"sessions_{tag}"}),
             "streaming": settings.streaming.model_copy(update={"output_path": f"test/sessions-{tag}/purchases"}),
+            "postgres": settings.postgres.model_copy(update={"database": f"sessions_{tag}"}),
         }
     )
+    ensure_database(cfg.postgres)
     yield cfg
     client = mongo_client(cfg.mongo)
     client.drop_database(cfg.mongo.database)
@@ -303,7 +308,23 @@ def test_generated_traffic_stored_in_pieces_gives_the_independent_answers(isolat
     out = capfd.readouterr().out
     assert day in out and f"{want_days[day]['Sessions']:,}" in out and metrics["Revenue"] in out
     top = max(want_products.items(), key=lambda kv: (kv[1].get("Viewed", 0), [-ord(c) for c in kv[0]]))[0]
-    assert top in out
+    assert top in out and "Name" in out  # shown by id: the catalogue is not loaded yet
+    # with the catalogue loaded, by its name too
+    engine = pg_engine(cfg.postgres)
+    with engine.begin() as conn:
+        conn.execute(text(PRODUCTS.ddl))
+        conn.execute(
+            text(PRODUCTS.upsert),
+            PRODUCTS.row(
+                ProductInfo(
+                    ProductId=top, Name="Lamp Of Note", Category="Home", Brand="Acme", ListPrice=Decimal("9.99")
+                )
+            ),
+        )
+    engine.dispose()
+    assert commands.sessions(cfg) == 0
+    out = capfd.readouterr().out
+    assert "Lamp Of Note" in out and top in out
 
 
 @pytest.mark.services

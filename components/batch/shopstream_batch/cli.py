@@ -15,8 +15,12 @@ import sys
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import bindparam, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from shopstream.adapters.mongo import collections, database, mongo_client
+from shopstream.adapters.postgres import pg_engine_unpooled
+from shopstream.contracts.dimensions import PRODUCTS
 from shopstream.contracts.sessions import DayMetrics, EngagementRates, ProductEngagement, SessionDay
 from shopstream.settings import Settings
 
@@ -90,13 +94,33 @@ def sessions(
     console.print(table)
     table = Table(title="Product engagement: sessions that viewed, added to the basket, bought")
     rates = [ProductEngagement(ProductId=d.pop("_id"), **d).rates().model_dump() for d in product_docs]
+    names = product_names(settings, [r["ProductId"] for r in rates])
+    table.add_column("Name")
     for column in EngagementRates.model_fields:
         table.add_column(column, justify="left" if column == "ProductId" else "right")
     for row in rates:
-        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
+        cells = (f"{v:,}" if isinstance(v, int) else str(v) for v in row.values())
+        table.add_row(names.get(row["ProductId"], row["ProductId"]), *cells)
     console.print(table)
     if not rows:
         say("no sessions yet: the DAG's sessions task fills these after its first run")
+
+
+def product_names(settings: Settings, ids: list[str]) -> dict[str, str]:
+    """The catalogue's names of these products (PostgreSQL's `products`, which the dimensions task
+    loads); none while the table is not there or PostgreSQL does not answer."""
+    engine = pg_engine_unpooled(settings.postgres, connect_timeout_s=5)
+    try:
+        with engine.connect() as conn:
+            if not ids or not inspect(conn).has_table(PRODUCTS.name):
+                return {}
+            query = text(f"SELECT product_id, name FROM {PRODUCTS.name} WHERE product_id IN :ids")
+            return dict(conn.execute(query.bindparams(bindparam("ids", expanding=True)), {"ids": ids}).all())
+    except SQLAlchemyError as e:
+        say(f"[yellow]product names not read[/yellow] ({type(e).__name__}); shown by id")
+        return {}
+    finally:
+        engine.dispose()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import urllib3
 from minio.error import S3Error
-from pymongo import ASCENDING, ReplaceOne, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, ReplaceOne, UpdateOne
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import CollectionInvalid
@@ -94,17 +94,23 @@ def _apply(colls: Collections, s: ClientSession, changes: list[tuple[dict | None
         deltas.change(old, new)
     colls.sessions.bulk_write([ReplaceOne({"_id": new["_id"]}, new, upsert=True) for _, new in changes], session=s)
     users_by_day: dict[str, int] = defaultdict(int)
-    for (day, user), n in deltas.user_incs():  # a user counts in a day while any session of theirs does
-        after = colls.session_day_users.find_one_and_update(
-            {"_id": f"{day}|{user}"},
-            {"$inc": {"N": n}, "$setOnInsert": {"Day": day, "UserId": user}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
+    if users := dict(deltas.user_incs()):  # a user counts in a day while any session of theirs does
+        ids = {f"{day}|{user}": (day, n) for (day, user), n in users.items()}
+        colls.session_day_users.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": i},
+                    {"$inc": {"N": n}, "$setOnInsert": {"Day": day, "UserId": i.split("|", 1)[1]}},
+                    upsert=True,
+                )
+                for i, (day, n) in ids.items()
+            ],
             session=s,
         )
-        assert after is not None  # an upsert returning the document AFTER it always has one
-        was, now = after["N"] - n > 0, after["N"] > 0
-        users_by_day[day] += int(now) - int(was)
+        for doc in colls.session_day_users.find({"_id": {"$in": list(ids)}}, {"N": 1}, session=s):
+            day, n = ids[doc["_id"]]
+            was, now = doc["N"] - n > 0, doc["N"] > 0
+            users_by_day[day] += int(now) - int(was)
     days = dict(deltas.day_incs())
     for day, n in users_by_day.items():
         if n:
