@@ -522,3 +522,53 @@ def test_ctrl_c_stops_cleanly_after_the_current_cohort(api_server, settings):
     summary = out.strip().splitlines()[-1]
     assert " cohorts in " in summary and "0 rejected, 0 failed" in summary
     assert int(summary.split()[0]) >= 1
+
+
+@pytest.mark.services
+def test_a_broker_down_at_the_start_delays_the_dimension_data_not_the_cohorts(api_server, settings):
+    """The dimension data's broker is down when the generator starts: the cohorts go out all the
+    same, the generator says why the catalogue waits, and publishes it once the broker is back."""
+    import queue
+    import threading
+
+    from conftest import broker_back, own_broker
+
+    with own_broker(settings, "shopstream-gen-dims-") as own:
+        own.broker.stop()
+        topic = settings.kafka.user_events_topic
+        before = sum(end_offsets(settings, topic).values())
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shopstream_generator", "--api-url", api_server.url, "-n", "5", "--seed", "3"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+            env={**os.environ, **own.settings.to_env()},  # the stopped broker, for the dimension data only
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True).start()
+
+        def next_line(timeout_s: float = 180) -> str:
+            """The next line that is not the progress display's."""
+            while (line := lines.get(timeout=timeout_s)).startswith("cohorts "):
+                pass
+            return line
+
+        try:
+            assert next_line().startswith("sending 5 sessions/s")
+            waiting = next_line()
+            assert waiting.startswith("dimension data not published yet"), waiting
+            deadline = time.monotonic() + 120  # the cohorts went out meanwhile, through the API
+            while sum(end_offsets(settings, topic).values()) == before:
+                assert time.monotonic() < deadline and proc.poll() is None, "no cohort while the broker was down"
+                time.sleep(0.2)
+            broker_back(own.broker)
+            while not (line := next_line()).startswith("published"):
+                assert line.startswith("dimension data not published yet"), line
+            assert line.startswith("published 200 products to Products and 500 customers to Customers"), line
+            products = end_offsets(own.settings, own.settings.kafka.products_topic)
+            assert sum(products.values()) == 200
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=60)
+    assert proc.returncode == 0

@@ -8,9 +8,12 @@ into PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 
+from kafka.errors import KafkaError
 from pydantic import BaseModel
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from shopstream.adapters.kafka import ensure_topics, kafka_producer
 from shopstream.contracts.dimensions import Customer, ProductInfo, key_of
@@ -57,3 +60,29 @@ def publish_world(kafka: KafkaSettings, world: World) -> tuple[int, int]:
     ps, cs = products(world), customers(world)
     publish(kafka, {kafka.products_topic: ps, kafka.customers_topic: cs})
     return len(ps), len(cs)
+
+
+def keep_publishing(kafka: KafkaSettings, world: World, stop: threading.Event, say: Callable[[str], None]) -> None:
+    """`publish_world` until the broker has taken it all or `stop` is set, with tenacity's
+    exponential backoff (1, 2, 4 ... s, capped at 30 s) after each failure: a broker that is down
+    when the generator starts delays the dimension data, never the cohorts (the API keeps those)."""
+
+    def waiting(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0
+        say(f"dimension data not published yet ({type(error).__name__}: {error}); again in {wait:.0f} s")
+
+    retrying = Retrying(
+        wait=wait_exponential(min=1, max=30),
+        retry=retry_if_exception_type((KafkaError, OSError)),
+        stop=lambda _: stop.is_set(),
+        sleep=stop.wait,  # type: ignore[arg-type] # returns a bool tenacity ignores; a stop ends the wait at once
+        before_sleep=waiting,
+        reraise=True,
+    )
+    try:
+        n_products, n_customers = retrying(publish_world, kafka, world)
+    except (KafkaError, OSError):
+        return  # stopped before the broker took it: the next start publishes it
+    topics = f"{kafka.products_topic} and {n_customers:,} customers to {kafka.customers_topic}"
+    say(f"published {n_products:,} products to {topics}")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from shopstream.settings import KafkaSettings
 
-from .catalogue import build_world, seeded_faker
+from .catalogue import World, build_world, seeded_faker
 from .cohort import build_cohort
-from .dimensions import publish_world
+from .dimensions import keep_publishing
 from .sender import Report, Sender
 
 COHORT_INTERVAL_S = 1.0
@@ -30,7 +31,7 @@ class Plan:
     start: datetime | None = None  # `now` of the first cohort; None: the clock at each cohort
     concurrency: int = 16
     max_body_bytes: int = 1_048_576
-    # where the world's products and customers are published before the first cohort (None: not)
+    # where the world's products and customers are published, beside the cohorts (None: not)
     dimensions: KafkaSettings | None = None
 
 
@@ -52,16 +53,23 @@ async def run(
     """Send cohorts per `plan` until a limit is reached or `stop` is set (after the current cohort).
 
     `totals` is updated live as answers arrive, for a progress display; `say` gets a line
-    once the dimension data is published.
+    once the dimension data is published (and one each time the broker would not take it yet).
     """
     world = build_world(plan.seed, plan.users, plan.products)
-    if plan.dimensions is not None:
-        kafka = plan.dimensions
-        n_products, n_customers = await asyncio.to_thread(publish_world, kafka, world)
-        say(
-            f"published {n_products:,} products to {kafka.products_topic} and "
-            f"{n_customers:,} customers to {kafka.customers_topic}"
-        )
+    done = threading.Event()  # the run is over: a publisher still retrying gives up
+    if plan.dimensions is not None:  # beside the cohorts, in a thread of its own that retries
+        threading.Thread(
+            target=keep_publishing, args=(plan.dimensions, world, done, say), name="dimensions", daemon=True
+        ).start()
+    try:
+        return await _send_cohorts(plan, world, stop, totals, **sender_options)
+    finally:
+        done.set()
+
+
+async def _send_cohorts(
+    plan: Plan, world: World, stop: asyncio.Event, totals: Report | None, **sender_options
+) -> Outcome:
     fake = seeded_faker(f"cohorts:{plan.seed}")
     loop = asyncio.get_running_loop()
     number = 0
