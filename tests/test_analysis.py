@@ -103,7 +103,7 @@ def test_best_sellers_carry_the_catalogues_name_and_category_and_unknown_otherwi
     got = rows(sales.top_products(products, by="units"))
     known = {p: (n, c) for p, n, c in CATALOGUE}
     assert [(r["ProductId"], r["Name"], r["Category"]) for r in got] == [
-        (p, *known.get(p, (sales.UNKNOWN, sales.UNKNOWN))) for p in ("p3", "p2", "p1", "p4")
+        (p, *known.get(p, (p, sales.UNKNOWN))) for p in ("p3", "p2", "p1", "p4")
     ]
     assert [(r["Units"], r["Revenue"]) for r in got] == [
         (r["Units"], r["Revenue"]) for r in rows(sales.best_sellers(frame(spark, DATA)))

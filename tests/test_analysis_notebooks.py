@@ -79,7 +79,7 @@ def lines_of(orders):
             yield o, x, x["ItemCount"] * (x["ItemPrice"] - x["ItemDiscount"])
 
 
-# the catalogue the notebook reads from PostgreSQL: p00-p09 known, p10-p13 not (`unknown`)
+# the catalogue the notebook reads from PostgreSQL: p00-p09 known, p10-p13 not (named by their id, `unknown`)
 CATALOGUE = {f"p{i:02d}": (f"Product {i}", ["Books", "Garden", "Shoes"][i % 3]) for i in range(10)}
 UNKNOWN = ("unknown", "unknown")
 
@@ -120,7 +120,7 @@ def best_sellers(orders, by):
     rows = [
         {
             "ProductId": p,
-            "Name": CATALOGUE.get(p, UNKNOWN)[0],
+            "Name": CATALOGUE.get(p, (p, "unknown"))[0],
             "Category": CATALOGUE.get(p, UNKNOWN)[1],
             "Units": a["Units"],
             "Revenue": a["Revenue"],

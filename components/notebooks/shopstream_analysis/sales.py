@@ -6,7 +6,8 @@ Definitions (the notebooks and the README say the same):
 - a customer's order amount in the window is the sum of their orders' TotalPrice;
 - "bought the same product more than once" means in two or more different orders;
 - a product's Name and Category come from the catalogue (PostgreSQL's `products`, read by
-  `warehouse.read_products`); a product the catalogue does not know is `unknown` in both.
+  `warehouse.read_products`); a product the catalogue does not know is named by its ProductId,
+  in the category `unknown` (as the dashboard shows it).
 Ties are broken by the identifier (a category by its name), so every answer is deterministic.
 
 Each count of distinct orders is an aggregation by (key, OrderId), then by key. Those first keys
@@ -26,7 +27,7 @@ from pyspark.sql.window import Window
 
 # what the analyses read (read_purchases(...).select(*COLUMNS)): Parquet decodes only these
 COLUMNS = ("OrderId", "UserId", "TimeStamp", "PaymentType", "TotalPrice", "Products")
-UNKNOWN = "unknown"  # the Name and Category of a product the catalogue does not know
+UNKNOWN = "unknown"  # the Category of a product the catalogue does not know
 
 
 def _cents(money: Column) -> Column:
@@ -79,10 +80,13 @@ def product_sales(purchases: DataFrame) -> DataFrame:
 
 
 def _labelled(frame: DataFrame, catalogue: DataFrame, *labels: str) -> DataFrame:
-    """`frame` with the catalogue's `labels` of each ProductId (`unknown` where it has none).
-    The catalogue is small (a row per product): broadcast, not shuffled."""
-    return frame.join(F.broadcast(catalogue.select("ProductId", *labels)), "ProductId", "left").fillna(
-        UNKNOWN, subset=list(labels)
+    """`frame` with the catalogue's `labels` of each ProductId: a product it does not know is named
+    by its ProductId, in the category `unknown`. The catalogue is small (a row per product):
+    broadcast, not shuffled."""
+    fallback = {"Name": F.col("ProductId"), "Category": F.lit(UNKNOWN)}
+    joined = frame.join(F.broadcast(catalogue.select("ProductId", *labels)), "ProductId", "left")
+    return joined.select(
+        *(c for c in frame.columns), *(F.coalesce(F.col(label), fallback[label]).alias(label) for label in labels)
     )
 
 
