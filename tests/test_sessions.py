@@ -3,12 +3,18 @@
 Checked against answers computed independently: by hand for a small example, and for
 generated traffic from the generator's own sessions (what it meant to send), stored through
 the real MongoDB and S3 in pieces, in an order where purchases come before their events,
-with a run that dies between merging a batch and marking it done.
+with a run that dies between merging a batch and marking it done, and with a run killed
+(SIGKILL) in the middle of its transactions.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
@@ -349,3 +355,39 @@ def test_a_lake_that_does_not_answer_holds_up_no_event(isolated):
     assert report.files == 1 and report.lake_error is None, report
     got, _, _ = stored(cfg)
     assert got == expected(sessions)[0]
+
+
+KILLED_RUN = "from shopstream_batch.sessions import update_sessions; update_sessions(budget_s=600)"
+
+
+@pytest.mark.services
+def test_a_run_killed_mid_transaction_leaves_the_next_run_exact(isolated):
+    """`kill -9` of a run while it merges: the next run (in this process) finishes the work and
+    every figure is exact. It prints how long it took: a transaction the dead run left open
+    must not hold up its writes (once, ~60 s of write conflicts until the server reaped it)."""
+    cfg = isolated
+    sessions = generated_sessions(cohorts=60)  # ~12,000 events, ~900 orders
+    store_events(cfg, sessions)
+    write_purchases(cfg, sessions, "killed")
+    update_event_counts(cfg)
+    colls = collections(mongo_client(cfg.mongo)[cfg.mongo.database], cfg.batch)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN], env={**os.environ, **cfg.to_env()})
+    try:
+        while colls.sessions.count_documents({}) < 300:
+            assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before it could be killed"
+            time.sleep(0.02)  # polling the condition
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert colls.sessions.count_documents({}) < len(sessions)  # killed mid-run
+    assert colls.session_runs.count_documents({}) == 1  # its logical session, left behind
+
+    started = time.monotonic()
+    report = update_sessions(cfg, budget_s=600)
+    print(f"\nthe run after the SIGKILL: {time.monotonic() - started:.1f} s, {report.as_dict()}")
+    assert not report.remaining_batches and not report.remaining_files, report
+    assert update_sessions(cfg).sessions_written == 0  # nothing new: nothing changes
+    assert colls.session_runs.count_documents({}) == 0  # runs that end well leave none
+    assert stored(cfg) == expected(sessions)

@@ -12,14 +12,21 @@ session's `Batches`, the order in its `Orders`), so a piece merged again after a
 a retry, changes nothing: the figures stay exact whatever stops a run. A batch or a file is
 marked done once all of its sessions are. What the run's budget
 (`BatchSettings.sessions_max_seconds`) leaves is the next run's.
+
+A run's transactions share one logical session, recorded in `sessions_runs` before the first
+and cleared at the end (`end_left_behind`): a run killed mid-transaction leaves it open on the
+server, holding the day sums every transaction writes, so the next run ends it first instead
+of meeting write conflicts until the server's transaction lifetime (60 s) reaps it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +40,7 @@ from pymongo.database import Database
 from pymongo.errors import CollectionInvalid
 
 from shopstream.adapters.lake import LakeFiles
-from shopstream.adapters.mongo import Collections, database, mongo_client
+from shopstream.adapters.mongo import Collections, collections, database, mongo_client
 from shopstream.adapters.s3 import s3_client
 from shopstream.contracts.mongo import mongo_validator
 from shopstream.contracts.sessions import SessionRecord
@@ -124,10 +131,34 @@ def _apply(colls: Collections, s: ClientSession, changes: list[tuple[dict | None
         colls.product_engagement.bulk_write(products, session=s)
 
 
+def end_left_behind(colls: Collections, run: ClientSession) -> int:
+    """End the logical sessions earlier runs recorded and did not clear, then record `run`'s;
+    how many were ended.
+
+    A run killed (SIGKILL, out of memory) mid-transaction leaves that transaction open on the
+    server, and neither mongod nor the embedded server ends it when the connection drops: its
+    writes hold their documents, the day sums every transaction writes among them, until the
+    transaction lifetime (60 s) expires, and until then each transaction of the next run fails
+    on a write conflict and is retried. `killSessions` aborts it now. A run still alive (two
+    runs at once, which the DAG does not start) loses only its current transaction, which
+    `with_transaction` retries."""
+    left = [d["_id"] for d in colls.session_runs.find({}, {"_id": 1})]
+    if left:
+        colls.session_runs.database.client.admin.command("killSessions", [{"id": i} for i in left])
+        colls.session_runs.delete_many({"_id": {"$in": left}})
+        log.warning("ended %d session(s) an earlier run left behind (killed mid-run?)", len(left))
+    colls.session_runs.insert_one({"_id": run.session_id["id"], "At": datetime.now(UTC), "Pid": os.getpid()})
+    return len(left)
+
+
 def _merge(
-    colls: Collections, pieces: dict[str, list[dict[str, Any]]], merge: Callable[[dict | None, str, list], dict | None]
+    colls: Collections,
+    pieces: dict[str, list[dict[str, Any]]],
+    merge: Callable[[dict | None, str, list], dict | None],
+    run: ClientSession | None = None,
 ) -> int:
-    """Merge each session's piece, IN_CHUNK sessions to a transaction; how many sessions changed."""
+    """Merge each session's piece, IN_CHUNK sessions to a transaction (in `run`, the run's
+    logical session, or else a session of their own); how many sessions changed."""
     ids, written = list(pieces), 0
     client = colls.sessions.database.client
     for i in range(0, len(ids), IN_CHUNK):
@@ -140,19 +171,19 @@ def _merge(
                 _apply(colls, s, changes)
             return len(changes)
 
-        with client.start_session() as s:
+        with nullcontext(run) if run is not None else client.start_session() as s:
             written += s.with_transaction(step)
     return written
 
 
-def merge_batch(colls: Collections, batch_id: str) -> tuple[int, int]:
+def merge_batch(colls: Collections, batch_id: str, run: ClientSession | None = None) -> tuple[int, int]:
     """Merge one applied aggregation batch's events; (events, sessions changed)."""
     pieces: dict[str, list[dict[str, Any]]] = defaultdict(list)
     n = 0
     for e in colls.events.find({"AggBatch": batch_id}, EVENT_FIELDS):
         pieces[e["SessionId"]].append(e)
         n += 1
-    written = _merge(colls, pieces, lambda doc, _sid, events: merge_events(doc, events, batch_id))
+    written = _merge(colls, pieces, lambda doc, _sid, events: merge_events(doc, events, batch_id), run)
     colls.agg_batches.update_one({"_id": batch_id}, {"$set": {"Sessions": datetime.now(UTC)}})
     return n, written
 
@@ -175,10 +206,10 @@ def orders_by_session(table: pa.Table) -> dict[str, list[dict[str, Any]]]:
     return pieces
 
 
-def merge_orders_of(colls: Collections, table: pa.Table) -> tuple[int, int]:
+def merge_orders_of(colls: Collections, table: pa.Table, run: ClientSession | None = None) -> tuple[int, int]:
     """Merge a table of lake purchases; (orders, sessions changed)."""
     pieces = orders_by_session(table)
-    return table.num_rows, _merge(colls, pieces, merge_orders)
+    return table.num_rows, _merge(colls, pieces, merge_orders, run)
 
 
 def _pending_batches(colls: Collections) -> Iterator[dict[str, Any]]:
@@ -194,8 +225,10 @@ def update_sessions(settings: Settings | None = None, budget_s: float | None = N
     deadline = started + (cfg.sessions_max_seconds if budget_s is None else budget_s)
     client = mongo_client(settings.mongo)
     report = SessionsReport()
+    run = client.start_session()  # every transaction of this run, under one logical session
     try:
         db = database(client, settings.mongo)
+        end_left_behind(collections(db, cfg), run)  # before anything waits on what they hold
         colls = ensure_collections(db, cfg)
         ensure_session_collections(db, colls)
         lake = LakeFiles(s3_client(settings.s3, timeout_s=LAKE_TIMEOUT_S), settings)
@@ -210,7 +243,7 @@ def update_sessions(settings: Settings | None = None, budget_s: float | None = N
         while (batches or files) and (not longest or deadline - time.monotonic() > 2 * longest):
             t0 = time.monotonic()
             if batches:
-                events, written = merge_batch(colls, batches.pop(0))
+                events, written = merge_batch(colls, batches.pop(0), run)
                 report.batches, report.events = report.batches + 1, report.events + events
                 report.sessions_written += written
             if files:
@@ -223,14 +256,16 @@ def update_sessions(settings: Settings | None = None, budget_s: float | None = N
                     report.remaining_files = len(files)
                     files = []
                     continue
-                orders, written = merge_orders_of(colls, table) if table is not None else (0, 0)
+                orders, written = merge_orders_of(colls, table, run) if table is not None else (0, 0)
                 colls.session_lake_files.update_one({"_id": key}, {"$set": {"At": datetime.now(UTC)}}, upsert=True)
                 report.files, report.orders = report.files + 1, report.orders + orders
                 report.sessions_written += written
             longest = max(longest, time.monotonic() - t0)
         report.remaining_batches = len(batches)
         report.remaining_files = report.remaining_files or len(files)
+        colls.session_runs.delete_one({"_id": run.session_id["id"]})  # ended well: none left behind
     finally:
+        run.end_session()
         client.close()
     report.seconds = round(time.monotonic() - started, 3)
     log.info("sessions done: %s", report.as_dict())

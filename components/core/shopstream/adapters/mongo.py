@@ -62,6 +62,7 @@ class Collections:
     session_day_users: Collection
     product_engagement: Collection
     session_lake_files: Collection  # the lake files whose orders the sessions have
+    session_runs: Collection  # the logical session of each sessions run under way (or killed)
 
 
 def collections(db: Database, cfg: BatchSettings) -> Collections:
@@ -79,4 +80,5 @@ def collections(db: Database, cfg: BatchSettings) -> Collections:
         session_day_users=db[f"{cfg.sessions_collection}_day_users"],
         product_engagement=db[f"{cfg.sessions_collection}_products"],
         session_lake_files=db[f"{cfg.sessions_collection}_lake_files"],
+        session_runs=db[f"{cfg.sessions_collection}_runs"],
     )
