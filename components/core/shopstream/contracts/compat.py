@@ -128,7 +128,8 @@ class _Proof:
             rest = {k: v for k, v in new.items() if k != "allOf"}
             return [r for part in [*new["allOf"], rest] for r in self.subset(old, part, path)]
         if "oneOf" in new or "not" in new or "if" in new:
-            return [f"{_at(path)}: cannot prove the new schema's {_unknown_keys(new)} accepts it"]
+            stops = [k for k in ("oneOf", "not", "if") if k in new]
+            return [f"{_at(path)}: cannot prove the new schema's {stops} accepts it"]
         # then the old side: every instance of one of its parts is one of old's instances
         if "allOf" in old:
             rest = {k: v for k, v in old.items() if k != "allOf"}
@@ -207,11 +208,13 @@ class _Proof:
         attempts = [self._subset_simple(old, new, path) for new in news]
         if any(not a for a in attempts):
             return []
+        if len(attempts) == 1:
+            return attempts[0]
         old_type = old.get("type") if isinstance(old, dict) else None
         same_type = [a for a, n in zip(attempts, news, strict=True) if _type_of(n) in (old_type, None)]
         if len(same_type) == 1:
             return same_type[0]
-        return [f"{_at(path)}: no part of the new schema accepts every {old_type or 'value'} the old one did"]
+        return [f"{_at(path)}: {old_type or 'a value'} is no longer accepted (no part of the new schema takes it)"]
 
     def _subset_simple(self, old: Schema, new: Schema, path: str) -> list[str]:
         """`old` and `new` are each of at most one type, with no union left at the top."""
@@ -236,7 +239,8 @@ class _Proof:
         if old_type is None:
             return [f"{_at(path)}: any value was accepted, now only {new_type}"]
         if old_type != new_type and not (old_type == "integer" and new_type == "number"):
-            return [f"{_at(path)}: type {old_type} became {new_type}"]
+            change = "null is no longer accepted" if old_type == "null" else f"type {old_type} became {new_type}"
+            return [f"{_at(path)}: {change}"]
         if new_type == "string":
             return _strings(old, new, path)
         if new_type in ("integer", "number"):
@@ -364,7 +368,8 @@ def _strings(old: dict[str, Any], new: dict[str, Any], path: str) -> list[str]:
     if "pattern" in new and new["pattern"] != old.get("pattern"):
         reasons.append(f"{_at(path)}: pattern {old.get('pattern')!r} became {new['pattern']!r}")
     if "format" in new and new["format"] != old.get("format"):
-        reasons.append(f"{_at(path)}: format {old.get('format')!r} became {new['format']!r}")
+        was = f"format {old['format']!r} became" if "format" in old else "a format is required now:"
+        reasons.append(f"{_at(path)}: {was} {new['format']!r}")
     return reasons
 
 
