@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, create_model
 
+from conftest import invoke
 from shopstream.contracts import CLIENT_MODELS, DIMENSION_MODELS, RECORD_MODELS, VERSIONS, UserEventRecord
 from shopstream.contracts import versions as contract_versions
 from shopstream.contracts.compat import breaking_changes
@@ -60,6 +61,11 @@ def test_a_model_changes_compatibly_within_its_version_or_the_version_was_raised
             f"{name} changed incompatibly with its released v{version}: raise its version in "
             f"shopstream.contracts.versions.VERSIONS to {version + 1} and run `invoke schemas`:\n" + "\n".join(reasons)
         )
+
+
+def test_invoke_schemas_check_passes_on_the_committed_files(settings):
+    out = invoke(settings, "schemas", "--check", timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_every_published_contract_has_a_version_and_nothing_else_is_committed():
@@ -240,7 +246,8 @@ def test_keywords_that_widen_the_old_schema_stop_the_proof():
 
 class Node(BaseModel):
     Name: str
-    Children: list[Node] = []
+    Next: Node | None = None  # a $ref inside a union
+    Children: list[Node] = []  # a $ref as the items
 
 
 def test_recursive_schemas_terminate():
@@ -249,6 +256,10 @@ def test_recursive_schemas_terminate():
     narrowed = copy.deepcopy(schema)
     narrowed["$defs"]["Node"]["properties"]["Name"]["maxLength"] = 3
     assert breaking_changes(schema, narrowed)
+    not_null = copy.deepcopy(schema)
+    not_null["$defs"]["Node"]["properties"]["Next"] = {"$ref": "#/$defs/Node"}
+    assert breaking_changes(schema, not_null) == ["/Next: null is no longer accepted"]
+    assert breaking_changes(not_null, schema) == []
 
 
 @pytest.mark.parametrize("model", PUBLISHED, ids=lambda m: m.__name__)

@@ -76,7 +76,7 @@ def breaking_changes(old: Schema, new: Schema) -> list[str]:
 class _Proof:
     old_root: Schema
     new_root: Schema
-    assumed: set[tuple[str, str]] = field(default_factory=set)  # $ref pairs being proven (recursion)
+    assumed: set[tuple[int, int]] = field(default_factory=set)  # (old, new) pairs being proven
 
     def _resolve(self, schema: Schema, root: Schema) -> tuple[Schema, str | None]:
         seen: list[str] = []
@@ -101,19 +101,18 @@ class _Proof:
     def subset(self, old: Schema, new: Schema, path: str) -> list[str]:
         """Reasons some instance of `old` is not an instance of `new` ([] = none: proven)."""
         try:
-            old, old_ref = self._resolve(old, self.old_root)
-            new, new_ref = self._resolve(new, self.new_root)
+            old, _ = self._resolve(old, self.old_root)
+            new, _ = self._resolve(new, self.new_root)
         except _Unsupported as e:
             return [f"{_at(path)}: cannot compare {e}"]
-        if old_ref and new_ref:
-            if (old_ref, new_ref) in self.assumed:
-                return []  # proving this pair already, further up: coinduction
-            self.assumed.add((old_ref, new_ref))
-            try:
-                return self._subset(old, new, path)
-            finally:
-                self.assumed.discard((old_ref, new_ref))
-        return self._subset(old, new, path)
+        pair = (id(old), id(new))  # the same two sub-schemas again, further down: a $ref cycle
+        if pair in self.assumed:
+            return []  # being proven further up: assume it (coinduction, as for recursive types)
+        self.assumed.add(pair)
+        try:
+            return self._subset(old, new, path)
+        finally:
+            self.assumed.discard(pair)
 
     def _subset(self, old: Schema, new: Schema, path: str) -> list[str]:
         if old is False or new is True or new == {}:
@@ -153,30 +152,32 @@ class _Proof:
             reasons += self._branch_in_any(branch, new_branches, path)
         return reasons
 
-    def branches(self, schema: dict[str, Any], root: Schema) -> list[Schema] | str:
+    def branches(
+        self, schema: dict[str, Any], root: Schema, within: frozenset[str] = frozenset()
+    ) -> list[Schema] | str:
         """The schema as a union of simpler ones, each of at most one type (or its enum/const),
-        or the name of what stops that (a string)."""
+        or the name of what stops that (a string). A part that is a `$ref` to such a schema
+        stays a `$ref`, so comparing it goes through `subset`, which stops at recursion."""
         out: list[Schema] = []
         unions = [k for k in ("anyOf", "oneOf") if k in schema]
         if unions:  # an instance is one of the union's parts that also meets the rest
             rest = {k: v for k, v in schema.items() if k not in unions and k not in ANNOTATIONS}
             if len(unions) > 1 or any(k not in ("$defs", "definitions") for k in rest):
                 return f"{'/'.join(unions)} beside {sorted(rest)}"
-            for part in schema[unions[0]]:
+            for raw in schema[unions[0]]:
                 try:
-                    part, _ = self._resolve(part, root)
+                    part, ref = self._resolve(raw, root)
                 except _Unsupported as e:
                     return str(e)
-                if isinstance(part, bool):
-                    out.append(part)
+                if ref in within:
+                    return f"union {ref} that contains itself"
+                if isinstance(part, bool) or "allOf" in part or "enum" in part or "const" in part:
+                    out.append(raw)
                     continue
-                if "allOf" in part or "enum" in part or "const" in part:
-                    out.append(part)
-                    continue
-                more = self.branches(part, root)
+                more = self.branches(part, root, within | {ref} if ref else within)
                 if isinstance(more, str):
                     return more
-                out += more
+                out += [raw] if more == [part] else more
             return out
         if "enum" in schema or "const" in schema or "allOf" in schema:
             return [schema]
@@ -190,12 +191,19 @@ class _Proof:
             return [schema]
         return [{**schema, "type": t} for t in types]
 
-    def _branch_in_any(self, old: Schema, news: list[Schema], path: str) -> list[str]:
+    def _pair(self, old: Schema, new: Schema, path: str) -> list[str]:
+        """One part of the old union against one of the new: through `subset` if either is a `$ref`."""
+        if any(isinstance(s, dict) and "$ref" in s for s in (old, new)):
+            return self.subset(old, new, path)
+        return self._subset_simple(old, new, path)
+
+    def _branch_in_any(self, old_part: Schema, news: list[Schema], path: str) -> list[str]:
+        old, _ = self._resolve(old_part, self.old_root)  # resolved once already by `branches`
         if old is False:
             return []
         if isinstance(old, dict) and ("allOf" in old or "enum" in old or "const" in old):
             if len(news) == 1:
-                return self._subset(old, news[0], path)
+                return self.subset(old_part, news[0], path)
             # an enum's values may each be in another branch of the new union
             if "allOf" not in old:
                 values = old["enum"] if "enum" in old else [old["const"]]
@@ -205,13 +213,14 @@ class _Proof:
                     for v in values
                     if not self.admits(union, v, self.new_root)
                 ]
-        attempts = [self._subset_simple(old, new, path) for new in news]
+        attempts = [self._pair(old_part, new, path) for new in news]
         if any(not a for a in attempts):
             return []
         if len(attempts) == 1:
             return attempts[0]
         old_type = old.get("type") if isinstance(old, dict) else None
-        same_type = [a for a, n in zip(attempts, news, strict=True) if _type_of(n) in (old_type, None)]
+        new_types = [_type_of(self._resolve(n, self.new_root)[0]) for n in news]
+        same_type = [a for a, t in zip(attempts, new_types, strict=True) if t in (old_type, None)]
         if len(same_type) == 1:
             return same_type[0]
         return [f"{_at(path)}: {old_type or 'a value'} is no longer accepted (no part of the new schema takes it)"]
