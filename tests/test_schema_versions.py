@@ -327,7 +327,7 @@ def narrowings(node: dict[str, Any]) -> list:
     ops = []
     if "maxLength" in node:
         ops.append(lambda n, k: n.update(maxLength=n["maxLength"] - 1))
-    if "minLength" in node or node.get("type") == "string":
+    if ("minLength" in node or node.get("type") == "string") and "enum" not in node:  # an enum's values decide
         ops.append(lambda n, k: n.update(minLength=n.get("minLength", 0) + k))
     if "maximum" in node:
         ops.append(lambda n, k: n.update(maximum=n["maximum"] - k))
