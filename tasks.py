@@ -181,6 +181,25 @@ def sessions(c, days=7):
         raise Exit(code=1)
 
 
+@task(help={"check": "write nothing; exit 1 if a file is stale or a change breaks its version"})
+def schemas(c, check=False):
+    """Write the contracts' JSON Schemas (current versions) under shopstream/contracts/schemas; refuse a breaking change."""  # noqa: E501 - invoke --list shows a docstring's first line only
+    from shopstream.contracts import versions
+    from shopstream.settings import REPO_ROOT
+
+    breaks, stale = versions.problems()
+    for line in breaks + (stale if check else []):
+        print(line)
+    if breaks:
+        raise Exit("shopstream: a contract changed incompatibly: raise its version in VERSIONS", code=1)
+    if check:
+        if stale:
+            raise Exit("shopstream: the committed schemas are out of date: run `invoke schemas`", code=1)
+        return
+    for file in versions.write():
+        commands.say(f"wrote {file.relative_to(REPO_ROOT)}")
+
+
 @task(help={"samples": "missing and doubled EventIds shown per stage (default: 10)"})
 def audit(c, samples=None):
     """Find every acknowledged record in Kafka, MongoDB, the counts and the lake; exit 1 if one is missing or doubled."""  # noqa: E501 - invoke --list shows a docstring's first line only

@@ -23,7 +23,7 @@ from .journal import Journal
 from .limits import MaxBodySize
 from .metrics import ApiMetrics, HttpMetrics, metrics_endpoint
 from .publisher import KafkaPublisher
-from .routes import health, ingest
+from .routes import health, ingest, schemas
 from .verifier import Verifier
 
 log = logging.getLogger("shopstream_api")
@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None) -> IngestApi:
     app.state.client = ClientIdentity(settings.api)
     app.include_router(ingest.router)
     app.include_router(health.router)
+    app.include_router(schemas.router)
     app.add_api_route("/metrics", metrics_endpoint, tags=["health"], summary="Prometheus metrics (all workers)")
     app.add_middleware(HttpMetrics, metrics=metrics)
     app.add_middleware(

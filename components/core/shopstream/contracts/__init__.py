@@ -15,14 +15,18 @@ from .events import EventAttributes, EventName, UserEvent
 from .purchases import MAX_LINES, MAX_PURCHASES_PER_REQUEST, PaymentType, ProductLine, Purchase, lines_total
 from .reasons import why_invalid
 from .records import EventId, PurchaseRecord, Stamp, UserEventRecord
+from .versions import VERSIONS
 
 CLIENT_MODELS: tuple[type[BaseModel], ...] = (UserEvent, Purchase)
 RECORD_MODELS: tuple[type[BaseModel], ...] = (UserEventRecord, PurchaseRecord)
 DIMENSION_MODELS: tuple[type[BaseModel], ...] = (ProductInfo, Customer)  # the compacted topics' records
+# every published contract has a version (`versions.VERSIONS`) and committed schemas
+assert set(VERSIONS) == {*CLIENT_MODELS, *RECORD_MODELS, *DIMENSION_MODELS}
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema of every contract, as clients send it and as it is published."""
+    """JSON Schema of every contract, as clients send it and as it is published (each current
+    version's is committed under `schemas/`: `versions`)."""
     return {m.__name__: m.model_json_schema() for m in (*CLIENT_MODELS, *RECORD_MODELS, *DIMENSION_MODELS)}
 
 
@@ -32,6 +36,7 @@ __all__ = [
     "MAX_LINES",
     "MAX_PURCHASES_PER_REQUEST",
     "RECORD_MODELS",
+    "VERSIONS",
     "Customer",
     "EventAttributes",
     "EventId",
