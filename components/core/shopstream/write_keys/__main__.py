@@ -44,7 +44,7 @@ def list_keys() -> None:
     path = get_settings().write_keys_file
     table = Table(title=f"write keys in {path}")
     for column in ("name", "created", "revoked", "rate/s", "burst", "sha256"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for k in read_keys(path):
         table.add_row(
             k.name,
