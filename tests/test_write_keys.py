@@ -137,7 +137,8 @@ def test_the_stack_makes_its_keys_once_each_readable_by_its_owner_only(tmp_path)
         held = read_client_key(path)
         assert held is not None and sha256(held.get_secret_value()) == live[name]
     assert stat.S_IMODE(settings.client_keys_dir.stat().st_mode) == 0o700
-    assert client_key_env(settings, "replay") == {CLIENT_KEY_ENV: read_client_key(key_path(settings, "replay")).get_secret_value()}  # type: ignore[union-attr]  # noqa: E501
+    replay = read_client_key(key_path(settings, "replay"))
+    assert replay is not None and client_key_env(settings, "replay") == {CLIENT_KEY_ENV: replay.get_secret_value()}
 
     revoke_key(settings.write_keys_file, "generator")  # revoked: the next `up` makes a new one
     assert ensure_stack_keys(settings) == ["generator"]
@@ -407,8 +408,7 @@ def test_no_key_shows_in_the_logs_or_metrics_of_the_api_and_the_generator(stack,
         codes = [httpx.put(url, json=event(), headers=bearer(k)).status_code for k in (slow, slow, gone, unknown)]
         assert codes == [200, 429, 403, 401]
         generated = subprocess.run(
-            [str(bin_dir / "shopstream-generate"), "--cohorts", "1", "--sessions-per-second", "3"]
-            + ["--no-dimensions", "--api-url", api.base_url],
+            [str(bin_dir / "shopstream-generate"), "--cohorts", "1", "--no-dimensions", "--api-url", api.base_url],
             env={**env, CLIENT_KEY_ENV: gen_key, "TERM": "dumb"},
             capture_output=True,
             text=True,
