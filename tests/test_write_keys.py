@@ -43,6 +43,7 @@ from shopstream.write_keys.__main__ import app as keys_cli
 from shopstream_api.auth import TokenBucket
 from shopstream_api.examples import PURCHASE_EXAMPLE, USER_EVENT_EXAMPLE
 from shopstream_api.main import create_app
+from shopstream_stack.apps import DashboardService, GeneratorService
 from shopstream_stack.keys import CLIENT_KEY_ENV, client_key_env, ensure_stack_keys, key_path
 
 
@@ -139,6 +140,12 @@ def test_the_stack_makes_its_keys_once_each_readable_by_its_owner_only(tmp_path)
     assert stat.S_IMODE(settings.client_keys_dir.stat().st_mode) == 0o700
     replay = read_client_key(key_path(settings, "replay"))
     assert replay is not None and client_key_env(settings, "replay") == {CLIENT_KEY_ENV: replay.get_secret_value()}
+
+    # what the supervisor runs: the generator with its own key, the dashboard (its replay button) with replay's
+    generator = read_client_key(key_path(settings, "generator"))
+    assert generator is not None
+    assert GeneratorService(settings).procs()[0].env[CLIENT_KEY_ENV] == generator.get_secret_value()
+    assert DashboardService(settings).procs()[0].env[CLIENT_KEY_ENV] == replay.get_secret_value()
 
     revoke_key(settings.write_keys_file, "generator")  # revoked: the next `up` makes a new one
     assert ensure_stack_keys(settings) == ["generator"]
