@@ -432,3 +432,76 @@ def test_no_key_shows_in_the_logs_or_metrics_of_the_api_and_the_generator(stack,
         assert key not in output
         assert key[len(PREFIX) :][:16] not in output  # nor a piece of one
     assert all(reason in metrics for reason in ("rate_limited", "revoked_key", "unknown_key"))
+
+
+# -- older lake files, without the column ----------------------------------------------------
+@pytest.mark.services
+def test_the_lake_reads_files_from_before_source_beside_files_with_it(stack, settings):
+    """A Parquet file the streaming job wrote before `Source` (and before ClientIp, UserAgent)
+    and one written after read together as the dashboard and the sessions read the lake."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shopstream.adapters.lake import LakeFiles
+    from shopstream.adapters.s3 import ensure_bucket, s3_client
+    from shopstream.contracts import PurchaseRecord
+    from shopstream_streaming.job import RECORD_ARROW
+
+    prefix = f"raw/keys-{uuid.uuid4().hex[:8]}"
+    cfg = settings.model_copy(update={"streaming": settings.streaming.model_copy(update={"output_path": prefix})})
+    ensure_bucket(cfg.s3)
+    client = s3_client(cfg.s3)
+    schema = pa.schema(list(RECORD_ARROW))
+    assert schema.names[-3:] == ["ClientIp", "UserAgent", "Source"]  # derived from the contract
+
+    def rows(source: str | None, n: int) -> list[dict]:
+        base = {**PURCHASE_EXAMPLE, "IngestedAt": "2026-12-01T10:00:00Z", "Source": source}
+        return [PurchaseRecord.model_validate({**base, "EventId": f"{source}-{i}"}).model_dump() for i in range(n)]
+
+    new = pa.Table.from_pylist(rows("partner", 2), schema=schema)
+    old = pa.Table.from_pylist(rows(None, 3), schema=schema).drop_columns(["ClientIp", "UserAgent", "Source"])
+    for name, table in (("old", old), ("new", new)):
+        out = io.BytesIO()
+        pq.write_table(table, out)
+        client.put_object(cfg.s3.bucket, f"{prefix}/part-{name}.parquet", io.BytesIO(out.getvalue()), out.tell())
+    files = LakeFiles(client, cfg)
+    read = files.read(sorted(files.committed()))
+    assert read is not None
+    assert sorted(read.column("EventId").to_pylist()) == sorted(
+        [*old.column("EventId").to_pylist(), *new.column("EventId").to_pylist()]
+    )
+
+
+@pytest.mark.services
+def test_the_events_validator_takes_events_with_a_source_and_without_one(stack, settings):
+    """The drain stores what the API publishes now (Source set or null) beside events stored
+    before Source existed; MongoDB's validator, derived from the contract, takes them all."""
+    from pymongo.errors import WriteError
+
+    from shopstream.adapters.mongo import mongo_client
+    from shopstream.contracts import UserEventRecord
+    from shopstream_batch.store import ensure_collections, event_document
+
+    client = mongo_client(settings.mongo)
+    database = client[f"keys_{uuid.uuid4().hex[:8]}"]
+    try:
+        events = ensure_collections(database, settings.batch).events
+
+        def doc(source: str | None, i: int) -> dict:
+            record = UserEventRecord.model_validate(
+                {**USER_EVENT_EXAMPLE, "EventId": f"e-{i}", "IngestedAt": datetime.now(UTC), "Source": source}
+            )
+            return event_document(record, 0, i)
+
+        old = doc(None, 3)
+        del old["Source"], old["ClientIp"], old["UserAgent"]  # as stored before the envelope had them
+        for d in (doc("partner", 1), doc(None, 2), old):
+            events.insert_one(d)  # validated: no bypass
+        assert {d["_id"]: d.get("Source") for d in events.find()} == {"e-1": "partner", "e-2": None, "e-3": None}
+        with pytest.raises(WriteError):
+            events.insert_one({**doc("partner", 4), "Source": "x" * 65})  # longer than a key's name can be
+    finally:
+        client.drop_database(database.name)
+        client.close()

@@ -30,8 +30,10 @@ UserAgentText = Annotated[
     str | None, Field(max_length=MAX_USER_AGENT, description="the sender's User-Agent, or null when it sent none")
 ]
 
+MAX_KEY_NAME = 64  # a write key's name (`shopstream.write_keys`), as a record's Source carries it
 SourceText = Annotated[
-    str | None, Field(max_length=64, description="the name of the write key it was sent with, or null when none")
+    str | None,
+    Field(max_length=MAX_KEY_NAME, description="the name of the write key it was sent with, or null when none"),
 ]
 
 

@@ -31,11 +31,15 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, SecretStr, StringConstraints, TypeAdapter
 
+from shopstream.contracts.records import MAX_KEY_NAME
+
 PREFIX = "sswk_"
 DEFAULT_RATE_PER_S = 2000.0  # requests per second a key may send unless created with another
 VERSION = 1
 
-KeyName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+KeyName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_KEY_NAME, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
 
 
 class WriteKeyError(ValueError):
