@@ -9,10 +9,11 @@ import os
 import shlex
 import sys
 
-from invoke import Exit, task
+from invoke import Collection, Exit, task
 
 from shopstream.settings import Settings
 from shopstream_stack import commands
+from shopstream_stack import keys as stack_keys
 from shopstream_stack.process import StackError
 
 
@@ -277,6 +278,51 @@ def test(c, k="", x=False, workers=0):
     c.run(shlex.join([sys.executable, "-m", "pytest", *args]), pty=False)
 
 
+def _keys_cli(*argv: str) -> None:
+    from shopstream.write_keys.__main__ import main as keys_main
+
+    try:
+        keys_main(list(argv))
+    except SystemExit as e:  # typer exits; keep invoke's own exit handling
+        if e.code:
+            raise Exit(code=e.code if isinstance(e.code, int) else 1) from None
+
+
+def _keys_collection() -> Collection:
+    """`invoke keys.create NAME`, `keys.list`, `keys.revoke NAME` (made here, not at the module's
+    top level, where the namespace would take them as tasks of its own too)."""
+
+    @task(
+        name="create",
+        help={
+            "name": "the key's name, stamped on the records it sends (Source)",
+            "rate": "requests per second at most (default 2000)",
+            "burst": "requests at once at most (default: one second's worth)",
+        },
+    )
+    def create(c, name, rate=None, burst=None):
+        """Create a write key for the ingestion API and print it, once (only its hash is stored)."""
+        options = {"--rate": rate, "--burst": burst}
+        _keys_cli("create", name, *(str(a) for o, v in options.items() if v is not None for a in (o, v)))
+
+    @task(name="list")
+    def list_(c):
+        """Show the write keys: name, created, revoked, rate, a hash prefix (never a key)."""
+        _keys_cli("list")
+
+    @task(name="revoke", help={"name": "the key's name"})
+    def revoke(c, name):
+        """Revoke a write key: the API answers 403 to it within about a second."""
+        _keys_cli("revoke", name)
+
+    return Collection("keys", create, list_, revoke)
+
+
+def replay_key_env() -> dict[str, str]:
+    """SHOPSTREAM_API__CLIENT_KEY for `invoke replay`'s process: the stack's `replay` key, if made."""
+    return stack_keys.client_key_env(Settings(), "replay")
+
+
 @task
 def lock(c):
     """Re-resolve requirements.lock from pyproject.toml (after changing a dependency)."""
@@ -285,3 +331,8 @@ def lock(c):
         "--python-version 3.11 --generate-hashes --custom-compile-command 'invoke lock' "
         "-o requirements.lock"
     )
+
+
+# Every task above, and `invoke keys.create|list|revoke`; keep this last so it sees them all.
+ns = Collection.from_module(sys.modules[__name__])
+ns.add_collection(_keys_collection())

@@ -48,6 +48,7 @@ def test_accepted_event_is_in_its_topic_keyed_by_user(api_server, settings):
     # the envelope: the connection's peer (127.0.0.1), truncated to its /24, and the User-Agent sent
     assert published.pop("ClientIp") == "127.0.0.0"
     assert published.pop("UserAgent") == r.request.headers["user-agent"]
+    assert published.pop("Source") is None  # sent without a write key (none required on loopback)
     assert UserEvent.model_validate(published) == UserEvent.model_validate(body)
 
 

@@ -59,15 +59,27 @@ def test_records_round_trip_with_their_envelope(raw, uid):
     st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31), timezones=st.just(UTC)),
     st.none() | st.ip_addresses().map(str),
     st.none() | st.text(max_size=MAX_USER_AGENT + 10),
+    st.none() | st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"),
 )
-def test_a_stamped_record_is_written_exactly_as_its_record_model_writes_it(case, event_id, now, ip, user_agent):
+def test_a_stamped_record_is_written_exactly_as_its_record_model_writes_it(case, event_id, now, ip, user_agent, source):
     """The API publishes `Stamp.json`, not the record model: the bytes must be the same
     (a User-Agent past the contract's limit is cut to it)."""
     client_model, record_model, raw = case
     client = client_model.model_validate_json(json.dumps(raw))
     envelope = {"ClientIp": ip, "UserAgent": None if user_agent is None else user_agent[:MAX_USER_AGENT]}
-    record = record_model.model_validate({**raw, "EventId": event_id, "IngestedAt": now, **envelope})
-    assert Stamp(now, ip, user_agent).json(client, event_id) == record.model_dump_json().encode()
+    record = record_model.model_validate({**raw, "EventId": event_id, "IngestedAt": now, **envelope, "Source": source})
+    assert Stamp(now, ip, user_agent, source).json(client, event_id) == record.model_dump_json().encode()
+
+
+def test_records_from_before_write_keys_read_with_a_null_source():
+    """A record published before the envelope had Source (nor ClientIp and UserAgent) is still
+    valid: the drain, the streaming job and the audit read old topics."""
+    from shopstream_api.examples import PURCHASE_EXAMPLE
+
+    old = {**PURCHASE_EXAMPLE, "EventId": "e-1", "IngestedAt": "2026-11-22T10:00:00Z"}
+    record = PurchaseRecord.model_validate_json(json.dumps(old))
+    assert (record.ClientIp, record.UserAgent, record.Source) == (None, None, None)
+    assert json.loads(record.model_dump_json())["Source"] is None
 
 
 # Each breaker spoils exactly one field; the error must name that field (its path).

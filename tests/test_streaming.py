@@ -429,10 +429,11 @@ def test_spark_schema_is_derived_from_the_contract():
         "IngestedAt": T.TimestampType(),
         "ClientIp": T.StringType(),
         "UserAgent": T.StringType(),
+        "Source": T.StringType(),
     }
     assert line.fieldNames() == list(ProductLine.model_fields)
     # every field of the contract is required; the envelope's sender fields are null in older records
-    assert {f.name for f in schema.fields if f.nullable} == {"ClientIp", "UserAgent"}
+    assert {f.name for f in schema.fields if f.nullable} == {"ClientIp", "UserAgent", "Source"}
 
 
 def test_schema_derivation_covers_optional_and_other_types():

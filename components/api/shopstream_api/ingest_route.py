@@ -6,6 +6,8 @@ same way costs more than publishing a record: per request it solves the dependen
 validates the body, then validates the response again and encodes it through
 `jsonable_encoder`. `IngestRoute` keeps the documented signature and serves it directly:
 
+- the write key is checked first (`auth.Authenticator`: 401, 403 or 429 before anything is
+  read), its name left in the scope for the records' Source;
 - a Content-Type that is not JSON gets 415, a body that is not JSON as `jsonbody` reads it
   400 (both counted), before validation;
 - the body is parsed once (`jsonbody.parse_json`) and validated by FastAPI's own field for
@@ -29,6 +31,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
+from .auth import SOURCE
 from .jsonbody import MalformedJson, is_json, parse_json
 
 
@@ -50,6 +53,7 @@ class IngestRoute(APIRoute):
         async def ingest_handler(request: Request) -> Response:
             state = request.app.state
             headers = request.headers
+            request.scope[SOURCE] = state.auth.source(headers)
             content_type = headers.get("content-type")
             if content_type and not is_json(content_type):
                 state.metrics.rejected.labels("unsupported_media_type").inc()

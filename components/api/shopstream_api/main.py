@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from shopstream.settings import Settings, get_settings
 
 from .app import IngestApi
+from .auth import Authenticator
 from .client import ClientIdentity
 from .ingestor import Ingestor
 from .journal import Journal
@@ -35,6 +36,10 @@ every record (acks=all) and the API journaled it on its own disk (it publishes a
 record the broker later turns out to have lost). Invalid input gets 422 with the reasons per field and
 publishes nothing, as does malformed JSON (400) or a Content-Type that is not JSON (415); a body
 over the limit gets 413; an unreachable broker gets 503.
+
+Write keys: send `Authorization: Bearer <key>`. Where keys are required (by default when the API
+listens beyond loopback) a request without one gets 401, as does an unknown key wherever it is sent;
+a revoked key gets 403, a key over its rate 429 with Retry-After. Records carry the key's name as Source.
 """
 
 
@@ -91,6 +96,7 @@ def create_app(settings: Settings | None = None) -> IngestApi:
     app.state.settings, app.state.publisher, app.state.metrics = settings, publisher, metrics
     app.state.ingestor, app.state.journal = Ingestor(publisher, journal), journal
     app.state.client = ClientIdentity(settings.api)
+    app.state.auth = Authenticator(settings, metrics)
     app.include_router(ingest.router)
     app.include_router(health.router)
     app.include_router(schemas.router)

@@ -132,10 +132,31 @@ class ApiSettings(BaseModel):
     # Privacy: an IPv4 address is kept without its last octet, an IPv6 one to its /48, before
     # it is published; nothing stores the full address. False keeps it whole.
     truncate_ips: bool = True
+    # Write keys (shopstream.write_keys): a client sends `Authorization: Bearer <key>`, the API
+    # stamps the key's name on its records (Source). Required: always (True), never (False), or,
+    # unset, when the API listens on an address other than loopback. A key sent is always checked.
+    require_keys: bool | None = None
+    keys_file: Path | None = None  # the keys' SHA-256 hashes, names, rates; default <run_dir>/api/write-keys.json
+    client_key: SecretStr | None = None  # the key THIS process sends (the generator, replay, the dashboard)
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def keys_required(self) -> bool:
+        """`require_keys`, or when unset: whether the API listens beyond this machine."""
+        return self.require_keys if self.require_keys is not None else not is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """True for a name or address only this machine reaches (localhost, 127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost, or "" / "0.0.0.0"-like: any interface
+        return False
 
 
 class GeneratorSettings(BaseModel):
@@ -331,6 +352,16 @@ class Settings(BaseSettings):
     def journal_dir(self) -> Path:
         """Where the API keeps its acknowledgement journal and ledger."""
         return self.api.journal_dir or self.run_dir / "api" / "journal"
+
+    @property
+    def write_keys_file(self) -> Path:
+        """Where the API's write keys are kept (hashes only; `python -m shopstream.write_keys`)."""
+        return self.api.keys_file or self.run_dir / "api" / "write-keys.json"
+
+    @property
+    def client_keys_dir(self) -> Path:
+        """Where the stack keeps the plaintext of the keys it creates for its own clients (0600)."""
+        return self.run_dir / "keys"
 
     @property
     def read_model_path(self) -> Path:

@@ -181,6 +181,7 @@ def generate(
         concurrency=concurrency,
         max_body_bytes=settings.api.max_body_bytes,
         dimensions=settings.kafka if dimensions else None,
+        client_key=settings.api.client_key,
     )
     progress, out = Console(stderr=True), Console(highlight=False)
     progress.print(

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pydantic import SecretStr
+
 from shopstream.settings import KafkaSettings
 
 from .catalogue import World, build_world, seeded_faker
@@ -33,6 +35,7 @@ class Plan:
     max_body_bytes: int = 1_048_576
     # where the world's products and customers are published, beside the cohorts (None: not)
     dimensions: KafkaSettings | None = None
+    client_key: SecretStr | None = None  # the write key sent as Bearer (`api.client_key`); None: none
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,12 @@ async def _send_cohorts(
     loop = asyncio.get_running_loop()
     number = 0
     async with Sender(
-        plan.api_url, concurrency=plan.concurrency, max_body_bytes=plan.max_body_bytes, totals=totals, **sender_options
+        plan.api_url,
+        concurrency=plan.concurrency,
+        max_body_bytes=plan.max_body_bytes,
+        totals=totals,
+        client_key=plan.client_key,
+        **sender_options,
     ) as sender:
         began = next_at = loop.time()
         while not stop.is_set():

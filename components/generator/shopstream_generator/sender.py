@@ -5,7 +5,9 @@ Every request carries its own Idempotency-Key, derived from the records it holds
 and reused on every retry, so the API gives a retried record the same EventId
 and the stores keep one copy. 503, connection errors and timeouts are
 retried (as are 429, 502 and 504) with bounded exponential backoff that honours
-Retry-After; other 4xx and 5xx answers are final.
+Retry-After; other 4xx and 5xx answers are final. With a write key (`api.client_key`) every
+request carries it as `Authorization: Bearer <key>`; a 429 for a key over its rate is retried
+after the API's Retry-After like a 503.
 
 The client is aiohttp's (C-accelerated HTTP parsing): the generator sends one request per
 event, as the contract has it, and at the default pace its HTTP client was most of its CPU.
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
+from pydantic import SecretStr
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -141,8 +144,11 @@ class Sender:
         max_body_bytes: int = 1_048_576,
         purchases_per_request: int = MAX_PURCHASES_PER_REQUEST,
         totals: Report | None = None,
+        client_key: SecretStr | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
+        # held as a header, never in a message: no answer, error or log line of ours repeats it
+        self._auth = {"Authorization": f"Bearer {client_key.get_secret_value()}"} if client_key else {}
         self.concurrency, self.attempts, self.timeout_s = concurrency, attempts, timeout_s
         self.backoff_max_s = backoff_max_s
         self.max_body_bytes = max_body_bytes
@@ -228,7 +234,7 @@ class Sender:
         """The 2xx answer, or what the records were counted as."""
         if self._session is None:
             raise RuntimeError("use Sender as `async with Sender(...)`")
-        headers = {"Idempotency-Key": key, "Content-Type": "application/json", **visitor.headers}
+        headers = {"Idempotency-Key": key, "Content-Type": "application/json", **visitor.headers, **self._auth}
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TRANSPORT_ERRORS) | retry_if_result(lambda r: r.status in RETRY_STATUSES),
             stop=stop_after_attempt(self.attempts),

@@ -14,6 +14,7 @@ import httpx
 
 from shopstream.adapters.api import api_client, api_health
 
+from .keys import client_key_env
 from .process import Proc
 from .service import Endpoint, Service
 
@@ -107,7 +108,8 @@ class GeneratorService(Service):
         ]
         if gen.seed is not None:
             argv += ["--seed", str(gen.seed)]
-        return [self._proc("generator", argv, env={**self.settings.to_env(), "TERM": "dumb"})]
+        env = {**self.settings.to_env(), **client_key_env(self.settings, "generator"), "TERM": "dumb"}
+        return [self._proc("generator", argv, env=env)]
 
     def healthy(self) -> bool:
         return all(p.alive() for p in self.procs())
@@ -116,6 +118,11 @@ class GeneratorService(Service):
 class DashboardService(UvicornApp):
     name = "dashboard"
     factory = "shopstream_dashboard.main:create_app"
+
+    def procs(self) -> list[Proc]:
+        (proc,) = super().procs()
+        proc.env = {**proc.env, **client_key_env(self.settings, "replay")}  # for the replay it runs
+        return [proc]
 
     @property
     def address(self) -> str:

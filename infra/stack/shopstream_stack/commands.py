@@ -21,6 +21,7 @@ from shopstream.adapters.s3 import ensure_bucket
 from shopstream.settings import REPO_ROOT, Settings, StackMode
 
 from . import install
+from .keys import ensure_stack_keys
 from .process import StackError, tail
 from .service import Service
 from .spark_cluster import SparkCluster, on_cluster
@@ -73,6 +74,9 @@ def up(settings: Settings, names: list[str] | None = None, spark_cluster: bool =
         topics = ensure_topics(settings.kafka)
         ensure_bucket(settings.s3)
         say(f"using {settings.stack.value} servers; topics {topics}, bucket {settings.s3.bucket}")
+    made = ensure_stack_keys(settings)  # before the API reads its key file and the clients theirs
+    if made:
+        say(f"created write keys {', '.join(made)} (plaintext in {settings.client_keys_dir}, mode 0600)")
     for svc in services(settings, names, apps=True, spark_cluster=spark_cluster):
         if not embedded and svc.name in SERVER_NAMES:
             continue

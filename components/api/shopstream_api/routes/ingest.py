@@ -3,8 +3,9 @@
 Served by `IngestRoute` (the body parsed and validated once, no per-request dependency
 solving); the signatures below are what FastAPI documents. The published record is the
 validated client model plus what the server adds (`shopstream.contracts.Stamp`: the
-client model's JSON, written by pydantic-core, with the EventId, IngestedAt, ClientIp and
-UserAgent appended; the address as `client.ClientIdentity` reads and truncates it),
+client model's JSON, written by pydantic-core, with the EventId, IngestedAt, ClientIp,
+UserAgent and Source appended; the address as `client.ClientIdentity` reads and truncates it,
+the Source as `auth.Authenticator` found the write key),
 never validated again: its fields come from a validated model, a validated key or a random
 UUID from `uuid_utils`, the standard format in a twentieth of `uuid.uuid4`'s time.
 """
@@ -25,6 +26,7 @@ from shopstream.contracts import (
     UserEvent,
 )
 
+from ..auth import SOURCE
 from ..examples import PURCHASE_EXAMPLE, USER_EVENT_EXAMPLE
 from ..ingest_route import IngestRoute
 from ..ingestor import Ingestor
@@ -53,6 +55,9 @@ UNAVAILABLE: dict[int | str, dict[str, Any]] = {
         "after Retry-After with the same Idempotency-Key (the stores keep one copy "
         "per EventId)"
     },
+    401: {"description": "No write key where one is required, or an unknown one (send `Authorization: Bearer <key>`)"},
+    403: {"description": "The write key has been revoked"},
+    429: {"description": "The write key is over its rate: retry after Retry-After seconds"},
     400: {
         "description": "Malformed JSON: not UTF-8, NaN or Infinity, a number beyond a 64-bit float, "
         "a key twice in one object, or nested too deep"
@@ -85,8 +90,11 @@ def _unavailable(e: BrokerUnavailable | JournalFull | JournalUnavailable) -> HTT
 
 
 def _stamp(request: Request) -> Stamp:
-    """The envelope of this request's records: now, and who sent them."""
-    return Stamp(datetime.now(UTC), request.app.state.client.address(request.scope), request.headers.get("user-agent"))
+    """The envelope of this request's records: now, and who sent them (address, agent, write key)."""
+    scope = request.scope
+    return Stamp(
+        datetime.now(UTC), request.app.state.client.address(scope), request.headers.get("user-agent"), scope.get(SOURCE)
+    )
 
 
 async def _publish(ingestor: Ingestor, topic: str, records: list[Outgoing]):

@@ -4,7 +4,9 @@ EventId is the client's idempotency key when it sent one (so a retried request
 carries the same ids and every store can drop the copy), otherwise a new UUID.
 IngestedAt is when the API accepted the record. ClientIp and UserAgent are the sender's,
 as the API saw them (the IP truncated by default: `api.truncate_ips`); records published
-before the API captured them have null there.
+before the API captured them have null there. Source is the name of the write key the
+record was sent with (`shopstream.write_keys`), null when it was sent without one (and in
+records from before keys).
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ UserAgentText = Annotated[
     str | None, Field(max_length=MAX_USER_AGENT, description="the sender's User-Agent, or null when it sent none")
 ]
 
+MAX_KEY_NAME = 64  # a write key's name (`shopstream.write_keys`), as a record's Source carries it
+SourceText = Annotated[
+    str | None,
+    Field(max_length=MAX_KEY_NAME, description="the name of the write key it was sent with, or null when none"),
+]
+
 
 class UserEventRecord(UserEvent):
     """A user event on the `UserEvents` topic (key: UserId)."""
@@ -36,6 +44,7 @@ class UserEventRecord(UserEvent):
     IngestedAt: UtcTimestamp
     ClientIp: ClientIpText = None
     UserAgent: UserAgentText = None
+    Source: SourceText = None
 
 
 class PurchaseRecord(Purchase):
@@ -45,10 +54,11 @@ class PurchaseRecord(Purchase):
     IngestedAt: UtcTimestamp
     ClientIp: ClientIpText = None
     UserAgent: UserAgentText = None
+    Source: SourceText = None
 
 
 # what a record adds to its client model, in this order, after the client's fields
-ADDED = ("EventId", "IngestedAt", "ClientIp", "UserAgent")
+ADDED = ("EventId", "IngestedAt", "ClientIp", "UserAgent", "Source")
 assert all(tuple(m.model_fields)[-len(ADDED) :] == ADDED for m in (UserEventRecord, PurchaseRecord))
 _INGESTED_AT = TypeAdapter(UtcTimestamp)
 
@@ -62,7 +72,13 @@ class Stamp:
     (each record model is its client model plus `ADDED`, last). For 100 purchases this is
     half the time of building and writing the records."""
 
-    def __init__(self, ingested_at: datetime, client_ip: str | None = None, user_agent: str | None = None) -> None:
+    def __init__(
+        self,
+        ingested_at: datetime,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+        source: str | None = None,
+    ) -> None:
         self.ingested_at = ingested_at
         self._tail = (
             b',"IngestedAt":'
@@ -71,6 +87,8 @@ class Stamp:
             + to_json(client_ip)
             + b',"UserAgent":'
             + to_json(user_agent[:MAX_USER_AGENT] if user_agent is not None else None)
+            + b',"Source":'
+            + to_json(source)
             + b"}"
         )
 
