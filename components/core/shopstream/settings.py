@@ -132,6 +132,8 @@ class ApiSettings(BaseModel):
     # Privacy: an IPv4 address is kept without its last octet, an IPv6 one to its /48, before
     # it is published; nothing stores the full address. False keeps it whole.
     truncate_ips: bool = True
+    # the write key THIS process sends as `Authorization: Bearer` (the generator, `invoke replay`)
+    client_key: SecretStr | None = None
 
     @property
     def base_url(self) -> str:
