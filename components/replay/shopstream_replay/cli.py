@@ -17,6 +17,9 @@ from pathlib import Path
 
 import httpx
 import typer
+import urllib3
+from minio.error import MinioException
+from pymongo.errors import PyMongoError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
@@ -104,8 +107,8 @@ def _run(
         except (ValueError, FileNotFoundError) as e:
             console.print(f"[red]replay not possible[/]: {e}")
             raise typer.Exit(2) from None
-        except (Refused, httpx.HTTPError) as e:
-            console.print(f"[red]replay stopped[/]: {e}")
+        except (Refused, httpx.HTTPError, PyMongoError, MinioException, urllib3.exceptions.HTTPError) as e:
+            console.print(f"[red]replay stopped[/]: {type(e).__name__}: {e}")
             code = 1
     summary.kind = ",".join(sorted(kinds))
     if as_json:
