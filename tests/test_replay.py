@@ -162,6 +162,8 @@ def test_a_csv_of_purchases_replayed_twice_is_in_the_lake_once(cfg, spark, tmp_p
 
     stored = lake_rows(cfg, cfg.streaming.output_path, ["EventId", "OrderId", "TotalPrice"])
     assert sorted(r["EventId"] for r in stored) == sorted(expected)  # each once
+    itself = replay(cfg, "lake")  # the lake replayed into itself: it holds every record
+    assert (itself["read"], itself["sent"], itself["already_stored"]) == (12, 0, 12)
     by_order = {r["OrderId"]: r["TotalPrice"] for r in stored}
     assert by_order == {
         row["order_id"]: Decimal(row["total_price"]) for line, row in enumerate(rows, start=2) if verdicts[line]
@@ -251,9 +253,10 @@ def _sample_verdicts() -> dict[str, dict[str, bool]]:
     return out
 
 
-def test_a_dry_run_of_the_samples_lists_the_rejected_records_and_sends_nothing(cfg):
+def test_a_dry_run_of_the_samples_lists_the_rejected_records_and_sends_nothing(cfg, tmp_path):
     before = {t: end_offsets(cfg, t) for t in cfg.kafka.topics}
-    for name, verdicts in _sample_verdicts().items():
+    samples = _sample_verdicts()
+    for name, verdicts in samples.items():
         assert True in verdicts.values() and False in verdicts.values(), name  # the samples show both
         summary = replay(cfg, "file", str(SAMPLES / name), "--dry-run")
         assert summary["dry_run"] and summary["sent"] == 0
@@ -261,6 +264,14 @@ def test_a_dry_run_of_the_samples_lists_the_rejected_records_and_sends_nothing(c
         assert summary["would_send"] == sum(verdicts.values())
         assert sorted(r["where"] for r in summary["rejects"]) == sorted(w for w, ok in verdicts.items() if not ok)
         assert all(r["reason"].startswith(("breaks the contract: ", "invalid JSON: ")) for r in summary["rejects"])
+    # a lake export in a local folder: its committed files are every Parquet file there
+    folder = tmp_path / "old-lake" / "date=2026-03-01"
+    folder.mkdir(parents=True)
+    (folder / "part-0.parquet").write_bytes((SAMPLES / "purchases.parquet").read_bytes())
+    summary = replay(cfg, "lake", "--path", str(tmp_path / "old-lake"), "--dry-run")
+    verdicts = {w.replace("purchases.parquet", "part-0.parquet"): ok for w, ok in samples["purchases.parquet"].items()}
+    assert (summary["read"], summary["would_send"]) == (len(verdicts), sum(verdicts.values()))
+    assert sorted(r["where"] for r in summary["rejects"]) == sorted(w for w, ok in verdicts.items() if not ok)
     assert {t: end_offsets(cfg, t) for t in cfg.kafka.topics} == before
 
 

@@ -42,7 +42,9 @@ class Rejected(Exception):
     """The API answered 422 for these records: its reason."""
 
 
-class _Again(Exception):
+class _Again(Refused):
+    """429 or 503: retried after Retry-After; past `RETRY_FOR_S`, replay stops."""
+
     def __init__(self, status: int, retry_after: float | None) -> None:
         super().__init__(f"HTTP {status}")
         self.retry_after = retry_after
