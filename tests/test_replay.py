@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaProducer
 
-from conftest import ServerThread, end_offsets, job_settings, run_until_caught_up
+from conftest import ServerThread, end_offsets, invoke, job_settings, run_until_caught_up
 from shopstream.adapters.kafka import ensure_topics
 from shopstream.adapters.lake import LakeFiles
 from shopstream.adapters.mongo import QUARANTINE_REPLAYS_COLLECTION, mongo_client
@@ -197,8 +197,10 @@ def test_an_events_file_replayed_twice_is_stored_once(cfg, tmp_path):
     assert replay(cfg, "file", str(path))["sent"] == 8
     report = drain_user_events(cfg)
     assert (report.stored, report.duplicates) == (8, 8)
-    # ...and once after: MongoDB holds them, nothing is sent
-    third = replay(cfg, "file", str(path))
+    # ...and once after, by `invoke replay SOURCE`: MongoDB holds them, nothing is sent
+    task = invoke(cfg, "replay", str(path), "--json")
+    assert task.returncode == 0, task.stderr
+    third = json.loads(task.stdout)
     assert (third["kind"], third["sent"], third["already_stored"], sum(third["rejected"].values())) == (
         "events",
         0,
@@ -307,6 +309,8 @@ def test_a_dead_letter_fixed_is_replayed_once_and_marked(cfg):
 
     dry = replay(cfg, "dead-letters", "--dry-run")
     assert (dry["read"], dry["would_send"], sum(dry["rejected"].values())) == (2, 0, 2)
+    task = invoke(cfg, "replay", "--dead-letters", "--dry-run", "--json")  # as the issue spells it
+    assert task.returncode == 0 and json.loads(task.stdout) == {**dry, "seconds": json.loads(task.stdout)["seconds"]}
 
     # the data fix: the stored record's discount made what it should have been
     fixed = letters.find_one({"Value": {"$ne": b'{"UserId": oops'}})

@@ -5,7 +5,7 @@ solving); the signatures below are what FastAPI documents. The published record 
 validated client model plus what the server adds (`shopstream.contracts.Stamp`: the
 client model's JSON, written by pydantic-core, with the EventId, IngestedAt, ClientIp and
 UserAgent appended; the address as `client.ClientIdentity` reads and truncates it),
-never validated again: its fields come from a validated model, a validated key or a random
+never validated again: its fields come from a validated model, a validated key (or Event-Ids) or a random
 UUID from `uuid_utils`, the standard format in a twentieth of `uuid.uuid4`'s time.
 """
 
