@@ -94,6 +94,42 @@ def test_purchases_are_published_with_idempotency_key_ids(api_server, settings):
         assert got[u]["Products"] == PURCHASE_EXAMPLE["Products"]
 
 
+def test_purchases_take_their_own_event_ids_from_the_event_ids_header(api_server, settings):
+    """`Event-Ids` (what `invoke replay` sends): each purchase gets the id named for it, in order."""
+    topic = settings.kafka.purchases_topic
+    before = end_offsets(settings, topic)
+    users = [f"user-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    body = [{**PURCHASE_EXAMPLE, "UserId": u} for u in users]
+    ids = [f"rp-{uuid.uuid4().hex[:12]}-{n}" for n in (2, 3, 7)]
+    r = httpx.post(f"{api_server.url}/PurchasedItems", json=body, headers={"Event-Ids": " , ".join(ids)})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"Accepted": 3, "EventIds": ids}
+    got = {m.key.decode(): json.loads(m.value)["EventId"] for m in read_from(settings, topic, before)}
+    assert [got[u] for u in users] == ids
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ({"Event-Ids": "a1,b2"}, "names 2 EventIds for 3 purchases"),
+        ({"Event-Ids": "a1,b2,c3,d4"}, "names 4 EventIds for 3 purchases"),
+        ({"Event-Ids": "a1,a1,c3"}, "an EventId twice"),
+        ({"Event-Ids": "a1,b2,c3", "Idempotency-Key": "k1"}, "not both"),
+        ({"Event-Ids": "a1,-b2,c3"}, "pattern"),
+        ({"Event-Ids": "a1,,c3"}, "pattern"),
+        ({"Event-Ids": "a1,b2," + "c" * 129}, "pattern"),
+    ],
+    ids=["too-few", "too-many", "twice", "with-key", "bad-id", "empty-id", "long-id"],
+)
+def test_event_ids_that_do_not_fit_the_purchases_get_422_and_publish_nothing(api_server, settings, headers, why):
+    before = end_offsets(settings, settings.kafka.purchases_topic)
+    r = httpx.post(f"{api_server.url}/PurchasedItems", json=[PURCHASE_EXAMPLE] * 3, headers=headers)
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["header", "Event-Ids"] and why in error["msg"], error
+    assert end_offsets(settings, settings.kafka.purchases_topic) == before
+
+
 def test_records_sent_without_a_key_get_distinct_random_uuids_as_published(api_server, settings):
     topic = settings.kafka.purchases_topic
     before = end_offsets(settings, topic)

@@ -6,7 +6,7 @@ validated client model plus what the server adds (`shopstream.contracts.Stamp`: 
 client model's JSON, written by pydantic-core, with the EventId, IngestedAt, ClientIp,
 UserAgent and Source appended; the address as `client.ClientIdentity` reads and truncates it,
 the Source as `auth.Authenticator` found the write key),
-never validated again: its fields come from a validated model, a validated key or a random
+never validated again: its fields come from a validated model, a validated key (or Event-Ids) or a random
 UUID from `uuid_utils`, the standard format in a twentieth of `uuid.uuid4`'s time.
 """
 
@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import uuid_utils
 from fastapi import APIRouter, Body, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
 from shopstream.contracts import (
@@ -45,6 +46,19 @@ IdempotencyKey = Annotated[
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$",
         description="Optional. Reused on a retry, it gives the records the same EventId, "
         "so stores keep one copy. For an array, record i gets EventId `<key>:<i>`.",
+    ),
+]
+
+EVENT_ID = r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}"  # shopstream.contracts.EventId, as a pattern part
+EventIds = Annotated[
+    str | None,
+    Header(
+        alias="Event-Ids",
+        min_length=1,
+        pattern=rf"^{EVENT_ID}( *, *{EVENT_ID})*$",
+        description="Optional, instead of Idempotency-Key: each purchase's own EventId, in order, "
+        "comma-separated (a replay of historical records keeps their ids: `invoke replay`). "
+        "422 when the count differs from the purchases' or Idempotency-Key is sent too.",
     ),
 ]
 
@@ -87,6 +101,23 @@ def _unavailable(e: BrokerUnavailable | JournalFull | JournalUnavailable) -> HTT
         "retry with the same Idempotency-Key (the stores keep one copy per EventId)",
         headers={"Retry-After": "1"},
     )
+
+
+def _given_ids(header: str, count: int, idempotency_key: str | None) -> list[str]:
+    """The Event-Ids header's ids (its pattern checked each), one per purchase; a 422 otherwise."""
+    ids = [i.strip() for i in header.split(",")]
+    why = None
+    if idempotency_key is not None:
+        why = "send either Event-Ids or Idempotency-Key, not both"
+    elif len(ids) != count:
+        why = f"Event-Ids names {len(ids)} EventIds for {count} purchases: one per purchase, in order"
+    elif len(set(ids)) != count:
+        why = "Event-Ids names an EventId twice"
+    if why:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("header", "Event-Ids"), "msg": why, "input": header}]
+        )
+    return ids
 
 
 def _stamp(request: Request) -> Stamp:
@@ -133,10 +164,14 @@ async def purchased_items(
         Field(min_length=1, max_length=MAX_PURCHASES_PER_REQUEST),
     ],
     idempotency_key: IdempotencyKey = None,
+    event_ids: EventIds = None,
 ) -> PurchasedItemsResponse:
     state = request.app.state
     stamp = _stamp(request)
-    ids = [f"{idempotency_key}:{i}" if idempotency_key else str(uuid_utils.uuid4()) for i in range(len(purchases))]
+    if event_ids is not None:
+        ids = _given_ids(event_ids, len(purchases), idempotency_key)
+    else:
+        ids = [f"{idempotency_key}:{i}" if idempotency_key else str(uuid_utils.uuid4()) for i in range(len(purchases))]
     records = [Outgoing(p.UserId.encode(), stamp.json(p, e), e) for p, e in zip(purchases, ids, strict=True)]
     await _publish(state.ingestor, state.settings.kafka.purchases_topic, records)
     return PurchasedItemsResponse.model_construct(Accepted=len(records), EventIds=[r.event_id for r in records])

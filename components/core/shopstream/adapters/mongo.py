@@ -24,6 +24,7 @@ from shopstream.settings import BatchSettings, MongoSettings
 MARKS_COLLECTION = "user_events_offset_marks"  # one document per (group, topic, partition): its last marks
 DRAIN_REWINDS_COLLECTION = "user_events_rewinds"  # the drain's offset rewinds (shopstream.rewinds)
 LEASES_COLLECTION = "shopstream_leases"
+QUARANTINE_REPLAYS_COLLECTION = "quarantine_replays"  # `invoke replay --quarantine`'s marks, _id topic/partition/offset
 
 
 def mongo_client(cfg: MongoSettings, timeout_ms: int = 5000) -> MongoClient:
