@@ -26,7 +26,7 @@ from conftest import ServerThread, read_from, run_until_caught_up
 from shopstream.adapters.kafka import ensure_topics
 from shopstream.adapters.mongo import collections, database, mongo_client
 from shopstream.locations import quarantine_url
-from shopstream.settings import Settings
+from shopstream.settings import REPO_ROOT, Settings
 from shopstream_batch.drain import drain_user_events
 from shopstream_stack.isolated import free_port
 
@@ -129,8 +129,9 @@ def dashboard(shop):
     dash = cfg.dashboard.model_copy(update={"port": free_port(), "refresh_s": 1.0, "read_model": model})
     with ServerThread(create_app(cfg.model_copy(update={"dashboard": dash}))) as server:
         deadline = time.monotonic() + 90
-        while get(server, "/api/sales")["purchases"] != PURCHASES:  # the lake's purchases are in the read model
-            assert time.monotonic() < deadline, get(server, "/api/sales")["source"]
+        # the lake's purchases are in the read model (httpx's user agent makes them a script's: a bot's)
+        while (sales := get(server, "/api/sales", include_bots="true"))["purchases"] != PURCHASES:
+            assert time.monotonic() < deadline, sales
             time.sleep(0.5)
         yield server
 
@@ -390,6 +391,9 @@ def test_page_in_chromium_shows_the_topics_and_finds_a_record_by_event_id(dashbo
             assert "HTTP 503" in result and "shopstream_replay" in result, result
         else:
             assert json.loads(result)["dry_run"] is True
+        out = REPO_ROOT / "reports" / "dashboard"
+        out.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out / "test-topics.png"), full_page=True)
         page.click("#back-link")
         page.wait_for_selector("#kpi-purchases")
     assert not errors, errors
