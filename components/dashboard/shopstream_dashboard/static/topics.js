@@ -174,7 +174,7 @@ function renderTopics(data) {
     el("h3", {}, [t.topic, " ", el("span", {className: "role"}, [
       `${t.role ? `${t.role} · ` : ""}${fmtInt(t.records)} records in ${t.partitions.length} partitions, end ${fmtInt(t.end)}`,
     ])]),
-    el("div", {className: "cols-2"}, [partitionsTable(t), groupsTable(t)]),
+    el("div", {className: "topic-cols"}, [partitionsTable(t), groupsTable(t)]),
   ]));
   byId("topics").replaceChildren(...(sections.length ? sections : [el("p", {className: "note"}, ["no topics"])]));
   const select = byId("rec-topic");
