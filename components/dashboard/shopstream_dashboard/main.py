@@ -1,9 +1,10 @@
 """The dashboard's application factory (`uvicorn --factory shopstream_dashboard.main:create_app`).
 
 One page (`/`) that refreshes itself from the JSON API (`/api/...`, in the OpenAPI spec at
-`/docs`). Background threads keep the read model and the health snapshot current; the
-stores are reached only through the clients the app builds at start (`deps.Clients`, from
-the project's adapters and settings), one per store.
+`/docs`), and the topic browser (`/topics`: topics, records, search by EventId, rejects).
+Background threads keep the read model and the health snapshot current; the stores are
+reached only through the clients the app builds at start (`deps.Clients`, from the project's
+adapters and settings), one per store.
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ from sqlalchemy import Engine
 
 from shopstream.settings import Settings, get_settings
 
-from . import routes
+from . import routes, topic_routes
+from .browse import TopicBrowser
 from .deps import Clients
+from .find import Finder
 from .health import HealthMonitor
 from .readmodel import ReadModel
+from .rejects import QUARANTINE_REPLAYS, DeadLetters, Quarantine
+from .replay import Replayer
 from .sync import DimensionsSync, EventsSync, LakeSync, SessionsSync
 
 log = logging.getLogger("shopstream_dashboard")
@@ -45,6 +50,11 @@ class Dashboard:
     dimensions_sync: DimensionsSync
     sessions_sync: SessionsSync
     monitor: HealthMonitor
+    browser: TopicBrowser
+    dead_letters: DeadLetters
+    quarantine: Quarantine
+    finder: Finder
+    replayer: Replayer
 
     @classmethod
     def build(cls, settings: Settings, clients: Clients) -> Dashboard:
@@ -61,6 +71,9 @@ class Dashboard:
             )
         )
         model = ReadModel(settings.read_model_path, sources, cfg.memory_limit_mb)
+        browser = TopicBrowser(settings, clients)
+        dead_letters = DeadLetters(colls.dead_letters)
+        quarantine = Quarantine(clients.s3, settings, colls.events.database[QUARANTINE_REPLAYS])
         return cls(
             settings=settings,
             clients=clients,
@@ -70,6 +83,11 @@ class Dashboard:
             dimensions_sync=DimensionsSync(model, clients.pg, cfg.refresh_s),
             sessions_sync=SessionsSync(model, colls.session_days, colls.product_engagement, cfg.refresh_s),
             monitor=HealthMonitor(model, settings, clients, cfg.refresh_s),
+            browser=browser,
+            dead_letters=dead_letters,
+            quarantine=quarantine,
+            finder=Finder(colls.events, dead_letters, model, quarantine, browser, browser.read_timeout_s + 5),
+            replayer=Replayer(settings),
         )
 
     @property
@@ -95,6 +113,7 @@ class Dashboard:
     def stop(self) -> None:
         for loop in self.loops:
             loop.stop()
+        self.finder.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -126,10 +145,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "these calls every few seconds.",
     )
     app.include_router(routes.router)
+    app.include_router(topic_routes.router)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+    @app.get("/topics", include_in_schema=False)
+    def topics_page() -> FileResponse:
+        return FileResponse(STATIC / "topics.html")
 
     @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
     def plotly_js() -> FileResponse:

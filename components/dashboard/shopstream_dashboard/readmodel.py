@@ -920,5 +920,20 @@ class ReadModel:
             for r in rows
         ]
 
+    def purchase(self, event_id: str) -> dict[str, Any] | None:
+        """The lake's purchase with this EventId as the read model holds it (the topic browser's
+        search), with its lines; None when the lake has none."""
+        rows = self._rows("SELECT * FROM purchases WHERE EventId = ?", [event_id])
+        if not rows:
+            return None
+        lines = self._rows(
+            "SELECT ProductId, ItemCount, LineAmount FROM lines WHERE EventId = ? ORDER BY ProductId", [event_id]
+        )
+        money = ("TotalPrice", "Amount")
+        return {
+            **{k: _money(v) if k in money else v for k, v in rows[0].items() if k != "ProductIds"},
+            "Lines": [{**x, "LineAmount": _money(x["LineAmount"])} for x in lines],
+        }
+
     def newest_ingested(self) -> datetime | None:
         return _run(self._con(), "SELECT max(IngestedAt) FROM purchases")[0][0]

@@ -133,3 +133,64 @@ def record_fingerprints(
     finally:
         consumer.close()
     return got
+
+
+# -- browsing (the dashboard's topic browser): bounds, groups, records by offset ---------------
+def partition_bounds(consumer: KafkaConsumer, topics: list[str]) -> dict[str, dict[int, tuple[int, int]]]:
+    """Each topic's partitions with their (first, next) offsets: `next - first` records are
+    there now (fewer in a compacted topic)."""
+    tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+    if not tps:
+        return {t: {} for t in topics}
+    begins, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+    out: dict[str, dict[int, tuple[int, int]]] = {t: {} for t in topics}
+    for tp in tps:
+        out[tp.topic][tp.partition] = (begins[tp], ends[tp])
+    return out
+
+
+def group_offsets(admin: KafkaAdminClient) -> dict[str, tuple[str, dict[TopicPartition, int]]]:
+    """Every consumer group the broker knows: its state and its committed next offsets (the
+    Spark job keeps its offsets in its checkpoint, not in a group, so it is not among them)."""
+    out: dict[str, tuple[str, dict[TopicPartition, int]]] = {}
+    for g in sorted(admin.list_groups(), key=lambda g: g["group_id"]):
+        group = g["group_id"]
+        committed = admin.list_group_offsets({group: None}).get(group, {})
+        out[group] = (g.get("group_state") or "", {tp: om.offset for tp, om in committed.items() if om.offset >= 0})
+    return out
+
+
+def read_ranges(
+    where: KafkaSettings | str,
+    ranges: dict[TopicPartition, tuple[int, int]],
+    timeout_s: float = 10.0,
+    client_id: str = "shopstream-browse",
+    **options,
+) -> dict[TopicPartition, list]:
+    """The records with `start <= offset < stop` of each partition (kafka-python's
+    ConsumerRecords, in offset order), by one consumer of its own that joins no group.
+    Raises TimeoutError when they have not all come within `timeout_s`."""
+    got: dict[TopicPartition, list] = {tp: [] for tp in ranges}
+    todo = {tp: r for tp, r in ranges.items() if r[0] < r[1]}
+    if not todo:
+        return got
+    consumer = kafka_consumer(
+        where, client_id=client_id, enable_auto_commit=False, auto_offset_reset="earliest", **options
+    )
+    try:
+        consumer.assign(list(todo))
+        for tp, (start, _) in todo.items():
+            consumer.seek(tp, start)
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                left = ", ".join(sorted(f"{tp.topic}-{tp.partition}" for tp in todo))
+                raise TimeoutError(f"the records of {left} did not come in {timeout_s:.0f} s")
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                got[tp] += [r for r in records if r.offset < ranges[tp][1]]
+            for tp in [tp for tp in todo if consumer.position(tp) >= todo[tp][1]]:
+                consumer.pause(tp)  # read to its stop (a compacted topic's gaps are skipped)
+                del todo[tp]
+    finally:
+        consumer.close()
+    return got

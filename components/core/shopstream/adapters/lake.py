@@ -36,11 +36,12 @@ def _key(uri: str) -> str:
 
 
 class LakeFiles:
-    """Lists the committed files under the streaming job's output path and reads them."""
+    """Lists the committed files under the streaming job's output path (or another of its
+    outputs: `path`, the quarantine's) and reads them."""
 
-    def __init__(self, client: Minio, settings: Settings) -> None:
+    def __init__(self, client: Minio, settings: Settings, path: str | None = None) -> None:
         self.client, self.bucket = client, settings.s3.bucket
-        self.prefix = settings.streaming.output_path.strip("/") + "/"
+        self.prefix = (path or settings.streaming.output_path).strip("/") + "/"
         self._log_seen = -1  # newest metadata log entry already read
         self._committed: set[str] = set()
 
