@@ -9,7 +9,6 @@ The page in headless Chromium shows the topics and finds a record by its EventId
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import tempfile
 import time
@@ -122,12 +121,18 @@ def shop(settings, spark):
 
 @pytest.fixture(scope="module")
 def dashboard(shop):
+    from shopstream_api.main import create_app as api_app
     from shopstream_dashboard.main import create_app
 
     cfg = shop["cfg"]
     model = Path(tempfile.mkdtemp(prefix="shopstream-topics-model-")) / "readmodel.duckdb"
     dash = cfg.dashboard.model_copy(update={"port": free_port(), "refresh_s": 1.0, "read_model": model})
-    with ServerThread(create_app(cfg.model_copy(update={"dashboard": dash}))) as server:
+    with (
+        ServerThread(api_app(cfg)) as api,  # where the replay button's `invoke replay` sends
+        ServerThread(
+            create_app(cfg.model_copy(update={"dashboard": dash, "api": cfg.api.model_copy(update={"port": api.port})}))
+        ) as server,
+    ):
         deadline = time.monotonic() + 90
         # the lake's purchases are in the read model (httpx's user agent makes them a script's: a bot's)
         while (sales := get(server, "/api/sales", include_bots="true"))["purchases"] != PURCHASES:
@@ -271,26 +276,6 @@ def test_rejects_are_grouped_by_reason_with_the_replays_marks(dashboard, shop, s
         client.close()
 
 
-def test_the_replay_button_runs_the_replay_cli(dashboard, shop):
-    """POST /api/replay runs `python -m shopstream_replay` (the replay component); where that
-    is not installed, it says so (503) rather than failing obscurely."""
-    bad = httpx.post(f"{dashboard.url}/api/replay", json={"source": "lake"}, timeout=30)
-    assert bad.status_code == 422
-    reason = get(dashboard, "/api/rejects")["dead_letters"]["groups"][0]["reason"]
-    r = httpx.post(
-        f"{dashboard.url}/api/replay",
-        json={"source": "dead-letters", "reason": reason, "dry_run": True},
-        timeout=300,
-    )
-    if importlib.util.find_spec("shopstream_replay") is None:
-        assert r.status_code == 503, r.text
-        assert "shopstream_replay" in r.json()["detail"]
-    else:
-        assert r.status_code == 200, r.text
-        summary = r.json()
-        assert (summary["source"], summary["dry_run"]) == ("dead-letters", True)
-
-
 def test_a_broker_that_is_down_shows_as_down(shop):
     """A dashboard whose broker does not answer: the topics say kafka is down, a record read
     answers 503, the search still shows MongoDB's find, all within seconds."""
@@ -386,14 +371,58 @@ def test_page_in_chromium_shows_the_topics_and_finds_a_record_by_event_id(dashbo
             " return r && !r.hidden && !/…$/.test(r.textContent); })()",
             timeout=300_000,
         )
-        result = page.text_content("#dead-letters .reject-group .replay-result")
-        if importlib.util.find_spec("shopstream_replay") is None:
-            assert "HTTP 503" in result and "shopstream_replay" in result, result
-        else:
-            assert json.loads(result)["dry_run"] is True
+        result = json.loads(page.text_content("#dead-letters .reject-group .replay-result"))
+        assert (result["source"], result["dry_run"], result["sent"]) == ("dead-letters", True, 0)
         out = REPO_ROOT / "reports" / "dashboard"
         out.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out / "test-topics.png"), full_page=True)
         page.click("#back-link")
         page.wait_for_selector("#kpi-purchases")
     assert not errors, errors
+
+
+# last: it publishes into the shop's topic, which the tests above count
+def test_the_replay_button_replays_a_fixed_dead_letter_once(dashboard, shop):
+    """POST /api/replay runs `python -m shopstream_replay` (what `invoke replay` runs): after a
+    data fix, the dead letter passes, is sent through the API once and marked; the next replay
+    sends nothing. A source other than the rejects is refused."""
+    assert httpx.post(f"{dashboard.url}/api/replay", json={"source": "lake"}, timeout=30).status_code == 422
+    cfg, run = shop["cfg"], shop["run"]
+    client = mongo_client(cfg.mongo)
+    letters = collections(database(client, cfg.mongo), cfg.batch).dead_letters
+    try:
+        bad = json.dumps({"EventId": f"dead2-{run}", "UserId": "y", "SessionId": "s"}).encode()
+        letter = letters.find_one({"Value": bad})
+        fixed = {
+            **event(run, 99, datetime.now(UTC)),
+            "EventId": f"dead2-{run}",
+            "IngestedAt": datetime.now(UTC).isoformat(),
+        }
+        letters.update_one({"_id": letter["_id"]}, {"$set": {"Value": json.dumps(fixed).encode()}})
+
+        def replay() -> dict:
+            body = {"source": "dead-letters", "reason": letter["Reason"]}
+            r = httpx.post(f"{dashboard.url}/api/replay", json=body, timeout=600)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        first = replay()
+        assert (first["source"], first["dry_run"], first["sent"], first["already_replayed"]) == (
+            "dead-letters",
+            False,
+            1,
+            0,
+        ), first
+        marked = letters.find_one({"_id": letter["_id"]})
+        assert marked["ReplayedAs"] == f"dead2-{run}" and marked["ReplayedAt"] is not None
+
+        def copies() -> list[str]:  # the UserIds of the topic's records with that EventId
+            mine = (json.loads(r.value) for r in read_from(cfg, cfg.kafka.user_events_topic) if run.encode() in r.value)
+            return sorted(v["UserId"] for v in mine if isinstance(v, dict) and v.get("EventId") == f"dead2-{run}")
+
+        assert copies() == sorted(["y", fixed["UserId"]])  # the faulty producer's, and the replayed one
+        second = replay()
+        assert (second["sent"], second["already_replayed"]) == (0, 1), second
+        assert copies() == sorted(["y", fixed["UserId"]])  # nothing sent again
+    finally:
+        client.close()
