@@ -304,11 +304,7 @@ def replay(
     argv += ["--json"] if json else []
     for k, v in replay_key_env().items():  # the stack's replay key, unless one is set already
         os.environ.setdefault(k, v)
-    try:
-        replay_main(argv)
-    except SystemExit as e:  # typer exits; keep invoke's own exit handling
-        if e.code:
-            raise Exit(code=e.code if isinstance(e.code, int) else 1) from None
+    replay_main(argv)  # ends the process, with the replay's exit code
 
 
 @task(

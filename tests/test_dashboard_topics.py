@@ -372,7 +372,7 @@ def test_page_in_chromium_shows_the_topics_and_finds_a_record_by_event_id(dashbo
             timeout=300_000,
         )
         result = json.loads(page.text_content("#dead-letters .reject-group .replay-result"))
-        assert (result["source"], result["dry_run"], result["sent"]) == ("dead-letters", True, 0)
+        assert (result["source"], result["dry_run"], result["sent"]) == ("dead letters", True, 0)
         out = REPO_ROOT / "reports" / "dashboard"
         out.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out / "test-topics.png"), full_page=True)
@@ -408,7 +408,7 @@ def test_the_replay_button_replays_a_fixed_dead_letter_once(dashboard, shop):
 
         first = replay()
         assert (first["source"], first["dry_run"], first["sent"], first["already_replayed"]) == (
-            "dead-letters",
+            "dead letters",
             False,
             1,
             0,

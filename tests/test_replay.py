@@ -217,24 +217,7 @@ def test_an_events_file_replayed_twice_is_stored_once(cfg, tmp_path):
 def _sample_verdicts() -> dict[str, dict[str, bool]]:
     """Each sample file: where -> valid, decided here by reading the file without replay's code."""
     out: dict[str, dict[str, bool]] = {}
-    with (SAMPLES / "purchases.csv").open(newline="") as f:
-        verdicts = {}
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            body = {
-                "OrderId": row["order_id"],
-                "UserId": row["user_id"],
-                "SessionId": row["session_id"],
-                "TimeStamp": row["time_stamp"],
-                "TotalPrice": float(row["total_price"]),
-                "PaymentType": row["payment_type"],
-                "Products": json.loads(row["products"]),
-            }
-            try:
-                Purchase.model_validate(body)
-                verdicts[f"purchases.csv:{line}"] = True
-            except ValueError:
-                verdicts[f"purchases.csv:{line}"] = False
-        out["purchases.csv"] = verdicts
+    out["purchases.csv"] = {f"purchases.csv:{line}": ok for line, ok in csv_verdicts(SAMPLES / "purchases.csv").items()}
     verdicts = {}
     for n, line in enumerate((SAMPLES / "events.jsonl").read_text().splitlines(), start=1):
         try:

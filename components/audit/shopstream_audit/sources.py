@@ -24,14 +24,13 @@ import httpx
 import pyarrow.parquet as pq
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import OffsetOutOfRangeError
-from minio.error import S3Error
 
 from shopstream import ledger
 from shopstream.adapters.kafka import group_committed as committed_offsets
 from shopstream.adapters.kafka import kafka_consumer
 from shopstream.adapters.lake import LakeFiles
 from shopstream.adapters.mongo import collections, database, mongo_client
-from shopstream.adapters.s3 import s3_client
+from shopstream.adapters.s3 import read_object, s3_client
 from shopstream.settings import Settings
 
 from .reconcile import Copies, CountDoc, Pair, Pos
@@ -316,17 +315,8 @@ class LakeSnapshot:
 
 def _read_column(client, bucket: str, key: str, column: str) -> list | None:
     """One column of a Parquet object; None when the object is gone."""
-    try:
-        resp = client.get_object(bucket, key)
-    except S3Error as e:
-        if e.code in ("NoSuchKey", "NotFound"):
-            return None
-        raise
-    try:
-        data = resp.read()
-    finally:
-        resp.close()
-        resp.release_conn()
+    if (data := read_object(client, bucket, key)) is None:
+        return None
     return pq.read_table(io.BytesIO(data), columns=[column]).column(column).to_pylist()
 
 

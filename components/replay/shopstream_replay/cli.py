@@ -10,6 +10,7 @@ record was sent, found stored already, or rejected with its reason; 1 when the A
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, nullcontext
@@ -243,7 +244,20 @@ def quarantine(
 
 
 def main(argv: list[str] | None = None) -> None:
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="shopstream-replay")
+    """Run the command, then leave the process at once with its exit code.
+
+    Once the summary is out, the interpreter's own teardown is skipped: a Parquet read leaves
+    Arrow's native thread pool behind, and tearing it down at exit now and then aborts the
+    process (SIGABRT, "terminate called without an active exception": apache/arrow#34314)
+    after the work is done, turning a finished replay into a failed one."""
+    code = 0
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], prog_name="shopstream-replay")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

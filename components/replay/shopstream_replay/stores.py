@@ -19,11 +19,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 from minio import Minio
-from minio.error import S3Error
 
 from shopstream.adapters.lake import LakeFiles
 from shopstream.adapters.mongo import QUARANTINE_REPLAYS_COLLECTION, database, mongo_client
-from shopstream.adapters.s3 import s3_client
+from shopstream.adapters.s3 import read_object, s3_client
 from shopstream.settings import Settings
 
 from .files import Item, Table, parquet_table
@@ -38,21 +37,6 @@ def committed_files(settings: Settings, bucket: str, prefix: str) -> tuple[Minio
     st = settings.streaming.model_copy(update={"output_path": prefix})
     client = s3_client(settings.s3)
     return client, sorted(LakeFiles(client, settings.model_copy(update={"s3": s3, "streaming": st})).committed())
-
-
-def read_object(client: Minio, bucket: str, key: str) -> bytes | None:
-    """An object's bytes; None when it is gone (a file compacted away since the listing)."""
-    try:
-        resp = client.get_object(bucket, key)
-    except S3Error as e:
-        if e.code in ("NoSuchKey", "NotFound"):
-            return None
-        raise
-    try:
-        return resp.read()
-    finally:
-        resp.close()
-        resp.release_conn()
 
 
 def lake_tables(settings: Settings, bucket: str, prefix: str) -> Iterator[Table]:

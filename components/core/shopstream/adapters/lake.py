@@ -21,6 +21,8 @@ from minio import Minio
 
 from shopstream.settings import Settings
 
+from .s3 import object_bytes
+
 COLUMNS = ["EventId", "OrderId", "UserId", "TimeStamp", "IngestedAt", "TotalPrice", "PaymentType", "Products"]
 OPTIONAL = ["Enrichment"]  # read where a file has it: files written before enrichment do not
 
@@ -47,12 +49,7 @@ class LakeFiles:
 
     def _read_log(self, key: str) -> set[str]:
         """Object keys of the files one metadata log file adds (entries are s3a://bucket/key URIs)."""
-        resp = self.client.get_object(self.bucket, key)
-        try:
-            lines = resp.read().decode().splitlines()
-        finally:
-            resp.close()
-            resp.release_conn()
+        lines = object_bytes(self.client, self.bucket, key).decode().splitlines()
         keys: set[str] = set()
         for line in lines[1:]:  # the first line is the log's version ("v1")
             entry = json.loads(line)
@@ -87,13 +84,7 @@ class LakeFiles:
         them), as one table: null in the rows of a file without one."""
 
         def one(key: str) -> pa.Table:
-            resp = self.client.get_object(self.bucket, key)
-            try:
-                data = resp.read()
-            finally:
-                resp.close()
-                resp.release_conn()
-            file = pq.ParquetFile(io.BytesIO(data))
+            file = pq.ParquetFile(io.BytesIO(object_bytes(self.client, self.bucket, key)))
             names = set(file.schema_arrow.names)
             return file.read(columns=columns + [c for c in OPTIONAL if c in names and c not in columns])
 

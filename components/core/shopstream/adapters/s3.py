@@ -36,6 +36,26 @@ def s3_client(cfg: S3Settings, timeout_s: float | None = None, **kwargs) -> Mini
 PROBE_KEY = "_shopstream/probe"
 
 
+def object_bytes(client: Minio, bucket: str, key: str) -> bytes:
+    """An object's whole content, its connection given back to the pool."""
+    resp = client.get_object(bucket, key)
+    try:
+        return resp.read()
+    finally:
+        resp.close()
+        resp.release_conn()
+
+
+def read_object(client: Minio, bucket: str, key: str) -> bytes | None:
+    """An object's bytes; None when it is gone (a lake file compacted away since its listing)."""
+    try:
+        return object_bytes(client, bucket, key)
+    except S3Error as e:
+        if e.code in ("NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
 def s3_health(client: Minio, bucket: str) -> str:
     """The store's one health check, used by `invoke status`, the stack's start and the dashboard.
 

@@ -115,12 +115,9 @@ class _Proof:
             self.assumed.discard(pair)
 
     def _subset(self, old: Schema, new: Schema, path: str) -> list[str]:
-        if old is False or new is True or new == {}:
-            return []
-        if new is False:
-            return [f"{_at(path)}: the new schema accepts nothing"]
-        if old is True:
-            old = {}
+        if (answer := _trivial(old, new, path)) is not None:
+            return answer
+        old = {} if old is True else old
         assert isinstance(old, dict) and isinstance(new, dict)
         # the new side first: what it requires of every instance
         if "allOf" in new:
@@ -227,12 +224,9 @@ class _Proof:
 
     def _subset_simple(self, old: Schema, new: Schema, path: str) -> list[str]:
         """`old` and `new` are each of at most one type, with no union left at the top."""
-        if old is False or new is True or new == {}:
-            return []
-        if new is False:
-            return [f"{_at(path)}: the new schema accepts nothing"]
-        if old is True:
-            old = {}
+        if (answer := _trivial(old, new, path)) is not None:
+            return answer
+        old = {} if old is True else old
         assert isinstance(old, dict) and isinstance(new, dict)
         if "allOf" in old or "enum" in old or "const" in old or "enum" in new or "const" in new or "allOf" in new:
             return self._subset(old, new, path)
@@ -334,6 +328,15 @@ class _Proof:
 
 class _Unsupported(Exception):
     pass
+
+
+def _trivial(old: Schema, new: Schema, path: str) -> list[str] | None:
+    """The answer when the old side accepts nothing or either side everything or nothing; else None."""
+    if old is False or new is True or new == {}:
+        return []
+    if new is False:
+        return [f"{_at(path)}: the new schema accepts nothing"]
+    return None
 
 
 def _at(path: str) -> str:

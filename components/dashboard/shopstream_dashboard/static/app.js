@@ -139,36 +139,11 @@ function eventColor(name, index) {
 
 /* ---------- DOM helpers ---------- */
 
-function byId(id) {
-  return document.getElementById(id);
-}
-
 function setText(id, text) {
   const node = byId(id);
   if (node) {
     node.textContent = text;
   }
-}
-
-/** Creates an element; attrs: {className, dataset: {...}, title, ...}, children: nodes or strings. */
-function el(tag, attrs, children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs || {})) {
-    if (value === null || value === undefined) {
-      continue;
-    }
-    if (key === "className") {
-      node.className = value;
-    } else if (key === "dataset") {
-      Object.assign(node.dataset, value);
-    } else {
-      node.setAttribute(key, value);
-    }
-  }
-  for (const child of children || []) {
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return node;
 }
 
 function td(text, className) {
@@ -195,10 +170,6 @@ function replaceStats(dl, pairs) {
     nodes.push(el("dt", {}, [term]), el("dd", {}, [value]));
   }
   dl.replaceChildren(...nodes);
-}
-
-function card(panel) {
-  return document.querySelector(`.card[data-panel="${panel}"]`);
 }
 
 /* ---------- panel state (up / loading / down) ---------- */

@@ -16,30 +16,6 @@ const openSamples = new Set(); // "source|reason" of the groups whose samples ar
 
 /* ---------- helpers ---------- */
 
-function byId(id) {
-  return document.getElementById(id);
-}
-
-function el(tag, attrs, children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs || {})) {
-    if (value === null || value === undefined) {
-      continue;
-    }
-    if (key === "className") {
-      node.className = value;
-    } else if (key === "dataset") {
-      Object.assign(node.dataset, value);
-    } else {
-      node.setAttribute(key, value);
-    }
-  }
-  for (const child of children || []) {
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return node;
-}
-
 function fmtInt(n) {
   return typeof n === "number" && Number.isFinite(n) ? n.toLocaleString("en-US") : "—";
 }
@@ -58,10 +34,6 @@ function pretty(value, raw) {
     return raw === null || raw === undefined ? "null" : String(raw);
   }
   return JSON.stringify(value, null, 2);
-}
-
-function card(panel) {
-  return document.querySelector(`.card[data-panel="${panel}"]`);
 }
 
 function showError(panel, text) {
