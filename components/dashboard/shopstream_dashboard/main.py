@@ -29,7 +29,7 @@ from .deps import Clients
 from .find import Finder
 from .health import HealthMonitor
 from .readmodel import ReadModel
-from .rejects import QUARANTINE_REPLAYS, DeadLetters, Quarantine
+from .rejects import DeadLetters, Quarantine
 from .replay import Replayer
 from .sync import DimensionsSync, EventsSync, LakeSync, SessionsSync
 
@@ -73,7 +73,7 @@ class Dashboard:
         model = ReadModel(settings.read_model_path, sources, cfg.memory_limit_mb)
         browser = TopicBrowser(settings, clients)
         dead_letters = DeadLetters(colls.dead_letters)
-        quarantine = Quarantine(clients.s3, settings, colls.events.database[QUARANTINE_REPLAYS])
+        quarantine = Quarantine(clients.s3, settings, colls.quarantine_replays)
         return cls(
             settings=settings,
             clients=clients,

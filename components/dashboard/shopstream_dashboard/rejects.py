@@ -17,19 +17,19 @@ from minio import Minio
 from pymongo.collection import Collection
 
 from shopstream.adapters.lake import LakeFiles
+from shopstream.adapters.mongo import quarantine_mark_id
 from shopstream.settings import Settings
 
 from .browse import decoded, plain, text_of
 
-QUARANTINE_REPLAYS = "quarantine_replays"
 QUARANTINE_COLUMNS = ["Reason", "Key", "Value", "KafkaTopic", "KafkaPartition", "KafkaOffset", "KafkaTimestamp"]
 GROUPS_SHOWN = 30  # reasons shown, the most frequent first (the rest are counted)
 SAMPLES = 3  # records shown per reason
 DEAD_LETTERS_SCANNED = 200_000  # the EventId search reads at most this many dead letters
 
 
-def quarantine_id(topic: str, partition: int, offset: int) -> str:
-    return f"{topic}/{partition}/{offset}"
+def quarantine_id(row: dict[str, Any]) -> str:
+    return quarantine_mark_id(row["KafkaTopic"], row["KafkaPartition"], row["KafkaOffset"])
 
 
 def dead_letter_json(d: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def dead_letter_json(d: dict[str, Any]) -> dict[str, Any]:
 def quarantine_json(row: dict[str, Any], replay: dict[str, Any] | None) -> dict[str, Any]:
     value, raw = decoded(row.get("Value"))
     return {
-        "id": quarantine_id(row["KafkaTopic"], row["KafkaPartition"], row["KafkaOffset"]),
+        "id": quarantine_id(row),
         "reason": row.get("Reason"),
         "topic": row["KafkaTopic"],
         "partition": row["KafkaPartition"],
@@ -131,7 +131,7 @@ class Quarantine:
         return [r for t in tables if t is not None for r in t.to_pylist()]
 
     def _replays(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        ids = [quarantine_id(r["KafkaTopic"], r["KafkaPartition"], r["KafkaOffset"]) for r in rows]
+        ids = [quarantine_id(r) for r in rows]
         if not ids:
             return {}
         return {d["_id"]: d for d in self.replays.find({"_id": {"$in": ids}})}
@@ -145,16 +145,13 @@ class Quarantine:
         for r in sorted(rows, key=lambda r: (r["KafkaTopic"], r["KafkaPartition"], r["KafkaOffset"])):
             reason = r.get("Reason") or ""
             counts[reason] = counts.get(reason, 0) + 1
-            if quarantine_id(r["KafkaTopic"], r["KafkaPartition"], r["KafkaOffset"]) in replays:
+            if quarantine_id(r) in replays:
                 replayed[reason] = replayed.get(reason, 0) + 1
             if len(by_reason.setdefault(reason, [])) < SAMPLES:
                 by_reason[reason].append(r)
 
         def samples(reason: str) -> list[dict[str, Any]]:
-            return [
-                quarantine_json(r, replays.get(quarantine_id(r["KafkaTopic"], r["KafkaPartition"], r["KafkaOffset"])))
-                for r in by_reason[reason]
-            ]
+            return [quarantine_json(r, replays.get(quarantine_id(r))) for r in by_reason[reason]]
 
         return _groups(counts, replayed, samples)
 
@@ -163,7 +160,4 @@ class Quarantine:
         wanted = event_id.encode()
         found = [r for r in self.rows() if wanted in (r.get("Value") or b"")]
         replays = self._replays(found)
-        return [
-            quarantine_json(r, replays.get(quarantine_id(r["KafkaTopic"], r["KafkaPartition"], r["KafkaOffset"])))
-            for r in found
-        ]
+        return [quarantine_json(r, replays.get(quarantine_id(r))) for r in found]

@@ -19,9 +19,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 from minio import Minio
+from pymongo import UpdateOne
 
 from shopstream.adapters.lake import LakeFiles
-from shopstream.adapters.mongo import QUARANTINE_REPLAYS_COLLECTION, database, mongo_client
+from shopstream.adapters.mongo import collections, database, mongo_client, quarantine_mark_id
 from shopstream.adapters.s3 import read_object, s3_client
 from shopstream.settings import Settings
 
@@ -81,7 +82,7 @@ class EventsDestination(Destination):
 
     def __init__(self, settings: Settings) -> None:
         self.client = mongo_client(settings.mongo)
-        self.events = database(self.client, settings.mongo)[settings.batch.events_collection]
+        self.events = collections(database(self.client, settings.mongo), settings.batch).events
 
     def holding(self, ids: list[str]) -> set[str]:
         found: set[str] = set()
@@ -102,7 +103,7 @@ class DeadLetters:
 
     def __init__(self, settings: Settings, reason: str | None) -> None:
         self.client = mongo_client(settings.mongo)
-        self.letters = database(self.client, settings.mongo)[settings.batch.dead_letter_collection]
+        self.letters = collections(database(self.client, settings.mongo), settings.batch).dead_letters
         self.reason = reason
         self.already_replayed = 0
         self.total = 0
@@ -124,8 +125,9 @@ class DeadLetters:
 
     def mark(self, items: Iterable[Item]) -> None:
         now = datetime.now(UTC)
-        for item in items:
-            self.letters.update_one({"_id": item.mark}, {"$set": {"ReplayedAt": now, "ReplayedAs": item.event_id}})
+        marks = [UpdateOne({"_id": i.mark}, {"$set": {"ReplayedAt": now, "ReplayedAs": i.event_id}}) for i in items]
+        if marks:
+            self.letters.bulk_write(marks, ordered=False)
 
     def close(self) -> None:
         self.client.close()
@@ -138,7 +140,7 @@ class Quarantine:
     def __init__(self, settings: Settings, reason: str | None) -> None:
         self.settings, self.reason = settings, reason
         self.client = mongo_client(settings.mongo)
-        self.marks = database(self.client, settings.mongo)[QUARANTINE_REPLAYS_COLLECTION]
+        self.marks = collections(database(self.client, settings.mongo), settings.batch).quarantine_replays
         bucket = settings.s3.bucket
         s3, keys = committed_files(settings, bucket, settings.streaming.quarantine_path)
         self.rows: list[dict[str, Any]] = []
@@ -155,7 +157,7 @@ class Quarantine:
 
     @staticmethod
     def key(row: dict[str, Any]) -> str:
-        return f"{row['KafkaTopic']}/{row['KafkaPartition']}/{row['KafkaOffset']}"
+        return quarantine_mark_id(row["KafkaTopic"], row["KafkaPartition"], row["KafkaOffset"])
 
     def items(self) -> Iterator[Item]:
         for r in self.rows:
@@ -166,10 +168,12 @@ class Quarantine:
 
     def mark(self, items: Iterable[Item]) -> None:
         now = datetime.now(UTC)
-        for item in items:
-            self.marks.update_one(
-                {"_id": item.mark}, {"$setOnInsert": {"ReplayedAt": now, "ReplayedAs": item.event_id}}, upsert=True
-            )
+        marks = [
+            UpdateOne({"_id": i.mark}, {"$setOnInsert": {"ReplayedAt": now, "ReplayedAs": i.event_id}}, upsert=True)
+            for i in items
+        ]
+        if marks:
+            self.marks.bulk_write(marks, ordered=False)
 
     def close(self) -> None:
         self.client.close()

@@ -24,7 +24,12 @@ from shopstream.settings import BatchSettings, MongoSettings
 MARKS_COLLECTION = "user_events_offset_marks"  # one document per (group, topic, partition): its last marks
 DRAIN_REWINDS_COLLECTION = "user_events_rewinds"  # the drain's offset rewinds (shopstream.rewinds)
 LEASES_COLLECTION = "shopstream_leases"
-QUARANTINE_REPLAYS_COLLECTION = "quarantine_replays"  # `invoke replay --quarantine`'s marks, _id topic/partition/offset
+QUARANTINE_REPLAYS_COLLECTION = "quarantine_replays"  # `invoke replay --quarantine`'s marks, _id quarantine_mark_id
+
+
+def quarantine_mark_id(topic: str, partition: int, offset: int) -> str:
+    """A quarantined record's mark in QUARANTINE_REPLAYS_COLLECTION: where it was in the topic."""
+    return f"{topic}/{partition}/{offset}"
 
 
 def mongo_client(cfg: MongoSettings, timeout_ms: int = 5000) -> MongoClient:
@@ -64,6 +69,7 @@ class Collections:
     product_engagement: Collection
     session_lake_files: Collection  # the lake files whose orders the sessions have
     session_runs: Collection  # the logical session of each sessions run under way (or killed)
+    quarantine_replays: Collection  # the quarantined records `invoke replay` has sent again
 
 
 def collections(db: Database, cfg: BatchSettings) -> Collections:
@@ -82,4 +88,5 @@ def collections(db: Database, cfg: BatchSettings) -> Collections:
         product_engagement=db[f"{cfg.sessions_collection}_products"],
         session_lake_files=db[f"{cfg.sessions_collection}_lake_files"],
         session_runs=db[f"{cfg.sessions_collection}_runs"],
+        quarantine_replays=db[QUARANTINE_REPLAYS_COLLECTION],
     )
