@@ -249,6 +249,9 @@ class AirflowSettings(BaseModel):
     # for readers of its REST API (the dashboard) where Airflow asks for a login: a JWT
     # from its /auth/token. Unset: no header (the embedded Airflow on 127.0.0.1 needs none).
     api_token: SecretStr | None = None
+    # The embedded Airflow's metadata database, in the stack's PostgreSQL (Airflow's default,
+    # SQLite, is for development only).
+    metadata_database: str = "airflow"
 
     @property
     def base_url(self) -> str:

@@ -39,6 +39,7 @@ Times are stored as UTC.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -70,8 +71,8 @@ ENRICHMENT = pa.struct(
     [(name, pa.bool_() if f.annotation is bool else pa.string()) for name, f in Enrichment.model_fields.items()]
 )
 
+META_DDL = "CREATE TABLE IF NOT EXISTS meta (Key VARCHAR PRIMARY KEY, Value VARCHAR NOT NULL)"
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (Key VARCHAR PRIMARY KEY, Value VARCHAR NOT NULL);
 -- MongoDB's events, rolled up; the sync's cursor is one row, set once a first full read has ended
 CREATE TABLE IF NOT EXISTS events_cursor (
     Settled TIMESTAMPTZ,     -- every event stored (StoredAt) at or before it is counted
@@ -257,7 +258,7 @@ class ReadModel:
     """One DuckDB database (a file, or in memory for `path=None`); each thread gets its own cursor.
 
     `sources` names the stores the rollups were read from: a file made from other stores (or
-    by another version of these tables) is emptied and built again."""
+    by another version of these tables) is dropped and built again."""
 
     def __init__(self, path: Path | None = None, sources: str = "", memory_limit_mb: int = 256) -> None:
         if path is not None:
@@ -267,12 +268,15 @@ class ReadModel:
         _run(self._db, "SET GLOBAL TimeZone = 'UTC'")
         _run(self._db, f"SET memory_limit = '{int(memory_limit_mb)}MB'")
         _run(self._db, "SET preserve_insertion_order = false")
-        _run(self._db, SCHEMA)
-        _run(self._db, snapshot_ddl())
-        stamp = f"{VERSION}|{sources}"
+        _run(self._db, META_DDL)
+        ddl = SCHEMA + snapshot_ddl()
+        # the tables' shape is in the stamp: a file made by another version is rebuilt, whether
+        # VERSION was raised or a contract behind a snapshot table changed
+        stamp = f"{VERSION}|{hashlib.sha256(ddl.encode()).hexdigest()[:12]}|{sources}"
         found = _run(self._db, "SELECT Value FROM meta WHERE Key = 'stamp'")
         if found and found[0][0] != stamp:
-            self._clear(EVENT_TABLES + LAKE_TABLES + SNAPSHOT_TABLES)
+            _run(self._db, "".join(f"DROP TABLE IF EXISTS {t};" for t in EVENT_TABLES + LAKE_TABLES + SNAPSHOT_TABLES))
+        _run(self._db, ddl)
         _run(self._db, "INSERT OR REPLACE INTO meta VALUES ('stamp', ?)", [stamp])
         if not _run(self._db, "SELECT 1 FROM events_cursor WHERE Settled IS NOT NULL"):  # no first read ended
             self._clear(EVENT_TABLES)

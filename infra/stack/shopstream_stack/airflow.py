@@ -7,10 +7,12 @@ component makes the service unhealthy instead of hiding behind a parent, and
 
 - AIRFLOW_HOME is the service folder in the run directory (`.run/airflow`):
   airflow.cfg (written once by `airflow db migrate`, with the secret and JWT keys
-  every component must share), the SQLite metadata database and the task logs
+  every component must share) and the task logs
   (`logs/dag_id=.../run_id=.../task_id=.../attempt=N.log`).
-- Metadata in SQLite with the LocalExecutor (Airflow 3 has no SequentialExecutor; this
-  is what standalone runs): no extra server, and `invoke up --only airflow` works alone.
+- Metadata in the stack's PostgreSQL, database `airflow.metadata_database` (created by
+  the first `up`), with the LocalExecutor. Not SQLite, which Airflow keeps for development:
+  its processes (API server, scheduler, DAG processor, triggerer, task runners) write
+  the same file, and a write that waits over SQLite's busy timeout fails.
 - DAGs come from the repo's components/dags; every component, so every task, gets the
   stack's settings as SHOPSTREAM_* variables (`Settings.to_env()`).
 - Auth: the simple auth manager. On a loopback address everyone is admin without a
@@ -33,7 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shopstream.adapters.airflow import airflow_client, airflow_health
-from shopstream.settings import REPO_ROOT, Settings, StackMode
+from shopstream.adapters.postgres import ensure_database
+from shopstream.settings import REPO_ROOT, PostgresSettings, Settings, StackMode
 
 from .process import Proc, StackError, inherited_env, tail, wait_until
 from .service import Endpoint, Service, Status
@@ -85,6 +88,11 @@ class AirflowService(Service):
         """No login: only when the UI is reachable from this machine alone."""
         return is_loopback(self.settings.airflow.host)
 
+    @property
+    def metadata_db(self) -> PostgresSettings:
+        """Where Airflow keeps its metadata: a database of its own on the stack's PostgreSQL."""
+        return self.settings.postgres.model_copy(update={"database": self.settings.airflow.metadata_database})
+
     def endpoints(self) -> list[Endpoint]:
         af = self.settings.airflow
         return [Endpoint("api-server", af.host, af.port, SETTING)] if self.ours else []
@@ -95,7 +103,10 @@ class AirflowService(Service):
             **self.settings.to_env(),
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW_CONFIG": str(self.home / "airflow.cfg"),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.metadata_db.sqlalchemy_url,
+            # A connection per session, none kept idle: PostgreSQL told to stop politely (SIGTERM,
+            # its "smart" shutdown) waits for every open session, so a pool would keep it from stopping.
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_ENABLED": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
@@ -158,6 +169,7 @@ class AirflowService(Service):
         """Create or upgrade the metadata database (and write airflow.cfg, the first time)."""
         log = self.folder / "db-migrate.log"
         self.home.mkdir(parents=True, exist_ok=True)
+        self._ensure_metadata_db()
         with log.open("ab") as out:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} airflow db migrate\n".encode())
             out.flush()
@@ -175,6 +187,14 @@ class AirflowService(Service):
                 raise StackError(f"airflow: `airflow db migrate` took over {self.timeout_s:.0f} s; see {log}") from None
         if done.returncode != 0:
             raise StackError(f"airflow: `airflow db migrate` failed. Last lines of {log}:\n{tail(log, 15)}")
+
+    def _ensure_metadata_db(self) -> None:
+        db = self.metadata_db
+        if not wait_until(lambda: ensure_database(db) or True, self.timeout_s):
+            raise StackError(
+                f"airflow: its metadata database ({db.database}) is on the PostgreSQL at {db.host}:{db.port}, "
+                "which did not answer: start it first (`invoke up`, or `invoke up --only postgres`)."
+            )
 
     def healthy(self) -> bool:
         """Airflow's health rule (`shopstream.adapters.airflow`): all four components of ours healthy;
