@@ -179,7 +179,8 @@ def test_triggered_run_finishes_and_task_logs_are_readable(airflow, api, setting
 
 def test_runs_triggered_at_once_are_all_accepted(api):
     """Metadata writes side by side (here 60 triggers, 8 at a time, beside the scheduler's own)
-    all go through: on SQLite, a third of them answered 500 "database is locked"."""
+    all go through. On SQLite, a quarter of such triggers answered 500 ("database is locked"),
+    or one waited on the lock past the client's 30 s."""
     dag = f"/dags/{DAG_ID}"
     api.patch(dag, json={"is_paused": True}).raise_for_status()  # the runs stay queued
     answers: list[httpx.Response] = []

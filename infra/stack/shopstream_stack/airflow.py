@@ -189,8 +189,14 @@ class AirflowService(Service):
             raise StackError(f"airflow: `airflow db migrate` failed. Last lines of {log}:\n{tail(log, 15)}")
 
     def _ensure_metadata_db(self) -> None:
+        """Create Airflow's database on the stack's PostgreSQL, waiting for it to answer."""
         db = self.metadata_db
-        if not wait_until(lambda: ensure_database(db) or True, self.timeout_s):
+
+        def there() -> bool:
+            ensure_database(db)  # raises while PostgreSQL does not answer
+            return True
+
+        if not wait_until(there, self.timeout_s):
             raise StackError(
                 f"airflow: its metadata database ({db.database}) is on the PostgreSQL at {db.host}:{db.port}, "
                 "which did not answer: start it first (`invoke up`, or `invoke up --only postgres`)."
