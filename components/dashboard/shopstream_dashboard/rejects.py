@@ -28,10 +28,6 @@ SAMPLES = 3  # records shown per reason
 DEAD_LETTERS_SCANNED = 200_000  # the EventId search reads at most this many dead letters
 
 
-def quarantine_id(row: dict[str, Any]) -> str:
-    return quarantine_mark_id(row["KafkaTopic"], row["KafkaPartition"], row["KafkaOffset"])
-
-
 def dead_letter_json(d: dict[str, Any]) -> dict[str, Any]:
     value, raw = decoded(d.get("Value"))
     return {
@@ -52,7 +48,7 @@ def dead_letter_json(d: dict[str, Any]) -> dict[str, Any]:
 def quarantine_json(row: dict[str, Any], replay: dict[str, Any] | None) -> dict[str, Any]:
     value, raw = decoded(row.get("Value"))
     return {
-        "id": quarantine_id(row),
+        "id": quarantine_mark_id(row),
         "reason": row.get("Reason"),
         "topic": row["KafkaTopic"],
         "partition": row["KafkaPartition"],
@@ -131,7 +127,7 @@ class Quarantine:
         return [r for t in tables if t is not None for r in t.to_pylist()]
 
     def _replays(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        ids = [quarantine_id(r) for r in rows]
+        ids = [quarantine_mark_id(r) for r in rows]
         if not ids:
             return {}
         return {d["_id"]: d for d in self.replays.find({"_id": {"$in": ids}})}
@@ -145,13 +141,13 @@ class Quarantine:
         for r in sorted(rows, key=lambda r: (r["KafkaTopic"], r["KafkaPartition"], r["KafkaOffset"])):
             reason = r.get("Reason") or ""
             counts[reason] = counts.get(reason, 0) + 1
-            if quarantine_id(r) in replays:
+            if quarantine_mark_id(r) in replays:
                 replayed[reason] = replayed.get(reason, 0) + 1
             if len(by_reason.setdefault(reason, [])) < SAMPLES:
                 by_reason[reason].append(r)
 
         def samples(reason: str) -> list[dict[str, Any]]:
-            return [quarantine_json(r, replays.get(quarantine_id(r))) for r in by_reason[reason]]
+            return [quarantine_json(r, replays.get(quarantine_mark_id(r))) for r in by_reason[reason]]
 
         return _groups(counts, replayed, samples)
 
@@ -160,4 +156,4 @@ class Quarantine:
         wanted = event_id.encode()
         found = [r for r in self.rows() if wanted in (r.get("Value") or b"")]
         replays = self._replays(found)
-        return [quarantine_json(r, replays.get(quarantine_id(r))) for r in found]
+        return [quarantine_json(r, replays.get(quarantine_mark_id(r))) for r in found]

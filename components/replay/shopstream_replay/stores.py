@@ -151,18 +151,15 @@ class Quarantine:
         self.rows = [r for r in self.rows if _matches(r["Reason"], reason)]
         self.rows.sort(key=lambda r: (r["KafkaTopic"], r["KafkaPartition"], r["KafkaOffset"]))
         marked = {d["_id"] for d in self.marks.find({}, {"_id": 1})}
-        self.already_replayed = sum(1 for r in self.rows if self.key(r) in marked)
-        self.rows = [r for r in self.rows if self.key(r) not in marked]
+        fresh = [r for r in self.rows if quarantine_mark_id(r) not in marked]
+        self.already_replayed = len(self.rows) - len(fresh)
+        self.rows = fresh
         self.total = len(self.rows)
-
-    @staticmethod
-    def key(row: dict[str, Any]) -> str:
-        return quarantine_mark_id(row["KafkaTopic"], row["KafkaPartition"], row["KafkaOffset"])
 
     def items(self) -> Iterator[Item]:
         for r in self.rows:
             row, why = from_record(r["Value"])
-            key = self.key(r)
+            key = quarantine_mark_id(r)
             event_id = (row.event_id if row else None) or safe_id("q-", key.replace("/", "-"))
             yield Item(f"quarantine {key}", event_id, row, why, mark=key)
 

@@ -12,6 +12,7 @@ audit, the dashboard and `invoke batch-check` read them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +28,10 @@ LEASES_COLLECTION = "shopstream_leases"
 QUARANTINE_REPLAYS_COLLECTION = "quarantine_replays"  # `invoke replay --quarantine`'s marks, _id quarantine_mark_id
 
 
-def quarantine_mark_id(topic: str, partition: int, offset: int) -> str:
-    """A quarantined record's mark in QUARANTINE_REPLAYS_COLLECTION: where it was in the topic."""
-    return f"{topic}/{partition}/{offset}"
+def quarantine_mark_id(row: Mapping[str, Any]) -> str:
+    """A quarantined record's mark in QUARANTINE_REPLAYS_COLLECTION: where it was in the topic
+    (a quarantine row's KafkaTopic, KafkaPartition and KafkaOffset)."""
+    return f"{row['KafkaTopic']}/{row['KafkaPartition']}/{row['KafkaOffset']}"
 
 
 def mongo_client(cfg: MongoSettings, timeout_ms: int = 5000) -> MongoClient:
