@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import uuid
 from urllib.parse import urlsplit
 
@@ -21,7 +24,7 @@ from shopstream.adapters.mongo import database, mongo_client
 from shopstream.adapters.postgres import pg_engine
 from shopstream.adapters.s3 import ensure_bucket, s3_client, s3_health
 from shopstream.settings import EmbeddedSettings, Settings
-from shopstream_stack.isolated import LOWEST_PORT, ephemeral_low, free_ports
+from shopstream_stack.isolated import CLAIMS, LOWEST_PORT, ephemeral_low, free_ports, release_ports
 from shopstream_stack.process import PortInUse, StackError
 from shopstream_stack.s3 import PORT_FLAGS
 from shopstream_stack.stack import SERVICE_TYPES
@@ -225,14 +228,39 @@ def test_free_ports_taken_together_never_repeat():
     (CI once gave the S3 server two equal ports)."""
     for _ in range(20):
         ports = free_ports(300)
+        release_ports(ports)
         assert len(set(ports)) == len(ports)
+
+
+def test_ports_chosen_by_two_processes_are_never_the_same_until_one_ends():
+    """A port chosen but not bound yet is still taken: a stack binds its ports up to minutes
+    after choosing them, and CI once found the chaos stack's dashboard port taken by another
+    test process's S3 server. 300 ports each, out of about 4,700: by chance alone, some 19
+    would be the same."""
+    code = "from shopstream_stack.isolated import free_ports; print(*free_ports(300), flush=True); input()"
+    other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdin is not None
+        theirs = {int(p) for p in other.stdout.readline().split()}
+        mine = free_ports(300)
+        release_ports(mine)
+        assert len(theirs) == 300 and theirs.isdisjoint(mine)
+        other.stdin.write("\n")
+        other.stdin.close()
+        assert other.wait(timeout=60) == 0
+    finally:
+        other.kill()
+    release_ports(free_ports(1))  # claims are read back, pruned of processes that have ended
+    assert theirs.isdisjoint(int(p) for p in json.loads(CLAIMS.read_text()))
 
 
 def test_free_ports_are_below_the_ephemeral_range():
     """A test server's port must not be one the kernel can hand to a client's connection
     (fresh-clone CI once found its API port taken by a Spark JVM started beside it)."""
     low = ephemeral_low()
-    assert all(LOWEST_PORT <= p < low for p in free_ports(50))
+    ports = free_ports(50)
+    release_ports(ports)
+    assert all(LOWEST_PORT <= p < low for p in ports)
 
 
 def _write_marker(name, settings, marker):

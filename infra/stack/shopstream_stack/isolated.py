@@ -5,11 +5,18 @@ The tests and the benchmarks use it, so they never touch a developer's `.run/` o
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import random
 import socket
-from contextlib import ExitStack
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from shopstream.settings import (
     AirflowSettings,
@@ -25,6 +32,8 @@ from shopstream.settings import (
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LOWEST_PORT = 28_000  # above every default port of the stack (MongoDB's 27017 is the highest)
+# the ports handed out on this machine, by the process that took them (see `free_ports`)
+CLAIMS = Path(tempfile.gettempdir()) / "shopstream-port-claims.json"
 
 
 def ephemeral_low() -> int:
@@ -35,14 +44,38 @@ def ephemeral_low() -> int:
         return 32_768
 
 
+@contextmanager
+def _claims() -> Iterator[dict[int, int]]:
+    """The ports handed out so far (port -> pid), read and written back under an exclusive lock;
+    a process that has ended gives its ports back."""
+    with CLAIMS.with_suffix(".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            claims = {int(port): pid for port, pid in json.loads(CLAIMS.read_text()).items()}
+        except (OSError, ValueError):
+            claims = {}
+        alive = {pid for pid in set(claims.values()) if psutil.pid_exists(pid)}
+        claims = {port: pid for port, pid in claims.items() if pid in alive}
+        yield claims
+        scratch = CLAIMS.with_suffix(f".{os.getpid()}.tmp")
+        scratch.write_text(json.dumps(claims))
+        scratch.replace(CLAIMS)
+
+
 def free_ports(n: int) -> list[int]:
     """n different ports free now, below the ephemeral range: a port from that range can be
     handed to any outgoing connection (once a Spark JVM's) before our server binds it.
-    Every socket stays bound until all are chosen, so none repeats."""
+    Every socket stays bound until all are chosen, so none repeats. And each port is claimed
+    for this process until it ends (or `release_ports`): a stack binds its ports a while after
+    choosing them (the dashboard's after Airflow's minute of start-up), and a port free until
+    then was once chosen by another test process as well (CI: the chaos stack's dashboard
+    port, taken by another stack's S3 server)."""
     high = ephemeral_low()
-    with ExitStack() as bound:
+    with _claims() as claims, ExitStack() as bound:
         ports: list[int] = []
         for port in random.SystemRandom().sample(range(LOWEST_PORT, high), k=high - LOWEST_PORT):
+            if port in claims:
+                continue
             s = socket.socket()
             try:
                 s.bind(("127.0.0.1", port))
@@ -52,8 +85,17 @@ def free_ports(n: int) -> list[int]:
             bound.enter_context(s)
             ports.append(port)
             if len(ports) == n:
+                claims.update(dict.fromkeys(ports, os.getpid()))
                 return ports
     raise OSError(f"fewer than {n} free ports between {LOWEST_PORT} and {high}")
+
+
+def release_ports(ports: Iterable[int]) -> None:
+    """Give back ports this process took and no longer needs."""
+    with _claims() as claims:
+        for port in ports:
+            if claims.get(port) == os.getpid():
+                del claims[port]
 
 
 def free_port() -> int:
